@@ -1,0 +1,53 @@
+"""arenapool: memory-predictable long-running Python servers.
+
+Request-scoped arenas carved from a process-wide slab pool with a budget, reusable
+object pools, and memory given back to the OS. See the README for the tour.
+"""
+
+from ._arena import Arena, ArenaState, ViewEscapedWarning, current_arena
+from ._errors import (
+    ArenaLimitExceeded,
+    ArenaPoolError,
+    ArenaReleasedError,
+    BodyTooLarge,
+    BudgetExhausted,
+    DoubleRelease,
+    IncompleteBody,
+    InvalidJSON,
+    InvalidSize,
+    NotBytesLike,
+    PoolClosedError,
+    PoolTimeout,
+    UnsupportedMediaType,
+)
+from ._pool import ObjectLeakWarning, ObjectPool
+from ._slab import SlabPool, size_classes
+from ._units import format_size, parse_size
+from ._version import __version__
+
+__all__ = [
+    "Arena",
+    "ArenaLimitExceeded",
+    "ArenaPoolError",
+    "ArenaReleasedError",
+    "ArenaState",
+    "BodyTooLarge",
+    "BudgetExhausted",
+    "DoubleRelease",
+    "IncompleteBody",
+    "InvalidJSON",
+    "InvalidSize",
+    "NotBytesLike",
+    "ObjectLeakWarning",
+    "ObjectPool",
+    "PoolClosedError",
+    "PoolTimeout",
+    "SlabPool",
+    "UnsupportedMediaType",
+    "ViewEscapedWarning",
+    "__version__",
+    "current_arena",
+    "format_size",
+    "parse_size",
+    "size_classes",
+]

@@ -1,0 +1,58 @@
+"""The one JSON error shape every arenapool HTTP answer uses.
+
+``{"error": "<code>", "detail": "<what happened and what to do>", ...}``, with extra
+fields per code (``position`` for ``invalid_json``, ``limit`` for ``body_too_large``,
+``retry_after`` for ``budget_exhausted`` and ``overloaded``). Codes are stable strings
+clients may switch on; ``detail`` is for humans.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+__all__ = ["ERROR_CODES", "error_response"]
+
+#: code -> HTTP status
+ERROR_CODES: dict[str, int] = {
+    "invalid_json": 400,
+    "incomplete_body": 400,
+    "unauthorized": 401,
+    "forbidden": 403,
+    "body_too_large": 413,
+    "unsupported_media_type": 415,
+    "internal_error": 500,
+    "budget_exhausted": 503,
+    "overloaded": 503,
+}
+
+
+def error_response(
+    code: str,
+    detail: str,
+    *,
+    status: int | None = None,
+    retry_after: float | None = None,
+    **extra: Any,
+) -> web.Response:
+    """Build an error response in the documented shape.
+
+    ``retry_after`` (seconds) sets both the ``Retry-After`` header (whole seconds,
+    at least 1) and a ``retry_after`` field in the body.
+    """
+    body: dict[str, Any] = {"error": code, "detail": detail}
+    headers: dict[str, str] = {}
+    if retry_after is not None:
+        seconds = max(1, math.ceil(retry_after))
+        headers["Retry-After"] = str(seconds)
+        body["retry_after"] = seconds
+    body.update(extra)
+    return web.Response(
+        body=orjson.dumps(body),
+        status=status if status is not None else ERROR_CODES.get(code, 500),
+        content_type="application/json",
+        headers=headers,
+    )

@@ -1,0 +1,868 @@
+"""SlabPool: the process-wide memory reservoir that arenas borrow blocks from.
+
+Theory of operation
+-------------------
+Memory lives in *slabs*: one anonymous ``mmap`` (or one ``bytearray``) per slab, each
+cut into equal *blocks* of one size class. Classes run 4 per doubling from 4 KiB up to
+``max_class`` (4, 5, 6, 7, 8, 10, 12, 14, 16 KiB ... as jemalloc and Netty space
+them). A request above ``max_class`` gets a *huge* slab of its own (page-rounded) that
+is unmapped as soon as it comes back.
+
+Every block is in exactly one state::
+
+    IDLE --lend--> LENT --return, no view alive--> IDLE
+                   LENT --return, a view escaped--> QUARANTINED --last view dies--> IDLE
+
+so at every moment ``lent + idle + quarantined == mapped`` (bytes and blocks, per
+class). The budget caps ``lent + quarantined``: quarantined memory is still in use by
+whoever kept the view, so it counts.
+
+Liveness of a lend is tracked through a *carrier*: for each lend we build a fresh
+ctypes array over the block's bytes (``from_buffer``) and hand out views cast from it.
+Every memoryview derived from those views (slices included) keeps the carrier alive
+through CPython's managed buffer, and nothing else holds it, so "the carrier is dead"
+is exactly "no view of this lend is alive". On return we release the root view and
+look at a weak reference to the carrier: dead means the block is reusable at once;
+alive means a view escaped, and the block is quarantined until a ``weakref.finalize``
+on the carrier fires. Finalizers may run in any thread at any point (including inside
+our own locked sections, when the GC runs), so they only append to a deque; whoever
+next takes the lock drains it.
+
+Concurrency: one ``threading.Lock`` guards all pool state. Async waiters queue FIFO;
+grants are decided under the lock and delivered on the waiter's own loop with
+``call_soon_threadsafe``. The waiter at the head blocks the ones behind it (no
+overtaking), so a large request cannot be starved by a stream of small ones.
+
+Decay: an idle block carries the time it went idle. A daemon thread (one per pool,
+started on first use) wakes every ``decay / 4`` seconds and gives blocks idle longer
+than ``decay`` back to the OS, beyond a warm reserve per class: ``madvise(DONTNEED)``
+for a block inside a shared slab, unmapping for a slab that is wholly idle.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import ctypes
+import logging
+import mmap
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+from ._errors import BudgetExhausted, InvalidSize, PoolClosedError
+from ._registry import register_slab_pool
+from ._units import format_size, parse_size
+
+if TYPE_CHECKING:
+    from ._arena import Arena
+
+__all__ = ["Block", "SlabPool", "size_classes"]
+
+log = logging.getLogger("arenapool")
+
+PAGE: Final = mmap.PAGESIZE
+MIN_CLASS: Final = 4096
+#: Slabs of small classes hold several blocks; a slab aims at this many bytes.
+SLAB_TARGET: Final = 256 * 1024
+
+_IDLE: Final = 0
+_LENT: Final = 1
+_QUARANTINED: Final = 2
+_HUGE: Final = -1
+
+Backing = Literal["mmap", "bytearray"]
+
+
+def size_classes(max_class: int) -> list[int]:
+    """The block sizes a pool with this ``max_class`` uses: 4 per doubling from 4 KiB."""
+    classes: list[int] = []
+    base = MIN_CLASS
+    while base <= max_class:
+        for quarter in (4, 5, 6, 7):
+            size = base * quarter // 4
+            if size > max_class:
+                break
+            classes.append(size)
+        base *= 2
+    return classes
+
+
+def _blocks_per_slab(size: int) -> int:
+    """How many blocks of ``size`` one slab holds; slab bytes are a multiple of a page."""
+    if size >= SLAB_TARGET:
+        return 1
+    count = SLAB_TARGET // size
+    if size % PAGE:
+        # Four blocks of any class below 16 KiB span a whole number of pages
+        # (each class is base * q / 4 with base a multiple of 4 KiB).
+        count -= count % 4
+    return max(count, 1)
+
+
+class _Slab:
+    __slots__ = ("addr", "blocks", "buf", "class_index", "idle", "mapped", "nblocks", "size")
+
+    def __init__(self, class_index: int, block_size: int, nblocks: int, backing: Backing) -> None:
+        self.class_index = class_index
+        self.size = block_size * nblocks
+        self.nblocks = nblocks
+        self.buf: mmap.mmap | bytearray
+        if backing == "mmap":
+            self.buf = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        else:
+            self.buf = bytearray(self.size)
+        probe = ctypes.c_char.from_buffer(self.buf)
+        self.addr = ctypes.addressof(probe)
+        del probe
+        self.idle = nblocks
+        self.mapped = True
+        self.blocks = [Block(self, i * block_size, block_size) for i in range(nblocks)]
+
+    def unmap(self) -> None:
+        self.mapped = False
+        if isinstance(self.buf, mmap.mmap):
+            self.buf.close()
+        else:
+            self.buf = bytearray()
+
+
+class Block:
+    """One block of a slab, as lent to an arena.
+
+    ``view`` is a writable ``memoryview`` over the whole block while it is lent; the
+    borrower slices it and must not keep any view past :meth:`SlabPool.give_back`.
+    ``used`` is how many leading bytes the borrower may have written (for scrubbing).
+    """
+
+    __slots__ = (
+        "committed",
+        "idle_since",
+        "offset",
+        "ref",
+        "scrub",
+        "size",
+        "slab",
+        "state",
+        "used",
+        "view",
+    )
+
+    def __init__(self, slab: _Slab, offset: int, size: int) -> None:
+        self.slab = slab
+        self.offset = offset
+        self.size = size
+        self.state = _IDLE
+        self.idle_since = 0.0
+        self.committed = False
+        self.used = 0
+        self.scrub = False
+        self.view: memoryview | None = None
+        self.ref: weakref.ref[Any] | None = None
+
+    def __repr__(self) -> str:
+        state = {_IDLE: "idle", _LENT: "lent", _QUARANTINED: "quarantined"}[self.state]
+        return f"<Block {format_size(self.size)} at +{self.offset} {state}>"
+
+
+class _ClassState:
+    __slots__ = ("free", "high_water", "idle", "lent", "quarantined", "reserve", "size")
+
+    def __init__(self, size: int, reserve: int) -> None:
+        self.size = size
+        self.free: list[Block] = []  # a stack: the most recently returned block on top
+        self.lent = 0
+        self.idle = 0
+        self.quarantined = 0
+        self.high_water = 0
+        self.reserve = reserve
+
+
+class _Waiter:
+    __slots__ = ("block", "fut", "handle", "loop", "nbytes", "size")
+
+    def __init__(self, nbytes: int, size: int, loop: asyncio.AbstractEventLoop) -> None:
+        self.nbytes = nbytes
+        self.size = size
+        self.loop = loop
+        self.fut: asyncio.Future[None] = loop.create_future()
+        self.block: Block | None = None
+        self.handle: asyncio.TimerHandle | None = None
+
+
+def _deliver(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+class SlabPool:
+    """A process-wide reservoir of memory blocks with a budget.
+
+    Args:
+        budget: most bytes lent out (and quarantined) at once; ``lend`` beyond it
+            raises :class:`BudgetExhausted` (sync) or waits (async).
+        max_class: the largest size class; larger requests get a dedicated mapping.
+        decay: seconds a block may stay idle before it is returned to the OS (beyond the
+            warm reserve); ``None`` never returns memory on a timer, ``0`` at once.
+        backing: ``"mmap"`` (anonymous, lazily committed, returnable with madvise) or
+            ``"bytearray"``.
+        prefault: commit every page of a slab when it is created, so the request path
+            never page-faults (pair with ``decay=None`` to keep it that way).
+        scrub: zero every block when it comes back, so no later borrower can read it.
+        prealloc: blocks to map up front, ``{"64KiB": 32}``; they also set that class's
+            warm reserve.
+        reserve: idle blocks per class kept committed through decay (default 0).
+        retry_after: the ``Retry-After`` hint (seconds) carried by budget errors.
+        max_waiters: most async lends queued at once; beyond it ``lend_async`` sheds at
+            once with :class:`BudgetExhausted`. ``None`` means unbounded.
+        name: shown in the repr, stats and metrics.
+
+    A pool is safe to share between threads; an :class:`Arena` belongs to one task
+    or thread.
+    """
+
+    def __init__(
+        self,
+        budget: int | str = "256MiB",
+        *,
+        max_class: int | str = "16MiB",
+        decay: float | None = 10.0,
+        backing: Backing = "mmap",
+        prefault: bool = False,
+        scrub: bool = False,
+        prealloc: Mapping[int | str, int] | None = None,
+        reserve: int = 0,
+        retry_after: float = 1.0,
+        max_waiters: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.budget = parse_size(budget, name="budget")
+        self.max_class = parse_size(max_class, name="max_class")
+        if self.max_class < MIN_CLASS:
+            msg = f"max_class must be at least 4 KiB, got {max_class!r}"
+            raise InvalidSize(msg, value=max_class)
+        if backing not in ("mmap", "bytearray"):
+            msg = f"backing must be 'mmap' or 'bytearray', got {backing!r}"
+            raise InvalidSize(msg, value=backing)
+        if decay is not None and decay < 0:
+            msg = f"decay must be None or zero or more seconds, got {decay!r}"
+            raise InvalidSize(msg, value=decay)
+        if reserve < 0:
+            msg = f"reserve must be zero or more blocks, got {reserve!r}"
+            raise InvalidSize(msg, value=reserve)
+        self.decay = decay
+        self.backing: Backing = backing
+        self.prefault = prefault
+        self.scrub = scrub
+        self.retry_after = retry_after
+        self.max_waiters = max_waiters
+        self.name = name or f"pool-{id(self):x}"
+        self._sizes = size_classes(self.max_class)
+        self._classes = [_ClassState(size, reserve) for size in self._sizes]
+        self._lock = threading.Lock()
+        self._slabs: set[_Slab] = set()
+        self._huge: set[Block] = set()
+        self._pending: deque[Block] = deque()
+        self._waiters: deque[_Waiter] = deque()
+        self._closed = False
+        self._lent_bytes = 0
+        self._quarantined_bytes = 0
+        self._mapped_bytes = 0
+        self._high_water = 0
+        self._waits = 0
+        self._wait_timeouts = 0
+        self._shed = 0
+        self._returned_bytes = 0
+        self._trims = 0
+        self._escapes = 0
+        self._huge_lent = 0
+        self._arenas_open = 0
+        self._arenas_total = 0
+        self._decay_thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        for key, count in (prealloc or {}).items():
+            self._prealloc(parse_size(key, name="prealloc size"), count)
+        register_slab_pool(self)
+
+    # -- public API --------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has run."""
+        return self._closed
+
+    @property
+    def lent_bytes(self) -> int:
+        """Bytes lent out right now (block sizes, not the sizes asked for)."""
+        return self._lent_bytes
+
+    @property
+    def available(self) -> int:
+        """Bytes the budget still allows to be lent."""
+        return max(0, self.budget - self._lent_bytes - self._quarantined_bytes)
+
+    def arena(
+        self, *, limit: int | str | None = None, scrub: bool | None = None, name: str | None = None
+    ) -> Arena:
+        """A new :class:`Arena` drawing from this pool (use it as a context manager)."""
+        from ._arena import Arena  # noqa: PLC0415 - _arena imports this module
+
+        return Arena(self, limit=limit, scrub=scrub, name=name)
+
+    def block_size(self, nbytes: int) -> int:
+        """The size of block a request for ``nbytes`` gets (its class, or page-rounded)."""
+        if nbytes <= self.max_class:
+            return self._sizes[bisect.bisect_left(self._sizes, nbytes)]
+        return -(-nbytes // PAGE) * PAGE
+
+    def lend(self, nbytes: int) -> Block:
+        """Lend a block of at least ``nbytes`` now, or raise :class:`BudgetExhausted`.
+
+        A sync lend never overtakes async waiters: while any are queued it fails.
+        """
+        size = self._check_request(nbytes)
+        with self._lock:
+            self._drain_pending()
+            self._check_open()
+            if self._waiters or not self._fits(size):
+                raise self._exhausted(nbytes, size, waited=0.0)
+            return self._take(nbytes, size)
+
+    async def lend_async(self, nbytes: int, *, timeout: float | None = None) -> Block:
+        """Lend a block of at least ``nbytes``, waiting FIFO up to ``timeout`` seconds.
+
+        Never blocks the event loop. Raises :class:`BudgetExhausted` when the wait times
+        out, when the queue is at ``max_waiters``, or when ``nbytes`` exceeds the whole
+        budget. A cancelled waiter leaves the queue and gives back anything granted.
+        """
+        size = self._check_request(nbytes)
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self._drain_pending()
+            self._check_open()
+            if not self._waiters and self._fits(size):
+                return self._take(nbytes, size)
+            if timeout is not None and timeout <= 0:
+                raise self._exhausted(nbytes, size, waited=0.0)
+            if self.max_waiters is not None and len(self._waiters) >= self.max_waiters:
+                self._shed += 1
+                raise self._exhausted(nbytes, size, waited=0.0, shed=True)
+            waiter = _Waiter(nbytes, size, loop)
+            self._waiters.append(waiter)
+            self._waits += 1
+        started = time.monotonic()
+        if timeout is not None:
+            waiter.handle = loop.call_later(timeout, self._expire, waiter, started)
+        try:
+            await waiter.fut
+        except BaseException:
+            self._abandon(waiter)
+            raise
+        finally:
+            if waiter.handle is not None:
+                waiter.handle.cancel()
+        block = waiter.block
+        waiter.block = None
+        if block is None:  # pragma: no cover - defensive; a result always carries a block
+            raise self._exhausted(nbytes, size, waited=time.monotonic() - started)
+        return block
+
+    def give_back(self, blocks: Iterable[Block]) -> int:
+        """Return lent blocks. Returns how many were quarantined (a view escaped)."""
+        returned: list[Block] = []
+        for block in blocks:
+            view = block.view
+            block.view = None
+            if view is not None:
+                with contextlib.suppress(BufferError):  # an export of the root: escaped
+                    view.release()
+            returned.append(block)
+        quarantined = 0
+        with self._lock:
+            now = time.monotonic()
+            for block in returned:
+                if block.state != _LENT:
+                    continue
+                if self._settle(block, now):
+                    quarantined += 1
+            self._drain_pending()
+            self._grant_waiters()
+        return quarantined
+
+    def trim(self, *, older_than: float = 0.0, keep_reserve: bool = True) -> int:
+        """Give idle memory back to the OS now; returns the bytes returned.
+
+        Blocks idle for at least ``older_than`` seconds beyond each class's warm reserve
+        (all of them with ``keep_reserve=False``) are ``madvise``d away, and slabs that
+        are wholly idle are unmapped.
+        """
+        with self._lock:
+            self._drain_pending()
+            if self._closed:
+                return 0
+            returned = self._trim_locked(time.monotonic() - older_than, keep_reserve)
+            if returned:
+                self._trims += 1
+        if returned:
+            log.debug("%s: returned %s to the OS", self.name, format_size(returned))
+        return returned
+
+    def stats(self) -> dict[str, Any]:
+        """A JSON-serialisable snapshot of the pool's state and counters."""
+        with self._lock:
+            self._drain_pending()
+            classes = [
+                {
+                    "size": c.size,
+                    "lent_blocks": c.lent,
+                    "lent_bytes": c.lent * c.size,
+                    "idle_blocks": c.idle,
+                    "idle_bytes": c.idle * c.size,
+                    "quarantined_blocks": c.quarantined,
+                    "quarantined_bytes": c.quarantined * c.size,
+                    "high_water_blocks": c.high_water,
+                    "reserve_blocks": c.reserve,
+                }
+                for c in self._classes
+                if c.lent or c.idle or c.quarantined or c.high_water
+            ]
+            idle_bytes = sum(c.idle * c.size for c in self._classes)
+            return {
+                "name": self.name,
+                "closed": self._closed,
+                "backing": self.backing,
+                "budget": self.budget,
+                "max_class": self.max_class,
+                "decay": self.decay,
+                "scrub": self.scrub,
+                "lent_bytes": self._lent_bytes,
+                "lent_blocks": sum(c.lent for c in self._classes) + self._huge_lent,
+                "huge_lent_blocks": self._huge_lent,
+                "idle_bytes": idle_bytes,
+                "idle_blocks": sum(c.idle for c in self._classes),
+                "quarantined_bytes": self._quarantined_bytes,
+                "quarantined_blocks": sum(c.quarantined for c in self._classes)
+                + sum(1 for b in self._huge if b.state == _QUARANTINED),
+                "mapped_bytes": self._mapped_bytes,
+                "available_bytes": max(0, self.budget - self._lent_bytes - self._quarantined_bytes),
+                "high_water_lent_bytes": self._high_water,
+                "waits": self._waits,
+                "waiting": len(self._waiters),
+                "wait_timeouts": self._wait_timeouts,
+                "shed": self._shed,
+                "returned_bytes": self._returned_bytes,
+                "trims": self._trims,
+                "escapes": self._escapes,
+                "arenas_open": self._arenas_open,
+                "arenas_total": self._arenas_total,
+                "classes": classes,
+            }
+
+    def close(self) -> None:
+        """Unmap everything idle and refuse further use (idempotent).
+
+        Blocks still lent are unmapped when they come back; queued waiters fail with
+        :class:`PoolClosedError`.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._drain_pending()
+            for waiter in self._waiters:
+                waiter.loop.call_soon_threadsafe(self._fail_waiter, waiter)
+            self._waiters.clear()
+            for slab in list(self._slabs):
+                if slab.idle == slab.nblocks:
+                    self._unmap_locked(slab)
+        self._stop.set()
+
+    def __enter__(self) -> SlabPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        with self._lock:
+            self._drain_pending()
+        lent_blocks = sum(c.lent for c in self._classes) + self._huge_lent
+        idle_blocks = sum(c.idle for c in self._classes)
+        idle_bytes = sum(c.idle * c.size for c in self._classes)
+        parts = [
+            f"in use {lent_blocks} blocks / {format_size(self._lent_bytes)}",
+            f"idle {idle_blocks} / {format_size(idle_bytes)}",
+        ]
+        if self._quarantined_bytes:
+            parts.append(f"quarantined {format_size(self._quarantined_bytes)}")
+        if self._waiters:
+            parts.append(f"waiting {len(self._waiters)}")
+        parts.append(f"budget {format_size(self.budget)}")
+        closed = " closed" if self._closed else ""
+        return f"<SlabPool{closed} [{' | '.join(parts)}]>"
+
+    # -- arena bookkeeping (called by Arena) ---------------------------------------
+
+    def _arena_opened(self) -> None:
+        with self._lock:
+            self._check_open()
+            self._arenas_open += 1
+            self._arenas_total += 1
+
+    def _arena_closed(self) -> None:
+        with self._lock:
+            self._arenas_open -= 1
+
+    # -- internals (the lock is held where a name ends in _locked or says so) -----
+
+    def _check_request(self, nbytes: int) -> int:
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+            msg = f"size must be an int number of bytes, got {nbytes!r}"
+            raise InvalidSize(msg, value=nbytes)
+        if nbytes <= 0:
+            msg = f"size must be positive, got {nbytes!r}"
+            raise InvalidSize(msg, value=nbytes)
+        size = self.block_size(nbytes)
+        if size > self.budget:
+            msg = (
+                f"requested {format_size(nbytes)} ({nbytes!r} bytes) is more than the whole "
+                f"budget of {format_size(self.budget)}; raise budget= or read the data in parts"
+            )
+            raise BudgetExhausted(
+                msg,
+                requested=nbytes,
+                available=self.available,
+                budget=self.budget,
+                waited=0.0,
+                retry_after=self.retry_after,
+            )
+        return size
+
+    def _check_open(self) -> None:
+        if self._closed:
+            msg = f"{self.name} is closed; create a new SlabPool"
+            raise PoolClosedError(msg)
+
+    def _fits(self, size: int) -> bool:
+        return self._lent_bytes + self._quarantined_bytes + size <= self.budget
+
+    def _exhausted(
+        self, nbytes: int, size: int, *, waited: float, shed: bool = False
+    ) -> BudgetExhausted:
+        available = self.available
+        why = (
+            f"{len(self._waiters)} requests are already waiting (max_waiters={self.max_waiters})"
+            if shed
+            else f"{format_size(available)} of the {format_size(self.budget)} budget is free"
+        )
+        waited_text = f" after waiting {waited:.3f}s" if waited else ""
+        msg = (
+            f"memory budget exhausted: requested {format_size(nbytes)} "
+            f"(a {format_size(size)} block){waited_text}; {why}. "
+            f"Retry after {self.retry_after:g}s, or raise budget="
+        )
+        return BudgetExhausted(
+            msg,
+            requested=nbytes,
+            available=available,
+            budget=self.budget,
+            waited=waited,
+            retry_after=self.retry_after,
+        )
+
+    def _take(self, nbytes: int, size: int) -> Block:
+        """Lend one block (lock held, budget already checked)."""
+        if nbytes > self.max_class:
+            slab = self._new_slab(_HUGE, size, 1)
+            block = slab.blocks[0]
+            slab.idle = 0
+            self._huge.add(block)
+            self._huge_lent += 1
+        else:
+            index = bisect.bisect_left(self._sizes, size)
+            cls = self._classes[index]
+            if not cls.free:
+                slab = self._new_slab(index, size, _blocks_per_slab(size))
+                # push in reverse so the lowest offsets come out first
+                cls.free.extend(reversed(slab.blocks))
+                cls.idle += slab.nblocks
+            block = cls.free.pop()
+            block.slab.idle -= 1
+            cls.idle -= 1
+            cls.lent += 1
+            cls.high_water = max(cls.high_water, cls.lent)
+        block.state = _LENT
+        block.committed = True
+        block.used = 0
+        self._lent_bytes += size
+        self._high_water = max(self._high_water, self._lent_bytes + self._quarantined_bytes)
+        self._arm(block)
+        return block
+
+    def _arm(self, block: Block) -> None:
+        huge = block.slab.class_index == _HUGE
+        carrier = _carrier_type(block.size, cache=not huge).from_buffer(block.slab.buf, block.offset)
+        block.ref = weakref.ref(carrier)
+        block.view = memoryview(carrier).cast("B")
+
+    def _new_slab(self, index: int, block_size: int, nblocks: int) -> _Slab:
+        slab = _Slab(index, block_size, nblocks, self.backing)
+        if self.prefault:
+            ctypes.memset(slab.addr, 0, slab.size)
+        self._slabs.add(slab)
+        self._mapped_bytes += slab.size
+        if self.decay is not None and self._decay_thread is None:
+            self._start_decay_thread()
+        return slab
+
+    def _prealloc(self, nbytes: int, count: int) -> None:
+        size = self.block_size(nbytes)
+        if nbytes > self.max_class:
+            msg = f"prealloc size {format_size(nbytes)} is above max_class; raise max_class="
+            raise InvalidSize(msg, value=nbytes)
+        index = bisect.bisect_left(self._sizes, size)
+        cls = self._classes[index]
+        cls.reserve = max(cls.reserve, count)
+        per_slab = _blocks_per_slab(size)
+        with self._lock:
+            while cls.idle < count:
+                slab = self._new_slab(index, size, per_slab)
+                now = time.monotonic()
+                for block in slab.blocks:
+                    block.idle_since = now
+                    block.committed = self.prefault
+                cls.free[:0] = reversed(slab.blocks)
+                cls.idle += slab.nblocks
+
+    def _settle(self, block: Block, now: float) -> bool:
+        """A lent block came back (lock held). Returns True if it was quarantined."""
+        ref = block.ref
+        if ref is not None and ref() is not None:
+            carrier = ref()
+            block.state = _QUARANTINED
+            size = block.size
+            self._lent_bytes -= size
+            self._quarantined_bytes += size
+            if block.slab.class_index == _HUGE:
+                self._huge_lent -= 1
+            else:
+                cls = self._classes[block.slab.class_index]
+                cls.lent -= 1
+                cls.quarantined += 1
+            weakref.finalize(carrier, _on_carrier_death, weakref.ref(self), block)
+            del carrier
+            self._escapes += 1
+            log.debug(
+                "%s: a view of a %s block outlived its lend; quarantined until it is gone",
+                self.name,
+                format_size(size),
+            )
+            return True
+        block.ref = None
+        self._lent_bytes -= block.size
+        if block.slab.class_index == _HUGE:
+            self._huge_lent -= 1
+        else:
+            self._classes[block.slab.class_index].lent -= 1
+        self._make_idle(block, now)
+        return False
+
+    def _make_idle(self, block: Block, now: float) -> None:
+        """LENT or QUARANTINED -> IDLE, or unmapped (lock held, counters already moved)."""
+        slab = block.slab
+        if slab.class_index == _HUGE:
+            block.state = _IDLE
+            self._huge.discard(block)
+            self._unmap_locked(slab)
+            return
+        if (self.scrub or block.scrub) and block.used:
+            ctypes.memset(slab.addr + block.offset, 0, block.used)
+        block.used = 0
+        block.scrub = False
+        block.state = _IDLE
+        block.idle_since = now
+        cls = self._classes[slab.class_index]
+        cls.free.append(block)
+        cls.idle += 1
+        slab.idle += 1
+        if self._closed and slab.idle == slab.nblocks:
+            self._unmap_locked(slab)
+        elif self.decay == 0:
+            self._trim_locked(now, keep_reserve=True)
+
+    def _drain_pending(self) -> None:
+        """Move blocks whose escaped views died out of quarantine (lock held)."""
+        pending = self._pending
+        if not pending:
+            return
+        now = time.monotonic()
+        while pending:
+            block = pending.popleft()
+            if block.state != _QUARANTINED:
+                continue
+            block.ref = None
+            self._quarantined_bytes -= block.size
+            if block.slab.class_index != _HUGE:
+                self._classes[block.slab.class_index].quarantined -= 1
+            self._make_idle(block, now)
+        self._grant_waiters()
+
+    def _grant_waiters(self) -> None:
+        """Hand blocks to queued waiters, strictly in order (lock held)."""
+        waiters = self._waiters
+        while waiters and not self._closed:
+            head = waiters[0]
+            if head.fut.done():  # expired or cancelled, cleanup pending in its loop
+                waiters.popleft()
+                continue
+            if not self._fits(head.size):
+                return
+            waiters.popleft()
+            head.block = self._take(head.nbytes, head.size)
+            head.loop.call_soon_threadsafe(_deliver, head.fut)
+
+    def _expire(self, waiter: _Waiter, started: float) -> None:
+        """A waiter's timeout fired (in its loop)."""
+        with self._lock:
+            if waiter.block is not None or waiter.fut.done():
+                return
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            self._wait_timeouts += 1
+            exc = self._exhausted(waiter.nbytes, waiter.size, waited=time.monotonic() - started)
+            self._grant_waiters()  # the head may have been the one in the way
+        if not waiter.fut.done():
+            waiter.fut.set_exception(exc)
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """The waiting task was cancelled or failed: leave the queue, give back grants."""
+        with self._lock:
+            block = waiter.block
+            waiter.block = None
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+        if block is not None:
+            self.give_back([block])
+        else:
+            with self._lock:
+                self._grant_waiters()
+
+    def _wake(self) -> None:
+        """Scheduled by a carrier finalizer: drain quarantine and serve waiters."""
+        with self._lock:
+            self._drain_pending()
+
+    def _fail_waiter(self, waiter: _Waiter) -> None:
+        if not waiter.fut.done():
+            waiter.fut.set_exception(PoolClosedError(f"{self.name} was closed while waiting"))
+
+    def _trim_locked(self, cutoff: float, keep_reserve: bool) -> int:
+        returned = 0
+        emptied: set[_Slab] = set()
+        for cls in self._classes:
+            keep = cls.reserve if keep_reserve else 0
+            candidates = len(cls.free) - keep
+            # the stack's bottom holds the blocks idle longest
+            for block in cls.free[: max(candidates, 0)]:
+                if block.idle_since > cutoff:
+                    break
+                slab = block.slab
+                if slab.idle == slab.nblocks:
+                    emptied.add(slab)
+                if block.committed:
+                    block.committed = False
+                    returned += self._decommit(block)
+        for slab in emptied:
+            cls = self._classes[slab.class_index]
+            keep = cls.reserve if keep_reserve else 0
+            if cls.idle - slab.nblocks < keep:
+                continue
+            if all(b.idle_since <= cutoff for b in slab.blocks):
+                returned += sum(b.size for b in slab.blocks if b.committed)
+                self._unmap_locked(slab)
+        self._returned_bytes += returned
+        return returned
+
+    def _decommit(self, block: Block) -> int:
+        slab = block.slab
+        if not isinstance(slab.buf, mmap.mmap):
+            return 0
+        start = -(-block.offset // PAGE) * PAGE
+        end = (block.offset + block.size) // PAGE * PAGE
+        if end <= start:
+            return 0
+        slab.buf.madvise(mmap.MADV_DONTNEED, start, end - start)
+        return end - start
+
+    def _unmap_locked(self, slab: _Slab) -> None:
+        if not slab.mapped:
+            return
+        if slab.class_index != _HUGE:
+            cls = self._classes[slab.class_index]
+            members = set(map(id, slab.blocks))
+            cls.free = [b for b in cls.free if id(b) not in members]
+            cls.idle -= slab.nblocks
+        try:
+            slab.unmap()
+        except BufferError:  # pragma: no cover - a carrier is still alive; keep it mapped
+            log.error("%s: slab still exported at unmap; leaving it mapped", self.name)
+            return
+        self._slabs.discard(slab)
+        self._mapped_bytes -= slab.size
+
+    def _start_decay_thread(self) -> None:
+        interval = max(0.05, (self.decay or 0.0) / 4)
+        thread = threading.Thread(
+            target=_decay_loop,
+            args=(weakref.ref(self), self._stop, interval),
+            name=f"arenapool-decay-{self.name}",
+            daemon=True,
+        )
+        self._decay_thread = thread
+        thread.start()
+
+
+def _on_carrier_death(pool_ref: weakref.ref[SlabPool], block: Block) -> None:
+    """The last view of a quarantined block died. Runs anywhere: no locks here."""
+    pool = pool_ref()
+    if pool is None:
+        return
+    pool._pending.append(block)
+    for loop in {w.loop for w in list(pool._waiters)}:
+        with contextlib.suppress(RuntimeError):  # that loop is closed
+            loop.call_soon_threadsafe(pool._wake)
+
+
+def _decay_loop(pool_ref: weakref.ref[SlabPool], stop: threading.Event, interval: float) -> None:
+    while not stop.wait(interval):
+        pool = pool_ref()
+        if pool is None or pool.closed:
+            return
+        decay = pool.decay
+        if decay is not None:
+            pool.trim(older_than=decay)
+        del pool
+
+
+_CARRIERS: dict[int, type[ctypes.Array[ctypes.c_char]]] = {}
+
+
+def _carrier_type(size: int, *, cache: bool = True) -> type[ctypes.Array[ctypes.c_char]]:
+    """A ctypes char-array type of ``size`` bytes that supports weak references.
+
+    Size classes are few, so their types are cached. Huge sizes are not: defining the
+    array through ``_type_``/``_length_`` bypasses ctypes' own unbounded cache of
+    ``c_char * n`` types as well.
+    """
+    carrier = _CARRIERS.get(size)
+    if carrier is None:
+        namespace = {"_type_": ctypes.c_char, "_length_": size, "__slots__": ("__weakref__",)}
+        carrier = type(ctypes.Array)(f"_Carrier{size}", (ctypes.Array,), namespace)
+        if cache:
+            _CARRIERS[size] = carrier
+    return carrier
+
