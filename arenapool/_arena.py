@@ -292,7 +292,7 @@ class Arena:
             for callback in callbacks:
                 try:
                     callback()
-                except Exception as exc:  # noqa: BLE001 - every callback must run
+                except Exception as exc:  # every callback must run
                     errors.append(exc)
             self._pool._arena_closed()
             if errors:
@@ -415,7 +415,7 @@ class Arena:
         self._cur_off = self._cur_end = 0
         views, self._views = self._views, []
         for view in views:
-            try:
+            try:  # noqa: SIM105 - hot loop; contextlib.suppress costs a frame per view
                 view.release()
             except BufferError:  # an export of this view is alive: the pool will see it
                 pass
@@ -453,4 +453,3 @@ def _as_bytes_view(data: Any) -> memoryview:
     if src.format != "B" or src.ndim != 1:
         src = src.cast("B") if src.c_contiguous else memoryview(src.tobytes())
     return src
-

@@ -15,6 +15,7 @@ __all__ = [
     "ArenaLimitExceeded",
     "ArenaPoolError",
     "ArenaReleasedError",
+    "BodyTimeout",
     "BodyTooLarge",
     "BudgetExhausted",
     "DoubleRelease",
@@ -152,3 +153,10 @@ class UnsupportedMediaType(ArenaPoolError, ValueError):
 
     status_hint = 415
     content_type: str
+
+
+class BodyTimeout(ArenaPoolError, TimeoutError):
+    """The request body did not arrive within ``body_timeout`` seconds."""
+
+    status_hint = 408
+    timeout: float | None

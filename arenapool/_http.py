@@ -22,6 +22,7 @@ ERROR_CODES: dict[str, int] = {
     "incomplete_body": 400,
     "unauthorized": 401,
     "forbidden": 403,
+    "body_timeout": 408,
     "body_too_large": 413,
     "unsupported_media_type": 415,
     "internal_error": 500,

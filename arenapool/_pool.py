@@ -177,7 +177,7 @@ class ObjectPool(Generic[T]):
             else:
                 fut.cancel()
             if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-                raise self._timeout_error(timeout) from None
+                raise self._timeout_error(timeout or 0.0) from None
             raise
 
     def release(self, obj: T) -> None:

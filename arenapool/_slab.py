@@ -605,7 +605,9 @@ class SlabPool:
 
     def _arm(self, block: Block) -> None:
         huge = block.slab.class_index == _HUGE
-        carrier = _carrier_type(block.size, cache=not huge).from_buffer(block.slab.buf, block.offset)
+        carrier = _carrier_type(block.size, cache=not huge).from_buffer(
+            block.slab.buf, block.offset
+        )
         block.ref = weakref.ref(carrier)
         block.view = memoryview(carrier).cast("B")
 
@@ -809,7 +811,7 @@ class SlabPool:
         try:
             slab.unmap()
         except BufferError:  # pragma: no cover - a carrier is still alive; keep it mapped
-            log.error("%s: slab still exported at unmap; leaving it mapped", self.name)
+            log.exception("%s: slab still exported at unmap; leaving it mapped", self.name)
             return
         self._slabs.discard(slab)
         self._mapped_bytes -= slab.size
@@ -861,8 +863,8 @@ def _carrier_type(size: int, *, cache: bool = True) -> type[ctypes.Array[ctypes.
     carrier = _CARRIERS.get(size)
     if carrier is None:
         namespace = {"_type_": ctypes.c_char, "_length_": size, "__slots__": ("__weakref__",)}
-        carrier = type(ctypes.Array)(f"_Carrier{size}", (ctypes.Array,), namespace)
+        metaclass: Any = type(ctypes.Array)
+        carrier = metaclass(f"_Carrier{size}", (ctypes.Array,), namespace)
         if cache:
             _CARRIERS[size] = carrier
     return carrier
-

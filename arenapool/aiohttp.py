@@ -42,6 +42,7 @@ from ._arena import Arena
 from ._errors import (
     ArenaLimitExceeded,
     ArenaPoolError,
+    BodyTimeout,
     BodyTooLarge,
     BudgetExhausted,
     IncompleteBody,
@@ -77,6 +78,12 @@ F = TypeVar("F", bound=Callable[..., Awaitable[web.StreamResponse]])
 
 #: the first block a chunked body is read into
 CHUNKED_FIRST = 64 * 1024
+#: declared bodies up to this size are reserved in one allocation; larger ones are
+#: reserved as they arrive (256 KiB, then 1 MiB, then the whole declared size), so a
+#: slow sender cannot hold budget for bytes it has not sent (cf. fasthttp PR #2408)
+EAGER_RESERVE = 256 * 1024
+#: growth factor of the incremental reservation
+GROWTH = 4
 #: how often a budget wait checks whether its client is still there (seconds)
 DISCONNECT_POLL = 0.05
 
@@ -93,6 +100,7 @@ class ArenaConfig:
     decoder: str = "orjson"
     strict_content_type: bool = False
     scrub: bool | None = None
+    body_timeout: float | None = 60.0
 
 
 @dataclass
@@ -103,6 +111,7 @@ class _RouteCounters:
     arena_high_water: int = 0
     waits: int = 0
     status_400: int = 0
+    status_408: int = 0
     status_413: int = 0
     status_415: int = 0
     status_503: int = 0
@@ -170,6 +179,7 @@ def setup(
     decoder: str = "orjson",
     strict_content_type: bool = False,
     scrub: bool | None = None,
+    body_timeout: float | None = 60.0,
     close_pool: bool | None = None,
     admin: Any = False,
     governor: Any = None,
@@ -186,6 +196,8 @@ def setup(
         decoder: ``"orjson"`` or ``"msgspec"`` for :func:`read_json`.
         strict_content_type: :func:`read_json` answers 415 unless the body is JSON.
         scrub: zero arena memory on release (default: the pool's setting).
+        body_timeout: seconds a request may take to deliver its body (408 after);
+            with incremental reservation it bounds how long a slow sender holds budget.
         close_pool: close the pool on app cleanup (default: only a pool made here).
         admin: ``False``, or an ``AdminConfig`` to serve ``/_arenapool/`` routes.
         governor: ``None``, or a ``GovernorConfig``/``Governor`` to run with the app.
@@ -202,6 +214,7 @@ def setup(
         decoder=decoder,
         strict_content_type=strict_content_type,
         scrub=scrub,
+        body_timeout=body_timeout,
     )
     if config.limit > pool.budget:
         log.warning(
@@ -329,22 +342,28 @@ async def read_body(request: web.Request) -> memoryview:
     if not request.body_exists or declared == 0:
         state.body = memoryview(b"")
         return state.body
-    if declared is not None:
-        if declared > room:
-            raise _too_large(declared, arena, declared=True)
-        view = await _wait_for_budget(request, state, arena.alloc_async, declared)
-        await _fill(request, view, declared)
-        body = view
-    else:
-        body = await _read_chunked(request, state, room)
+    if declared is not None and declared > room:
+        raise _too_large(declared, arena, declared=True)
+    timeout = state.config.body_timeout
+    try:
+        async with _deadline(timeout):
+            if declared is not None and declared <= EAGER_RESERVE:
+                body = await _wait_for_budget(request, state, arena.alloc_async, declared)
+                await _fill(request, body, declared)
+            else:
+                body = await _read_growing(request, state, room, declared)
+    except TimeoutError:
+        msg = (
+            f"request body took longer than {timeout:g}s to arrive; "
+            "send it faster or raise body_timeout="
+        )
+        raise BodyTimeout(msg, timeout=timeout) from None
     state.body = body
     state.counters.bytes_read += body.nbytes
     return body
 
 
-async def read_json(
-    request: web.Request, *, decoder: str | None = None, type: Any = None
-) -> Any:
+async def read_json(request: web.Request, *, decoder: str | None = None, type: Any = None) -> Any:
     """Read the body into the arena and decode JSON from it, without a copy.
 
     ``decoder`` overrides the app's (``"orjson"`` or ``"msgspec"``); ``type`` decodes
@@ -439,6 +458,11 @@ def _error_for(
         return error_response(
             "incomplete_body", exc.message, received=exc.received, expected=exc.expected
         )
+    if isinstance(exc, BodyTimeout):
+        counters.status_408 += 1
+        response = error_response("body_timeout", exc.message)
+        response.force_close()
+        return response
     if isinstance(exc, ArenaLimitExceeded):
         counters.status_413 += 1
         return _refuse(request, exc)
@@ -490,26 +514,35 @@ async def _fill(request: web.Request, view: memoryview, declared: int) -> None:
         filled = end
 
 
-async def _read_chunked(request: web.Request, state: _RequestState, room: int) -> memoryview:
+async def _read_growing(
+    request: web.Request, state: _RequestState, room: int, declared: int | None
+) -> memoryview:
+    """Read a chunked or large body into a block that grows as bytes arrive."""
     arena = state.arena
     pool = arena.pool
     content = request.content
     block: Block | None = None
     filled = 0
+    cap = room if declared is None else declared
+    first = CHUNKED_FIRST if declared is None else EAGER_RESERVE
     try:
-        block = await _wait_for_budget(request, state, pool.lend_async, min(CHUNKED_FIRST, room))
+        block = await _wait_for_budget(request, state, pool.lend_async, min(first, cap))
         while True:
             chunk = await content.readany()
             if not chunk:
                 break
             end = filled + len(chunk)
-            if end > room:
+            if end > cap:
+                if declared is not None:  # the parser enforces Content-Length; be sure
+                    raise _too_large(end, None, declared=False, limit=declared)
                 raise _too_large(end, arena, declared=False)
             if end > block.size:
+                grow = GROWTH if declared is not None else 2
                 bigger = await _wait_for_budget(
-                    request, state, pool.lend_async, min(max(block.size * 2, end), room)
+                    request, state, pool.lend_async, min(max(block.size * grow, end), cap)
                 )
-                assert bigger.view is not None and block.view is not None
+                assert bigger.view is not None
+                assert block.view is not None
                 bigger.view[:filled] = block.view[:filled]
                 old, block = block, bigger
                 pool.give_back([old])
@@ -520,6 +553,13 @@ async def _read_chunked(request: web.Request, state: _RequestState, room: int) -
         if block is not None:
             pool.give_back([block])
         raise
+    if declared is not None and filled < declared:
+        pool.give_back([block])
+        msg = (
+            f"request body ended after {filled} of its declared {declared} bytes; "
+            "send the whole body or a correct Content-Length"
+        )
+        raise IncompleteBody(msg, received=filled, expected=declared)
     if filled == 0:
         pool.give_back([block])
         return memoryview(b"")
@@ -561,6 +601,38 @@ async def _wait_for_budget(
             with contextlib.suppress(asyncio.CancelledError, ArenaPoolError):
                 await task
         raise
+
+
+@contextlib.asynccontextmanager
+async def _deadline(timeout: float | None) -> AsyncIterator[None]:
+    """``asyncio.timeout`` where it exists (3.11+), ``None`` meaning no deadline."""
+    if timeout is None:
+        yield
+        return
+    timeout_cm = getattr(asyncio, "timeout", None)
+    if timeout_cm is not None:
+        async with timeout_cm(timeout):
+            yield
+        return
+    # Python 3.10: cancel the task at the deadline and turn that into TimeoutError
+    task = asyncio.current_task()
+    assert task is not None
+    fired = False
+
+    def expire() -> None:
+        nonlocal fired
+        fired = True
+        task.cancel()
+
+    handle = asyncio.get_running_loop().call_later(timeout, expire)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if fired:
+            raise TimeoutError from None
+        raise
+    finally:
+        handle.cancel()
 
 
 def _client_gone(request: web.Request) -> bool:

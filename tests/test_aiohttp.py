@@ -1,0 +1,547 @@
+"""The aiohttp adapter against real servers on 127.0.0.1 (pytest-aiohttp)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from arenapool import SlabPool, ViewEscapedWarning, current_arena
+from arenapool.aiohttp import (
+    ROUTE_STATS_KEY,
+    get_arena,
+    json_response,
+    read_body,
+    read_json,
+    setup,
+    with_arena,
+)
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+async def wait_idle(pool: SlabPool, timeout: float = 5.0) -> dict[str, Any]:
+    """Poll until nothing is lent or waiting (the handler's finally runs after the reply)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        stats = pool.stats()
+        if stats["lent_bytes"] == 0 and stats["waiting"] == 0 and stats["arenas_open"] == 0:
+            return stats
+        if loop.time() > deadline:
+            raise AssertionError(f"pool not idle after {timeout}s: {stats}")
+        await asyncio.sleep(0.01)
+
+
+def echo_app(pool: SlabPool, **options: Any) -> web.Application:
+    app = web.Application()
+    setup(app, pool, **options)
+
+    async def echo(request: web.Request) -> web.Response:
+        data = await read_json(request)
+        return json_response({"data": data})
+
+    async def raw(request: web.Request) -> web.Response:
+        body = await read_body(request)
+        return web.Response(body=bytes(body))
+
+    app.router.add_post("/echo", echo)
+    app.router.add_post("/raw", raw)
+    return app
+
+
+def document(size: int) -> bytes:
+    """A JSON document of exactly ``size`` bytes (size >= 2)."""
+    if size < 16:
+        return b'"' + b"x" * (size - 2) + b'"'
+    head = b'{"pad": "'
+    tail = b'"}'
+    return head + b"y" * (size - len(head) - len(tail)) + tail
+
+
+@pytest.fixture
+def pool() -> Any:
+    with SlabPool("16MiB", max_class="256KiB", decay=None) as p:
+        yield p
+
+
+@pytest.mark.parametrize("size", [2, 100, 4096, 70_000, 300_000, 1_500_000])
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_round_trip_matches_json_loads(
+    aiohttp_client: ClientFactory, pool: SlabPool, size: int, chunked: bool
+) -> None:
+    """Bodies from tiny to above the largest class decode exactly like json.loads."""
+    client = await aiohttp_client(echo_app(pool, limit="4MiB"))
+    body = document(size)
+    assert size == len(body)
+
+    async def stream() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 7919):
+            yield body[start : start + 7919]
+
+    response = await client.post("/echo", data=stream() if chunked else body)
+    assert 200 == response.status
+    assert {"data": json.loads(body)} == await response.json()
+    await wait_idle(pool)
+
+
+async def test_empty_body_is_400_at_position_zero(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """An empty JSON body is malformed at byte 0."""
+    client = await aiohttp_client(echo_app(pool))
+    response = await client.post("/echo", data=b"")
+    assert 400 == response.status
+    payload = await response.json()
+    assert ("invalid_json", 0) == (payload["error"], payload["position"])
+
+
+async def test_malformed_json_gives_400_with_byte_position(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """Malformed JSON answers 400 in the documented shape with the byte position."""
+    client = await aiohttp_client(echo_app(pool))
+    body = '{"naïve": [1, 2,, 3]}'.encode()
+    response = await client.post("/echo", data=body)
+    assert 400 == response.status
+    payload = await response.json()
+    assert "invalid_json" == payload["error"]
+    assert body.index(b",,") + 1 == payload["position"]
+    assert "detail" in payload
+    await wait_idle(pool)
+
+
+async def test_declared_oversize_is_413_before_the_handler_runs(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """A Content-Length above the limit gets 413 and the handler never runs."""
+    calls = []
+    app = web.Application()
+    setup(app, pool, limit="64KiB")
+
+    async def handler(request: web.Request) -> web.Response:
+        calls.append(request)
+        await read_body(request)
+        return web.Response(text="read")
+
+    app.router.add_post("/up", handler)
+    client = await aiohttp_client(app)
+    response = await client.post("/up", data=b"z" * 100_000)
+    assert 413 == response.status
+    payload = await response.json()
+    assert ("body_too_large", 65536) == (payload["error"], payload["limit"])
+    assert [] == calls
+    assert 0 == pool.stats()["high_water_lent_bytes"]
+    assert 1 == app[ROUTE_STATS_KEY].snapshot()["POST /up"]["status_413"]
+
+
+async def test_chunked_overflow_is_413(aiohttp_client: ClientFactory, pool: SlabPool) -> None:
+    """A chunked body that streams past the limit is cut off with 413 and released."""
+    client = await aiohttp_client(echo_app(pool, limit="64KiB"))
+
+    async def stream() -> AsyncIterator[bytes]:
+        for _ in range(100):
+            yield b" " * 1000
+
+    response = await client.post("/echo", data=stream())
+    assert 413 == response.status
+    assert "body_too_large" == (await response.json())["error"]
+    await wait_idle(pool)
+
+
+async def test_budget_exhausted_gives_503_with_retry_after(aiohttp_client: ClientFactory) -> None:
+    """When the budget stays full past queue_timeout the request gets 503 + Retry-After."""
+    with SlabPool("256KiB", max_class="256KiB", decay=None, retry_after=2.0) as pool:
+        app = web.Application()
+        setup(app, pool, limit="256KiB", queue_timeout=0.2)
+        gate = asyncio.Event()
+        entered = asyncio.Event()
+
+        async def hold(request: web.Request) -> web.Response:
+            await read_body(request)
+            entered.set()
+            await gate.wait()
+            return web.Response(text="held")
+
+        app.router.add_post("/hold", hold)
+        app.router.add_post("/raw", _raw_handler)
+        client = await aiohttp_client(app)
+        holder = asyncio.create_task(client.post("/hold", data=b"h" * 200_000))
+        await entered.wait()
+        response = await client.post("/raw", data=b"r" * 100_000)
+        assert 503 == response.status
+        assert "2" == response.headers["Retry-After"]
+        payload = await response.json()
+        assert ("budget_exhausted", 2) == (payload["error"], payload["retry_after"])
+        gate.set()
+        assert 200 == (await holder).status
+        stats = await wait_idle(pool)
+        assert 1 == stats["wait_timeouts"]
+
+
+async def test_queued_request_proceeds_when_budget_frees(aiohttp_client: ClientFactory) -> None:
+    """A request waiting for budget is served as soon as another request releases it."""
+    with SlabPool("256KiB", max_class="256KiB", decay=None) as pool:
+        app = web.Application()
+        setup(app, pool, limit="256KiB", queue_timeout=30)
+        gate = asyncio.Event()
+        entered = asyncio.Event()
+
+        async def hold(request: web.Request) -> web.Response:
+            await read_body(request)
+            entered.set()
+            await gate.wait()
+            return web.Response(text="held")
+
+        app.router.add_post("/hold", hold)
+        app.router.add_post("/raw", _raw_handler)
+        client = await aiohttp_client(app)
+        holder = asyncio.create_task(client.post("/hold", data=b"h" * 200_000))
+        await entered.wait()
+        waiter = asyncio.create_task(client.post("/raw", data=b"r" * 100_000))
+        await _until(lambda: pool.stats()["waiting"] == 1)
+        gate.set()
+        assert 200 == (await holder).status
+        response = await waiter
+        assert 200 == response.status
+        assert b"r" * 100_000 == await response.read()
+        assert 1 == app[ROUTE_STATS_KEY].snapshot()["POST /raw"]["waits"]
+        await wait_idle(pool)
+
+
+async def _raw_handler(request: web.Request) -> web.Response:
+    body = await read_body(request)
+    return web.Response(body=bytes(body))
+
+
+async def _until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.01)
+
+
+async def test_handler_exception_releases_the_arena(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """A handler that raises after reading still releases its arena (500 answered)."""
+    app = web.Application()
+    setup(app, pool)
+
+    async def boom(request: web.Request) -> web.Response:
+        await read_body(request)
+        raise RuntimeError("handler failed")
+
+    app.router.add_post("/boom", boom)
+    client = await aiohttp_client(app)
+    response = await client.post("/boom", data=b"x" * 50_000)
+    assert 500 == response.status
+    stats = await wait_idle(pool)
+    assert 0 == stats["quarantined_blocks"]
+
+
+async def test_cancelled_handler_releases_the_arena(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """A handler cancelled mid-request (CancelledError) releases its arena."""
+    app = web.Application()
+    setup(app, pool)
+    entered = asyncio.Event()
+    tasks: list[asyncio.Task[Any]] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        await read_body(request)
+        task = asyncio.current_task()
+        assert task is not None
+        tasks.append(task)
+        entered.set()
+        await asyncio.Event().wait()
+        return web.Response(text="never")
+
+    app.router.add_post("/slow", slow)
+    client = await aiohttp_client(app)
+    request = asyncio.create_task(client.post("/slow", data=b"x" * 50_000))
+    await entered.wait()
+    assert pool.stats()["lent_bytes"] > 0
+    tasks[0].cancel()
+    await wait_idle(pool)
+    request.cancel()
+    with pytest.raises((asyncio.CancelledError, Exception)):
+        await request
+
+
+async def test_client_disconnect_mid_body_releases_the_arena(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """A client that closes the socket halfway through the body leaves the pool idle."""
+    app = echo_app(pool)
+    reading = asyncio.Event()
+
+    async def slow_read(request: web.Request) -> web.Response:
+        reading.set()
+        await read_body(request)
+        return web.Response(text="complete")
+
+    app.router.add_post("/upload", slow_read)
+    client = await aiohttp_client(app)
+    host, port = client.server.host, client.server.port
+    _reader, writer = await asyncio.open_connection(host, port)
+    writer.write(
+        b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n" + b"a" * 70_000
+    )
+    await writer.drain()
+    await reading.wait()
+    await _until(lambda: pool.stats()["lent_bytes"] > 0)
+    writer.transport.abort()
+    await wait_idle(pool)
+    response = await client.post("/echo", data=b"[1]")  # the server still serves
+    assert 200 == response.status
+
+
+async def test_client_disconnect_while_waiting_for_budget(aiohttp_client: ClientFactory) -> None:
+    """A client that leaves while queued for budget gives its place up."""
+    with SlabPool("256KiB", max_class="256KiB", decay=None) as pool:
+        app = web.Application()
+        setup(app, pool, limit="256KiB", queue_timeout=30)
+        gate = asyncio.Event()
+        entered = asyncio.Event()
+
+        async def hold(request: web.Request) -> web.Response:
+            await read_body(request)
+            entered.set()
+            await gate.wait()
+            return web.Response(text="held")
+
+        app.router.add_post("/hold", hold)
+        app.router.add_post("/raw", _raw_handler)
+        client = await aiohttp_client(app)
+        holder = asyncio.create_task(client.post("/hold", data=b"h" * 200_000))
+        await entered.wait()
+        _, writer = await asyncio.open_connection(client.server.host, client.server.port)
+        writer.write(
+            b"POST /raw HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"q" * 1000
+        )
+        await writer.drain()
+        await _until(lambda: pool.stats()["waiting"] == 1)
+        writer.transport.abort()
+        await _until(lambda: pool.stats()["waiting"] == 0)
+        gate.set()
+        assert 200 == (await holder).status
+        await wait_idle(pool)
+
+
+async def test_decorator_without_middleware(aiohttp_client: ClientFactory) -> None:
+    """@with_arena gives a handler an arena (as argument and contextvar) without setup()."""
+    with SlabPool("4MiB", decay=None) as pool:
+        seen: list[bool] = []
+
+        @with_arena(limit="64KiB", pool=pool)
+        async def handler(request: web.Request, arena: Any) -> web.Response:
+            seen.append(arena is get_arena(request) is current_arena())
+            data = await read_json(request)
+            return json_response({"sum": sum(data)})
+
+        app = web.Application()
+        app.router.add_post("/sum", handler)
+        client = await aiohttp_client(app)
+        response = await client.post("/sum", data=b"[1, 2, 3]")
+        assert (200, {"sum": 6}) == (response.status, await response.json())
+        assert [True] == seen
+        response = await client.post("/sum", data=b"[" + b"1," * 40_000 + b"1]")
+        assert 413 == response.status
+        await wait_idle(pool)
+
+
+async def test_decorator_on_class_based_view(aiohttp_client: ClientFactory) -> None:
+    """@with_arena works on web.View methods."""
+    with SlabPool("4MiB", decay=None) as pool:
+
+        class Items(web.View):
+            @with_arena(pool=pool)
+            async def post(self) -> web.Response:
+                data = await read_json(self.request)
+                return json_response({"count": len(data)})
+
+        app = web.Application()
+        app.router.add_view("/items", Items)
+        client = await aiohttp_client(app)
+        response = await client.post("/items", data=b'["a", "b"]')
+        assert {"count": 2} == await response.json()
+        await wait_idle(pool)
+
+
+async def test_decorator_limit_overrides_app_limit_under_middleware(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """Under the middleware, @with_arena(limit=) refuses a bigger declared body with 413."""
+    app = web.Application()
+    setup(app, pool, limit="4MiB")
+
+    @with_arena(limit="1KiB")
+    async def small(request: web.Request) -> web.Response:
+        return json_response(await read_json(request))
+
+    app.router.add_post("/small", small)
+    client = await aiohttp_client(app)
+    assert 200 == (await client.post("/small", data=b"[1]")).status
+    assert 413 == (await client.post("/small", data=b"[" + b"0," * 600 + b"0]")).status
+
+
+async def test_middleware_with_other_middlewares(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """Other middlewares around the arena middleware see the request and response."""
+    order: list[str] = []
+
+    @web.middleware
+    async def outer(request: web.Request, handler: Any) -> web.StreamResponse:
+        order.append("outer-in")
+        response = await handler(request)
+        order.append("outer-out")
+        response.headers["X-Outer"] = "1"
+        return response
+
+    app = web.Application(middlewares=[outer])
+    setup(app, pool)
+
+    @web.middleware
+    async def inner(request: web.Request, handler: Any) -> web.StreamResponse:
+        order.append(f"inner-arena:{current_arena() is not None}")
+        return await handler(request)
+
+    app.middlewares.append(inner)
+
+    async def handler(request: web.Request) -> web.Response:
+        return json_response(await read_json(request))
+
+    app.router.add_post("/x", handler)
+    client = await aiohttp_client(app)
+    response = await client.post("/x", data=b'{"k": 1}')
+    assert ("1", {"k": 1}) == (response.headers["X-Outer"], await response.json())
+    assert ["outer-in", "inner-arena:True", "outer-out"] == order
+
+
+async def test_two_apps_two_pools(aiohttp_client: ClientFactory) -> None:
+    """Two apps with their own pools account separately."""
+    with SlabPool("4MiB", decay=None) as pool_a, SlabPool("4MiB", decay=None) as pool_b:
+        client_a = await aiohttp_client(echo_app(pool_a))
+        client_b = await aiohttp_client(echo_app(pool_b))
+        assert 200 == (await client_a.post("/raw", data=b"a" * 10_000)).status
+        assert 200 == (await client_b.post("/raw", data=b"b" * 20_000)).status
+        assert 10_000 <= pool_a.stats()["high_water_lent_bytes"] < 20_000
+        assert 20_000 <= pool_b.stats()["high_water_lent_bytes"]
+        await wait_idle(pool_a)
+        await wait_idle(pool_b)
+
+
+async def test_strict_content_type_gives_415(aiohttp_client: ClientFactory, pool: SlabPool) -> None:
+    """With strict_content_type, a non-JSON content type is answered with 415."""
+    client = await aiohttp_client(echo_app(pool, strict_content_type=True))
+    response = await client.post("/echo", data=b"[1]", headers={"Content-Type": "text/plain"})
+    assert 415 == response.status
+    assert "unsupported_media_type" == (await response.json())["error"]
+    ok = await client.post("/echo", data=b"[1]", headers={"Content-Type": "application/json"})
+    assert 200 == ok.status
+
+
+async def test_msgspec_decoder_per_app_and_typed(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """decoder="msgspec" decodes, and type= validates into a msgspec.Struct."""
+    import msgspec
+
+    class Point(msgspec.Struct):
+        x: int
+        y: int
+
+    app = echo_app(pool, decoder="msgspec")
+
+    async def point(request: web.Request) -> web.Response:
+        p = await read_json(request, type=Point)
+        return json_response({"sum": p.x + p.y})
+
+    app.router.add_post("/point", point)
+    client = await aiohttp_client(app)
+    assert {"data": [1, {"a": None}]} == await (
+        await client.post("/echo", data=b'[1, {"a": null}]')
+    ).json()
+    assert {"sum": 5} == await (await client.post("/point", data=b'{"x": 2, "y": 3}')).json()
+    bad = await client.post("/point", data=b'{"x": "two", "y": 3}')
+    assert (400, "invalid_json") == (bad.status, (await bad.json())["error"])
+
+
+async def test_stashed_view_cannot_read_later_requests(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """A handler that keeps a slice of its body never sees a later request's bytes."""
+    stash: list[memoryview] = []
+    app = echo_app(pool)
+
+    async def keep(request: web.Request) -> web.Response:
+        body = await read_body(request)
+        stash.append(body[0:16])  # a sub-slice escapes the request
+        return web.Response(text="kept")
+
+    app.router.add_post("/keep", keep, name="keeper")
+    client = await aiohttp_client(app)
+    with pytest.warns(ViewEscapedWarning, match="keeper"):
+        kept = await client.post("/keep", data=b"A" * 5000)
+    assert 200 == kept.status
+    await _until(lambda: pool.stats()["quarantined_blocks"] == 1)
+    for _ in range(20):
+        response = await client.post("/raw", data=b"B" * 5000)
+        assert 200 == response.status
+    assert b"A" * 16 == bytes(stash[0])
+    assert 1 == app[ROUTE_STATS_KEY].snapshot()["keeper"]["escapes"]
+    stash.clear()
+    await _until(lambda: pool.stats()["quarantined_blocks"] == 0)
+
+
+async def test_memoryview_response_body_is_copied_out(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """A handler returning an arena view as the body still sends the right bytes."""
+    app = echo_app(pool)
+
+    async def mirror(request: web.Request) -> web.Response:
+        return web.Response(body=await read_body(request))
+
+    app.router.add_post("/mirror", mirror)
+    client = await aiohttp_client(app)
+    response = await client.post("/mirror", data=b"m" * 70_000)
+    assert (200, b"m" * 70_000) == (response.status, await response.read())
+    await wait_idle(pool)
+
+
+async def test_pool_closed_on_cleanup_after_requests() -> None:
+    """The pool made by setup() is closed when the app is cleaned up."""
+    app = web.Application()
+    pool = setup(app)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    assert not pool.closed
+    await runner.cleanup()
+    assert pool.closed
+
+
+def test_no_response_path_hands_arena_memory_to_aiohttp() -> None:
+    """json_response bodies are bytes objects, never memoryviews."""
+    response = json_response({"a": [1, 2]})
+    assert isinstance(response.body, bytes)
+    assert {"a": [1, 2]} == orjson.loads(response.body)
+
+
+def test_socket_family_is_loopback_only() -> None:
+    """The test servers bind 127.0.0.1 (guard against accidental wider binds)."""
+    assert socket.gethostbyname("127.0.0.1") == "127.0.0.1"
