@@ -21,6 +21,7 @@ from ._errors import (
     PoolTimeout,
     UnsupportedMediaType,
 )
+from ._governor import Governor, GovernorConfig
 from ._pool import ObjectLeakWarning, ObjectPool
 from ._slab import SlabPool, size_classes
 from ._units import format_size, parse_size
@@ -36,6 +37,8 @@ __all__ = [
     "BodyTooLarge",
     "BudgetExhausted",
     "DoubleRelease",
+    "Governor",
+    "GovernorConfig",
     "IncompleteBody",
     "InvalidJSON",
     "InvalidSize",

@@ -27,7 +27,7 @@ import enum
 import warnings
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from ._errors import (
     ArenaLimitExceeded,
@@ -66,6 +66,10 @@ class ArenaState(enum.Enum):
     OPEN = "OPEN"
     RELEASED = "RELEASED"
 
+
+# Module constants: an enum member lookup (ArenaState.OPEN) costs ~70 ns on the hot path.
+_OPEN: Final = ArenaState.OPEN
+_RELEASED: Final = ArenaState.RELEASED
 
 _ALLOWED: dict[ArenaState, frozenset[str]] = {
     ArenaState.OPEN: frozenset(
@@ -126,7 +130,8 @@ class Arena:
         self._limit = pool.budget if limit is None else parse_size(limit, name="limit")
         self._scrub = pool.scrub if scrub is None else scrub
         self.name = name
-        self._state = ArenaState.OPEN
+        pool._arena_opened()  # may raise PoolClosedError: before _state, so __del__ is quiet
+        self._state = _OPEN
         self._blocks: list[Block] = []
         self._views: list[memoryview] = []
         self._cur = _EMPTY
@@ -140,7 +145,6 @@ class Arena:
         self._next_chunk = FIRST_CHUNK
         self._on_release: list[Callable[[], object]] = []
         self._tokens: list[contextvars.Token[Arena | None]] = []
-        pool._arena_opened()
 
     # -- properties ---------------------------------------------------------------
 
@@ -188,7 +192,7 @@ class Arena:
         when the pool's budget has no room (at once: use :meth:`alloc_async` to wait),
         :class:`InvalidSize` for sizes that are not positive ints.
         """
-        if self._state is not ArenaState.OPEN:
+        if self._state is not _OPEN:
             self._refuse("alloc")
         if type(nbytes) is not int or nbytes <= 0:
             self._bad_size(nbytes)
@@ -207,7 +211,7 @@ class Arena:
 
     async def alloc_async(self, nbytes: int, *, timeout: float | None = None) -> memoryview:
         """Like :meth:`alloc`, but waits (FIFO, up to ``timeout`` s) for budget."""
-        if self._state is not ArenaState.OPEN:
+        if self._state is not _OPEN:
             self._refuse("alloc_async")
         if type(nbytes) is not int or nbytes <= 0:
             self._bad_size(nbytes)
@@ -217,23 +221,25 @@ class Arena:
         if not own and self._cur_off + nbytes <= self._cur_end:
             return self.alloc(nbytes)
         block = await self._pool.lend_async(size, timeout=timeout)
-        if self._state is not ArenaState.OPEN:  # released while we waited
+        if self._state is not _OPEN:  # released while we waited
             self._pool.give_back([block])
             self._refuse("alloc_async")
         return self._adopt(block, nbytes, own)
 
     def copy(self, data: Any) -> memoryview:
         """Copy a bytes-like object into the arena; returns the arena's view of it."""
-        if self._state is not ArenaState.OPEN:
+        if self._state is not _OPEN:
             self._refuse("copy")
         src = _as_bytes_view(data)
-        view = self.alloc(src.nbytes) if src.nbytes else memoryview(b"")
+        if not src.nbytes:  # memoryview(b"") is read-only: assigning to it would raise
+            return memoryview(b"")
+        view = self.alloc(src.nbytes)
         view[:] = src
         return view
 
     async def copy_async(self, data: Any, *, timeout: float | None = None) -> memoryview:
         """Like :meth:`copy`, but waits for budget like :meth:`alloc_async`."""
-        if self._state is not ArenaState.OPEN:
+        if self._state is not _OPEN:
             self._refuse("copy_async")
         src = _as_bytes_view(data)
         if not src.nbytes:
@@ -247,7 +253,7 @@ class Arena:
 
         Malformed input raises :class:`InvalidJSON` with the byte position.
         """
-        if self._state is not ArenaState.OPEN:
+        if self._state is not _OPEN:
             self._refuse("json")
         from ._json import decode  # noqa: PLC0415 - keeps JSON backends out of import time
 
@@ -255,7 +261,7 @@ class Arena:
 
     def borrow(self, pool: ObjectPool[T]) -> T:
         """Acquire an object from ``pool``; it goes back when this arena is released."""
-        if self._state is not ArenaState.OPEN:
+        if self._state is not _OPEN:
             self._refuse("borrow")
         obj = pool.acquire()
         self._on_release.append(lambda: pool.release(obj))
@@ -265,7 +271,7 @@ class Arena:
 
     def reset(self) -> None:
         """Release every view and block but stay OPEN (for arenas reused per batch)."""
-        if self._state is not ArenaState.OPEN:
+        if self._state is not _OPEN:
             self._refuse("reset")
         self._high_water = max(self._high_water, self._used)
         self._return_all(stacklevel=3)
@@ -280,10 +286,10 @@ class Arena:
         self._release(stacklevel=4)
 
     def _release(self, stacklevel: int) -> None:
-        if self._state is ArenaState.RELEASED:
+        if self._state is _RELEASED:
             return
         self._high_water = max(self._high_water, self._used)
-        self._state = ArenaState.RELEASED
+        self._state = _RELEASED
         try:
             self._return_all(stacklevel + 1)
         finally:
@@ -300,7 +306,7 @@ class Arena:
                 raise ArenaPoolError(msg, errors=errors) from errors[0]
 
     def __enter__(self) -> Arena:
-        if self._state is not ArenaState.OPEN:
+        if self._state is not _OPEN:
             self._refuse("__enter__")
         self._tokens.append(_current.set(self))
         return self

@@ -24,8 +24,11 @@ ERROR_CODES: dict[str, int] = {
     "forbidden": 403,
     "body_timeout": 408,
     "body_too_large": 413,
+    "rate_limited": 429,
     "unsupported_media_type": 415,
     "internal_error": 500,
+    "census_failed": 500,
+    "metrics_unavailable": 501,
     "budget_exhausted": 503,
     "overloaded": 503,
 }

@@ -60,6 +60,7 @@ def _default(obj: Any) -> Any:
 
 def _orjson_error(data: Any, exc: orjson.JSONDecodeError) -> InvalidJSON:
     # orjson counts characters; clients want the byte offset into what they sent.
+    data = _buffer(data)
     raw = bytes(data[: _char_limit(exc.pos)]) if exc.pos else b""
     text = raw.decode("utf-8", errors="surrogateescape")
     byte_pos = len(text[: exc.pos].encode("utf-8", errors="surrogateescape"))
@@ -91,12 +92,12 @@ def _decode_msgspec(data: Any, type: Any) -> Any:
     except msgspec.DecodeError as exc:
         text = str(exc)
         found = _MSGSPEC_BYTE.search(text)
-        position = int(found.group(1)) if found else len(memoryview(data).cast("B"))
+        position = int(found.group(1)) if found else len(memoryview(_buffer(data)).cast("B"))
         raise _invalid(text.removeprefix("JSON is malformed: "), position, data) from None
 
 
 def _invalid(detail: str, position: int, data: Any) -> InvalidJSON:
-    view = memoryview(data)
+    view = memoryview(_buffer(data))
     prefix = bytes(view[:position]) if view.ndim == 1 else b""
     line = prefix.count(b"\n") + 1
     column = position - (prefix.rfind(b"\n") + 1) + 1
@@ -105,6 +106,11 @@ def _invalid(detail: str, position: int, data: Any) -> InvalidJSON:
         "send a valid JSON document"
     )
     return InvalidJSON(msg, position=position, line=line, column=column, detail=detail)
+
+
+def _buffer(data: Any) -> Any:
+    """Both decoders also take ``str``; error positions are counted in its UTF-8 bytes."""
+    return data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
 
 
 @lru_cache(maxsize=1)

@@ -34,7 +34,7 @@ import traceback
 import warnings
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, Literal, TypeVar
 
 from ._errors import DoubleRelease, InvalidSize, PoolClosedError, PoolTimeout
@@ -113,6 +113,7 @@ class ObjectPool(Generic[T]):
         self._timeouts = 0
         self._leaks = 0
         self._reset_errors = 0
+        self._returning = 0  # released, not yet idle (reset runs outside the lock)
         register_object_pool(self)
 
     @property
@@ -133,10 +134,11 @@ class ObjectPool(Generic[T]):
     def acquire(self) -> T:
         """An object now; raises :class:`PoolTimeout` at once if ``maxsize`` are out."""
         with self._lock:
-            self._check_open()
+            if self._closed:
+                self._check_open()
             if self._idle and not self._waiters:
                 obj = self._idle.pop()
-            elif len(self._out) + len(self._idle) < self.maxsize and not self._waiters:
+            elif self._count() < self.maxsize and not self._waiters:
                 obj = self._build()
             else:
                 self._timeouts += 1
@@ -154,7 +156,7 @@ class ObjectPool(Generic[T]):
                     obj = self._idle.pop()
                     self._lend(obj)
                     return obj
-                if len(self._out) + len(self._idle) < self.maxsize:
+                if self._count() < self.maxsize:
                     obj = self._build()
                     self._lend(obj)
                     return obj
@@ -192,35 +194,28 @@ class ObjectPool(Generic[T]):
                     "(released twice, or never acquired here)"
                 )
                 raise DoubleRelease(msg, pool=self.name)
-        if self.reset is not None:
-            try:
-                self.reset(obj)
-            except Exception:
-                log.exception("%s: reset hook failed; dropping the object", self.name)
-                with self._lock:
-                    self._reset_errors += 1
-                    self._created -= 1
-                    self._serve_waiter_with_new()
+            reset = self.reset
+            if reset is None:  # nothing to run outside the lock: one round trip
+                self._put_back(obj)
                 return
-        with self._lock:
-            if self._closed:
-                return
-            while self._waiters:
-                fut = self._waiters.popleft()
-                if not fut.done():
-                    self._lend(obj)
-                    fut.get_loop().call_soon_threadsafe(_deliver, fut, obj, self)
-                    return
-            self._idle.append(obj)
-
-    @contextlib.contextmanager
-    def borrow(self) -> Iterator[T]:
-        """``with pool.borrow() as obj:`` acquires now and always gives it back."""
-        obj = self.acquire()
+            self._returning += 1
         try:
-            yield obj
-        finally:
-            self.release(obj)
+            reset(obj)
+        except Exception:
+            log.exception("%s: reset hook failed; dropping the object", self.name)
+            with self._lock:
+                self._returning -= 1
+                self._reset_errors += 1
+                self._created -= 1
+                self._serve_waiter_with_new()
+            return
+        with self._lock:
+            self._returning -= 1
+            self._put_back(obj)
+
+    def borrow(self) -> contextlib.AbstractContextManager[T]:
+        """``with pool.borrow() as obj:`` acquires now and always gives it back."""
+        return _Borrow(self)
 
     @contextlib.asynccontextmanager
     async def borrow_async(self, *, timeout: float | None = None) -> AsyncIterator[T]:
@@ -286,6 +281,22 @@ class ObjectPool(Generic[T]):
             msg = f"object pool {self.name!r} is closed; create a new ObjectPool"
             raise PoolClosedError(msg)
 
+    def _put_back(self, obj: T) -> None:
+        """A returned object goes to the first live waiter, else to the idle stack."""
+        if self._closed:
+            return
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                self._lend(obj)
+                fut.get_loop().call_soon_threadsafe(_deliver, fut, obj, self)
+                return
+        self._idle.append(obj)
+
+    def _count(self) -> int:
+        """Objects that exist: out, idle, or on their way back through ``reset``."""
+        return len(self._out) + len(self._idle) + self._returning
+
     def _build(self) -> T:
         obj = self.factory()
         self._created += 1
@@ -299,7 +310,7 @@ class ObjectPool(Generic[T]):
         strong: object = obj
         if level != "off":
             if level == "full" or self._acquired % self.sample_every == 1:
-                stack = "".join(traceback.format_stack(limit=12)[:-3])
+                stack = "".join(traceback.format_stack(limit=12)[:-2])  # drop _lend, acquire
             try:
                 ref = weakref.ref(obj, self._make_leak_callback(id(obj)))
                 strong = None
@@ -351,6 +362,22 @@ class ObjectPool(Generic[T]):
             "Raise maxsize=, return objects sooner, or use acquire_async(timeout=...)"
         )
         return PoolTimeout(msg, timeout=timeout, maxsize=self.maxsize)
+
+
+class _Borrow(Generic[T]):
+    """What :meth:`ObjectPool.borrow` returns (a class: cheaper than a generator)."""
+
+    __slots__ = ("_obj", "_pool")
+
+    def __init__(self, pool: ObjectPool[T]) -> None:
+        self._pool = pool
+
+    def __enter__(self) -> T:
+        self._obj = obj = self._pool.acquire()
+        return obj
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._pool.release(self._obj)
 
 
 def _deliver(fut: asyncio.Future[T], obj: T, pool: ObjectPool[T]) -> None:

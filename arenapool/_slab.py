@@ -643,8 +643,9 @@ class SlabPool:
     def _settle(self, block: Block, now: float) -> bool:
         """A lent block came back (lock held). Returns True if it was quarantined."""
         ref = block.ref
-        if ref is not None and ref() is not None:
-            carrier = ref()
+        # one call: another thread may drop the last view between two calls to ref()
+        carrier = ref() if ref is not None else None
+        if carrier is not None:
             block.state = _QUARANTINED
             size = block.size
             self._lent_bytes -= size

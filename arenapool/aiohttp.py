@@ -234,7 +234,7 @@ def setup(
 
     async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         if gov is not None:
-            await gov.start()
+            gov.start()
         yield
         if gov is not None:
             await gov.stop()
@@ -358,6 +358,12 @@ async def read_body(request: web.Request) -> memoryview:
             "send it faster or raise body_timeout="
         )
         raise BodyTimeout(msg, timeout=timeout) from None
+    except ConnectionError as exc:
+        # aiohttp fails the body stream with ConnectionResetError when the client
+        # leaves mid-body; that is an incomplete body (400), not a server error (500)
+        received = getattr(request.content, "total_bytes", 0)
+        msg = f"client disconnected after {received} bytes of the request body; send the whole body"
+        raise IncompleteBody(msg, received=received, expected=declared) from exc
     state.body = body
     state.counters.bytes_read += body.nbytes
     return body
@@ -527,6 +533,9 @@ async def _read_growing(
     first = CHUNKED_FIRST if declared is None else EAGER_RESERVE
     try:
         block = await _wait_for_budget(request, state, pool.lend_async, min(first, cap))
+        # blocks that go back before the body is adopted hold body bytes: mark them so
+        # a scrubbing arena (or pool) zeroes them like the arena's own blocks
+        block.scrub = arena._scrub
         while True:
             chunk = await content.readany()
             if not chunk:
@@ -543,12 +552,13 @@ async def _read_growing(
                 )
                 assert bigger.view is not None
                 assert block.view is not None
+                bigger.scrub = arena._scrub
                 bigger.view[:filled] = block.view[:filled]
                 old, block = block, bigger
                 pool.give_back([old])
             assert block.view is not None
             block.view[filled:end] = chunk
-            filled = end
+            filled = block.used = end
     except BaseException:
         if block is not None:
             pool.give_back([block])

@@ -1,0 +1,437 @@
+"""The memory governor: give memory back when idle, shed load past a watermark.
+
+Theory of operation
+-------------------
+State (touched only from the event loop's thread): the number of requests in flight
+and when the last one ended (fed by an adapter through :meth:`Governor.note_request_start`
+and :meth:`Governor.note_request_end`), the ``shedding`` flag, counters, a ring of
+recent actions, and the *reclaim floor*: the C heap's free bytes plus the pools' idle
+bytes right after the last trim, lowered whenever a reading comes in under it.
+
+One background task wakes every ``interval`` seconds, takes a :func:`snapshot` and
+applies these rules, in order::
+
+    rss >= hard                    -> shedding = True (logged once per episode)
+    shedding and rss < soft        -> shedding = False
+    rss >= soft                    -> trim, at most once per trim_cooldown, if
+                                      reclaimable >= 1 MiB
+    idle and reclaimable > thresh  -> trim
+
+where *idle* means nothing in flight for ``idle_after`` seconds and *reclaimable* is
+how far free heap plus idle slab bytes have grown above the floor (zero before the
+first trim, so memory already free at start counts). Measuring growth
+instead of the level matters: ``malloc_trim`` returns free pages with
+``MADV_DONTNEED`` but glibc still counts them free, so a level test would trim on
+every tick forever. The soft/hard gap is the hysteresis that keeps shedding from
+flapping (Envoy's overload manager keeps the same two thresholds per resource).
+
+A trim runs ``pool.trim()`` and ``malloc_trim(0)`` in a worker thread (both are
+thread-safe; ``malloc_trim`` takes milliseconds on a large heap), one trim at a time.
+This module imports no web framework; ``arenapool._admin`` adapts it to aiohttp.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal
+
+from . import _registry
+from ._errors import InvalidSize
+from ._memory import cgroup_memory_limit, current_rss, malloc_trim, snapshot
+from ._units import format_size, parse_size
+
+if TYPE_CHECKING:
+    from ._slab import SlabPool
+
+__all__ = ["Governor", "GovernorConfig", "trim_now"]
+
+log = logging.getLogger("arenapool.governor")
+
+#: Under the soft watermark a trim is retried only once this much became free again.
+_MIN_SOFT_RECLAIM = 1024 * 1024
+
+PoolsSource = Iterable["SlabPool"] | Callable[[], Iterable["SlabPool"]] | None
+LimitSource = Literal["config", "cgroup"] | None
+
+
+@dataclass(frozen=True)
+class GovernorConfig:
+    """How the :class:`Governor` watches and acts. Sizes accept ints or ``"64MiB"``.
+
+    Watermarks apply to RSS. Explicit ``soft_limit``/``hard_limit`` win; when neither
+    is set and ``use_cgroup`` is on, they default to ``soft_fraction`` and
+    ``hard_fraction`` of the cgroup memory limit; with neither, watermarks are off and
+    the governor only trims when idle. With only ``hard_limit`` set, soft is derived
+    from it by the ratio of the two fractions.
+    """
+
+    interval: float = 1.0
+    """Seconds between readings."""
+    idle_after: float = 2.0
+    """Seconds with nothing in flight before the server counts as idle."""
+    trim_threshold: int | str = "16MiB"
+    """Reclaimable growth (free C heap + idle slabs) that makes an idle trim worth it."""
+    soft_limit: int | str | None = None
+    """RSS at which the governor trims at once, busy or not."""
+    hard_limit: int | str | None = None
+    """RSS at which it starts shedding requests that carry a body (until under soft)."""
+    soft_fraction: float = 0.8
+    hard_fraction: float = 0.9
+    use_cgroup: bool = True
+    cgroup_root: str = "/sys/fs/cgroup"
+    trim_cooldown: float = 5.0
+    """Least seconds between two trims forced by the soft watermark."""
+    retry_after: float = 2.0
+    """The ``Retry-After`` (seconds) a shed request is told."""
+    history: int = 50
+    """How many recent actions :meth:`Governor.stats` keeps."""
+
+    def __post_init__(self) -> None:
+        for name in ("interval", "idle_after", "trim_cooldown", "retry_after"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or value < 0:
+                msg = f"{name} must be zero or more seconds, got {value!r}"
+                raise InvalidSize(msg, value=value)
+        if self.interval <= 0:
+            msg = f"interval must be positive, got {self.interval!r}"
+            raise InvalidSize(msg, value=self.interval)
+        if not 0 < self.soft_fraction <= self.hard_fraction <= 1:
+            msg = (
+                f"need 0 < soft_fraction <= hard_fraction <= 1, got "
+                f"{self.soft_fraction!r} and {self.hard_fraction!r}"
+            )
+            raise InvalidSize(msg, value=(self.soft_fraction, self.hard_fraction))
+        parse_size(self.trim_threshold, name="trim_threshold", allow_zero=True)
+        soft, hard = self._explicit_limits()
+        if soft is not None and hard is not None and soft > hard:
+            msg = (
+                f"soft_limit ({format_size(soft)}) must not exceed hard_limit "
+                f"({format_size(hard)}); lower soft_limit or raise hard_limit"
+            )
+            raise InvalidSize(msg, value=(self.soft_limit, self.hard_limit))
+        if self.history < 1:
+            msg = f"history must be at least 1, got {self.history!r}"
+            raise InvalidSize(msg, value=self.history)
+
+    def _explicit_limits(self) -> tuple[int | None, int | None]:
+        soft = None if self.soft_limit is None else parse_size(self.soft_limit, name="soft_limit")
+        hard = None if self.hard_limit is None else parse_size(self.hard_limit, name="hard_limit")
+        return soft, hard
+
+    def resolve_limits(self) -> tuple[int | None, int | None, LimitSource]:
+        """The (soft, hard) RSS watermarks in bytes and where they came from."""
+        soft, hard = self._explicit_limits()
+        if soft is not None or hard is not None:
+            if soft is None and hard is not None:
+                soft = int(hard * self.soft_fraction / self.hard_fraction)
+            return soft, hard, "config"
+        if self.use_cgroup:
+            limit = cgroup_memory_limit(self.cgroup_root)
+            if limit is not None:
+                return int(limit * self.soft_fraction), int(limit * self.hard_fraction), "cgroup"
+        return None, None, None
+
+
+def _resolve_pools(source: PoolsSource) -> list[SlabPool]:
+    if source is None:
+        return _registry.slab_pools()
+    pools = source() if callable(source) else source
+    return [p for p in pools if not p.closed]
+
+
+def _trim_blocking(pools: list[SlabPool]) -> tuple[dict[str, int], bool]:
+    """Return idle slab memory and free C heap to the OS; runs in a worker thread."""
+    returned = {pool.name: pool.trim() for pool in pools}
+    return returned, malloc_trim(0)
+
+
+async def trim_now(pools: PoolsSource = None) -> dict[str, Any]:
+    """Trim now, off the event loop: every pool's idle memory, then ``malloc_trim(0)``.
+
+    Returns ``{"rss_before", "rss_after", "freed", "seconds", "malloc_trim", "pools"}``
+    where ``freed`` is the RSS drop (what the OS saw) and ``pools`` the bytes each pool
+    says it returned.
+    """
+    targets = _resolve_pools(pools)
+    loop = asyncio.get_running_loop()
+    before = current_rss()
+    started = time.perf_counter()
+    returned, trimmed = await loop.run_in_executor(None, _trim_blocking, targets)
+    seconds = time.perf_counter() - started
+    after = current_rss()
+    return {
+        "rss_before": before,
+        "rss_after": after,
+        "freed": max(0, before - after),
+        "seconds": seconds,
+        "malloc_trim": trimmed,
+        "pools": returned,
+    }
+
+
+class Governor:
+    """Watches memory in the background; trims when idle, sheds past a watermark.
+
+    ``pools`` are the slab pools to trim (an iterable, a callable returning one, or
+    ``None`` for every live pool). Use ``start()`` / ``await stop()`` from a running
+    loop, or ``async with Governor(...)``. Adapters call :meth:`note_request_start` /
+    :meth:`note_request_end` around each request, check :attr:`shedding`, and call
+    :meth:`note_shed` for each request they turn away.
+    """
+
+    def __init__(self, config: GovernorConfig | None = None, *, pools: PoolsSource = None) -> None:
+        self.config = config or GovernorConfig()
+        self._pools = pools
+        self.soft_limit, self.hard_limit, self.limit_source = self.config.resolve_limits()
+        self._trim_threshold = parse_size(
+            self.config.trim_threshold, name="trim_threshold", allow_zero=True
+        )
+        self._task: asyncio.Task[None] | None = None
+        self._trim_lock: asyncio.Lock | None = None
+        self._in_flight = 0
+        self._last_activity = time.monotonic()
+        self._shedding = False
+        self._floor = 0  # nothing trimmed yet: all free memory counts as reclaimable
+        self._last_trim = float("-inf")
+        self._last_rss: int | None = None
+        self._last_check: float | None = None
+        self._checks = 0
+        self._errors = 0
+        self._trims = 0
+        self._trimmed_bytes = 0
+        self._trim_seconds = 0.0
+        self._pool_returned_bytes = 0
+        self._shed_count = 0
+        self._shed_episodes = 0
+        self._actions: deque[dict[str, Any]] = deque(maxlen=self.config.history)
+
+    # -- what adapters call --------------------------------------------------------
+
+    @property
+    def shedding(self) -> bool:
+        """True while RSS went past the hard watermark and is not yet back under soft."""
+        return self._shedding
+
+    @property
+    def in_flight(self) -> int:
+        """Requests between :meth:`note_request_start` and :meth:`note_request_end`."""
+        return self._in_flight
+
+    @property
+    def retry_after(self) -> float:
+        """Seconds a shed request should wait before retrying."""
+        return self.config.retry_after
+
+    @property
+    def last_rss(self) -> int | None:
+        """RSS at the last reading, or None before the first."""
+        return self._last_rss
+
+    @property
+    def running(self) -> bool:
+        """True while the background task is alive."""
+        return self._task is not None and not self._task.done()
+
+    def note_request_start(self) -> None:
+        """A request began (the server is busy until the matching end)."""
+        self._in_flight += 1
+        self._last_activity = time.monotonic()
+
+    def note_request_end(self) -> None:
+        """A request ended, on every path (return, error, cancellation)."""
+        self._in_flight = max(0, self._in_flight - 1)
+        self._last_activity = time.monotonic()
+
+    def note_shed(self) -> None:
+        """An adapter turned a request away because :attr:`shedding` was set."""
+        self._shed_count += 1
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the background task on the running loop (a no-op if already running)."""
+        if self.running:
+            return
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="arenapool-governor")
+        log.info(
+            "governor started: interval %.2fs, soft %s, hard %s (%s)",
+            self.config.interval,
+            _fmt(self.soft_limit),
+            _fmt(self.hard_limit),
+            self.limit_source or "no watermarks",
+        )
+
+    async def stop(self) -> None:
+        """Stop the background task and wait for it (idempotent)."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def __aenter__(self) -> Governor:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self._errors += 1
+                log.exception("governor check failed; carrying on")
+            await asyncio.sleep(self.config.interval)
+
+    # -- the rules -----------------------------------------------------------------
+
+    async def check(self) -> None:
+        """Take one reading and apply the rules (the background task calls this)."""
+        pools = _resolve_pools(self._pools)
+        reading = snapshot(slab_pools=pools, object_pools=())
+        now = time.monotonic()
+        rss = reading.rss
+        self._checks += 1
+        self._last_rss = rss
+        self._last_check = time.time()
+        held = (reading.heap_free or 0) + reading.slab_idle_bytes
+        self._floor = min(self._floor, held)
+        reclaimable = held - self._floor
+
+        if self.hard_limit is not None and rss >= self.hard_limit and not self._shedding:
+            self._shedding = True
+            self._shed_episodes += 1
+            self._record("shed_on", "hard", rss_before=rss)
+            log.warning(
+                "RSS %s is past the hard watermark %s: shedding requests with a body",
+                format_size(rss),
+                format_size(self.hard_limit),
+            )
+        elif self._shedding and (self.soft_limit is None or rss < self.soft_limit):
+            self._stop_shedding(rss)
+
+        if self.soft_limit is not None and rss >= self.soft_limit:
+            # Live data above soft is not trimmable: retrying only when something was
+            # freed since the last trim keeps a busy, full server from trimming in vain.
+            if (
+                now - self._last_trim >= self.config.trim_cooldown
+                and reclaimable >= _MIN_SOFT_RECLAIM
+            ):
+                await self.trim(reason="soft")
+        elif (
+            self._in_flight == 0
+            and now - self._last_activity >= self.config.idle_after
+            and reclaimable > self._trim_threshold
+        ):
+            await self.trim(reason="idle")
+
+    def _stop_shedding(self, rss: int) -> None:
+        self._shedding = False
+        self._record("shed_off", "soft", rss_before=rss)
+        log.warning("RSS %s is back under the soft watermark: no longer shedding", _fmt(rss))
+
+    async def trim(self, *, reason: str = "manual") -> dict[str, Any]:
+        """Trim now (pools, then the C heap) off the loop; record and log the action.
+
+        Returns what :func:`trim_now` returns. Concurrent calls run one after another.
+        """
+        if self._trim_lock is None:
+            self._trim_lock = asyncio.Lock()
+        async with self._trim_lock:
+            result = await trim_now(self._pools)
+            self._last_trim = time.monotonic()
+            reading = snapshot(slab_pools=_resolve_pools(self._pools), object_pools=())
+            self._floor = (reading.heap_free or 0) + reading.slab_idle_bytes
+            self._last_rss = reading.rss
+            self._trims += 1
+            self._trimmed_bytes += result["freed"]
+            self._trim_seconds += result["seconds"]
+            self._pool_returned_bytes += sum(result["pools"].values())
+            self._record(
+                "trim",
+                reason,
+                rss_before=result["rss_before"],
+                rss_after=result["rss_after"],
+                freed=result["freed"],
+                seconds=round(result["seconds"], 6),
+            )
+            log.info(
+                "trim (%s): RSS %s -> %s, freed %s in %.1f ms",
+                reason,
+                format_size(result["rss_before"]),
+                format_size(result["rss_after"]),
+                format_size(result["freed"]),
+                result["seconds"] * 1000,
+            )
+            # A trim that brought RSS under soft ends shedding now, not a tick later.
+            if self._shedding and (self.soft_limit is None or reading.rss < self.soft_limit):
+                self._stop_shedding(reading.rss)
+            return result
+
+    def _record(self, action: str, reason: str, **data: Any) -> None:
+        self._actions.append({"time": time.time(), "action": action, "reason": reason, **data})
+
+    # -- observability -------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """A JSON-serialisable snapshot of the governor's state, counters and actions."""
+        idle = None
+        if self._in_flight == 0:
+            idle = round(time.monotonic() - self._last_activity, 3)
+        return {
+            "running": self.running,
+            "shedding": self._shedding,
+            "in_flight": self._in_flight,
+            "idle_seconds": idle,
+            "soft_limit": self.soft_limit,
+            "hard_limit": self.hard_limit,
+            "limit_source": self.limit_source,
+            "trim_threshold": self._trim_threshold,
+            "interval": self.config.interval,
+            "last_rss": self._last_rss,
+            "last_check": self._last_check,
+            "checks": self._checks,
+            "errors": self._errors,
+            "trims": self._trims,
+            "trimmed_bytes": self._trimmed_bytes,
+            "trim_seconds": self._trim_seconds,
+            "pool_returned_bytes": self._pool_returned_bytes,
+            "shed_count": self._shed_count,
+            "shed_episodes": self._shed_episodes,
+            "actions": list(self._actions),
+        }
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        if self._shedding:
+            state += ", shedding"
+        parts = [
+            state,
+            f"rss {_fmt(self._last_rss)}, soft {_fmt(self.soft_limit)}, "
+            f"hard {_fmt(self.hard_limit)}",
+            f"in flight {self._in_flight}",
+            f"trims {self._trims} (freed {format_size(self._trimmed_bytes)})",
+            f"shed {self._shed_count}",
+        ]
+        return f"<Governor [{' | '.join(parts)}]>"
+
+
+def _fmt(nbytes: int | None) -> str:
+    return "-" if nbytes is None else format_size(nbytes)

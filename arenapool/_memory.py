@@ -1,0 +1,399 @@
+"""Readings of process memory: RSS, the C heap, the Python allocator, slabs and pools.
+
+Theory of operation
+-------------------
+A reading (:func:`snapshot`) is a frozen :class:`MemorySnapshot` built from sources
+that are each cheap to ask and each say something the others cannot:
+
+- **RSS** (psutil, which reads ``/proc/self/statm`` on Linux) is what the OS charges
+  the process for, and what an OOM killer or a cgroup limit acts on. The peak comes
+  from ``getrusage(RUSAGE_SELF).ru_maxrss``.
+- **The C heap** comes from glibc's ``mallinfo2()`` (glibc 2.33+), read through
+  ctypes: ``in use = uordblks + hblkhd`` (live chunks plus mmapped blocks),
+  ``free = fordblks`` (free chunks the heap still holds), ``mmapped = hblkhd``,
+  ``arena`` the non-mmapped bytes obtained from the OS. Elsewhere (musl, macOS,
+  Windows, glibc < 2.33) these are ``None``: a missing figure is never guessed.
+- **pymalloc** exposes a block count (``sys.getallocatedblocks()``) and the gc its
+  generation counters; neither is in bytes, so neither enters the arithmetic.
+- **Slab and object pools** report their own stats (``SlabPool.stats()``,
+  ``ObjectPool.stats()``), found through the weak registries in ``_registry``.
+
+``unaccounted = rss - (C heap in use + slab lent + slab quarantined)`` is what the
+allocators cannot explain: free-but-resident C heap (fragmentation that
+``malloc_trim`` may return), idle slab blocks not yet decayed, pymalloc arenas (which
+obmalloc maps itself), thread stacks, and the interpreter's own code and data. Its
+level is process-specific; its *growth* is the signal. It can dip below zero when a
+pool lends blocks whose pages were never written (lent counts the whole block).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import psutil  # type: ignore[import-untyped]  # psutil ships no type information
+
+from . import _registry
+from ._units import format_size
+
+if TYPE_CHECKING:
+    from ._pool import ObjectPool
+    from ._slab import SlabPool
+
+try:
+    from resource import RUSAGE_SELF, getrusage
+except ImportError:  # pragma: no cover - Windows has no resource module
+    _getrusage: Callable[[int], Any] | None = None
+else:
+    _getrusage = getrusage
+
+__all__ = [
+    "HeapInfo",
+    "MemorySnapshot",
+    "RoutesSource",
+    "cgroup_memory_limit",
+    "current_rss",
+    "heap_info",
+    "malloc_trim",
+    "malloc_trim_available",
+    "snapshot",
+]
+
+#: Per-route accounting the aiohttp adapter keeps: ``{route: {"requests": n, ...}}``.
+RoutesSource = Callable[[], Mapping[str, Mapping[str, int]]]
+
+#: cgroup v1 reports "no limit" as PAGE_COUNTER_MAX pages (0x7FFFFFFFFFFFF000 on
+#: 4 KiB pages); anything this large is no limit on any real machine.
+_CGROUP_UNLIMITED: Final = 1 << 60
+
+
+class _Mallinfo2(ctypes.Structure):
+    # glibc's struct mallinfo2 (malloc.h, 2.33+): ten size_t fields in this order.
+    _fields_ = [
+        ("arena", ctypes.c_size_t),
+        ("ordblks", ctypes.c_size_t),
+        ("smblks", ctypes.c_size_t),
+        ("hblks", ctypes.c_size_t),
+        ("hblkhd", ctypes.c_size_t),
+        ("usmblks", ctypes.c_size_t),
+        ("fsmblks", ctypes.c_size_t),
+        ("uordblks", ctypes.c_size_t),
+        ("fordblks", ctypes.c_size_t),
+        ("keepcost", ctypes.c_size_t),
+    ]
+
+
+@dataclass(frozen=True)
+class _Libc:
+    mallinfo2: Callable[[], _Mallinfo2] | None
+    malloc_trim: Callable[[int], int] | None
+
+
+@lru_cache(maxsize=1)
+def _libc() -> _Libc:
+    """The glibc functions we use, or ``None`` for each one this libc lacks."""
+    if not sys.platform.startswith("linux"):
+        return _Libc(None, None)
+    try:
+        lib = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:  # pragma: no cover - a Linux without a loadable libc
+        return _Libc(None, None)
+    if not hasattr(lib, "gnu_get_libc_version"):  # musl and friends: not glibc
+        return _Libc(None, None)
+    mallinfo2 = getattr(lib, "mallinfo2", None)
+    if mallinfo2 is not None:
+        mallinfo2.argtypes = []
+        mallinfo2.restype = _Mallinfo2
+    trim = getattr(lib, "malloc_trim", None)
+    if trim is not None:
+        trim.argtypes = [ctypes.c_size_t]
+        trim.restype = ctypes.c_int
+    return _Libc(mallinfo2, trim)
+
+
+@dataclass(frozen=True)
+class HeapInfo:
+    """The C heap as glibc's ``mallinfo2()`` reports it, in bytes."""
+
+    arena: int
+    """Non-mmapped bytes obtained from the OS (sbrk and per-thread arena heaps)."""
+    in_use: int
+    """Live allocations: ``uordblks + hblkhd``."""
+    free: int
+    """Free chunks the heap still holds (``fordblks``); ``malloc_trim`` may return them."""
+    mmapped: int
+    """Blocks malloc served with their own mmap (``hblkhd``); part of ``in_use``."""
+    releasable: int
+    """Free bytes at the top of the main heap (``keepcost``)."""
+
+
+def heap_info() -> HeapInfo | None:
+    """Read the C heap through glibc's ``mallinfo2()``; ``None`` where it does not exist.
+
+    ``mallinfo2`` sums over every malloc arena and walks the free lists, so its cost
+    grows with fragmentation (see ``benchmarks/snapshot_cost.py``).
+    """
+    fn = _libc().mallinfo2
+    if fn is None:
+        return None
+    info = fn()
+    return HeapInfo(
+        arena=info.arena,
+        in_use=info.uordblks + info.hblkhd,
+        free=info.fordblks,
+        mmapped=info.hblkhd,
+        releasable=info.keepcost,
+    )
+
+
+def malloc_trim_available() -> bool:
+    """True when this process can call glibc's ``malloc_trim``."""
+    return _libc().malloc_trim is not None
+
+
+def malloc_trim(pad: int = 0) -> bool:
+    """Ask glibc to give free heap memory back to the OS; True if it released any.
+
+    ``pad`` bytes are left untrimmed at the top of the heap. Since glibc 2.8 this also
+    ``madvise``s away whole free pages in the middle of every arena, which is what
+    returns memory after a burst. Takes milliseconds on a large heap and holds the
+    arena locks, so call it off the event loop. A no-op returning False where glibc's
+    ``malloc_trim`` does not exist.
+    """
+    fn = _libc().malloc_trim
+    if fn is None:
+        return False
+    return bool(fn(pad))
+
+
+def _read_limit(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text or text == "max":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        return None
+    if value <= 0 or value >= _CGROUP_UNLIMITED:
+        return None
+    return value
+
+
+def _own_cgroup_paths(proc_cgroup: Path) -> tuple[str | None, str | None]:
+    """This process's cgroup path for v2 (``0::/path``) and v1's memory controller."""
+    v2: str | None = None
+    v1: str | None = None
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None, None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and controllers == "":
+            v2 = path
+        elif "memory" in controllers.split(","):
+            v1 = path
+    return v2, v1
+
+
+def _limits_up(base: Path, rel: str | None, filename: str) -> list[int]:
+    """Limits in ``filename`` from the cgroup at ``base/rel`` up to ``base``."""
+    found: list[int] = []
+    dirs = [base]
+    if rel and rel.strip("/"):
+        parts = [p for p in rel.strip("/").split("/") if p not in ("", ".", "..")]
+        dirs = [base.joinpath(*parts[:i]) for i in range(len(parts), -1, -1)]
+    for directory in dirs:
+        limit = _read_limit(directory / filename)
+        if limit is not None:
+            found.append(limit)
+    return found
+
+
+def cgroup_memory_limit(
+    root: str | os.PathLike[str] = "/sys/fs/cgroup",
+    *,
+    proc_cgroup: str | os.PathLike[str] | None = "/proc/self/cgroup",
+) -> int | None:
+    """The memory limit (bytes) of this process's cgroup, or ``None`` when unlimited.
+
+    cgroup v2 reads ``<root>/memory.max`` ("max" means no limit); v1 reads
+    ``<root>/memory/memory.limit_in_bytes`` (a huge sentinel means no limit). Outside
+    a container the process's own cgroup (from ``proc_cgroup``) and its ancestors are
+    read too, and the tightest limit wins. ``root`` and ``proc_cgroup`` exist so tests
+    can point them at fake trees; ``proc_cgroup=None`` reads only the root files.
+    """
+    base = Path(root)
+    v2_rel: str | None = None
+    v1_rel: str | None = None
+    if proc_cgroup is not None:
+        v2_rel, v1_rel = _own_cgroup_paths(Path(proc_cgroup))
+    limits = _limits_up(base, v2_rel, "memory.max")
+    if not limits:
+        limits = _limits_up(base / "memory", v1_rel, "memory.limit_in_bytes")
+    return min(limits) if limits else None
+
+
+@lru_cache(maxsize=1)
+def _process(pid: int) -> psutil.Process:
+    return psutil.Process(pid)
+
+
+def current_rss() -> int:
+    """This process's resident set size in bytes (one ``/proc`` read on Linux)."""
+    return int(_process(os.getpid()).memory_info().rss)
+
+
+def _peak_rss(rss: int) -> int | None:
+    if _getrusage is None:  # pragma: no cover - Windows
+        return None
+    maxrss = int(_getrusage(RUSAGE_SELF).ru_maxrss)
+    # Linux and the BSDs report KiB, macOS bytes. The kernel folds the current RSS
+    # into its high-water mark lazily, so the peak is at least the RSS just read.
+    return max(rss, maxrss if sys.platform == "darwin" else maxrss * 1024)
+
+
+def _route_table(routes: RoutesSource | None) -> dict[str, dict[str, int]]:
+    if routes is None:
+        return {}
+    return {str(name): {str(k): int(v) for k, v in row.items()} for name, row in routes().items()}
+
+
+@dataclass(frozen=True)
+class MemorySnapshot:
+    """One reading of the process's memory; sizes in bytes, ``None`` where unknown.
+
+    ``unaccounted`` is RSS minus what the allocators say is in use (C heap in use,
+    slab lent and quarantined bytes): fragmentation plus everything no allocator here
+    reports (pymalloc arenas, stacks, code). ``None`` when the C heap cannot be read.
+    """
+
+    time: float
+    """Wall-clock time of the reading (``time.time()``)."""
+    rss: int
+    peak_rss: int | None
+    heap_arena: int | None
+    heap_in_use: int | None
+    heap_free: int | None
+    heap_mmapped: int | None
+    unaccounted: int | None
+    py_allocated_blocks: int
+    gc_counts: tuple[int, int, int]
+    gc_collections: tuple[int, ...]
+    gc_collected: tuple[int, ...]
+    gc_uncollectable: tuple[int, ...]
+    slab_lent_bytes: int
+    slab_idle_bytes: int
+    slab_quarantined_bytes: int
+    slab_mapped_bytes: int
+    slab_pools: tuple[Mapping[str, Any], ...] = ()
+    object_pools: tuple[Mapping[str, Any], ...] = ()
+    routes: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    duration: float = 0.0
+    """Seconds this reading took."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (lists for tuples, plain dicts for mappings)."""
+        return {
+            "time": self.time,
+            "rss": self.rss,
+            "peak_rss": self.peak_rss,
+            "heap_arena": self.heap_arena,
+            "heap_in_use": self.heap_in_use,
+            "heap_free": self.heap_free,
+            "heap_mmapped": self.heap_mmapped,
+            "unaccounted": self.unaccounted,
+            "py_allocated_blocks": self.py_allocated_blocks,
+            "gc_counts": list(self.gc_counts),
+            "gc_collections": list(self.gc_collections),
+            "gc_collected": list(self.gc_collected),
+            "gc_uncollectable": list(self.gc_uncollectable),
+            "slab_lent_bytes": self.slab_lent_bytes,
+            "slab_idle_bytes": self.slab_idle_bytes,
+            "slab_quarantined_bytes": self.slab_quarantined_bytes,
+            "slab_mapped_bytes": self.slab_mapped_bytes,
+            "slab_pools": [dict(p) for p in self.slab_pools],
+            "object_pools": [dict(p) for p in self.object_pools],
+            "routes": {name: dict(row) for name, row in self.routes.items()},
+            "duration": self.duration,
+        }
+
+    def __repr__(self) -> str:
+        parts = [f"rss {format_size(self.rss)}"]
+        if self.heap_in_use is not None and self.heap_free is not None:
+            parts.append(
+                f"C heap in use {format_size(self.heap_in_use)}, free {format_size(self.heap_free)}"
+            )
+        parts.append(
+            f"slabs lent {format_size(self.slab_lent_bytes)}, "
+            f"idle {format_size(self.slab_idle_bytes)}"
+        )
+        if self.unaccounted is not None:
+            parts.append(f"unaccounted {format_size(self.unaccounted)}")
+        return f"<MemorySnapshot [{' | '.join(parts)}]>"
+
+
+def snapshot(
+    *,
+    slab_pools: Iterable[SlabPool] | None = None,
+    object_pools: Iterable[ObjectPool[Any]] | None = None,
+    routes: RoutesSource | None = None,
+) -> MemorySnapshot:
+    """Take one reading of this process's memory.
+
+    ``slab_pools`` and ``object_pools`` default to every live pool in the process;
+    ``routes`` is a callable returning the aiohttp adapter's per-route counters. Cheap
+    enough to call every second (tens of microseconds plus ``mallinfo2``'s walk of the
+    free lists; ``benchmarks/snapshot_cost.py`` measures it).
+    """
+    started = time.perf_counter()
+    slabs = _registry.slab_pools() if slab_pools is None else list(slab_pools)
+    objects = _registry.object_pools() if object_pools is None else list(object_pools)
+    slab_stats = tuple({**pool.stats(), "name": pool.name} for pool in slabs)
+    object_stats = tuple({**pool.stats(), "name": pool.name} for pool in objects)
+    route_table = _route_table(routes)
+    heap = heap_info()
+    rss = current_rss()
+    lent = sum(int(s.get("lent_bytes", 0)) for s in slab_stats)
+    quarantined = sum(int(s.get("quarantined_bytes", 0)) for s in slab_stats)
+    unaccounted = None if heap is None else rss - heap.in_use - lent - quarantined
+    gen_stats = gc.get_stats()
+    c0, c1, c2 = gc.get_count()
+    return MemorySnapshot(
+        time=time.time(),
+        rss=rss,
+        peak_rss=_peak_rss(rss),
+        heap_arena=None if heap is None else heap.arena,
+        heap_in_use=None if heap is None else heap.in_use,
+        heap_free=None if heap is None else heap.free,
+        heap_mmapped=None if heap is None else heap.mmapped,
+        unaccounted=unaccounted,
+        py_allocated_blocks=sys.getallocatedblocks(),
+        gc_counts=(c0, c1, c2),
+        gc_collections=tuple(int(g["collections"]) for g in gen_stats),
+        gc_collected=tuple(int(g["collected"]) for g in gen_stats),
+        gc_uncollectable=tuple(int(g["uncollectable"]) for g in gen_stats),
+        slab_lent_bytes=lent,
+        slab_idle_bytes=sum(int(s.get("idle_bytes", 0)) for s in slab_stats),
+        slab_quarantined_bytes=quarantined,
+        slab_mapped_bytes=sum(int(s.get("mapped_bytes", 0)) for s in slab_stats),
+        slab_pools=slab_stats,
+        object_pools=object_stats,
+        routes=route_table,
+        duration=time.perf_counter() - started,
+    )

@@ -1,0 +1,211 @@
+"""A JSON ingest service, written the ways people write it today and with arenapool.
+
+POST /ingest takes ``{"records": [{"value": int, "tag": str, ...}, ...], ...}`` and
+answers ``{"count": n, "sum": <sum of value>, "digest": <BLAKE2b-64 of the tags>}``, so a
+client can check every answer. GET /health answers ``{"status": "ok", ...}``.
+
+Modes (the only difference between them is how the body is read and the answer built):
+
+- ``plain``: ``await request.json()`` and ``web.json_response`` (aiohttp's defaults).
+- ``orjson``: ``orjson.loads(await request.read())`` and ``orjson.dumps`` — the usual
+  "fast JSON" version of the same handler.
+- ``arenapool``: the body is read into a request-scoped arena from a budgeted
+  ``SlabPool`` and decoded from there with orjson (``read_json``); the answer is built
+  with ``json_response``.
+- ``arenapool-msgspec``: the same, decoding with msgspec.
+
+Run it::
+
+    python app.py --mode arenapool --port 8080 --budget 256MiB --limit 8MiB
+    gunicorn 'app:make_app("arenapool")' --worker-class aiohttp.GunicornWebWorker
+
+``arenapool demo``/``bench``/``soak`` start this file as a subprocess. It depends only on
+aiohttp and orjson (plus arenapool and msgspec for those modes), so it can be copied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import re
+import sys
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+MODES = ("plain", "orjson", "arenapool", "arenapool-msgspec")
+MODE_KEY = web.AppKey("example_mode", str)
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Count the records, add up their ``value``s and hash their ``tag``s in order."""
+    digest = hashlib.blake2b(digest_size=8)
+    total = 0
+    for record in records:
+        total += record["value"]
+        digest.update(record["tag"].encode())
+    return {"count": len(records), "sum": total, "digest": digest.hexdigest()}
+
+
+def records_of(doc: Any) -> list[dict[str, Any]]:
+    """The ``records`` list of a decoded body, or a 400 that says what was wrong."""
+    records = doc.get("records") if isinstance(doc, dict) else None
+    if not isinstance(records, list) or not all(
+        isinstance(r, dict) and isinstance(r.get("value"), int) and isinstance(r.get("tag"), str)
+        for r in records
+    ):
+        detail = 'expected {"records": [{"value": int, "tag": str, ...}, ...]}'
+        raise bad_request("bad_request", detail)
+    return records
+
+
+def bad_request(code: str, detail: str) -> web.HTTPBadRequest:
+    body = orjson.dumps({"error": code, "detail": detail})
+    return web.HTTPBadRequest(body=body, content_type="application/json")
+
+
+# --- the handlers, one per mode ------------------------------------------------------
+
+
+async def ingest_plain(request: web.Request) -> web.Response:
+    try:
+        doc = await request.json()
+    except ValueError as exc:  # json.JSONDecodeError and UnicodeDecodeError
+        raise bad_request("invalid_json", str(exc)) from None
+    return web.json_response(summarize(records_of(doc)))
+
+
+async def ingest_orjson(request: web.Request) -> web.Response:
+    try:
+        doc = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise bad_request("invalid_json", str(exc)) from None
+    body = orjson.dumps(summarize(records_of(doc)))
+    return web.Response(body=body, content_type="application/json")
+
+
+async def ingest_arenapool(request: web.Request) -> web.Response:
+    from arenapool.aiohttp import json_response, read_json  # noqa: PLC0415 - optional dependency
+
+    # read_json reads the body into this request's arena and decodes it from there;
+    # a bad body becomes a 400 (InvalidJSON) or 413 (over the limit) in the middleware.
+    doc = await read_json(request)
+    return json_response(summarize(records_of(doc)))
+
+
+async def health(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "mode": request.app[MODE_KEY], "pid": os.getpid()})
+
+
+def make_app(
+    mode: str = "arenapool",
+    *,
+    budget: str = "256MiB",
+    limit: str = "8MiB",
+    decay: float = 10.0,
+    governor: bool = True,
+    admin_token: str | None = None,
+) -> web.Application:
+    """The ingest service in ``mode`` (one of :data:`MODES`).
+
+    ``limit`` caps one request body in every mode (aiohttp's ``client_max_size`` for
+    ``plain``/``orjson``, the arena limit for arenapool); ``budget`` and ``decay`` size
+    arenapool's ``SlabPool``; ``governor`` runs arenapool's memory governor (it gives
+    freed C heap back to the OS when the server goes idle); ``admin_token`` turns on
+    arenapool's admin routes (``/_arenapool/stats`` and the dashboard).
+    """
+    if mode not in MODES:
+        msg = f"unknown mode {mode!r}; choose from {', '.join(MODES)}"
+        raise ValueError(msg)
+    max_size = parse_size(limit)
+    app = web.Application(client_max_size=max_size)
+    app[MODE_KEY] = mode
+    app.router.add_get("/health", health)
+    if mode == "plain":
+        app.router.add_post("/ingest", ingest_plain)
+    elif mode == "orjson":
+        app.router.add_post("/ingest", ingest_orjson)
+    else:
+        # Imported here so the plain and orjson modes run without arenapool loaded.
+        import arenapool  # noqa: PLC0415
+        import arenapool.aiohttp  # noqa: PLC0415
+
+        pool = arenapool.SlabPool(budget=budget, max_class="16MiB", decay=decay)
+        decoder = "msgspec" if mode == "arenapool-msgspec" else "orjson"
+        arenapool.aiohttp.setup(
+            app,
+            pool=pool,
+            limit=limit,
+            decoder=decoder,
+            governor=governor or None,
+            admin=_admin(admin_token),
+        )
+        app.router.add_post("/ingest", ingest_arenapool)
+    return app
+
+
+def _admin(token: str | None) -> Any:
+    if not token:
+        return False
+    try:
+        from arenapool.aiohttp import AdminConfig  # noqa: PLC0415
+    except ImportError:  # not re-exported yet
+        from arenapool._admin import AdminConfig  # noqa: PLC0415
+
+    return AdminConfig(token=token)
+
+
+_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+
+
+def parse_size(text: str) -> int:
+    """``"8MiB"`` -> 8388608 (bytes, KiB, MiB or GiB)."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
+    if match is None or match[2].lower() not in _UNITS:
+        msg = f"{text!r} is not a size like '8MiB'"
+        raise ValueError(msg)
+    return int(float(match[1]) * _UNITS[match[2].lower()])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="The arenapool example ingest service.")
+    parser.add_argument("--mode", choices=MODES, default="arenapool", help="how bodies are read")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8080, help="port to bind (8080)")
+    parser.add_argument("--budget", default="256MiB", help="arenapool budget (256MiB)")
+    parser.add_argument("--limit", default="8MiB", help="largest request body (8MiB)")
+    parser.add_argument("--decay", type=float, default=10.0, help="seconds before idle slabs go")
+    parser.add_argument(
+        "--no-governor",
+        dest="governor",
+        action="store_false",
+        help="arenapool modes: do not run the memory governor",
+    )
+    parser.add_argument(
+        "--admin-token",
+        default=os.environ.get("ARENAPOOL_ADMIN_TOKEN"),
+        help="enable /_arenapool/ admin routes with this token (env ARENAPOOL_ADMIN_TOKEN)",
+    )
+    args = parser.parse_args(argv)
+    app = make_app(
+        args.mode,
+        budget=args.budget,
+        limit=args.limit,
+        decay=args.decay,
+        governor=args.governor,
+        admin_token=args.admin_token,
+    )
+    ready = f"example service ({args.mode}) on http://{args.host}:{args.port} pid {os.getpid()}"
+    web.run_app(
+        app,
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=lambda _: print(ready, file=sys.stderr, flush=True),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,257 @@
+"""The arenapool command: every command on a tiny workload, outputs checked."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.console import Console
+
+from arenapool import _bench, cli
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TINY = ["--scale", "0.01", "--seed", "3", "--quiet"]
+
+
+def assert_png(path: Path) -> None:
+    data = path.read_bytes()
+    assert data.startswith(PNG_SIGNATURE)
+    assert len(data) > len(PNG_SIGNATURE)
+
+
+def subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+# --- the parser ---------------------------------------------------------------------------
+
+
+def test_every_command_and_option_has_help() -> None:
+    """Each subcommand and each of its options carries help text."""
+    parser = cli.build_parser()
+    commands = subparsers(parser)
+    assert {"demo", "bench", "soak", "top", "serve"} <= set(commands)
+    for name, sub in commands.items():
+        assert sub.description, name
+        for action in sub._actions:
+            assert action.help, f"{name} {action.option_strings or action.dest}"
+
+
+def test_help_exits_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
+    """`arenapool bench --help` prints the options and exits 0."""
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["bench", "--help"])
+    assert 0 == exc.value.code
+    assert "--repeats" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90", 90.0), ("90s", 90.0), ("10m", 600.0), ("1.5h", 5400.0)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    """Durations accept plain seconds and s/m/h units."""
+    assert seconds == cli.duration_arg(text)
+
+
+def test_bad_mode_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    """An unknown mode is refused by the parser with the list of modes."""
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--modes", "orjson,fast"])
+    assert "orjson+jemalloc" in capsys.readouterr().err
+
+
+def test_python_dash_m_runs_the_cli() -> None:
+    """`python -m arenapool --version` runs the same entry point."""
+    env = {**os.environ, "PYTHONPATH": str(Path(cli.__file__).resolve().parents[1])}
+    out = subprocess.run(
+        [sys.executable, "-m", "arenapool", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
+    assert out.stdout.startswith("arenapool ")
+
+
+# --- the harness pieces ----------------------------------------------------------------------
+
+
+def test_example_service_is_found() -> None:
+    """The CLI finds integrations/example_service/app.py from a source checkout."""
+    assert "app.py" == _bench.find_example_service().name
+
+
+def test_example_service_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """$ARENAPOOL_EXAMPLE_SERVICE points the CLI at another copy of the service."""
+    copy = tmp_path / "app.py"
+    copy.write_text("")
+    monkeypatch.setenv("ARENAPOOL_EXAMPLE_SERVICE", str(copy))
+    assert copy == _bench.find_example_service()
+
+
+def test_missing_allocator_is_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A mode whose LD_PRELOAD library is absent is left out, with a note saying why."""
+    monkeypatch.setattr(_bench, "find_library", lambda name: None)
+    modes, notes = _bench.resolve_modes(["orjson", "orjson+jemalloc", "orjson+mimalloc"])
+    assert ["orjson"] == [m.name for m in modes]
+    assert ["skipped orjson+jemalloc", "skipped orjson+mimalloc"] == [
+        n.split(":")[0] for n in notes
+    ]
+
+
+def test_least_squares_slope() -> None:
+    """The drift fit recovers the slope of a line."""
+    assert (2.0, 1.0) == _bench.least_squares([(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)])
+
+
+# --- demo, bench, soak on tiny workloads ------------------------------------------------------
+
+
+def test_demo_writes_table_json_and_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`arenapool demo` compares orjson and arenapool and writes its JSON and PNG."""
+    argv = ["demo", "--duration", "2", "--slice", "0.5", "--idle", "0.5", "--out", str(tmp_path)]
+    assert 0 == cli.main([*argv, *TINY])
+    out = capsys.readouterr().out
+    assert "RSS after 0.5 s idle" in out
+    doc = json.loads((tmp_path / "arenapool-demo.json").read_text())
+    assert ["orjson", "arenapool"] == list(doc["servers"])
+    for stats in doc["servers"].values():
+        for key in ("rps", "p50_ms", "p99_ms", "rss_peak", "rss_steady", "rss_idle", "errors"):
+            assert key in stats
+        assert stats["ok"] > 0
+        assert 0 == stats["errors"] + stats["corrupt"]
+    assert_png(tmp_path / "arenapool-demo.png")
+
+
+def test_bench_writes_every_requested_mode(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`arenapool bench` writes a Markdown table with every mode, a JSON file and plots."""
+    modes = ["plain", "orjson", "arenapool", "arenapool-msgspec"]
+    argv = [
+        "bench",
+        "--modes",
+        ",".join(modes),
+        "--workloads",
+        "small",
+        "--repeats",
+        "1",
+        "--duration",
+        "0.5",
+        "--idle",
+        "0.3",
+        "--out",
+        str(tmp_path),
+    ]
+    assert 0 == cli.main([*argv, *TINY])
+    table = (tmp_path / "bench.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| small |")]
+    assert modes == [row.split("|")[2].strip() for row in rows]
+    assert table.strip().splitlines()[-3] in capsys.readouterr().out
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    assert {"machine", "settings", "summary", "cases", "notes", "baseline"} <= set(doc)
+    for row in doc["summary"]:
+        for key in ("rps", "p50_ms", "p99_ms", "rss_peak", "rss_steady", "rss_idle"):
+            assert row[key] is not None
+        assert 1.0 == row["rps_vs_orjson"] or row["mode"] != "orjson"
+    assert len(modes) == len(doc["cases"])
+    assert all(case["rss_samples"] for case in doc["cases"])
+    assert_png(tmp_path / "bench-rss-small.png")
+    assert_png(tmp_path / "bench-summary.png")
+
+
+def test_soak_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`arenapool soak` reports a drift in MiB/min and the RSS after idle, with a plot."""
+    argv = ["soak", "--duration", "2", "--warmup", "0.5", "--interval", "0.1", "--idle", "0.3"]
+    assert 0 == cli.main([*argv, "--out", str(tmp_path), *TINY])
+    assert "MiB/min" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "arenapool-soak-arenapool.json").read_text())
+    assert isinstance(doc["drift_mib_per_min"], float)
+    assert doc["rss_idle"] > 0
+    assert doc["ok"] > 0
+    assert_png(tmp_path / "arenapool-soak-arenapool.png")
+
+
+# --- top ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def admin_server() -> Any:
+    mode = _bench.resolve_modes(["arenapool"])[0][0]
+    with _bench.Server(mode, admin_token="s3cret", limit="1MiB") as server:
+        request = urllib.request.Request(
+            server.url + "/ingest",
+            data=b'{"records": [{"value": 2, "tag": "t"}]}',
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert 200 == response.status
+        yield server
+
+
+def test_top_shows_a_real_server(admin_server: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """`arenapool top` polls /_arenapool/stats with the token and shows RSS and routes."""
+    argv = ["top", admin_server.url, "--token", "s3cret", "--count", "2", "--interval", "0.1"]
+    assert 0 == cli.main(argv)
+    out = capsys.readouterr().out
+    assert "RSS" in out
+    assert "POST /ingest" in out
+    assert "slab lent" in out
+
+
+def test_top_json_lines(admin_server: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """`arenapool top --json` prints one parseable snapshot per poll."""
+    argv = ["top", admin_server.url, "--token", "s3cret", "--count", "2", "--interval", "0.1"]
+    assert 0 == cli.main([*argv, "--json"])
+    lines = capsys.readouterr().out.splitlines()
+    assert 2 == len(lines)
+    assert all(json.loads(line)["rss"] > 0 for line in lines)
+
+
+def test_top_without_token_says_so(admin_server: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """Without the token, top shows the 401 and a hint, and exits 1."""
+    assert 1 == cli.main(["top", admin_server.url, "--count", "1", "--json"])
+    assert "401" in json.loads(capsys.readouterr().out)["error"]
+
+
+@pytest.mark.parametrize(
+    "snapshot",
+    [
+        {},
+        {"memory": {"rss": 1 << 20}},
+        {"rss": 5 << 20, "routes": [{"name": "GET /", "requests": 3}], "pools": [1, 2]},
+        {"routes": {"POST /x": 7}, "slab_pools": [{"name": "p", "lent_bytes": 4096}]},
+    ],
+)
+def test_top_renders_any_layout(snapshot: dict[str, Any]) -> None:
+    """The renderer accepts snapshots with missing keys or other layouts."""
+    console = Console(width=120, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(cli.render_stats(snapshot, source="test"))
+    console.file.close()
+    assert "arenapool top" in console.export_text()
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://h:1", "http://h:1/_arenapool/stats?token=t"),
+        ("h:1/", "http://h:1/_arenapool/stats?token=t"),
+        ("http://h:1/_arenapool/stats?token=old", "http://h:1/_arenapool/stats?token=t"),
+        ("http://h:1/app/", "http://h:1/app/_arenapool/stats?token=t"),
+    ],
+)
+def test_stats_url(url: str, expected: str) -> None:
+    """A base URL or a stats URL becomes the stats URL with the token."""
+    assert expected == cli.stats_url(url, "t")

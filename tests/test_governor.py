@@ -1,0 +1,234 @@
+"""The governor returns memory when idle and sheds load past the hard watermark."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import psutil  # type: ignore[import-untyped]  # psutil ships no types
+import pytest
+from _memhelpers import MiB, ServerProcess, allocate, poll_until
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from arenapool._admin import AdminConfig, add_admin_routes, governor_middleware
+from arenapool._errors import InvalidSize
+from arenapool._governor import Governor, GovernorConfig
+from arenapool._units import format_size
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+#: After a 200 MiB burst the governed server must be back within this much of its
+#: baseline RSS (the burst leaves ~3 MiB of 1 KiB pins alive on purpose)...
+SETTLED_SLACK = 40 * MiB
+#: ...within this many seconds, without any further request (interval 0.1 s,
+#: idle_after 0.3 s: the trim lands in about 0.4 s; the rest is room for a busy machine).
+SETTLE_DEADLINE = 10.0
+
+
+def test_config_rejects_soft_above_hard() -> None:
+    """A soft watermark above the hard one is refused, naming both sizes."""
+    with pytest.raises(InvalidSize, match=r"soft_limit \(2.0 GiB\) must not exceed"):
+        GovernorConfig(soft_limit="2GiB", hard_limit="1GiB")
+
+
+def test_limits_default_from_cgroup(tmp_path: Path) -> None:
+    """With no explicit watermarks, soft/hard are 80%/90% of the cgroup limit."""
+    (tmp_path / "memory.max").write_text("1073741824\n")
+    config = GovernorConfig(cgroup_root=str(tmp_path))
+    soft, hard, source = config.resolve_limits()
+    assert (int(0.8 * 1024 * MiB), int(0.9 * 1024 * MiB), "cgroup") == (soft, hard, source)
+
+
+def test_explicit_limits_win_and_absent_means_off(tmp_path: Path) -> None:
+    """Config beats the cgroup; no config and no cgroup limit disables watermarks."""
+    (tmp_path / "memory.max").write_text("1073741824\n")
+    config = GovernorConfig(soft_limit="100MiB", hard_limit="200MiB", cgroup_root=str(tmp_path))
+    assert (100 * MiB, 200 * MiB, "config") == config.resolve_limits()
+    (tmp_path / "memory.max").write_text("max\n")
+    assert (None, None, None) == GovernorConfig(cgroup_root=str(tmp_path)).resolve_limits()
+
+
+async def test_lifecycle_and_repr() -> None:
+    """start/stop are idempotent, `async with` runs it, and the repr shows live state."""
+    governor = Governor(GovernorConfig(interval=0.05, use_cgroup=False))
+    assert repr(governor).startswith("<Governor [stopped | rss -, soft -, hard -")
+    async with governor:
+        governor.start()
+        assert governor.running
+        await poll_until(
+            lambda: asyncio.sleep(0, governor.stats()["checks"] >= 2),
+            timeout=5,
+            what="two governor checks",
+        )
+        assert "running" in repr(governor)
+    assert governor.stats()["running"] is False
+    await governor.stop()
+    assert repr(governor).startswith("<Governor [stopped | rss ")
+
+
+async def test_busy_server_is_not_trimmed_until_idle(caplog: pytest.LogCaptureFixture) -> None:
+    """Reclaimable heap is left alone while a request is in flight, then trimmed and logged."""
+    caplog.set_level(logging.INFO, logger="arenapool.governor")
+    governor = Governor(
+        GovernorConfig(interval=1, idle_after=0, trim_threshold="8MiB", use_cgroup=False)
+    )
+    await governor.trim()  # start from a trimmed heap: the reclaim floor is set
+    governor.note_request_start()
+    allocate(64 * MiB)  # freed at once, the pins keep the holes in the heap
+    await governor.check()
+    assert 1 == governor.stats()["trims"]
+    governor.note_request_end()
+    await governor.check()
+    stats = governor.stats()
+    assert 2 == stats["trims"]
+    assert "idle" == stats["actions"][-1]["reason"]
+    assert stats["trimmed_bytes"] >= 32 * MiB
+    assert any("trim (idle)" in r.getMessage() for r in caplog.records)
+    await governor.check()  # nothing new to reclaim: no further trim
+    assert 2 == governor.stats()["trims"]
+
+
+def shedding_app(governor: Governor) -> web.Application:
+    async def ok(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"in_flight": governor.in_flight})
+
+    app = web.Application(middlewares=[governor_middleware(governor)])
+    app.router.add_route("*", "/work", ok)
+    add_admin_routes(app, AdminConfig(token=None), governor=governor)
+    return app
+
+
+async def test_middleware_sheds_only_requests_with_a_body(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """While shedding: bodies get 503 + Retry-After; bodiless, empty and admin requests pass."""
+    governor = Governor(GovernorConfig(soft_limit=1, hard_limit=1, retry_after=3, use_cgroup=False))
+    await governor.check()  # RSS is always above one byte
+    assert governor.shedding
+    client = await aiohttp_client(shedding_app(governor))
+
+    resp = await client.post("/work", data=b"x" * 1000)
+    assert 503 == resp.status
+    assert "3" == resp.headers["Retry-After"]
+    body = await resp.json()
+    assert {"error", "detail", "retry_after"} == set(body)
+    assert ("overloaded", 3) == (body["error"], body["retry_after"])
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"abc"
+
+    resp = await client.post("/work", data=chunks())
+    assert 503 == resp.status, "a chunked body is a body"
+    assert 200 == (await client.get("/work")).status
+    assert 200 == (await client.post("/work", data=b"")).status
+    assert 200 == (await client.post("/_arenapool/trim", data=b"{}")).status
+    assert 2 == governor.stats()["shed_count"]
+
+
+async def test_middleware_counts_in_flight_but_not_admin(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """Requests are counted in flight while they run; admin requests are not counted."""
+    governor = Governor(GovernorConfig(use_cgroup=False))
+    client = await aiohttp_client(shedding_app(governor))
+    assert 1 == (await (await client.get("/work")).json())["in_flight"]
+    stats = await (await client.get("/_arenapool/stats")).json()
+    assert 0 == stats["governor"]["in_flight"]
+    assert 0 == governor.in_flight
+
+
+@pytest.mark.slow
+async def test_governor_returns_burst_memory_without_further_requests() -> None:
+    """A real server's RSS falls back near baseline after a 200 MiB burst, on its own."""
+    server = await ServerProcess.start("--interval", "0.1", "--idle-after", "0.3")
+    try:
+        proc = psutil.Process(server.pid)
+        async with aiohttp.ClientSession() as session:
+            async with session.get(server.url + "/burst?mb=200") as resp:
+                held = (await resp.json())["rss_after_free"]
+            assert held - server.baseline_rss >= 150 * MiB, (
+                f"the burst should stay resident: baseline {format_size(server.baseline_rss)}, "
+                f"after the burst {format_size(held)}"
+            )
+
+            async def settled() -> int | None:
+                rss = int(proc.memory_info().rss)
+                return rss if rss <= server.baseline_rss + SETTLED_SLACK else None
+
+            async def governor_stats() -> dict[str, Any]:
+                async with session.get(server.url + "/_arenapool/stats") as resp:
+                    stats: dict[str, Any] = (await resp.json())["governor"]
+                    return stats
+
+            try:
+                rss, seconds = await poll_until(
+                    settled, timeout=SETTLE_DEADLINE, what="RSS back near baseline"
+                )
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; governor: {await governor_stats()}") from None
+            governor = await governor_stats()
+        report = (
+            f"governor: baseline {format_size(server.baseline_rss)}, after burst "
+            f"{format_size(held)}, settled {format_size(rss)} in {seconds:.2f} s"
+        )
+        print("\n" + report)
+        idle_trims = [
+            a for a in governor["actions"] if (a["action"], a["reason"]) == ("trim", "idle")
+        ]
+        assert idle_trims, f"{report}; actions {governor['actions']}"
+        assert sum(a["freed"] for a in idle_trims) >= 150 * MiB, f"{report}; {idle_trims}"
+    finally:
+        await server.stop()
+
+
+@pytest.mark.slow
+async def test_hard_watermark_sheds_and_recovers() -> None:
+    """Past hard, bodies get 503 (JSON, Retry-After); once RSS is back under soft they pass."""
+    server = await ServerProcess.start(
+        "--interval", "0.1", "--idle-after", "0.3", "--soft-mb", "100", "--hard-mb", "150"
+    )
+    try:
+        async with aiohttp.ClientSession() as session:
+
+            async def shedding() -> bool:
+                async with session.get(server.url + "/_arenapool/stats") as resp:
+                    return bool((await resp.json())["governor"]["shedding"])
+
+            async with session.get(server.url + "/hold?mb=200") as resp:
+                assert 200 == resp.status
+            await poll_until(shedding, timeout=10, what="shedding past the hard watermark")
+
+            async with session.post(server.url + "/echo", data=b"x" * 4096) as resp:
+                assert 503 == resp.status
+                assert "3" == resp.headers["Retry-After"]
+                body = await resp.json()
+            assert "overloaded" == body["error"]
+            assert "shedding load" in body["detail"]
+            async with session.get(server.url + "/rss") as resp:
+                assert 200 == resp.status, "bodiless requests still pass"
+
+            async with session.get(server.url + "/release") as resp:
+                assert 200 == resp.status
+
+            async def recovered() -> bool:
+                return not await shedding()
+
+            _, seconds = await poll_until(recovered, timeout=10, what="shedding to stop")
+            async with session.post(server.url + "/echo", data=b"x" * 4096) as resp:
+                assert 200 == resp.status
+                assert {"len": 4096} == await resp.json()
+            async with session.get(server.url + "/_arenapool/stats") as resp:
+                governor = (await resp.json())["governor"]
+        actions = [(a["action"], a["reason"]) for a in governor["actions"]]
+        assert ("shed_on", "hard") in actions
+        assert ("shed_off", "soft") in actions
+        assert 1 == governor["shed_count"]
+        print(f"\nshedding stopped {seconds:.2f} s after /release")
+    finally:
+        await server.stop()

@@ -1,0 +1,480 @@
+"""Hostile clients against a real server: each case gets its documented outcome, and the
+pool is idle and the server still serves a normal request afterwards.
+
+The cases and their outcomes are the table in ``arenapool._hostile.CASES`` (printed in
+docs/reliability.md); every test here checks one row, or one defence behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from arenapool._hostile import (
+    CASES,
+    RawResponse,
+    Server,
+    build_request,
+    cases_table,
+    chunked,
+    digest,
+    hostile_server,
+    until,
+    wait_idle,
+)
+from arenapool.aiohttp import EAGER_RESERVE, GROWTH
+
+KiB = 1024
+MiB = 1024 * KiB
+BODY = orjson.dumps({"items": list(range(50)), "name": "hostile"})
+
+
+def check(case: str, response: RawResponse) -> None:
+    """The response is the documented outcome of ``case``."""
+    expected = CASES[case].expected
+    if expected.status is None:
+        assert (None, True) == (response.status, response.closed), response
+        return
+    assert (expected.status, expected.error) == (response.status, response.error), response
+    if expected.closes:
+        assert response.closed, response
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    async with hostile_server(limit="1MiB", body_timeout=2.0, queue_timeout=0.5) as srv:
+        yield srv
+
+
+def server_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# -- refusals before and during the read ------------------------------------------------
+
+
+async def test_declared_oversize_refused_before_the_handler_runs(server: Server) -> None:
+    """Content-Length above the limit: 413 `body_too_large` with only the head sent, and
+    the handler never runs."""
+    conn = await server.connect()
+    await conn.send(build_request("/echo", b"", content_length=2 * MiB))
+    response = await conn.response()
+    check("declared_oversize", response)
+    assert response.json()["limit"] == MiB
+    assert 0 == server.calls.get("/echo", 0)
+    assert 1 == server.route("/echo")["status_413"]
+    await server.healthy()
+
+
+async def test_chunked_body_past_the_limit_is_cut_off(server: Server) -> None:
+    """A chunked body streaming past the limit gets 413 `body_too_large` and a close."""
+    conn = await server.connect()
+    await conn.send(build_request("/raw", chunked_body=True))
+    await conn.send(chunked(b"x" * (MiB + 1), [64 * KiB]))
+    check("chunked_oversize", await conn.response())
+    await server.healthy()
+
+
+@pytest.mark.parametrize("how", ["close", "abort"])
+@pytest.mark.parametrize("size", [100 * KiB, 3 * MiB // 4], ids=["eager", "incremental"])
+async def test_aborted_upload_is_an_incomplete_body_not_a_server_error(
+    server: Server, caplog: pytest.LogCaptureFixture, how: str, size: int
+) -> None:
+    """A client that closes (FIN) or resets (RST) mid-body frees its budget; the server
+    counts a 400 `incomplete_body` and logs no error."""
+    conn = await server.connect()
+    await conn.send(build_request("/raw", b"x" * 1000, content_length=size))
+    await until(lambda: server.route("/raw").get("in_flight") == 1, what="the handler")
+    conn.close() if how == "close" else conn.abort()
+    await until(lambda: server.route("/raw").get("status_400") == 1, what="a 400")
+    await server.healthy()
+    assert [] == server_errors(caplog)
+
+
+async def test_slowloris_gets_body_timeout(server: Server) -> None:
+    """A client that trickles a few bytes of a large declared body gets 408
+    `body_timeout` and a close after `body_timeout`."""
+    conn = await server.connect()
+    await conn.send(build_request("/raw", b"", content_length=MiB // 2))
+    await conn.trickle(b"abcde", gap=0.02)
+    check("slowloris", await conn.response())
+    assert 1 == server.route("/raw")["status_408"]
+    await server.healthy()
+
+
+async def test_content_length_longer_than_body_times_out(server: Server) -> None:
+    """Content-Length longer than what is sent, client waiting: 408 `body_timeout`."""
+    conn = await server.connect()
+    await conn.send(build_request("/echo", BODY, content_length=len(BODY) + 100))
+    check("length_long", await conn.response())
+    await server.healthy()
+
+
+async def test_content_length_longer_then_half_close(server: Server) -> None:
+    """Content-Length longer than what is sent, then a half-close: the server sees the
+    connection end, closes without an answer, and frees the budget."""
+    conn = await server.connect()
+    await conn.send(build_request("/echo", BODY, content_length=len(BODY) + 100))
+    conn.shutdown_write()
+    assert await conn.closed_by_server()
+    await server.healthy()
+
+
+async def test_content_length_shorter_than_body(server: Server) -> None:
+    """Content-Length shorter than the bytes sent: the excess is parsed as the next
+    request, aiohttp rejects it with 400 and closes; anything answered before that is
+    the route's answer to the declared prefix."""
+    conn = await server.connect()
+    await conn.send(build_request("/echo", BODY, content_length=10))
+    *first, last = await conn.drain()
+    check("length_short", last)
+    assert all((400, "invalid_json") == (r.status, r.error) for r in first), first
+    await server.healthy()
+
+
+async def test_bad_chunk_framing_in_first_packet(server: Server) -> None:
+    """A malformed chunk-size line arriving with the head: aiohttp answers 400 and
+    closes; the handler never runs."""
+    conn = await server.connect()
+    await conn.send(build_request("/echo", chunked_body=True) + b"zz\r\n[1]\r\n0\r\n\r\n")
+    [response] = await conn.drain()
+    check("bad_chunk_framing", response)
+    assert 0 == server.calls.get("/echo", 0)
+    await server.healthy()
+
+
+async def test_bad_chunk_framing_mid_body(server: Server) -> None:
+    """A malformed chunk-size line after the handler started reading: aiohttp's parser
+    drops the body stream without failing it, so the read stalls until `body_timeout`
+    (408) — the budget is held at most that long."""
+    conn = await server.connect()
+    await conn.send(build_request("/echo", chunked_body=True) + b"3\r\n[1,")
+    await until(lambda: server.route("/echo").get("in_flight") == 1, what="the handler")
+    await conn.send(b"\r\nzz\r\n2]\r\n0\r\n\r\n")
+    check("bad_chunk_framing_mid_body", await conn.response())
+    await server.healthy()
+
+
+# -- bad JSON ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("case", "body"),
+    [
+        ("malformed_json", b'{"a": [1, 2,}'),
+        ("deep_json", b"[" * 100_000 + b"]" * 100_000),
+        ("invalid_utf8", b'{"a": "\xff\xfe"}'),
+        ("huge_number", b"[" + b"9" * 10_000 + b"]"),
+        ("empty_body", b""),
+    ],
+)
+async def test_bad_json_gets_400_invalid_json(server: Server, case: str, body: bytes) -> None:
+    """Malformed, deeply nested, invalid UTF-8, out-of-range and empty documents get 400
+    `invalid_json` with a byte position, on a connection that stays usable."""
+    conn = await server.connect()
+    await conn.send(build_request("/echo", body))
+    response = await conn.response()
+    check(case, response)
+    assert isinstance(response.json()["position"], int)
+    await conn.send(build_request("/echo", BODY))  # the same connection still works
+    assert (await conn.response()).json()["sha256"] == digest(BODY)
+    await server.healthy()
+
+
+async def test_malformed_json_position_is_the_byte_offset(server: Server) -> None:
+    """The position in `invalid_json` counts bytes, multi-byte characters included."""
+    body = '{"é→": [1, 2,}'.encode()
+    response = await server.request("/echo", body)
+    assert (400, body.index(b"}")) == (response.status, response.json()["position"])
+
+
+async def test_duplicate_keys_last_one_wins(server: Server) -> None:
+    """`{"a": 1, "a": 2}` is accepted (200) and decodes to its last value."""
+    body = b'{"a": 1, "a": 2}'
+    conn = await server.connect()
+    await conn.send(build_request("/echo?echo=1", body))
+    response = await conn.response()
+    check("duplicate_keys", response)
+    assert {"a": 2} == response.json()["echo"]
+    await server.healthy()
+
+
+async def test_wrong_content_type_with_strict_content_type() -> None:
+    """With strict_content_type=True a text/plain body to a JSON route gets 415
+    `unsupported_media_type`, unread."""
+    async with hostile_server(strict_content_type=True) as srv:
+        response = await srv.request("/echo", BODY, content_type="text/plain")
+        check("wrong_content_type", response)
+        assert 0 == srv.route("/echo")["bytes_read"]
+        await srv.healthy()
+
+
+# -- handler faults ---------------------------------------------------------------------
+
+
+async def test_handler_exception_returns_everything(server: Server) -> None:
+    """A handler that raises after reading and borrowing: 500, arena and object back."""
+    logging.getLogger("aiohttp.server").disabled = True  # the injected fault is logged
+    try:
+        check("handler_error", await server.request("/boom", BODY))
+    finally:
+        logging.getLogger("aiohttp.server").disabled = False
+    await server.healthy()
+
+
+async def test_server_side_cancellation_returns_everything(server: Server) -> None:
+    """A handler whose task is cancelled after reading and borrowing: the connection
+    closes, arena and object come back."""
+    check("cancelled", await server.request("/cancel", BODY))
+    assert 1 == server.calls["/cancel"]
+    await server.healthy()
+
+
+async def test_client_disconnect_cancels_the_handler() -> None:
+    """With handler_cancellation=True, a client that leaves while its handler works
+    cancels it: the handler never finishes and arena and object come back."""
+    async with hostile_server(handler_cancellation=True) as srv:
+        conn = await srv.connect()
+        await conn.send(build_request("/slow?ms=5000", BODY))
+        await until(lambda: srv.calls.get("/slow") == 1, what="the handler")
+        await until(lambda: srv.objects.in_use == 1, what="the borrow")
+        conn.close()
+        await wait_idle(srv.pool, [srv.objects])
+        assert "/slow done" not in srv.calls
+        await srv.healthy()
+
+
+# -- slow readers, pipelining, many connections -------------------------------------------
+
+
+async def test_slow_readers_hold_no_arena_memory(server: Server) -> None:
+    """Clients with a tiny receive buffer that do not read a large response: every arena
+    is released while the responses are still unsent, other clients are served, and
+    each response arrives whole and correct when finally read."""
+    docs = [{"reader": i, "rows": ["x" * 100] * 4000} for i in range(4)]
+    conns = []
+    for doc in docs:
+        conn = await server.connect(rcvbuf=4096, read_size=4096)
+        await conn.send(build_request("/echo?echo=1", orjson.dumps(doc)))
+        conns.append(conn)
+    await until(lambda: server.calls.get("/echo") == len(docs), what="the handlers")
+    await wait_idle(server.pool, [server.objects])
+    await server.check_echo()
+    for doc, conn in zip(docs, conns, strict=True):
+        response = await conn.response()
+        check("slow_reader", response)
+        assert (doc, digest(orjson.dumps(doc))) == (
+            response.json()["echo"],
+            response.json()["sha256"],
+        )
+    await server.healthy()
+
+
+async def test_pipelined_requests_answered_in_order(server: Server) -> None:
+    """Ten requests in one write (JSON, raw, chunked) get ten correct answers in order."""
+    bodies = [orjson.dumps({"i": i, "pad": "p" * (i * 997)}) for i in range(10)]
+    wire = b""
+    for i, body in enumerate(bodies):
+        if i % 3 == 2:
+            wire += build_request("/raw", chunked_body=True) + chunked(body, [100])
+        else:
+            wire += build_request("/echo" if i % 3 == 0 else "/raw", body)
+    conn = await server.connect()
+    await conn.send(wire)
+    for body in bodies:
+        response = await conn.response()
+        check("pipelined", response)
+        assert digest(body) == response.json()["sha256"]
+    await server.healthy()
+
+
+async def test_many_concurrent_connections(server: Server) -> None:
+    """200 connections sending at once all get correct answers; the pool ends idle."""
+
+    async def one(i: int) -> bool:
+        body = orjson.dumps({"client": i, "pad": "z" * (i * 301 % 20_000)})
+        conn = await server.connect()
+        try:
+            await conn.send(build_request("/echo", body))
+            response = await conn.response(timeout=30)
+        finally:
+            conn.close()
+        return response.status == 200 and response.json()["sha256"] == digest(body)
+
+    results = await asyncio.gather(*(one(i) for i in range(200)))
+    assert [True] * 200 == results
+    await server.healthy()
+
+
+# -- the memory budget under hostile load ------------------------------------------------
+
+
+async def _hog(srv: Server, declared: int, *, sent: bytes = b"x") -> None:
+    """A slow sender: declares ``declared`` bytes, sends ``sent``, then waits."""
+    conn = await srv.connect()
+    await conn.send(build_request("/raw", sent, content_length=declared))
+
+
+async def test_slowloris_connections_hold_little_budget() -> None:
+    """Eight slow senders declaring 4 MiB each hold one 256 KiB first step each (not
+    32 MiB), and a normal client still gets 200 meanwhile."""
+    async with hostile_server(limit="8MiB", body_timeout=30.0) as srv:
+        for _ in range(8):
+            await _hog(srv, 4 * MiB, sent=b"abc")
+        await until(lambda: srv.route("/raw").get("in_flight") == 8, what="8 handlers")
+        await until(lambda: srv.pool.lent_bytes == 8 * EAGER_RESERVE, what="8 reservations")
+        await srv.check_echo()
+        assert 8 * EAGER_RESERVE == srv.pool.stats()["lent_bytes"]
+        for conn in srv.conns:
+            conn.abort()
+        await srv.healthy()
+
+
+async def test_slow_sender_holds_at_most_four_times_what_it_sent() -> None:
+    """A sender of a declared 4 MiB body never holds more than max(256 KiB, 4 x bytes
+    sent) of budget as its body arrives, and all of the declared size at the end."""
+    async with hostile_server(limit="8MiB", body_timeout=30.0) as srv:
+        declared = 4 * MiB
+        conn = await srv.connect()
+        await conn.send(build_request("/raw", b"", content_length=declared))
+        sent = 0
+        for target, held in [(100 * KiB, EAGER_RESERVE), (300 * KiB, MiB), (1200 * KiB, declared)]:
+            await conn.send(b"y" * (target - sent))
+            sent = target
+
+            def caught_up(sent: int = sent, held: int = held) -> bool:
+                lent = srv.pool.lent_bytes
+                assert lent <= max(EAGER_RESERVE, GROWTH * sent), (lent, sent)
+                return lent == held
+
+            await until(caught_up, what=f"{held} bytes reserved")
+        await conn.send(b"y" * (declared - sent))
+        response = await conn.response()
+        assert (200, declared) == (response.status, response.json()["nbytes"])
+        await srv.healthy()
+
+
+async def test_body_timeout_frees_slowloris_budget() -> None:
+    """Six slow senders holding budget are cut off at `body_timeout` with 408 and their
+    budget comes back."""
+    async with hostile_server(limit="8MiB", body_timeout=0.5) as srv:
+        for _ in range(6):
+            await _hog(srv, 2 * MiB)
+        await until(lambda: srv.pool.lent_bytes == 6 * EAGER_RESERVE, what="6 reservations")
+        for conn in list(srv.conns):
+            check("slowloris", await conn.response())
+        assert 6 == srv.route("/raw")["status_408"]
+        await srv.healthy()
+
+
+async def _fill_budget(srv: Server, hogs: int) -> None:
+    for _ in range(hogs):
+        await _hog(srv, MiB)
+    await until(lambda: srv.pool.available == 0, what="the budget to fill")
+
+
+async def test_budget_exhausted_after_queue_timeout() -> None:
+    """With the budget held by slow senders, a request waits `queue_timeout` and gets
+    503 `budget_exhausted` with Retry-After; once they go, requests succeed again."""
+    async with hostile_server(budget="1MiB", limit="1MiB", queue_timeout=0.2) as srv:
+        await _fill_budget(srv, 4)
+        response = await srv.request("/echo", BODY)
+        check("budget_exhausted", response)
+        assert ("1", 1) == (response.headers["retry-after"], response.json()["retry_after"])
+        assert 1 == srv.pool.stats()["wait_timeouts"]
+        for conn in srv.conns:
+            conn.abort()
+        await srv.healthy()
+
+
+async def test_max_waiters_sheds_at_once() -> None:
+    """With `max_waiters` requests already waiting, the next is shed with 503 at once,
+    while the waiter is still queued; the waiter is served when budget frees."""
+    async with hostile_server(
+        budget="1MiB", limit="1MiB", queue_timeout=30.0, max_waiters=1
+    ) as srv:
+        await _fill_budget(srv, 4)
+        hogs = list(srv.conns)
+        waiter = await srv.connect()
+        await waiter.send(build_request("/echo", BODY))
+        await until(lambda: srv.pool.stats()["waiting"] == 1, what="a waiter")
+        shed = await srv.request("/echo", BODY)
+        check("waiters_full", shed)
+        assert (1, 1) == (srv.pool.stats()["shed"], srv.pool.stats()["waiting"])
+        for conn in hogs:
+            conn.abort()
+        response = await waiter.response()
+        assert (200, digest(BODY)) == (response.status, response.json()["sha256"])
+        await srv.healthy()
+
+
+async def test_budget_waits_are_fifo() -> None:
+    """Waiters are served in arrival order: a small request behind a large one does not
+    overtake it even when the small one would fit first."""
+    async with hostile_server(budget="1MiB", limit="1MiB", queue_timeout=30.0) as srv:
+        await _fill_budget(srv, 4)
+        hogs = list(srv.conns)
+        sizes = {"A": EAGER_RESERVE - 10, "B": 10, "C": 10}
+        for n, (name, size) in enumerate(sizes.items(), start=1):
+            conn = await srv.connect()
+            await conn.send(build_request("/raw", b"q" * size, headers=[("X-Id", name)]))
+            await until(lambda n=n: srv.pool.stats()["waiting"] == n, what=f"waiter {name}")
+        hogs[0].abort()  # frees exactly one 256 KiB block: only A fits, B and C queue on
+        await until(lambda: len(srv.seen) == 3, what="all three waiters")
+        assert ["A", "B", "C"] == srv.seen
+        for conn in hogs[1:]:
+            conn.abort()
+        await srv.healthy()
+
+
+async def test_client_leaving_while_waiting_gives_up_its_place(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A client that disconnects while its request waits for budget leaves the queue
+    at once (not at `queue_timeout`); it counts as a 400, and no error is logged."""
+    async with hostile_server(budget="1MiB", limit="1MiB", queue_timeout=30.0) as srv:
+        await _fill_budget(srv, 4)
+        hogs = list(srv.conns)
+        waiter = await srv.connect()
+        await waiter.send(build_request("/echo", BODY))
+        await until(lambda: srv.pool.stats()["waiting"] == 1, what="a waiter")
+        waiter.abort()
+        await until(lambda: srv.pool.stats()["waiting"] == 0, what="the waiter to leave")
+        await until(lambda: srv.route("/echo").get("status_400") == 1, what="a 400")
+        assert 0 == srv.pool.stats()["wait_timeouts"]
+        for conn in hogs:
+            conn.abort()
+        await srv.healthy()
+    assert [] == server_errors(caplog)
+
+
+async def test_a_few_hogs_cannot_starve_everyone() -> None:
+    """Slow senders holding the whole budget are cut off at `body_timeout`; meanwhile
+    `max_waiters` clients wait and are then served (FIFO), the rest are shed at once."""
+    async with hostile_server(
+        budget="1MiB", limit="1MiB", body_timeout=1.0, queue_timeout=20.0, max_waiters=4
+    ) as srv:
+        await _fill_budget(srv, 4)
+        responses = await asyncio.gather(*(srv.request("/echo", BODY) for _ in range(8)))
+        served = [r for r in responses if r.status == 200]
+        shed = [r for r in responses if r.status != 200]
+        # at least the 4 waiters are served (more if the hogs were cut off before all 8
+        # requests arrived); every other one was shed, none waited out queue_timeout
+        assert len(served) >= 4
+        assert all(r.error == "budget_exhausted" for r in shed)
+        stats = srv.pool.stats()
+        assert (len(shed), 0) == (stats["shed"], stats["wait_timeouts"])
+        for conn in srv.conns[:4]:
+            check("slowloris", await conn.response())
+        await srv.healthy()
+
+
+def test_documented_outcomes_table_is_current() -> None:
+    """docs/reliability.md prints the outcome table these tests check, unchanged."""
+    docs = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
+    assert cases_table() in docs.read_text(encoding="utf-8")

@@ -1,0 +1,291 @@
+"""The load generator: bodies, workloads, seeds, and a client that always stops."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import math
+import random
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+
+from arenapool._loadgen import (
+    MIN_BODY,
+    WORKLOADS,
+    Body,
+    LoadResult,
+    Plan,
+    Workload,
+    burst_workload,
+    get_workload,
+    make_body,
+    percentile,
+    run_load,
+    summarize_body,
+)
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "integrations" / "example_service" / "app.py"
+
+
+def load_example() -> Any:
+    spec = importlib.util.spec_from_file_location("example_service_app", EXAMPLE)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# --- bodies ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [MIN_BODY, 100, 1024, 4096, 65_537, 1_000_003])
+def test_body_has_exactly_the_requested_size(size: int) -> None:
+    """make_body pads the JSON document to exactly the requested number of bytes."""
+    body = make_body(size, random.Random(size))
+    assert size == len(body.data)
+
+
+def test_body_knows_its_answer() -> None:
+    """A body's expected summary is what summarize_body computes from its records."""
+    body = make_body(50_000, random.Random(7))
+    doc = orjson.loads(body.data)
+    assert summarize_body(doc["records"]) == body.expected()
+    assert body.count == len(doc["records"]) > 0
+
+
+def test_example_service_summarizes_like_the_client() -> None:
+    """The example service's summarize() and the client's agree, so answers verify."""
+    example = load_example()
+    body = make_body(20_000, random.Random(3))
+    records = orjson.loads(body.data)["records"]
+    assert body.expected() == example.summarize(records)
+
+
+def test_body_below_the_envelope_is_refused() -> None:
+    """A size smaller than the empty JSON envelope raises ValueError."""
+    with pytest.raises(ValueError, match="at least"):
+        make_body(MIN_BODY - 1, random.Random(0))
+
+
+# --- workloads and seeds -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", [*WORKLOADS, "burst"])
+def test_workload_sizes_stay_within_bounds(name: str) -> None:
+    """Every sampled body size lies between the workload's min and max size."""
+    workload = get_workload(name)
+    rng = random.Random(1)
+    sizes = [workload.sample_size(rng) for _ in range(2000)]
+    assert all(workload.min_size <= s <= workload.max_size for s in sizes)
+
+
+def test_mixed_is_log_uniform() -> None:
+    """Each doubling between 1 KiB and 4 MiB gets a share of the mixed sizes."""
+    workload = get_workload("mixed")
+    rng = random.Random(5)
+    sizes = [workload.sample_size(rng) for _ in range(12_000)]
+    doublings = round(math.log2(workload.max_size / workload.min_size))
+    buckets = [0] * doublings
+    for size in sizes:
+        buckets[min(doublings - 1, int(math.log2(size / workload.min_size)))] += 1
+    expected = len(sizes) / doublings
+    assert all(0.8 * expected < b < 1.2 * expected for b in buckets)
+
+
+def test_same_seed_same_deck() -> None:
+    """The same seed builds byte-identical decks; another seed builds a different one."""
+    workload = get_workload("mixed", scale=0.01)
+    first = [b.data for b in workload.deck(11)]
+    again = [b.data for b in workload.deck(11)]
+    other = [b.data for b in workload.deck(12)]
+    assert first == again
+    assert first != other
+
+
+def test_same_seed_same_order() -> None:
+    """Two plans with the same deck and seed send the same bodies in the same order."""
+    deck = get_workload("mixed", scale=0.01).deck(1)
+    a, b = Plan(deck, 9), Plan(deck, 9)
+    assert [a.next_body() for _ in range(50)] == [b.next_body() for _ in range(50)]
+
+
+def test_scaled_workload_shrinks_sizes() -> None:
+    """scale multiplies sizes and never goes below the smallest possible body."""
+    large = get_workload("large", scale=0.001)
+    assert (max(MIN_BODY, int(1024 * 1024 * 0.001)), int(4 * 1024 * 1024 * 0.001)) == (
+        large.min_size,
+        large.max_size,
+    )
+
+
+def test_burst_is_four_budgets_in_flight() -> None:
+    """The burst workload keeps 4x the budget of 4 MiB bodies in flight at once."""
+    burst = burst_workload("256MiB")
+    assert (4 * 1024 * 1024, 256) == (burst.max_size, burst.concurrency)
+
+
+def test_unknown_workload() -> None:
+    """An unknown workload name says which names exist."""
+    with pytest.raises(ValueError, match="small, large, mixed, burst"):
+        get_workload("huge")
+
+
+def test_bad_workload_bounds() -> None:
+    """A workload whose minimum is above its maximum is refused."""
+    with pytest.raises(ValueError, match="min_size <= max_size"):
+        Workload("bad", 2048, 1024, "uniform", 1)
+
+
+def test_percentile() -> None:
+    """Percentiles interpolate linearly and are None without values."""
+    assert percentile([], 50) is None
+    assert 2.5 == percentile([1.0, 2.0, 3.0, 4.0], 50)
+    assert 4.0 == percentile([4.0, 1.0, 3.0, 2.0], 100)
+
+
+# --- the client, against small servers -------------------------------------------------
+
+
+def tiny_plan(seed: int = 1) -> Plan:
+    return Plan(get_workload("mixed", scale=0.002).deck(seed), seed)
+
+
+def summary_app(transform: Any = None, status: int = 200) -> web.Application:
+    async def ingest(request: web.Request) -> web.StreamResponse:
+        doc = orjson.loads(await request.read())
+        answer = summarize_body(doc["records"])
+        if transform is not None:
+            answer = transform(answer)
+        return web.Response(body=orjson.dumps(answer), status=status)
+
+    app = web.Application()
+    app.router.add_post("/ingest", ingest)
+    return app
+
+
+async def drive(server: Any, plan: Plan, **kwargs: Any) -> LoadResult:
+    options: dict[str, Any] = {"concurrency": 4, "requests": 40, "duration": 60.0}
+    options.update(kwargs)
+    return await run_load(server.host, server.port, plan, **options)
+
+
+async def test_stops_at_the_request_count(aiohttp_server: Any) -> None:
+    """With a long duration, the run stops after exactly `requests` requests."""
+    server = await aiohttp_server(summary_app())
+    result = await drive(server, tiny_plan(), requests=23)
+    assert (23, 23, 0) == (result.completed, result.ok, result.errors)
+
+
+async def test_stops_at_the_deadline(aiohttp_server: Any) -> None:
+    """With a huge request count, the run stops by itself once `duration` has passed."""
+    server = await aiohttp_server(summary_app())
+    result = await drive(server, tiny_plan(), requests=10**12, duration=0.3)
+    assert 0 < result.completed < 10**12
+    assert result.completed == result.ok
+
+
+async def test_stops_when_the_server_hangs(aiohttp_server: Any) -> None:
+    """A server that never answers costs one `timeout` per request, then the run ends."""
+    never = asyncio.Event()
+
+    async def hang(request: web.Request) -> web.Response:
+        await never.wait()
+        raise AssertionError("unreachable")
+
+    app = web.Application()
+    app.router.add_post("/ingest", hang)
+    server = await aiohttp_server(app)
+    result = await drive(
+        server, tiny_plan(), concurrency=2, requests=10**6, duration=0.2, timeout=0.3
+    )
+    assert result.ok == 0
+    assert result.errors == result.completed > 0
+    assert "TimeoutError" in result.error_samples[0]
+
+
+async def test_wrong_answers_count_as_corrupt(aiohttp_server: Any) -> None:
+    """A 200 whose summary does not match the body counts as corrupt, not ok."""
+    server = await aiohttp_server(summary_app(lambda a: {**a, "sum": a["sum"] + 1}))
+    result = await drive(server, tiny_plan(), requests=10)
+    assert (0, 10) == (result.ok, result.corrupt)
+
+
+async def test_503_counts_as_shed(aiohttp_server: Any) -> None:
+    """503 answers are counted as shed load, apart from errors."""
+    server = await aiohttp_server(summary_app(status=503))
+    result = await drive(server, tiny_plan(), requests=10)
+    assert (10, 0, {503: 10}) == (result.shed, result.errors, result.statuses)
+
+
+async def test_other_statuses_count_as_errors(aiohttp_server: Any) -> None:
+    """A 500 is an error, and a sample of it is kept."""
+    server = await aiohttp_server(summary_app(status=500))
+    result = await drive(server, tiny_plan(), requests=5)
+    assert 5 == result.errors
+    assert result.error_samples[0].startswith("HTTP 500")
+
+
+async def test_chunked_answers_are_read(aiohttp_server: Any) -> None:
+    """Chunked responses are decoded and verified like Content-Length ones."""
+
+    async def ingest(request: web.Request) -> web.StreamResponse:
+        doc = orjson.loads(await request.read())
+        answer = orjson.dumps(summarize_body(doc["records"]))
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        await response.write(answer[:5])
+        await response.write(answer[5:])
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/ingest", ingest)
+    server = await aiohttp_server(app)
+    result = await drive(server, tiny_plan(), requests=12)
+    assert 12 == result.ok
+
+
+async def test_stale_keep_alive_is_retried_once() -> None:
+    """A server that silently closes each connection after one answer costs retries only."""
+    plan = tiny_plan()
+    bodies = {b.data: b for b in plan.deck}
+
+    async def one_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        body = bodies[await reader.readexactly(length)]
+        answer = orjson.dumps(body.expected())
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+        await writer.drain()
+        writer.close()  # no "Connection: close": the client learns on its next request
+
+    server = await asyncio.start_server(one_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        result = await run_load(
+            "127.0.0.1", port, plan, concurrency=1, requests=6, duration=60.0, timeout=5.0
+        )
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert (6, 0, 5) == (result.ok, result.errors, result.retried)
+
+
+def test_load_result_dict_has_documented_fields() -> None:
+    """LoadResult.to_dict carries the fields the JSON outputs document."""
+    fields = LoadResult(ok=1, latencies=[0.001]).to_dict()
+    for key in ("requests", "ok", "shed", "errors", "corrupt", "retried", "rps", "p50_ms"):
+        assert key in fields
+
+
+def test_body_type_is_frozen() -> None:
+    """Bodies are shared between plans, so they cannot be changed."""
+    body = Body(b"{}", 0, 0, "")
+    with pytest.raises(AttributeError):
+        body.count = 1  # type: ignore[misc]

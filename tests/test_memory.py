@@ -1,0 +1,195 @@
+"""Memory readings agree with the OS; glibc hooks; cgroup limits from (fake) files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from arenapool import memory
+from arenapool._memory import MemorySnapshot
+
+MiB = 1024 * 1024
+RunPython = Callable[..., Any]  # conftest's run_python fixture
+
+#: Touching 100 MiB must move RSS by 100 MiB within this much (page tables, the
+#: interpreter's own allocations while measuring, a noisy shared machine).
+RSS_TOLERANCE = 8 * MiB
+#: ...and must leave `unaccounted` within this much when an allocator reports it.
+UNACCOUNTED_TOLERANCE = 8 * MiB
+
+
+PRELUDE = """
+import json, mmap
+from arenapool.memory import snapshot
+MiB = 1024 * 1024
+N = 100 * MiB
+def reading():
+    s = snapshot()
+    return {"rss": s.rss, "in_use": s.heap_in_use, "unaccounted": s.unaccounted,
+            "lent": s.slab_lent_bytes}
+before = reading()
+"""
+
+
+def test_snapshot_is_frozen_json_and_reprs_live_state() -> None:
+    """A snapshot is a frozen dataclass whose as_dict() serialises and whose repr shows RSS."""
+    reading = memory.snapshot(routes=lambda: {"/upload": {"requests": 3, "status_413": 1}})
+    assert isinstance(reading, MemorySnapshot)
+    data = orjson.loads(orjson.dumps(reading.as_dict()))
+    assert reading.rss == data["rss"]
+    assert {"/upload": {"requests": 3, "status_413": 1}} == data["routes"]
+    assert reading.peak_rss is not None
+    assert reading.peak_rss >= reading.rss
+    assert repr(reading).startswith("<MemorySnapshot [rss ")
+    with pytest.raises(AttributeError):
+        reading.rss = 0  # type: ignore[misc]
+
+
+def test_heap_info_reads_glibc() -> None:
+    """On glibc the C heap figures exist and are consistent (mmapped is part of in use)."""
+    info = memory.heap_info()
+    assert info is not None, "this test machine runs glibc >= 2.33; mallinfo2 must be found"
+    assert 0 <= info.mmapped <= info.in_use
+    assert info.free >= 0
+    assert info.arena > 0
+
+
+def test_rss_and_heap_track_a_touched_bytearray(run_python: RunPython) -> None:
+    """Writing a 100 MiB bytearray moves RSS and C heap in use by ~100 MiB, not unaccounted."""
+    out = run_python(
+        PRELUDE
+        + """
+buf = bytearray(N)
+for i in range(0, N, 4096):
+    buf[i] = 1
+after = reading()
+print(json.dumps({"before": before, "after": after}))
+"""
+    )
+    before, after = out["before"], out["after"]
+    rss_delta = after["rss"] - before["rss"]
+    heap_delta = after["in_use"] - before["in_use"]
+    drift = after["unaccounted"] - before["unaccounted"]
+    assert abs(rss_delta - 100 * MiB) <= RSS_TOLERANCE, f"RSS moved {rss_delta / MiB:.1f} MiB"
+    assert abs(heap_delta - 100 * MiB) <= RSS_TOLERANCE, f"heap moved {heap_delta / MiB:.1f} MiB"
+    assert abs(drift) <= UNACCOUNTED_TOLERANCE, f"unaccounted moved {drift / MiB:.1f} MiB"
+
+
+def test_unaccounted_catches_memory_no_allocator_reports(run_python: RunPython) -> None:
+    """100 MiB of anonymous mmap written by hand shows up in RSS and in unaccounted."""
+    out = run_python(
+        PRELUDE
+        + """
+m = mmap.mmap(-1, N)
+for i in range(0, N, 4096):
+    m[i] = 1
+after = reading()
+print(json.dumps({"before": before, "after": after}))
+"""
+    )
+    before, after = out["before"], out["after"]
+    rss_delta = after["rss"] - before["rss"]
+    drift = after["unaccounted"] - before["unaccounted"]
+    assert abs(rss_delta - 100 * MiB) <= RSS_TOLERANCE, f"RSS moved {rss_delta / MiB:.1f} MiB"
+    assert abs(drift - 100 * MiB) <= UNACCOUNTED_TOLERANCE, (
+        f"unaccounted moved {drift / MiB:.1f} MiB"
+    )
+
+
+def test_slab_lent_bytes_are_accounted(run_python: RunPython) -> None:
+    """100 MiB written into an arena is lent by the pool and so not unaccounted."""
+    out = run_python(
+        PRELUDE
+        + """
+from arenapool._slab import SlabPool
+pool = SlabPool(budget="256MiB", max_class="16MiB", name="t")
+with pool.arena(limit="128MiB") as arena:
+    for _ in range(10):
+        view = arena.alloc(10 * MiB)
+        for i in range(0, len(view), 4096):
+            view[i] = 1
+    after = reading()
+print(json.dumps({"before": before, "after": after}))
+"""
+    )
+    before, after = out["before"], out["after"]
+    rss_delta = after["rss"] - before["rss"]
+    lent = after["lent"]
+    drift = after["unaccounted"] - before["unaccounted"]
+    assert lent >= 100 * MiB
+    assert abs(rss_delta - 100 * MiB) <= RSS_TOLERANCE, f"RSS moved {rss_delta / MiB:.1f} MiB"
+    # lent counts whole blocks; the untouched tail of each block is the only slack
+    assert abs(drift + (lent - 100 * MiB)) <= UNACCOUNTED_TOLERANCE, (
+        f"unaccounted moved {drift / MiB:.1f} MiB with {lent / MiB:.1f} MiB lent"
+    )
+
+
+def test_malloc_trim_returns_freed_heap_to_the_os(run_python: RunPython) -> None:
+    """Freed heap holes stay resident until malloc_trim(0), which returns them."""
+    out = run_python(
+        """
+import json
+from arenapool.memory import current_rss, malloc_trim, malloc_trim_available
+MiB = 1024 * 1024
+base = current_rss()
+pins, chunks = [], []
+for i in range(1600):  # 100 MiB in 64 KiB chunks, a 1 KiB pin after each
+    chunks.append(bytes([i & 255]) * 65536)
+    pins.append(bytes([i & 255]) * 1024)
+del chunks
+held = current_rss()
+trimmed = malloc_trim(0)
+after = current_rss()
+print(json.dumps({"base": base, "held": held, "after": after, "trimmed": trimmed,
+                  "available": malloc_trim_available()}))
+"""
+    )
+    assert out["available"]
+    assert out["trimmed"]
+    assert out["held"] - out["base"] >= 90 * MiB, "the freed holes should still be resident"
+    assert out["after"] - out["base"] <= 10 * MiB, (
+        f"after malloc_trim RSS is {(out['after'] - out['base']) / MiB:.1f} MiB above base"
+    )
+
+
+def write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def test_cgroup_v2_limit(tmp_path: Path) -> None:
+    """cgroup v2: memory.max holds bytes, or "max" for no limit."""
+    write(tmp_path / "memory.max", "536870912\n")
+    assert 512 * MiB == memory.cgroup_memory_limit(tmp_path, proc_cgroup=None)
+    write(tmp_path / "memory.max", "max\n")
+    assert memory.cgroup_memory_limit(tmp_path, proc_cgroup=None) is None
+
+
+def test_cgroup_v1_limit_and_sentinel(tmp_path: Path) -> None:
+    """cgroup v1: limit_in_bytes holds bytes; the huge "unlimited" sentinel means None."""
+    limit_file = tmp_path / "memory" / "memory.limit_in_bytes"
+    write(limit_file, "1073741824\n")
+    assert 1024 * MiB == memory.cgroup_memory_limit(tmp_path, proc_cgroup=None)
+    write(limit_file, "9223372036854771712\n")
+    assert memory.cgroup_memory_limit(tmp_path, proc_cgroup=None) is None
+
+
+def test_cgroup_nested_tightest_limit_wins(tmp_path: Path) -> None:
+    """A process in a nested v2 cgroup gets the tightest limit on its path to the root."""
+    write(tmp_path / "memory.max", "max\n")
+    write(tmp_path / "app.slice" / "memory.max", "2147483648\n")
+    write(tmp_path / "app.slice" / "web.service" / "memory.max", "max\n")
+    proc = tmp_path / "proc-cgroup"
+    write(proc, "0::/app.slice/web.service\n")
+    assert 2048 * MiB == memory.cgroup_memory_limit(tmp_path, proc_cgroup=proc)
+
+
+def test_cgroup_absent_or_garbage_is_none(tmp_path: Path) -> None:
+    """No cgroup files, or unreadable content, reads as no limit (never a guess)."""
+    assert memory.cgroup_memory_limit(tmp_path, proc_cgroup=tmp_path / "missing") is None
+    write(tmp_path / "memory.max", "lots\n")
+    assert memory.cgroup_memory_limit(tmp_path, proc_cgroup=None) is None
