@@ -156,25 +156,36 @@ async def test_chunked_overflow_is_413(aiohttp_client: ClientFactory, pool: Slab
     await wait_idle(pool)
 
 
+async def hold_budget(
+    aiohttp_client: ClientFactory, pool: SlabPool, *, queue_timeout: float
+) -> tuple[web.Application, TestClient[Any, Any], asyncio.Event, asyncio.Task[Any]]:
+    """An app whose /hold request keeps most of a 256 KiB budget until ``gate`` is set.
+
+    Returns once the holder has read its body; /raw echoes a body read into the arena.
+    """
+    app = web.Application()
+    setup(app, pool, limit="256KiB", queue_timeout=queue_timeout)
+    gate = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def hold(request: web.Request) -> web.Response:
+        await read_body(request)
+        entered.set()
+        await gate.wait()
+        return web.Response(text="held")
+
+    app.router.add_post("/hold", hold)
+    app.router.add_post("/raw", _raw_handler)
+    client = await aiohttp_client(app)
+    holder = asyncio.create_task(client.post("/hold", data=b"h" * 200_000))
+    await entered.wait()
+    return app, client, gate, holder
+
+
 async def test_budget_exhausted_gives_503_with_retry_after(aiohttp_client: ClientFactory) -> None:
     """When the budget stays full past queue_timeout the request gets 503 + Retry-After."""
     with SlabPool("256KiB", max_class="256KiB", decay=None, retry_after=2.0) as pool:
-        app = web.Application()
-        setup(app, pool, limit="256KiB", queue_timeout=0.2)
-        gate = asyncio.Event()
-        entered = asyncio.Event()
-
-        async def hold(request: web.Request) -> web.Response:
-            await read_body(request)
-            entered.set()
-            await gate.wait()
-            return web.Response(text="held")
-
-        app.router.add_post("/hold", hold)
-        app.router.add_post("/raw", _raw_handler)
-        client = await aiohttp_client(app)
-        holder = asyncio.create_task(client.post("/hold", data=b"h" * 200_000))
-        await entered.wait()
+        _app, client, gate, holder = await hold_budget(aiohttp_client, pool, queue_timeout=0.2)
         response = await client.post("/raw", data=b"r" * 100_000)
         assert 503 == response.status
         assert "2" == response.headers["Retry-After"]
@@ -189,22 +200,7 @@ async def test_budget_exhausted_gives_503_with_retry_after(aiohttp_client: Clien
 async def test_queued_request_proceeds_when_budget_frees(aiohttp_client: ClientFactory) -> None:
     """A request waiting for budget is served as soon as another request releases it."""
     with SlabPool("256KiB", max_class="256KiB", decay=None) as pool:
-        app = web.Application()
-        setup(app, pool, limit="256KiB", queue_timeout=30)
-        gate = asyncio.Event()
-        entered = asyncio.Event()
-
-        async def hold(request: web.Request) -> web.Response:
-            await read_body(request)
-            entered.set()
-            await gate.wait()
-            return web.Response(text="held")
-
-        app.router.add_post("/hold", hold)
-        app.router.add_post("/raw", _raw_handler)
-        client = await aiohttp_client(app)
-        holder = asyncio.create_task(client.post("/hold", data=b"h" * 200_000))
-        await entered.wait()
+        app, client, gate, holder = await hold_budget(aiohttp_client, pool, queue_timeout=30)
         waiter = asyncio.create_task(client.post("/raw", data=b"r" * 100_000))
         await _until(lambda: pool.stats()["waiting"] == 1)
         gate.set()
@@ -310,22 +306,7 @@ async def test_client_disconnect_mid_body_releases_the_arena(
 async def test_client_disconnect_while_waiting_for_budget(aiohttp_client: ClientFactory) -> None:
     """A client that leaves while queued for budget gives its place up."""
     with SlabPool("256KiB", max_class="256KiB", decay=None) as pool:
-        app = web.Application()
-        setup(app, pool, limit="256KiB", queue_timeout=30)
-        gate = asyncio.Event()
-        entered = asyncio.Event()
-
-        async def hold(request: web.Request) -> web.Response:
-            await read_body(request)
-            entered.set()
-            await gate.wait()
-            return web.Response(text="held")
-
-        app.router.add_post("/hold", hold)
-        app.router.add_post("/raw", _raw_handler)
-        client = await aiohttp_client(app)
-        holder = asyncio.create_task(client.post("/hold", data=b"h" * 200_000))
-        await entered.wait()
+        _app, client, gate, holder = await hold_budget(aiohttp_client, pool, queue_timeout=30)
         _, writer = await asyncio.open_connection(client.server.host, client.server.port)
         writer.write(
             b"POST /raw HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"q" * 1000
