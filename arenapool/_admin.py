@@ -337,11 +337,30 @@ def add_admin_routes(
     app.router.add_post(prefix + "/trim", admin.guard(admin.trim))
 
 
-def _has_body(request: web.Request) -> bool:
+def has_body(request: web.Request) -> bool:
+    """True if ``request`` carries a body (``Content-Length > 0`` or chunked)."""
     length = request.content_length
     if length is not None:
         return length > 0
     return "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+
+
+def shed_response(governor: Governor) -> web.Response:
+    """The 503 ``overloaded`` answer while ``governor.shedding`` (counts the shed)."""
+    governor.note_shed()
+    rss = governor.last_rss
+    hard = governor.hard_limit
+    where = (
+        f" (RSS {format_size(rss)}, hard watermark {format_size(hard)})"
+        if rss is not None and hard is not None
+        else ""
+    )
+    return error_response(
+        "overloaded",
+        f"the server is shedding load while its memory is high{where}; "
+        f"retry after {governor.retry_after:g} s",
+        retry_after=governor.retry_after,
+    )
 
 
 def governor_middleware(governor: Governor) -> Middleware:
@@ -358,21 +377,8 @@ def governor_middleware(governor: Governor) -> Middleware:
     async def arenapool_governor(request: web.Request, handler: Handler) -> web.StreamResponse:
         if is_admin_request(request):
             return await handler(request)
-        if governor.shedding and _has_body(request):
-            governor.note_shed()
-            rss = governor.last_rss
-            hard = governor.hard_limit
-            where = (
-                f" (RSS {format_size(rss)}, hard watermark {format_size(hard)})"
-                if rss is not None and hard is not None
-                else ""
-            )
-            return error_response(
-                "overloaded",
-                f"the server is shedding load while its memory is high{where}; "
-                f"retry after {governor.retry_after:g} s",
-                retry_after=governor.retry_after,
-            )
+        if governor.shedding and has_body(request):
+            return shed_response(governor)
         governor.note_request_start()
         try:
             return await handler(request)

@@ -4,17 +4,34 @@ Theory of operation
 -------------------
 An arena is OPEN until :meth:`Arena.release`, then RELEASED for good. While OPEN it
 holds a list of blocks lent by its pool and a list of every view it handed out.
-``alloc`` bumps an offset inside the *current chunk*; when the chunk is full the arena
-borrows the next one, doubling the chunk size each time (bumpalo's growth) up to the
-pool's largest class. A request at least half the next chunk size gets a block of its
-own, so a body read is exactly one block and never wastes a half-used chunk.
+``alloc`` bumps an offset inside the *current chunk* (8-byte aligned). When the chunk
+is full the arena borrows a new one of the *next chunk size*, or of the allocation's
+size if that is larger, never reaching past what ``limit`` still allows. The next
+chunk size starts at ``FIRST_CHUNK`` and becomes twice each block borrowed for an
+allocation below ``LARGE`` (bumpalo's doubling), capped at the pool's largest class.
+Two kinds of allocation get a block of their own (of their size class) and leave the
+current chunk current: a *large* one (at least ``LARGE`` bytes, or above the pool's
+largest class), and one whose new chunk would have less room left than the current
+chunk still has. So a body read of declared size is one block (a chunk sized to it
+when it comes first, whose tail then serves small allocations); 64 allocations of
+4 KiB share 7 chunks instead of borrowing 64 blocks; and the waste is bounded: a
+retired chunk's unused tail is smaller than the allocation that retired it, and a
+chunk is at most twice the largest block borrowed before it, or the allocation that
+needed it.
 
 ``used`` counts the bytes handed out and is what ``limit`` caps; ``reserved`` counts
-the block bytes held. Release walks the view list and releases every view (a view
-with an export of its own cannot be released: that is an escape), then gives every
-block back in one call. The pool decides per block whether a view escaped (see the
-theory in ``_slab.py``) and quarantines it; the arena reports escapes with a
-:class:`ViewEscapedWarning` naming the arena.
+the block bytes held. The fast path of ``alloc`` checks one bound: ``_cur_end`` is the
+chunk's end, lowered to where the limit would be reached (``cur_off + limit - used``,
+recomputed whenever ``used`` changes outside the fast path). Alignment only makes the
+offset run ahead of ``used``, so passing that check implies the limit holds; a near
+miss falls to the slow path, which checks exactly. A released arena has
+``_cur_end == 0``, so the fast path also stands for the state check.
+
+Release walks the view list and releases every view (a view with an export of its own
+cannot be released: that is an escape), then gives every block back in one call. The
+pool decides per block whether a view escaped (see the theory in ``_slab.py``) and
+quarantines it; the arena reports escapes with a :class:`ViewEscapedWarning` naming the
+arena.
 
 The legal operations per state live in ``_ALLOWED``; everything else raises
 :class:`ArenaReleasedError` naming the state.
@@ -25,14 +42,16 @@ from __future__ import annotations
 import contextvars
 import enum
 import warnings
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeVar
 
 from ._errors import (
     ArenaLimitExceeded,
     ArenaPoolError,
     ArenaReleasedError,
+    BudgetExhausted,
     InvalidSize,
     NotBytesLike,
 )
@@ -48,16 +67,32 @@ T = TypeVar("T")
 
 #: The smallest chunk an arena borrows for small allocations.
 FIRST_CHUNK = 4096
+#: Allocations of at least this many bytes always get a block of their own.
+LARGE = 64 * 1024
 _EMPTY = memoryview(b"")
+# deque(maxlen=0).extend runs an iterator to its end in C, keeping nothing (and with
+# maxlen=0 it touches no deque state, so sharing one is safe across threads)
+_sink: deque[object] = deque(maxlen=0)
+_consume: Callable[[Iterable[object]], None] = _sink.extend
+_release_view = memoryview.release
 
-_current: contextvars.ContextVar[Arena | None] = contextvars.ContextVar(
+# Holds an Arena, or a zero-argument callable that makes one on first use: adapters set
+# a provider per request so a request that never touches its arena never builds one.
+_current: contextvars.ContextVar[Arena | Callable[[], Arena] | None] = contextvars.ContextVar(
     "arenapool_current_arena", default=None
 )
 
 
 def current_arena() -> Arena | None:
-    """The arena of the innermost ``with``/``async with`` block in this context, or None."""
-    return _current.get()
+    """The arena of the innermost ``with``/``async with`` block in this context, or None.
+
+    Inside a request served by an adapter (the aiohttp middleware), this is the
+    request's arena; it is created on this first use.
+    """
+    value = _current.get()
+    if value is None or type(value) is Arena:
+        return value
+    return value()  # type: ignore[operator]
 
 
 class ArenaState(enum.Enum):
@@ -136,15 +171,11 @@ class Arena:
         self._views: list[memoryview] = []
         self._cur = _EMPTY
         self._cur_block: Block | None = None
-        self._cur_off = 0
-        self._cur_end = 0
-        self._used = 0
-        self._reserved = 0
-        self._high_water = 0
-        self._escapes = 0
+        self._cur_off = self._cur_end = self._used = self._reserved = 0
+        self._high_water = self._escapes = 0
         self._next_chunk = FIRST_CHUNK
-        self._on_release: list[Callable[[], object]] = []
-        self._tokens: list[contextvars.Token[Arena | None]] = []
+        self._on_release: list[Callable[[], object]] | None = None
+        self._tokens: list[contextvars.Token[Arena | Callable[[], Arena] | None]] = []
 
     # -- properties ---------------------------------------------------------------
 
@@ -192,39 +223,34 @@ class Arena:
         when the pool's budget has no room (at once: use :meth:`alloc_async` to wait),
         :class:`InvalidSize` for sizes that are not positive ints.
         """
-        if self._state is not _OPEN:
-            self._refuse("alloc")
-        if type(nbytes) is not int or nbytes <= 0:
-            self._bad_size(nbytes)
-        used = self._used + nbytes
-        if used > self._limit:
-            raise self._over_limit(nbytes)
         off = self._cur_off
-        end = off + nbytes
-        if end <= self._cur_end:
+        # one bound covers room, limit and state (see the module docs)
+        if type(nbytes) is int and off < (end := off + nbytes) <= self._cur_end:
             view = self._cur[off:end]
-            self._cur_off = (end + 7) & ~7
-            self._used = used
+            self._cur_off = (end + 7) & -8
+            self._used += nbytes
             self._views.append(view)
             return view
         return self._alloc_slow(nbytes)
 
     async def alloc_async(self, nbytes: int, *, timeout: float | None = None) -> memoryview:
         """Like :meth:`alloc`, but waits (FIFO, up to ``timeout`` s) for budget."""
-        if self._state is not _OPEN:
-            self._refuse("alloc_async")
-        if type(nbytes) is not int or nbytes <= 0:
-            self._bad_size(nbytes)
-        if self._used + nbytes > self._limit:
-            raise self._over_limit(nbytes)
-        size, own = self._plan(nbytes)
-        if not own and self._cur_off + nbytes <= self._cur_end:
-            return self.alloc(nbytes)
-        block = await self._pool.lend_async(size, timeout=timeout)
+        self._check_alloc("alloc_async", nbytes)
+        room = self._room()
+        if nbytes <= room:
+            return self._bump(nbytes)
+        size = self._chunk_size(nbytes, room)
+        pool = self._pool
+        if size != nbytes and pool.block_size(size) > pool.available >= pool.block_size(nbytes):
+            size = nbytes  # a smaller block now beats waiting for a whole chunk
+        block = await pool.lend_async(size, timeout=timeout)
         if self._state is not _OPEN:  # released while we waited
-            self._pool.give_back([block])
+            pool.give_back([block])
             self._refuse("alloc_async")
-        return self._adopt(block, nbytes, own)
+        if self._used + nbytes > self._limit:  # another task used this arena meanwhile
+            pool.give_back([block])
+            raise self._over_limit(nbytes)
+        return self._adopt(block, nbytes, nbytes >= LARGE or block.size - nbytes < self._room())
 
     def copy(self, data: Any) -> memoryview:
         """Copy a bytes-like object into the arena; returns the arena's view of it."""
@@ -264,6 +290,8 @@ class Arena:
         if self._state is not _OPEN:
             self._refuse("borrow")
         obj = pool.acquire()
+        if self._on_release is None:
+            self._on_release = []
         self._on_release.append(lambda: pool.release(obj))
         return obj
 
@@ -273,7 +301,6 @@ class Arena:
         """Release every view and block but stay OPEN (for arenas reused per batch)."""
         if self._state is not _OPEN:
             self._refuse("reset")
-        self._high_water = max(self._high_water, self._used)
         self._return_all(stacklevel=3)
 
     def release(self) -> None:
@@ -288,22 +315,29 @@ class Arena:
     def _release(self, stacklevel: int) -> None:
         if self._state is _RELEASED:
             return
-        self._high_water = max(self._high_water, self._used)
         self._state = _RELEASED
         try:
             self._return_all(stacklevel + 1)
         finally:
-            callbacks, self._on_release = self._on_release, []
-            errors: list[BaseException] = []
-            for callback in callbacks:
-                try:
-                    callback()
-                except Exception as exc:  # every callback must run
-                    errors.append(exc)
-            self._pool._arena_closed()
-            if errors:
-                msg = f"{len(errors)} object(s) could not be returned to their pools"
-                raise ArenaPoolError(msg, errors=errors) from errors[0]
+            callbacks = self._on_release
+            if callbacks is None:
+                self._pool._arena_closed()
+            else:
+                self._on_release = None
+                self._run_callbacks(callbacks)
+
+    def _run_callbacks(self, callbacks: list[Callable[[], object]]) -> None:
+        """Run every on-release callback, close the arena, then report failures."""
+        errors: list[BaseException] = []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception as exc:  # every callback must run
+                errors.append(exc)
+        self._pool._arena_closed()
+        if errors:
+            msg = f"{len(errors)} object(s) could not be returned to their pools"
+            raise ArenaPoolError(msg, errors=errors) from errors[0]
 
     def __enter__(self) -> Arena:
         if self._state is not _OPEN:
@@ -337,7 +371,7 @@ class Arena:
         self.__exit__(exc_type, exc, tb)  # warnings then point into asyncio; acceptable
 
     def __del__(self) -> None:
-        if getattr(self, "_state", ArenaState.RELEASED) is not ArenaState.OPEN:
+        if getattr(self, "_state", None) is not _OPEN:  # runs for every arena: keep it cheap
             return
         text = f"{self!r} was never released; use it as a context manager or call release()"
         try:
@@ -355,7 +389,7 @@ class Arena:
 
     # -- internals ------------------------------------------------------------------
 
-    def _refuse(self, op: str) -> None:
+    def _refuse(self, op: str) -> NoReturn:
         allowed = ", ".join(sorted(_ALLOWED[self._state]))
         msg = (
             f"cannot {op}() on an arena that is {self._state.value} (allowed: {allowed}); "
@@ -363,7 +397,7 @@ class Arena:
         )
         raise ArenaReleasedError(msg, state=self._state.value, operation=op)
 
-    def _bad_size(self, nbytes: object) -> None:
+    def _bad_size(self, nbytes: object) -> NoReturn:
         kind = "a positive int" if isinstance(nbytes, int) else "an int"
         msg = f"alloc size must be {kind} number of bytes, got {nbytes!r}"
         raise InvalidSize(msg, value=nbytes)
@@ -376,63 +410,121 @@ class Arena:
         )
         return ArenaLimitExceeded(msg, requested=nbytes, used=self._used, limit=self._limit)
 
-    def _plan(self, nbytes: int) -> tuple[int, bool]:
-        """(bytes to borrow, whether the block is the allocation's own)."""
+    def _check_alloc(self, op: str, nbytes: object) -> None:
+        if self._state is not _OPEN:
+            self._refuse(op)
+        if type(nbytes) is not int or nbytes <= 0:
+            self._bad_size(nbytes)
+        if self._used + nbytes > self._limit:
+            raise self._over_limit(nbytes)
+
+    def _room(self) -> int:
+        """Bytes left in the current chunk (the limit aside)."""
+        block = self._cur_block
+        return 0 if block is None else block.size - self._cur_off
+
+    def _bump(self, nbytes: int) -> memoryview:
+        """Hand out ``nbytes`` from the current chunk (room and limit already checked)."""
+        block = self._cur_block
+        assert block is not None
+        off = self._cur_off
+        view = self._cur[off : off + nbytes]
+        self._cur_off = off = (off + nbytes + 7) & -8
+        used = self._used = self._used + nbytes
+        self._cur_end = min(block.size, off + self._limit - used)
+        self._views.append(view)
+        return view
+
+    def _chunk_size(self, nbytes: int, room: int) -> int:
+        """What to borrow for an allocation the current chunk (``room`` bytes left)
+        cannot hold: ``nbytes`` for a block of its own, or more for a new chunk."""
         pool = self._pool
-        if nbytes * 2 >= self._next_chunk or nbytes > pool.max_class:
-            return nbytes, True
-        room = max(nbytes, self._limit - self._used)
-        return min(self._next_chunk, room), False
+        if nbytes >= LARGE or nbytes > pool.max_class:
+            return nbytes
+        size = max(self._next_chunk, nbytes)
+        left = self._limit - self._used
+        if size > left:  # never reserve past the limit
+            size = max(nbytes, left)
+        if size - nbytes < room:  # the current chunk has more room left: keep it
+            return nbytes
+        return size
 
     def _alloc_slow(self, nbytes: int) -> memoryview:
-        size, own = self._plan(nbytes)
-        block = self._pool.lend(size)
-        return self._adopt(block, nbytes, own)
+        if self._state is not _OPEN or type(nbytes) is not int or nbytes <= 0:
+            self._check_alloc("alloc", nbytes)  # raises the right error
+        if self._used + nbytes > self._limit:
+            raise self._over_limit(nbytes)
+        room = self._room()
+        if nbytes <= room:  # the fast path's bound was tight (alignment near the limit)
+            return self._bump(nbytes)
+        size = self._chunk_size(nbytes, room)
+        pool = self._pool
+        try:
+            block = pool.lend(size)
+        except BudgetExhausted:
+            if size == nbytes or pool.block_size(nbytes) == pool.block_size(size):
+                raise
+            block = pool.lend(nbytes)  # a smaller block may still fit the budget
+        return self._adopt(block, nbytes, nbytes >= LARGE or block.size - nbytes < room)
 
     def _adopt(self, block: Block, nbytes: int, own: bool) -> memoryview:
+        """Take a lent block whose first ``nbytes`` are this allocation. ``own``: the
+        block is the allocation's alone; otherwise it becomes the current chunk."""
         root = block.view
         assert root is not None
         block.scrub = self._scrub
         self._blocks.append(block)
-        self._reserved += block.size
+        size = block.size
+        self._reserved += size
         view = root[:nbytes]
         self._views.append(view)
-        self._used += nbytes
+        used = self._used = self._used + nbytes
+        if nbytes < LARGE and size * 2 > self._next_chunk:  # chunks grow past this one
+            cap = self._pool.max_class
+            self._next_chunk = size * 2 if size * 2 < cap else cap
         if own:
             block.used = nbytes
+            cur = self._cur_block
+            if cur is None:
+                return view
+            off = self._cur_off
+            size = cur.size
         else:
-            self._retire_current()
+            cur = self._cur_block
+            if cur is not None:  # retire it: its used bytes are what a scrub zeroes
+                cur.used = self._cur_off
             self._cur_block = block
             self._cur = root
-            self._cur_off = (nbytes + 7) & ~7
-            self._cur_end = block.size
-            self._next_chunk = min(self._next_chunk * 2, self._pool.max_class)
+            off = self._cur_off = (nbytes + 7) & -8
+        end = off + self._limit - used
+        self._cur_end = end if end < size else size
         return view
 
-    def _retire_current(self) -> None:
-        block = self._cur_block
-        if block is not None:
-            block.used = min(self._cur_off, block.size)
-
     def _return_all(self, stacklevel: int) -> None:
-        self._retire_current()
-        self._cur = _EMPTY
-        self._cur_block = None
-        self._cur_off = self._cur_end = 0
-        views, self._views = self._views, []
-        for view in views:
-            try:  # noqa: SIM105 - hot loop; contextlib.suppress costs a frame per view
-                view.release()
-            except BufferError:  # an export of this view is alive: the pool will see it
-                pass
-        views.clear()
-        del views
-        blocks, self._blocks = self._blocks, []
-        self._reserved = 0
-        self._used = 0
+        self._high_water = max(self._high_water, self._used)
+        cur = self._cur_block
+        if cur is not None:
+            cur.used = self._cur_off  # what a scrub zeroes
+            self._cur = _EMPTY
+            self._cur_block = None
+        self._cur_off = self._cur_end = self._used = 0
         self._next_chunk = FIRST_CHUNK
+        views = self._views
+        if views:
+            self._views = []
+            it = iter(views)
+            while True:
+                try:
+                    _consume(map(_release_view, it))
+                    break
+                except BufferError:  # an export of that view is alive: the pool sees it
+                    continue
+            del views, it
+        blocks = self._blocks
         if not blocks:
             return
+        self._blocks = []
+        self._reserved = 0
         escaped = self._pool.give_back(blocks)
         if escaped:
             self._escapes += escaped

@@ -53,25 +53,32 @@ from ._units import format_size, parse_size
 
 __all__ = [
     "BASELINE",
+    "BENCH_SETTINGS",
+    "DEMO_SETTINGS",
     "MODES",
+    "SOAK_SETTINGS",
     "CaseResult",
     "DemoResult",
     "Mode",
     "Progress",
     "RssSampler",
+    "RunSettings",
     "Server",
     "SoakResult",
     "find_example_service",
     "find_library",
     "markdown_table",
+    "measure_matrix",
     "plot_demo",
     "plot_matrix",
     "plot_soak",
     "resolve_modes",
+    "rss_under_load",
     "run_case",
     "run_demo",
     "run_matrix",
     "run_soak",
+    "service_env",
     "summarize",
 ]
 
@@ -215,9 +222,11 @@ def find_example_service() -> Path:
     """The example service's ``app.py``.
 
     Looked up in order: ``$ARENAPOOL_EXAMPLE_SERVICE``; ``arenapool/_example_service/``
-    inside an installed wheel (hatch force-includes ``integrations/example_service``
-    there); ``integrations/example_service/`` next to the package in a source checkout
-    or editable install.
+    inside an installed wheel (the wheel force-includes
+    ``integrations/example_service/app.py`` there, see ``pyproject.toml``);
+    ``integrations/example_service/`` next to the package in a source checkout or
+    editable install. The packaged copy goes first: next to an installed package sits
+    ``site-packages``, where an ``integrations/`` directory would be someone else's.
     """
     candidates = []
     if override := os.environ.get("ARENAPOOL_EXAMPLE_SERVICE"):
@@ -235,6 +244,20 @@ def find_example_service() -> Path:
         "checkout (pip install -e .) or set ARENAPOOL_EXAMPLE_SERVICE to its app.py"
     )
     raise FileNotFoundError(msg)
+
+
+def service_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment plus ``extra``, for a process that runs the service.
+
+    The service imports arenapool; ``PYTHONPATH`` leads with the directory above this
+    very package, so it is importable even from a source checkout never installed.
+    """
+    env = dict(os.environ)
+    env.update(extra or {})
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(PACKAGE_DIR.parent), env.get("PYTHONPATH", "")) if p
+    )
+    return env
 
 
 def _gunicorn_quiet_args() -> list[str]:
@@ -318,13 +341,7 @@ class Server:
 
     def start(self) -> Server:
         app = find_example_service()
-        env = dict(os.environ)
-        env.update(self.mode.env)
-        # The service imports arenapool; make this very package importable even when it
-        # runs from a source checkout that was never installed.
-        env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (str(PACKAGE_DIR.parent), env.get("PYTHONPATH", "")) if p
-        )
+        env = service_env(self.mode.env)
         env.pop("ARENAPOOL_ADMIN_TOKEN", None)
         log_dir = self._log_dir or Path(tempfile.gettempdir())
         log_dir.mkdir(parents=True, exist_ok=True)
@@ -454,9 +471,6 @@ class RssSampler(threading.Thread):
         if self.is_alive():
             self.join(5.0)
 
-    def between(self, name: str, start: float, end: float) -> list[int]:
-        return [rss for t, rss in self.samples[name] if start <= t <= end]
-
 
 # --- progress reporting ----------------------------------------------------------------
 
@@ -474,18 +488,61 @@ class Progress:
         """Called about four times a second while a phase runs."""
 
 
+# --- settings shared by every kind of run ------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the runs of one command share: the traffic's seed and bounds, the servers.
+
+    The load stops after ``duration`` seconds or ``requests`` requests, whichever comes
+    first; ``idle`` is the wait without traffic before the last RSS reading and
+    ``timeout`` the limit per request. Every server started gets ``budget``, ``limit``
+    and ``governor`` and writes its log into ``log_dir`` (default: the temp directory).
+    """
+
+    seed: int = 1
+    duration: float = 10.0
+    requests: int = 1_000_000
+    idle: float = 15.0
+    timeout: float = 30.0
+    budget: str = "256MiB"
+    limit: str = "8MiB"
+    governor: bool = True
+    log_dir: Path | None = None
+
+    def server(self, mode: Mode) -> Server:
+        """A server for ``mode`` with these settings, not started yet."""
+        return Server(
+            mode,
+            budget=self.budget,
+            limit=self.limit,
+            governor=self.governor,
+            log_dir=self.log_dir,
+        )
+
+
+BENCH_SETTINGS = RunSettings()  # one case of the matrix
+DEMO_SETTINGS = RunSettings(duration=70.0, requests=10_000_000)  # both servers together
+SOAK_SETTINGS = RunSettings(duration=600.0, requests=100_000_000)
+
+
 async def _drive(
     server: Server,
     plan: Plan,
-    *,
     workload: Workload,
-    requests: int,
-    duration: float,
-    timeout: float,
-    result: LoadResult | None,
+    settings: RunSettings,
+    result: LoadResult | None = None,
+    *,
     progress: Progress,
     label: str,
+    requests: int | None = None,
+    duration: float | None = None,
 ) -> LoadResult:
+    """Load ``server`` with ``plan`` while ticking ``progress``; counts go into ``result``.
+
+    ``requests`` and ``duration`` bound this load; by default the settings' bounds.
+    """
     res = result if result is not None else LoadResult()
     load = asyncio.ensure_future(
         run_load(
@@ -493,9 +550,9 @@ async def _drive(
             server.port,
             plan,
             concurrency=workload.concurrency,
-            requests=requests,
-            duration=duration,
-            timeout=timeout,
+            requests=settings.requests if requests is None else requests,
+            duration=settings.duration if duration is None else duration,
+            timeout=settings.timeout,
             result=res,
         )
     )
@@ -566,30 +623,31 @@ def steady_rss(values: Sequence[int]) -> int | None:
     return int(statistics.median(values[len(values) // 2 :]))
 
 
+def rss_under_load(
+    samples: Sequence[tuple[float, int]], windows: Iterable[tuple[float, float]]
+) -> dict[str, int | None]:
+    """``rss_peak`` over all ``samples`` and ``rss_steady`` over those inside a window."""
+    spans = list(windows)
+    under_load = [rss for t, rss in samples if any(a <= t <= b for a, b in spans)]
+    return {
+        "rss_peak": max((rss for _, rss in samples), default=None),
+        "rss_steady": steady_rss(under_load),
+    }
+
+
 def _fill_rss(case: CaseResult, sampler: RssSampler, name: str) -> None:
-    start, end = case.load_window
-    under_load = sampler.between(name, start, end)
-    all_samples = sampler.samples[name]
-    case.samples = list(all_samples)
-    case.rss_peak = max((rss for _, rss in all_samples), default=None)
-    case.rss_steady = steady_rss(under_load)
+    case.samples = list(sampler.samples[name])
+    rss = rss_under_load(case.samples, [case.load_window])
+    case.rss_peak, case.rss_steady = rss["rss_peak"], rss["rss_steady"]
 
 
 async def run_case(
     mode: Mode,
     workload: Workload,
     *,
+    settings: RunSettings = BENCH_SETTINGS,
     repeat: int = 0,
-    seed: int = 1,
-    duration: float = 10.0,
-    requests: int = 1_000_000,
-    idle: float = 15.0,
-    timeout: float = 30.0,
-    budget: str = "256MiB",
-    limit: str = "8MiB",
-    governor: bool = True,
     interval: float = 0.2,
-    log_dir: Path | None = None,
     progress: Progress | None = None,
     deck: Sequence[Any] | None = None,
     background: list[asyncio.Task[None]] | None = None,
@@ -601,9 +659,10 @@ async def run_case(
     before reading ``rss_idle``.
     """
     progress = progress or Progress()
+    seed, duration, idle = settings.seed, settings.duration, settings.idle
     label = f"{mode.name} / {workload.name} #{repeat + 1}"
     body_deck = list(deck) if deck is not None else workload.deck(seed)
-    server = Server(mode, budget=budget, limit=limit, governor=governor, log_dir=log_dir).start()
+    server = settings.server(mode).start()
     sampler = RssSampler({mode.name: server}, interval=interval)
     try:
         sampler.start()
@@ -619,21 +678,12 @@ async def run_case(
             concurrency=workload.concurrency,
             requests=2 * workload.concurrency,
             duration=min(2.0, duration),
-            timeout=timeout,
+            timeout=settings.timeout,
         )
         progress.phase(label, duration)
         t_start = sampler.now()
-        await _drive(
-            server,
-            Plan(body_deck, seed),
-            workload=workload,
-            requests=requests,
-            duration=duration,
-            timeout=timeout,
-            result=case.load,
-            progress=progress,
-            label=label,
-        )
+        plan = Plan(body_deck, seed)
+        await _drive(server, plan, workload, settings, case.load, progress=progress, label=label)
         case.rss_end = sampler.sample().get(mode.name)
         case.load_window = (t_start, sampler.now())
     except BaseException:
@@ -666,21 +716,13 @@ async def run_matrix(
     modes: Sequence[Mode],
     workloads: Sequence[Workload],
     *,
+    settings: RunSettings = BENCH_SETTINGS,
     repeats: int = 3,
-    seed: int = 1,
-    duration: float = 10.0,
-    requests: int = 1_000_000,
-    idle: float = 15.0,
-    timeout: float = 30.0,
-    budget: str = "256MiB",
-    limit: str = "8MiB",
-    governor: bool = True,
-    log_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> list[CaseResult]:
     """Every mode x workload, ``repeats`` times; the same seed for every mode."""
     progress = progress or Progress()
-    decks = {w.name: w.deck(seed) for w in workloads}
+    decks = {w.name: w.deck(settings.seed) for w in workloads}
     cases: list[CaseResult] = []
     background: list[asyncio.Task[None]] = []
     try:
@@ -695,16 +737,8 @@ async def run_matrix(
                         case = await run_case(
                             mode,
                             workload,
+                            settings=settings,
                             repeat=repeat,
-                            seed=seed,
-                            duration=duration,
-                            requests=requests,
-                            idle=idle,
-                            timeout=timeout,
-                            budget=budget,
-                            limit=limit,
-                            governor=governor,
-                            log_dir=log_dir,
                             progress=progress,
                             deck=decks[workload.name],
                             background=background,
@@ -714,7 +748,7 @@ async def run_matrix(
                         continue
                     cases.append(case)
         if background:
-            progress.phase("waiting for the last idle reading", idle)
+            progress.phase("waiting for the last idle reading", settings.idle)
         await _drain(background, keep=0)
     finally:
         for task in background:
@@ -727,6 +761,25 @@ async def run_matrix(
 async def _drain(tasks: list[asyncio.Task[None]], *, keep: int) -> None:
     while len(tasks) > keep:
         await tasks.pop(0)
+
+
+def measure_matrix(
+    modes: Sequence[Mode],
+    workloads: Sequence[Workload],
+    *,
+    settings: RunSettings = BENCH_SETTINGS,
+    repeats: int = 3,
+    progress: Progress | None = None,
+) -> tuple[list[CaseResult], list[dict[str, Any]]]:
+    """:func:`run_matrix` from synchronous code, and its :func:`summarize`d rows.
+
+    A SIGTERM stops the servers and raises KeyboardInterrupt, as Ctrl-C does.
+    """
+    with sigterm_interrupts():
+        cases = asyncio.run(
+            run_matrix(modes, workloads, settings=settings, repeats=repeats, progress=progress)
+        )
+    return cases, summarize(cases)
 
 
 def _median(values: Iterable[float | int | None]) -> float | None:
@@ -850,6 +903,22 @@ def _pyplot() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _save_rss_plot(plt: Any, fig: Any, ax: Any, path: Path) -> Path:
+    """Finish an RSS-over-time plot (axis from 0, grid, legend) and save it."""
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(plt, fig, path)
+
+
 def plot_matrix(
     cases: Sequence[CaseResult], rows: Sequence[dict[str, Any]], out: Path
 ) -> list[Path]:
@@ -870,11 +939,7 @@ def plot_matrix(
         ax.set(title=f"Server RSS, workload {workload!r}", xlabel="seconds", ylabel="RSS (MiB)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-        path = out / f"bench-rss-{workload}.png"
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, out / f"bench-rss-{workload}.png"))
     workloads = list(dict.fromkeys(r["workload"] for r in rows))
     modes = list(dict.fromkeys(r["mode"] for r in rows))
     by_key = {(r["workload"], r["mode"]): r for r in rows}
@@ -892,11 +957,7 @@ def plot_matrix(
         ax.grid(alpha=0.3, axis="y")
     ax2.set_yscale("log")
     ax1.legend(fontsize=7)
-    path = out / "bench-summary.png"
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    written.append(_save(plt, fig, out / "bench-summary.png"))
     return written
 
 
@@ -914,14 +975,9 @@ class DemoResult:
     settings: dict[str, Any]
 
     def stats(self, name: str) -> dict[str, Any]:
-        samples = self.samples[name]
-        windows = self.windows[name]
-        under_load = [rss for t, rss in samples if any(a <= t <= b for a, b in windows)]
-        load = self.loads[name]
         return {
-            **load.to_dict(),
-            "rss_peak": max((rss for _, rss in samples), default=None),
-            "rss_steady": steady_rss(under_load),
+            **self.loads[name].to_dict(),
+            **rss_under_load(self.samples[name], self.windows[name]),
             "rss_idle": self.rss_idle.get(name),
             "idle_s": self.idle_s,
         }
@@ -941,18 +997,10 @@ class DemoResult:
 
 async def run_demo(
     *,
+    settings: RunSettings = DEMO_SETTINGS,
     modes: Sequence[str] = ("orjson", "arenapool"),
     workload: Workload | None = None,
-    duration: float = 70.0,
     slice_s: float = 5.0,
-    idle: float = 15.0,
-    seed: int = 1,
-    budget: str = "256MiB",
-    limit: str = "8MiB",
-    governor: bool = True,
-    timeout: float = 30.0,
-    requests: int = 10_000_000,
-    log_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> DemoResult:
     """Drive the same seeded traffic at each mode's server in alternating slices.
@@ -960,12 +1008,14 @@ async def run_demo(
     On a 2-core machine, two servers loaded at once share the cores with each other and
     with the client, so whichever uses less CPU lends it to the other. Alternating
     ``slice_s``-second slices (A B B A A B ...) gives each server the machine to itself
-    while it is measured, and spreads any background noise over both. ``duration`` is
-    the total load time (half per server); ``requests`` bounds each server's total.
-    Afterwards each server is left idle until ``idle`` seconds after its last slice.
+    while it is measured, and spreads any background noise over both.
+    ``settings.duration`` is the total load time (half per server); ``settings.requests``
+    bounds each server's total. Afterwards each server is left idle until
+    ``settings.idle`` seconds after its last slice.
     """
     progress = progress or Progress()
     workload = workload or get_workload("mixed")
+    seed, duration, idle = settings.seed, settings.duration, settings.idle
     progress.phase("building request bodies", 0)
     deck = workload.deck(seed)
     resolved, notes = resolve_modes(modes)
@@ -974,9 +1024,7 @@ async def run_demo(
     servers: dict[str, Server] = {}
     try:
         for mode in resolved:
-            servers[mode.name] = Server(
-                mode, budget=budget, limit=limit, governor=governor, log_dir=log_dir
-            ).start()
+            servers[mode.name] = settings.server(mode).start()
         sampler = RssSampler(servers, interval=0.2)
         sampler.start()
         try:
@@ -985,7 +1033,7 @@ async def run_demo(
             loads = {n: LoadResult() for n in names}
             windows: dict[str, list[tuple[float, float]]] = {n: [] for n in names}
             rounds = max(1, round(duration / (slice_s * max(1, len(names)))))
-            per_slice = requests // rounds
+            per_slice = settings.requests // rounds
             for r in range(rounds):
                 order = names if r % 2 == 0 else names[::-1]
                 for name in order:
@@ -995,13 +1043,13 @@ async def run_demo(
                     await _drive(
                         servers[name],
                         plans[name],
-                        workload=workload,
-                        requests=per_slice,
-                        duration=slice_s,
-                        timeout=timeout,
-                        result=loads[name],
+                        workload,
+                        settings,
+                        loads[name],
                         progress=progress,
                         label=label,
+                        requests=per_slice,
+                        duration=slice_s,
                     )
                     windows[name].append((start, sampler.now()))
             rss_idle: dict[str, int | None] = {}
@@ -1015,7 +1063,7 @@ async def run_demo(
     finally:
         for server in servers.values():
             server.stop()
-    settings = {
+    described = {
         "workload": workload.name,
         "workload_sizes": [workload.min_size, workload.max_size, workload.distribution],
         "concurrency": workload.concurrency,
@@ -1023,12 +1071,12 @@ async def run_demo(
         "slice_s": slice_s,
         "idle_s": idle,
         "seed": seed,
-        "budget": budget,
-        "limit": limit,
-        "governor": governor,
+        "budget": settings.budget,
+        "limit": settings.limit,
+        "governor": settings.governor,
         "notes": notes,
     }
-    return DemoResult(names, loads, sampler.samples, windows, rss_idle, idle, settings)
+    return DemoResult(names, loads, sampler.samples, windows, rss_idle, idle, described)
 
 
 def plot_demo(demo: DemoResult, path: Path) -> Path:
@@ -1052,14 +1100,7 @@ def plot_demo(demo: DemoResult, path: Path) -> Path:
         xlabel="seconds",
         ylabel="RSS (MiB)",
     )
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_rss_plot(plt, fig, ax, path)
 
 
 # --- soak -------------------------------------------------------------------------------------
@@ -1079,9 +1120,6 @@ class SoakResult:
     settings: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
-        under_load = [
-            rss for t, rss in self.samples if self.load_window[0] <= t <= self.load_window[1]
-        ]
         return {
             "tool": "arenapool soak",
             "mode": self.mode,
@@ -1092,8 +1130,7 @@ class SoakResult:
             "drift_mib_per_min": None
             if self.slope_mib_per_min is None
             else round(self.slope_mib_per_min, 4),
-            "rss_peak": max((rss for _, rss in self.samples), default=None),
-            "rss_steady": steady_rss(under_load),
+            **rss_under_load(self.samples, [self.load_window]),
             "rss_idle": self.rss_idle,
             "idle_s": self.idle_s,
             "rss_samples": [[round(t, 3), rss] for t, rss in self.samples],
@@ -1116,50 +1153,32 @@ def least_squares(points: Sequence[tuple[float, float]]) -> tuple[float, float] 
 
 async def run_soak(
     *,
+    settings: RunSettings = SOAK_SETTINGS,
     mode: str = "arenapool",
     workload: Workload | None = None,
-    duration: float = 600.0,
     warmup: float | None = None,
-    idle: float = 15.0,
     interval: float = 1.0,
-    seed: int = 1,
-    budget: str = "256MiB",
-    limit: str = "8MiB",
-    governor: bool = True,
-    timeout: float = 30.0,
-    requests: int = 100_000_000,
-    log_dir: Path | None = None,
     progress: Progress | None = None,
 ) -> SoakResult:
     """One long run; RSS drift is the least-squares slope of RSS after ``warmup``."""
     progress = progress or Progress()
     workload = workload or get_workload("mixed")
+    seed, duration, idle = settings.seed, settings.duration, settings.idle
     warmup_s = min(60.0, duration / 5) if warmup is None else warmup
     resolved, notes = resolve_modes([mode])
     if not resolved:
         raise RuntimeError(notes[0])
     progress.phase("building request bodies", 0)
     deck = workload.deck(seed)
-    with Server(
-        resolved[0], budget=budget, limit=limit, governor=governor, log_dir=log_dir
-    ) as server:
+    with settings.server(resolved[0]) as server:
         sampler = RssSampler({mode: server}, interval=interval)
         sampler.start()
         try:
             label = f"soak {mode}"
             progress.phase(label, duration)
             start = sampler.now()
-            load = await _drive(
-                server,
-                Plan(deck, seed),
-                workload=workload,
-                requests=requests,
-                duration=duration,
-                timeout=timeout,
-                result=None,
-                progress=progress,
-                label=label,
-            )
+            plan = Plan(deck, seed)
+            load = await _drive(server, plan, workload, settings, progress=progress, label=label)
             window = (start, sampler.now())
             sampler.sample()
             if idle > 0:
@@ -1187,9 +1206,9 @@ async def run_soak(
             "duration_s": duration,
             "interval_s": interval,
             "seed": seed,
-            "budget": budget,
-            "limit": limit,
-            "governor": governor,
+            "budget": settings.budget,
+            "limit": settings.limit,
+            "governor": settings.governor,
         },
     )
 
@@ -1216,14 +1235,7 @@ def plot_soak(soak: SoakResult, path: Path) -> Path:
         0, (soak.load_window[0] + soak.warmup_s) / 60.0, color="grey", alpha=0.1, label="warm-up"
     )
     ax.set(title=f"Soak: {soak.mode}", xlabel="minutes", ylabel="RSS (MiB)")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_rss_plot(plt, fig, ax, path)
 
 
 def size_arg(text: str) -> str:

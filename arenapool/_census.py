@@ -40,7 +40,6 @@ import warnings
 from typing import Any, Final
 
 import orjson
-from pympler import muppy, summary
 
 from ._errors import ArenaPoolError
 
@@ -110,6 +109,11 @@ def _compute(previous: bytes | None, top: int, trace_top: int, *, child: bool) -
         # gc.get_objects() skips the permanent generation; a server that gc.freeze()s
         # its startup objects would hide them. Unfreezing here touches only the child.
         gc.unfreeze()
+    # Imported here, not at module level: pympler pulls in numpy (about 14 MiB of RSS),
+    # which a server that never runs a census should not carry. In the forked child the
+    # import is paid by the child alone.
+    from pympler import muppy, summary  # noqa: PLC0415
+
     objects = muppy.get_objects()
     rows: list[list[Any]] = summary.summarize(objects)  # type: ignore[no-untyped-call]
     del objects

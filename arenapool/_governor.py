@@ -44,7 +44,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from . import _registry
 from ._errors import InvalidSize
-from ._memory import cgroup_memory_limit, current_rss, malloc_trim, snapshot
+from ._memory import (
+    cgroup_memory_limit,
+    current_rss,
+    malloc_trim,
+    set_mmap_threshold,
+    snapshot,
+)
 from ._units import format_size, parse_size
 
 if TYPE_CHECKING:
@@ -92,6 +98,16 @@ class GovernorConfig:
     """The ``Retry-After`` (seconds) a shed request is told."""
     history: int = 50
     """How many recent actions :meth:`Governor.stats` keeps."""
+    mmap_threshold: int | str | None = None
+    """Pin glibc's mmap threshold here when the governor starts (``None``: leave it).
+
+    glibc raises the threshold after every large free, so large buffers end up in the
+    main heap and keep it resident; pinned, they are mapped and unmapped on their own
+    (see :func:`arenapool.memory.set_mmap_threshold`). Process-wide, and off by
+    default: every socket read asyncio makes (256 KiB buffers) and every large decode
+    then pays for fresh pages, which cost a fifth of the throughput on bodies of MiBs
+    (see docs/memory.md).
+    """
 
     def __post_init__(self) -> None:
         for name in ("interval", "idle_after", "trim_cooldown", "retry_after"):
@@ -109,6 +125,11 @@ class GovernorConfig:
             )
             raise InvalidSize(msg, value=(self.soft_fraction, self.hard_fraction))
         parse_size(self.trim_threshold, name="trim_threshold", allow_zero=True)
+        if self.mmap_threshold is not None:
+            threshold = parse_size(self.mmap_threshold, name="mmap_threshold", allow_zero=True)
+            if threshold > 32 * 1024 * 1024:
+                msg = f"mmap_threshold must be at most 32 MiB (glibc's cap), got {threshold}"
+                raise InvalidSize(msg, value=self.mmap_threshold)
         soft, hard = self._explicit_limits()
         if soft is not None and hard is not None and soft > hard:
             msg = (
@@ -205,6 +226,7 @@ class Governor:
         self._checks = 0
         self._errors = 0
         self._trims = 0
+        self._mmap_threshold: int | None = None  # what start() pinned, if anything
         self._trimmed_bytes = 0
         self._trim_seconds = 0.0
         self._pool_returned_bytes = 0
@@ -241,8 +263,8 @@ class Governor:
 
     def note_request_start(self) -> None:
         """A request began (the server is busy until the matching end)."""
+        # busy while anything is in flight; idleness is timed from the last end
         self._in_flight += 1
-        self._last_activity = time.monotonic()
 
     def note_request_end(self) -> None:
         """A request ended, on every path (return, error, cancellation)."""
@@ -260,6 +282,11 @@ class Governor:
         if self.running:
             return
         self._task = asyncio.get_running_loop().create_task(self._run(), name="arenapool-governor")
+        threshold = self.config.mmap_threshold
+        if threshold is not None and self._mmap_threshold is None:
+            nbytes = parse_size(threshold, name="mmap_threshold", allow_zero=True)
+            if set_mmap_threshold(nbytes):
+                self._mmap_threshold = nbytes
         log.info(
             "governor started: interval %.2fs, soft %s, hard %s (%s)",
             self.config.interval,
@@ -404,6 +431,7 @@ class Governor:
             "hard_limit": self.hard_limit,
             "limit_source": self.limit_source,
             "trim_threshold": self._trim_threshold,
+            "mmap_threshold": self._mmap_threshold,
             "interval": self.config.interval,
             "last_rss": self._last_rss,
             "last_check": self._last_check,

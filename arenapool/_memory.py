@@ -65,6 +65,7 @@ __all__ = [
     "heap_info",
     "malloc_trim",
     "malloc_trim_available",
+    "set_mmap_threshold",
     "snapshot",
 ]
 
@@ -96,6 +97,7 @@ class _Mallinfo2(ctypes.Structure):
 class _Libc:
     mallinfo2: Callable[[], _Mallinfo2] | None
     malloc_trim: Callable[[int], int] | None
+    mallopt: Callable[[int, int], int] | None = None
 
 
 @lru_cache(maxsize=1)
@@ -117,7 +119,11 @@ def _libc() -> _Libc:
     if trim is not None:
         trim.argtypes = [ctypes.c_size_t]
         trim.restype = ctypes.c_int
-    return _Libc(mallinfo2, trim)
+    mallopt = getattr(lib, "mallopt", None)
+    if mallopt is not None:
+        mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+        mallopt.restype = ctypes.c_int
+    return _Libc(mallinfo2, trim, mallopt)
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,33 @@ def malloc_trim(pad: int = 0) -> bool:
     if fn is None:
         return False
     return bool(fn(pad))
+
+
+#: glibc's mallopt() parameter number for the mmap threshold (malloc.h)
+_M_MMAP_THRESHOLD: Final = -3
+#: glibc refuses thresholds above HEAP_MAX_SIZE / 2 (32 MiB on 64-bit)
+_MAX_MMAP_THRESHOLD: Final = 32 * 1024 * 1024
+
+
+def set_mmap_threshold(nbytes: int) -> bool:
+    """Pin glibc's mmap threshold at ``nbytes``; True if glibc took it.
+
+    glibc serves allocations at or above the threshold with a mapping of their own,
+    unmapped on free. The threshold starts at 128 KiB but is *dynamic*: each time a
+    mapped block is freed, glibc raises it to that block's size (up to 32 MiB), so
+    after the first large request every later large buffer (a body, orjson's work
+    buffer, a long list) comes from the main heap, where free space stays resident
+    until ``malloc_trim``. Setting the threshold explicitly (as ``mallopt`` and the
+    ``MALLOC_MMAP_THRESHOLD_`` environment variable do) turns the raising off and
+    fixes the trim threshold too. Process-wide; a no-op returning False off glibc.
+    """
+    fn = _libc().mallopt
+    if fn is None:
+        return False
+    if not 0 <= nbytes <= _MAX_MMAP_THRESHOLD:
+        msg = f"mmap threshold must be 0 to 32 MiB, got {nbytes!r}"
+        raise ValueError(msg)
+    return bool(fn(_M_MMAP_THRESHOLD, nbytes))
 
 
 def _read_limit(path: Path) -> int | None:

@@ -2,13 +2,24 @@
 
 Theory of operation
 -------------------
-Objects are *idle* (in ``_idle``, a LIFO stack) or *out* (keyed by ``id`` in ``_out``).
-``maxsize`` bounds idle + out. ``acquire`` pops an idle object or builds one with the
-factory while under the bound; past it, the sync ``acquire`` raises
-:class:`PoolTimeout` at once and ``acquire_async`` queues FIFO. ``release`` runs the
-``reset`` hook (an object whose reset raises is dropped, not returned) and hands the
-object to the first waiter or back to the stack. Releasing something that is not out
-raises :class:`DoubleRelease`.
+Objects are *idle* (in ``_idle``, a LIFO stack) or *out* (keyed by ``id`` in ``_out``),
+or in between for a moment while they move. ``_created`` counts the objects that exist
+(built, not yet dropped) and is what ``maxsize`` bounds. ``acquire`` pops an idle
+object or builds one with the factory while under the bound; past it, the sync
+``acquire`` raises :class:`PoolTimeout` at once and ``acquire_async`` queues FIFO.
+``release`` runs the ``reset`` hook (an object whose reset raises is dropped, not
+returned) and hands the object to the first waiter or back to the stack. Releasing
+something that is not out raises :class:`DoubleRelease`.
+
+Concurrency: moving an object between idle and out takes no lock. ``list.pop`` and
+``list.append`` on the stack and ``dict.pop`` on ``_out`` are each atomic, so two
+threads never get the same idle object and only one of two releases of the same object
+finds its loan (the other raises). Building (the bound), waiters, close and the stats
+take ``_lock``. A release appends to the stack, *then* looks for waiters (and takes the
+lock to hand over if it finds one); a waiter queues under the lock, *then* looks at the
+stack again: so an object and a waiter never miss each other. Counters moved on the
+lock-free paths are ``itertools.count`` objects (``next()`` is atomic); the high-water
+mark is raised under a lock of its own, which happens at most ``maxsize`` times.
 
 Leak detection follows Netty's ResourceLeakDetector levels:
 
@@ -28,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import threading
 import traceback
@@ -35,10 +47,12 @@ import warnings
 import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Callable
+from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
 
 from ._errors import DoubleRelease, InvalidSize, PoolClosedError, PoolTimeout
 from ._registry import register_object_pool
+from ._slab import _count_value
 
 __all__ = ["ObjectLeakWarning", "ObjectPool"]
 
@@ -51,12 +65,27 @@ class ObjectLeakWarning(RuntimeWarning):
     """An object acquired from an ObjectPool was garbage-collected without release."""
 
 
-class _Loan:
-    __slots__ = ("ref", "stack", "strong")
+class _WeakLoan(weakref.ref):  # type: ignore[type-arg]  # refers to any object
+    """An object under leak detection: a weak reference that is its own record, made
+    once per object and in ``_out`` while the object is out (``stack``: where).
 
-    def __init__(self, strong: object, ref: weakref.ref[Any] | None, stack: str | None) -> None:
-        self.strong = strong
-        self.ref = ref
+    Its callback (:func:`_loan_collected`) finds the pool through ``pool``, a weak
+    reference, so loans never keep a pool alive.
+    """
+
+    __slots__ = ("key", "pool", "stack")
+    key: int
+    pool: weakref.ref[ObjectPool[Any]]
+    stack: str | None
+
+
+class _Held:
+    """An object out under leak detection that takes no weak references: held strongly."""
+
+    __slots__ = ("obj", "stack")
+
+    def __init__(self, obj: object, stack: str | None) -> None:
+        self.obj = obj
         self.stack = stack
 
 
@@ -103,17 +132,24 @@ class ObjectPool(Generic[T]):
         self.name = name or getattr(factory, "__name__", "objects")
         self._lock = threading.Lock()
         self._idle: list[T] = [factory() for _ in range(prealloc)]
-        self._out: dict[int, _Loan] = {}
+        # id -> the object itself (leak detection off), its _WeakLoan, or its _Held
+        self._out: dict[int, object] = {}
+        # id -> the weak reference kept for each object under leak detection, made on
+        # its first lend and reused while the object lives (one lender at a time)
+        self._loans: dict[int, _WeakLoan] = {}
+        self._ref = weakref.ref(self)
         self._waiters: deque[asyncio.Future[T]] = deque()
         self._closed = False
         self._created = prealloc
-        self._acquired = 0
+        self._acquired = itertools.count(1)  # next() is the number of this acquisition
         self._high_water = 0
+        self._high_water_lock = threading.Lock()  # _lend may run under _lock
         self._waits = 0
         self._timeouts = 0
         self._leaks = 0
         self._reset_errors = 0
-        self._returning = 0  # released, not yet idle (reset runs outside the lock)
+        self._off = leak_detection == "off"  # objects out are held as themselves
+        self._full = leak_detection == "full"
         register_object_pool(self)
 
     @property
@@ -133,17 +169,30 @@ class ObjectPool(Generic[T]):
 
     def acquire(self) -> T:
         """An object now; raises :class:`PoolTimeout` at once if ``maxsize`` are out."""
+        if not (self._waiters or self._closed):
+            try:
+                obj = self._idle.pop()  # atomic: no other thread gets this one
+            except IndexError:
+                pass
+            else:
+                if not self._off:
+                    self._lend(obj)
+                    return obj
+                next(self._acquired)  # _lend, inline for the leanest case
+                out = self._out
+                out[id(obj)] = obj
+                if len(out) > self._high_water:
+                    self._raise_high_water(len(out))
+                return obj
         with self._lock:
             if self._closed:
                 self._check_open()
-            if self._idle and not self._waiters:
-                obj = self._idle.pop()
-            elif self._count() < self.maxsize and not self._waiters:
-                obj = self._build()
-            else:
+            got = [] if self._waiters else self._take_locked()
+            if not got:
                 self._timeouts += 1
                 raise self._timeout_error(0.0)
-            self._lend(obj)
+        obj = got[0]
+        self._lend(obj)
         return obj
 
     async def acquire_async(self, *, timeout: float | None = None) -> T:
@@ -151,18 +200,17 @@ class ObjectPool(Generic[T]):
         loop = asyncio.get_running_loop()
         with self._lock:
             self._check_open()
-            if not self._waiters:
-                if self._idle:
-                    obj = self._idle.pop()
-                    self._lend(obj)
-                    return obj
-                if self._count() < self.maxsize:
-                    obj = self._build()
-                    self._lend(obj)
-                    return obj
-            fut: asyncio.Future[T] = loop.create_future()
-            self._waiters.append(fut)
-            self._waits += 1
+            got = [] if self._waiters else self._take_locked()
+            if not got:
+                fut: asyncio.Future[T] = loop.create_future()
+                self._waiters.append(fut)
+                self._waits += 1
+                # a release may have put an object back since we looked (lock-free)
+                self._serve_waiters()
+        if got:
+            obj = got[0]
+            self._lend(obj)
+            return obj
         try:
             if timeout is None:
                 return await fut
@@ -184,38 +232,35 @@ class ObjectPool(Generic[T]):
 
     def release(self, obj: T) -> None:
         """Give an object back; :class:`DoubleRelease` if it is not out."""
-        with self._lock:
-            loan = self._out.pop(id(obj), None)
-            if loan is None or (loan.ref is not None and loan.ref() is not obj):
-                if loan is not None:
-                    self._out[id(obj)] = loan
-                msg = (
-                    f"{type(obj).__name__} object {obj!r:.60} is not out of pool {self.name!r} "
-                    "(released twice, or never acquired here)"
-                )
-                raise DoubleRelease(msg, pool=self.name)
-            reset = self.reset
-            if reset is None:  # nothing to run outside the lock: one round trip
-                self._put_back(obj)
+        loan = self._out.pop(id(obj), None)  # atomic: one of two releases finds it
+        if loan is not obj and not (
+            loan() is obj if type(loan) is _WeakLoan else self._is_held(loan, obj)
+        ):
+            self._not_out(obj, loan)
+        reset = self.reset
+        if reset is not None:
+            try:
+                reset(obj)
+            except Exception:
+                log.exception("%s: reset hook failed; dropping the object", self.name)
+                with self._lock:
+                    self._reset_errors += 1
+                    self._created -= 1
+                    self._serve_waiter_with_new()
                 return
-            self._returning += 1
-        try:
-            reset(obj)
-        except Exception:
-            log.exception("%s: reset hook failed; dropping the object", self.name)
+        self._idle.append(obj)
+        if self._waiters or self._closed:  # see the module docs: look after putting back
             with self._lock:
-                self._returning -= 1
-                self._reset_errors += 1
-                self._created -= 1
-                self._serve_waiter_with_new()
-            return
-        with self._lock:
-            self._returning -= 1
-            self._put_back(obj)
+                if self._closed:
+                    self._idle.clear()
+                else:
+                    self._serve_waiters()
 
     def borrow(self) -> contextlib.AbstractContextManager[T]:
         """``with pool.borrow() as obj:`` acquires now and always gives it back."""
-        return _Borrow(self)
+        borrow: _Borrow[T] = _new(_Borrow)  # no __init__ frame: it is a third of the cost
+        borrow._pool = self
+        return borrow
 
     @contextlib.asynccontextmanager
     async def borrow_async(self, *, timeout: float | None = None) -> AsyncIterator[T]:
@@ -229,7 +274,11 @@ class ObjectPool(Generic[T]):
     def outstanding(self) -> list[str]:
         """Where each object out was acquired (stacks recorded by leak detection)."""
         with self._lock:
-            return [loan.stack or "(stack not recorded)" for loan in self._out.values()]
+            return [
+                (loan.stack if isinstance(loan, _WeakLoan | _Held) else None)
+                or "(stack not recorded)"
+                for loan in self._out.values()
+            ]
 
     def stats(self) -> dict[str, Any]:
         """A JSON-serialisable snapshot."""
@@ -241,7 +290,7 @@ class ObjectPool(Generic[T]):
                 "idle": len(self._idle),
                 "in_use": len(self._out),
                 "high_water": self._high_water,
-                "acquired": self._acquired,
+                "acquired": _count_value(self._acquired) - 1,
                 "waits": self._waits,
                 "waiting": len(self._waiters),
                 "timeouts": self._timeouts,
@@ -281,58 +330,96 @@ class ObjectPool(Generic[T]):
             msg = f"object pool {self.name!r} is closed; create a new ObjectPool"
             raise PoolClosedError(msg)
 
-    def _put_back(self, obj: T) -> None:
-        """A returned object goes to the first live waiter, else to the idle stack."""
-        if self._closed:
-            return
-        while self._waiters:
-            fut = self._waiters.popleft()
-            if not fut.done():
-                self._lend(obj)
-                fut.get_loop().call_soon_threadsafe(_deliver, fut, obj, self)
+    def _serve_waiters(self) -> None:
+        """Hand idle objects to waiters, first come first served (lock held)."""
+        waiters = self._waiters
+        idle = self._idle
+        while waiters and idle:
+            fut = waiters.popleft()
+            if fut.done():  # gave up; its cleanup runs in its own loop
+                continue
+            try:
+                obj = idle.pop()
+            except IndexError:  # a lock-free acquire took it meanwhile
+                waiters.appendleft(fut)
                 return
-        self._idle.append(obj)
+            self._lend(obj)
+            fut.get_loop().call_soon_threadsafe(_deliver, fut, obj, self)
 
-    def _count(self) -> int:
-        """Objects that exist: out, idle, or on their way back through ``reset``."""
-        return len(self._out) + len(self._idle) + self._returning
+    def _take_locked(self) -> list[T]:
+        """``[obj]``, idle or newly built, or ``[]`` when ``maxsize`` exist (lock held)."""
+        try:
+            return [self._idle.pop()]  # a lock-free acquire may empty it any time
+        except IndexError:
+            if self._created < self.maxsize:
+                return [self._build()]
+            return []
 
     def _build(self) -> T:
+        """A new object, counted against ``maxsize`` (lock held)."""
         obj = self.factory()
         self._created += 1
         return obj
 
     def _lend(self, obj: T) -> None:
-        self._acquired += 1
-        level = self.leak_detection
-        stack = None
-        ref: weakref.ref[Any] | None = None
-        strong: object = obj
-        if level != "off":
-            if level == "full" or self._acquired % self.sample_every == 1:
+        """Record ``obj`` as out (no lock needed: see the module docs)."""
+        out = self._out
+        key = id(obj)
+        number = next(self._acquired)
+        if self._off:
+            out[key] = obj
+        else:
+            stack = None
+            if self._full or (number - 1) % self.sample_every == 0:
                 stack = "".join(traceback.format_stack(limit=12)[:-2])  # drop _lend, acquire
-            try:
-                ref = weakref.ref(obj, self._make_leak_callback(id(obj)))
-                strong = None
-            except TypeError:
-                ref = None
-        self._out[id(obj)] = _Loan(strong, ref, stack)
-        self._high_water = max(self._high_water, len(self._out))
+            loan = self._loans.get(key)
+            if loan is None or loan() is not obj:  # first lend (an id may be reused)
+                loan = self._new_loan(obj)
+            if loan is None:  # no weak references: held strongly, never reported
+                out[key] = _Held(obj, stack)
+            else:
+                loan.stack = stack
+                out[key] = loan
+        if len(out) > self._high_water:
+            self._raise_high_water(len(out))
 
-    def _make_leak_callback(self, key: int) -> Callable[[weakref.ref[Any]], None]:
-        pool_ref = weakref.ref(self)
+    def _new_loan(self, obj: T) -> _WeakLoan | None:
+        """The object's weak reference for leak detection, or None if it takes none."""
+        try:
+            loan = _WeakLoan(obj, _loan_collected)
+        except TypeError:
+            return None
+        loan.key = id(obj)
+        loan.pool = self._ref
+        self._loans[loan.key] = loan
+        return loan
 
-        def on_collect(ref: weakref.ref[Any]) -> None:
-            pool = pool_ref()
-            if pool is not None:
-                pool._on_leak(key, ref)
+    def _raise_high_water(self, seen: int) -> None:
+        with self._high_water_lock:
+            self._high_water = max(self._high_water, seen)
 
-        return on_collect
+    @staticmethod
+    def _is_held(loan: object, obj: object) -> bool:
+        """Whether an entry of ``_out`` is the ``_Held`` record of ``obj``."""
+        return type(loan) is _Held and loan.obj is obj
 
-    def _on_leak(self, key: int, ref: weakref.ref[Any]) -> None:
+    def _not_out(self, obj: T, loan: object) -> None:
+        if loan is not None:  # another object's loan under a reused id: put it back
+            self._out.setdefault(id(obj), loan)
+        msg = (
+            f"{type(obj).__name__} object {obj!r:.60} is not out of pool {self.name!r} "
+            "(released twice, or never acquired here)"
+        )
+        raise DoubleRelease(msg, pool=self.name)
+
+    def _on_leak(self, loan: _WeakLoan) -> None:
+        """An object with a loan died: a leak if it was out (runs during its dealloc,
+        so no other object has its id yet)."""
         # may run inside any locked section of any thread (GC): do not take the lock
-        loan = self._out.get(key)
-        if loan is None or loan.ref is not ref:
+        key = loan.key
+        if self._loans.get(key) is loan:
+            self._loans.pop(key, None)
+        if self._out.get(key) is not loan:
             return
         self._out.pop(key, None)
         self._leaks += 1
@@ -347,6 +434,7 @@ class ObjectPool(Generic[T]):
         )
 
     def _serve_waiter_with_new(self) -> None:
+        """An object was dropped: build a new one for the first live waiter (lock held)."""
         while self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():
@@ -368,16 +456,23 @@ class _Borrow(Generic[T]):
     """What :meth:`ObjectPool.borrow` returns (a class: cheaper than a generator)."""
 
     __slots__ = ("_obj", "_pool")
-
-    def __init__(self, pool: ObjectPool[T]) -> None:
-        self._pool = pool
+    _pool: ObjectPool[T]
+    _obj: T
 
     def __enter__(self) -> T:
         self._obj = obj = self._pool.acquire()
         return obj
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self._pool.release(self._obj)
+
+
+_new = object.__new__
 
 
 def _deliver(fut: asyncio.Future[T], obj: T, pool: ObjectPool[T]) -> None:
@@ -385,6 +480,13 @@ def _deliver(fut: asyncio.Future[T], obj: T, pool: ObjectPool[T]) -> None:
         pool.release(obj)
     else:
         fut.set_result(obj)
+
+
+def _loan_collected(loan: _WeakLoan) -> None:
+    """An object out under leak detection was garbage-collected."""
+    pool = loan.pool()
+    if pool is not None:
+        pool._on_leak(loan)
 
 
 def _fail(fut: asyncio.Future[Any], exc: BaseException) -> None:

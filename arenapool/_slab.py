@@ -17,21 +17,27 @@ so at every moment ``lent + idle + quarantined == mapped`` (bytes and blocks, pe
 class). The budget caps ``lent + quarantined``: quarantined memory is still in use by
 whoever kept the view, so it counts.
 
-Liveness of a lend is tracked through a *carrier*: for each lend we build a fresh
-ctypes array over the block's bytes (``from_buffer``) and hand out views cast from it.
-Every memoryview derived from those views (slices included) keeps the carrier alive
-through CPython's managed buffer, and nothing else holds it, so "the carrier is dead"
-is exactly "no view of this lend is alive". On return we release the root view and
-look at a weak reference to the carrier: dead means the block is reusable at once;
-alive means a view escaped, and the block is quarantined until a ``weakref.finalize``
-on the carrier fires. Finalizers may run in any thread at any point (including inside
-our own locked sections, when the GC runs), so they only append to a deque; whoever
-next takes the lock drains it.
+Liveness of a lend is tracked through a *carrier*: each block has a ctypes array over
+its bytes (``from_buffer``, made on the block's first lend and kept), and every lend
+hands out a fresh root view cast from it. Every memoryview derived from that root
+(slices included) holds the carrier through CPython's managed buffer, and a released
+view no longer does, so "the carrier's reference count is back to its baseline" is
+exactly "no view of this lend is alive". The baseline is read with the same
+expression (``_getrefcount(block.carrier)``) right after the carrier is made, before
+any view exists. On return we release the root view and compare: at the baseline the
+block is reusable at once; above it a view escaped, and the block is quarantined: it
+drops its carrier (the next lend makes a new one) and a ``weakref.finalize`` on the old
+carrier fires when the last stale view dies. Finalizers may run in any thread at any
+point (including inside our own locked sections, when the GC runs), so they only
+append to a deque; whoever next takes the lock drains it. A carrier holds an export of
+its slab, so a slab drops its blocks' carriers before it is unmapped.
 
-Concurrency: one ``threading.Lock`` guards all pool state. Async waiters queue FIFO;
-grants are decided under the lock and delivered on the waiter's own loop with
-``call_soon_threadsafe``. The waiter at the head blocks the ones behind it (no
-overtaking), so a large request cannot be starved by a stream of small ones.
+Concurrency: one ``threading.Lock`` guards all pool state except the arena counters:
+two ``itertools.count`` objects (``next()`` on one is atomic), read as opened - closed.
+Async waiters queue FIFO; grants are decided under the lock and delivered on the
+waiter's own loop with ``call_soon_threadsafe``. The waiter at the head blocks the
+ones behind it (no overtaking), so a large request cannot be starved by a stream of
+small ones.
 
 Decay: an idle block carries the time it went idle. A daemon thread (one per pool,
 started on first use) wakes every ``decay / 4`` seconds and gives blocks idle longer
@@ -45,8 +51,10 @@ import asyncio
 import bisect
 import contextlib
 import ctypes
+import itertools
 import logging
 import mmap
+import sys
 import threading
 import time
 import weakref
@@ -74,6 +82,10 @@ _IDLE: Final = 0
 _LENT: Final = 1
 _QUARANTINED: Final = 2
 _HUGE: Final = -1
+
+_getrefcount = sys.getrefcount
+_monotonic = time.monotonic
+_bisect_left = bisect.bisect_left
 
 Backing = Literal["mmap", "bytearray"]
 
@@ -140,10 +152,11 @@ class Block:
     """
 
     __slots__ = (
+        "baseline",
+        "carrier",
         "committed",
         "idle_since",
         "offset",
-        "ref",
         "scrub",
         "size",
         "slab",
@@ -162,7 +175,10 @@ class Block:
         self.used = 0
         self.scrub = False
         self.view: memoryview | None = None
-        self.ref: weakref.ref[Any] | None = None
+        # the ctypes array every view of a lend derives from (see the module docs),
+        # and its reference count while no view of it is alive
+        self.carrier: ctypes.Array[ctypes.c_char] | None = None
+        self.baseline = 0
 
     def __repr__(self) -> str:
         state = {_IDLE: "idle", _LENT: "lent", _QUARANTINED: "quarantined"}[self.state]
@@ -216,6 +232,11 @@ class SlabPool:
         prealloc: blocks to map up front, ``{"64KiB": 32}``; they also set that class's
             warm reserve.
         reserve: idle blocks per class kept committed through decay (default 0).
+        retain: most idle bytes kept committed (resident) between decays (default
+            8 MiB); beyond it, blocks coming back are returned to the OS at once,
+            largest classes and longest idle first. ``None`` sets no cap: only
+            ``decay`` returns memory. A cap trades page faults on reuse for a lower
+            RSS under load.
         retry_after: the ``Retry-After`` hint (seconds) carried by budget errors.
         max_waiters: most async lends queued at once; beyond it ``lend_async`` sheds at
             once with :class:`BudgetExhausted`. ``None`` means unbounded.
@@ -236,6 +257,7 @@ class SlabPool:
         scrub: bool = False,
         prealloc: Mapping[int | str, int] | None = None,
         reserve: int = 0,
+        retain: int | str | None = "8MiB",
         retry_after: float = 1.0,
         max_waiters: int | None = None,
         name: str | None = None,
@@ -255,6 +277,7 @@ class SlabPool:
             msg = f"reserve must be zero or more blocks, got {reserve!r}"
             raise InvalidSize(msg, value=reserve)
         self.decay = decay
+        self.retain = None if retain is None else parse_size(retain, name="retain", allow_zero=True)
         self.backing: Backing = backing
         self.prefault = prefault
         self.scrub = scrub
@@ -280,8 +303,11 @@ class SlabPool:
         self._trims = 0
         self._escapes = 0
         self._huge_lent = 0
-        self._arenas_open = 0
-        self._arenas_total = 0
+        self._idle_committed = 0  # bytes of idle blocks whose pages may be resident
+        # arenas opened and closed: next() on an itertools.count is atomic, so arenas
+        # come and go without the lock; _arena_counts() reads them
+        self._opened = itertools.count()
+        self._closed_arenas = itertools.count()
         self._decay_thread: threading.Thread | None = None
         self._stop = threading.Event()
         for key, count in (prealloc or {}).items():
@@ -309,9 +335,7 @@ class SlabPool:
         self, *, limit: int | str | None = None, scrub: bool | None = None, name: str | None = None
     ) -> Arena:
         """A new :class:`Arena` drawing from this pool (use it as a context manager)."""
-        from ._arena import Arena  # noqa: PLC0415 - _arena imports this module
-
-        return Arena(self, limit=limit, scrub=scrub, name=name)
+        return (_ARENA or _arena_class())(self, limit=limit, scrub=scrub, name=name)
 
     def block_size(self, nbytes: int) -> int:
         """The size of block a request for ``nbytes`` gets (its class, or page-rounded)."""
@@ -324,11 +348,30 @@ class SlabPool:
 
         A sync lend never overtakes async waiters: while any are queued it fails.
         """
+        if type(nbytes) is int and 0 < nbytes <= self.max_class:  # the common case
+            sizes = self._sizes
+            index = _bisect_left(sizes, nbytes)
+            size = sizes[index]
+            lock = self._lock
+            lock.acquire()  # not `with`: its __exit__ call costs as much as the rest
+            try:
+                if self._pending:
+                    self._drain_pending()
+                if (
+                    not (self._closed or self._waiters)
+                    and self._lent_bytes + self._quarantined_bytes + size <= self.budget
+                ):
+                    return self._take_class(index, size)
+            finally:
+                lock.release()
+        # everything else, and every refusal with its error
         size = self._check_request(nbytes)
         with self._lock:
-            self._drain_pending()
-            self._check_open()
-            if self._waiters or not self._fits(size):
+            if self._pending:
+                self._drain_pending()
+            if self._closed:
+                self._check_open()
+            if self._waiters or self._lent_bytes + self._quarantined_bytes + size > self.budget:
                 raise self._exhausted(nbytes, size, waited=0.0)
             return self._take(nbytes, size)
 
@@ -373,24 +416,57 @@ class SlabPool:
 
     def give_back(self, blocks: Iterable[Block]) -> int:
         """Return lent blocks. Returns how many were quarantined (a view escaped)."""
-        returned: list[Block] = []
-        for block in blocks:
+        returned = blocks if type(blocks) is list else list(blocks)
+        for block in returned:
             view = block.view
-            block.view = None
             if view is not None:
-                with contextlib.suppress(BufferError):  # an export of the root: escaped
+                block.view = None
+                try:  # noqa: SIM105 - per block; contextlib.suppress costs a frame
                     view.release()
-            returned.append(block)
+                except BufferError:  # an export of the root: the carrier stays held
+                    pass
+        view = None  # hold no view while counting references below
         quarantined = 0
-        with self._lock:
-            now = time.monotonic()
+        classes = self._classes
+        lock = self._lock
+        lock.acquire()
+        try:
+            now = _monotonic()
+            # a block that needs no scrub, trim or unmap goes straight onto its free list
+            plain = not (self.scrub or self._closed or self.decay == 0)
             for block in returned:
                 if block.state != _LENT:
                     continue
-                if self._settle(block, now):
+                if _getrefcount(block.carrier) > block.baseline:  # a view is alive
+                    self._quarantine(block)
                     quarantined += 1
-            self._drain_pending()
-            self._grant_waiters()
+                    continue
+                self._lent_bytes -= block.size
+                slab = block.slab
+                if slab.class_index == _HUGE:
+                    self._huge_lent -= 1
+                    self._make_idle(block, now)
+                    continue
+                cls = classes[slab.class_index]
+                cls.lent -= 1
+                if plain and not block.scrub:  # _make_idle's common case, inline
+                    block.used = 0
+                    block.state = _IDLE
+                    block.idle_since = now
+                    cls.free.append(block)
+                    cls.idle += 1
+                    slab.idle += 1
+                    self._idle_committed += block.size
+                else:
+                    self._make_idle(block, now)
+            if self.retain is not None and self._idle_committed > self.retain:
+                self._enforce_retain()
+            if self._pending:
+                self._drain_pending()
+            elif self._waiters:
+                self._grant_waiters()
+        finally:
+            lock.release()
         return quarantined
 
     def trim(self, *, older_than: float = 0.0, keep_reserve: bool = True) -> int:
@@ -431,6 +507,7 @@ class SlabPool:
                 if c.lent or c.idle or c.quarantined or c.high_water
             ]
             idle_bytes = sum(c.idle * c.size for c in self._classes)
+            arenas_open, arenas_total = self._arena_counts()
             return {
                 "name": self.name,
                 "closed": self._closed,
@@ -443,6 +520,8 @@ class SlabPool:
                 "lent_blocks": sum(c.lent for c in self._classes) + self._huge_lent,
                 "huge_lent_blocks": self._huge_lent,
                 "idle_bytes": idle_bytes,
+                "idle_committed_bytes": self._idle_committed,
+                "retain": self.retain,
                 "idle_blocks": sum(c.idle for c in self._classes),
                 "quarantined_bytes": self._quarantined_bytes,
                 "quarantined_blocks": sum(c.quarantined for c in self._classes)
@@ -457,8 +536,8 @@ class SlabPool:
                 "returned_bytes": self._returned_bytes,
                 "trims": self._trims,
                 "escapes": self._escapes,
-                "arenas_open": self._arenas_open,
-                "arenas_total": self._arenas_total,
+                "arenas_open": arenas_open,
+                "arenas_total": arenas_total,
                 "classes": classes,
             }
 
@@ -508,14 +587,18 @@ class SlabPool:
     # -- arena bookkeeping (called by Arena) ---------------------------------------
 
     def _arena_opened(self) -> None:
-        with self._lock:
+        if self._closed:
             self._check_open()
-            self._arenas_open += 1
-            self._arenas_total += 1
+        next(self._opened)
 
     def _arena_closed(self) -> None:
-        with self._lock:
-            self._arenas_open -= 1
+        next(self._closed_arenas)
+
+    def _arena_counts(self) -> tuple[int, int]:
+        """(arenas open now, arenas opened in all): lock-free, so close enough."""
+        closed = _count_value(self._closed_arenas)  # first: opened >= closed then
+        opened = _count_value(self._opened)
+        return opened - closed, opened
 
     # -- internals (the lock is held where a name ends in _locked or says so) -----
 
@@ -576,40 +659,58 @@ class SlabPool:
 
     def _take(self, nbytes: int, size: int) -> Block:
         """Lend one block (lock held, budget already checked)."""
-        if nbytes > self.max_class:
-            slab = self._new_slab(_HUGE, size, 1)
-            block = slab.blocks[0]
-            slab.idle = 0
-            self._huge.add(block)
-            self._huge_lent += 1
-        else:
-            index = bisect.bisect_left(self._sizes, size)
-            cls = self._classes[index]
-            if not cls.free:
-                slab = self._new_slab(index, size, _blocks_per_slab(size))
-                # push in reverse so the lowest offsets come out first
-                cls.free.extend(reversed(slab.blocks))
-                cls.idle += slab.nblocks
-            block = cls.free.pop()
-            block.slab.idle -= 1
-            cls.idle -= 1
-            cls.lent += 1
-            cls.high_water = max(cls.high_water, cls.lent)
+        if nbytes <= self.max_class:
+            return self._take_class(_bisect_left(self._sizes, size), size)
+        slab = self._new_slab(_HUGE, size, 1)
+        block = slab.blocks[0]
+        slab.idle = 0
+        self._huge.add(block)
+        self._huge_lent += 1
+        return self._lent(block, size)
+
+    def _take_class(self, index: int, size: int) -> Block:
+        """Lend one block of class ``index`` (lock held, budget already checked)."""
+        cls = self._classes[index]
+        if not cls.free:
+            slab = self._new_slab(index, size, _blocks_per_slab(size))
+            # push in reverse so the lowest offsets come out first
+            cls.free.extend(reversed(slab.blocks))
+            cls.idle += slab.nblocks
+        block = cls.free.pop()
+        block.slab.idle -= 1
+        cls.idle -= 1
+        if block.committed:
+            self._idle_committed -= size
+        lent = cls.lent = cls.lent + 1
+        if lent > cls.high_water:  # noqa: PLR1730 - hot path: max() is a call
+            cls.high_water = lent
+        return self._lent(block, size)
+
+    def _lent(self, block: Block, size: int) -> Block:
+        """Mark a block taken off a free list (or mapped) as lent and arm its root view."""
         block.state = _LENT
         block.committed = True
         block.used = 0
-        self._lent_bytes += size
-        self._high_water = max(self._high_water, self._lent_bytes + self._quarantined_bytes)
-        self._arm(block)
+        held = self._lent_bytes = self._lent_bytes + size
+        held += self._quarantined_bytes
+        if held > self._high_water:  # noqa: PLR1730 - hot path: max() is a call
+            self._high_water = held
+        carrier = block.carrier
+        if carrier is None:
+            carrier = self._arm(block)
+        block.view = memoryview(carrier).cast("B")
         return block
 
-    def _arm(self, block: Block) -> None:
+    def _arm(self, block: Block) -> ctypes.Array[ctypes.c_char]:
+        """Give a block its carrier and record the carrier's baseline reference count."""
         huge = block.slab.class_index == _HUGE
-        carrier = _carrier_type(block.size, cache=not huge).from_buffer(
+        block.carrier = _carrier_type(block.size, cache=not huge).from_buffer(
             block.slab.buf, block.offset
         )
-        block.ref = weakref.ref(carrier)
-        block.view = memoryview(carrier).cast("B")
+        # No view exists yet and no local holds the carrier: the same expression in
+        # give_back counts the same temporaries, so equal counts mean no view is alive.
+        block.baseline = _getrefcount(block.carrier)
+        return block.carrier
 
     def _new_slab(self, index: int, block_size: int, nblocks: int) -> _Slab:
         slab = _Slab(index, block_size, nblocks, self.backing)
@@ -637,42 +738,35 @@ class SlabPool:
                 for block in slab.blocks:
                     block.idle_since = now
                     block.committed = self.prefault
+                    if self.prefault:
+                        self._idle_committed += block.size
                 cls.free[:0] = reversed(slab.blocks)
                 cls.idle += slab.nblocks
 
-    def _settle(self, block: Block, now: float) -> bool:
-        """A lent block came back (lock held). Returns True if it was quarantined."""
-        ref = block.ref
-        # one call: another thread may drop the last view between two calls to ref()
-        carrier = ref() if ref is not None else None
-        if carrier is not None:
-            block.state = _QUARANTINED
-            size = block.size
-            self._lent_bytes -= size
-            self._quarantined_bytes += size
-            if block.slab.class_index == _HUGE:
-                self._huge_lent -= 1
-            else:
-                cls = self._classes[block.slab.class_index]
-                cls.lent -= 1
-                cls.quarantined += 1
-            weakref.finalize(carrier, _on_carrier_death, weakref.ref(self), block)
-            del carrier
-            self._escapes += 1
-            log.debug(
-                "%s: a view of a %s block outlived its lend; quarantined until it is gone",
-                self.name,
-                format_size(size),
-            )
-            return True
-        block.ref = None
-        self._lent_bytes -= block.size
+    def _quarantine(self, block: Block) -> None:
+        """LENT -> QUARANTINED: a view of the block outlived its lend (lock held)."""
+        carrier = block.carrier
+        assert carrier is not None
+        block.carrier = None  # the next lend gets a fresh one
+        block.state = _QUARANTINED
+        size = block.size
+        self._lent_bytes -= size
+        self._quarantined_bytes += size
         if block.slab.class_index == _HUGE:
             self._huge_lent -= 1
         else:
-            self._classes[block.slab.class_index].lent -= 1
-        self._make_idle(block, now)
-        return False
+            cls = self._classes[block.slab.class_index]
+            cls.lent -= 1
+            cls.quarantined += 1
+        # fires when the last stale view dies, perhaps at once (another thread)
+        weakref.finalize(carrier, _on_carrier_death, weakref.ref(self), block)
+        del carrier
+        self._escapes += 1
+        log.debug(
+            "%s: a view of a %s block outlived its lend; quarantined until it is gone",
+            self.name,
+            format_size(size),
+        )
 
     def _make_idle(self, block: Block, now: float) -> None:
         """LENT or QUARANTINED -> IDLE, or unmapped (lock held, counters already moved)."""
@@ -692,6 +786,8 @@ class SlabPool:
         cls.free.append(block)
         cls.idle += 1
         slab.idle += 1
+        if block.committed:
+            self._idle_committed += block.size
         if self._closed and slab.idle == slab.nblocks:
             self._unmap_locked(slab)
         elif self.decay == 0:
@@ -707,7 +803,6 @@ class SlabPool:
             block = pending.popleft()
             if block.state != _QUARANTINED:
                 continue
-            block.ref = None
             self._quarantined_bytes -= block.size
             if block.slab.class_index != _HUGE:
                 self._classes[block.slab.class_index].quarantined -= 1
@@ -778,6 +873,7 @@ class SlabPool:
                     emptied.add(slab)
                 if block.committed:
                     block.committed = False
+                    self._idle_committed -= block.size
                     returned += self._decommit(block)
         for slab in emptied:
             cls = self._classes[slab.class_index]
@@ -789,6 +885,28 @@ class SlabPool:
                 self._unmap_locked(slab)
         self._returned_bytes += returned
         return returned
+
+    def _enforce_retain(self) -> None:
+        """Return idle blocks to the OS until at most ``retain`` idle bytes stay
+        committed: largest classes first, longest idle first, warm reserves kept
+        (lock held)."""
+        retain = self.retain
+        if retain is None or self.backing != "mmap":
+            return
+        returned = 0
+        for cls in reversed(self._classes):
+            free = cls.free
+            # the stack's bottom holds the blocks idle longest
+            for block in free[: max(len(free) - cls.reserve, 0)]:
+                if self._idle_committed <= retain:
+                    break
+                if block.committed:
+                    block.committed = False
+                    self._idle_committed -= block.size
+                    returned += self._decommit(block)
+            if self._idle_committed <= retain:
+                break
+        self._returned_bytes += returned
 
     def _decommit(self, block: Block) -> int:
         slab = block.slab
@@ -804,7 +922,12 @@ class SlabPool:
     def _unmap_locked(self, slab: _Slab) -> None:
         if not slab.mapped:
             return
+        for block in slab.blocks:  # each holds an export of the slab's buffer
+            block.carrier = None
         if slab.class_index != _HUGE:
+            self._idle_committed -= sum(
+                b.size for b in slab.blocks if b.committed and b.state == _IDLE
+            )
             cls = self._classes[slab.class_index]
             members = set(map(id, slab.blocks))
             cls.free = [b for b in cls.free if id(b) not in members]
@@ -829,6 +952,20 @@ class SlabPool:
         thread.start()
 
 
+def _arena_class() -> type[Arena]:
+    """The Arena class: ``_arena`` imports this module, so it is looked up on first use
+    (an import statement per call costs more than a whole arena)."""
+    global _ARENA
+    if _ARENA is None:
+        from ._arena import Arena  # noqa: PLC0415 - _arena imports this module
+
+        _ARENA = Arena
+    return _ARENA
+
+
+_ARENA: type[Arena] | None = None
+
+
 def _on_carrier_death(pool_ref: weakref.ref[SlabPool], block: Block) -> None:
     """The last view of a quarantined block died. Runs anywhere: no locks here."""
     pool = pool_ref()
@@ -838,6 +975,11 @@ def _on_carrier_death(pool_ref: weakref.ref[SlabPool], block: Block) -> None:
     for loop in {w.loop for w in list(pool._waiters)}:
         with contextlib.suppress(RuntimeError):  # that loop is closed
             loop.call_soon_threadsafe(pool._wake)
+
+
+def _count_value(counter: itertools.count[int]) -> int:
+    """The next value of an ``itertools.count`` without taking it (its repr: count(N))."""
+    return int(repr(counter)[6:-1])
 
 
 def _decay_loop(pool_ref: weakref.ref[SlabPool], stop: threading.Event, interval: float) -> None:

@@ -101,6 +101,8 @@ class ArenaConfig:
     strict_content_type: bool = False
     scrub: bool | None = None
     body_timeout: float | None = 60.0
+    inline_max: int = 64 * 1024
+    governor: Any = None
 
 
 @dataclass
@@ -118,11 +120,17 @@ class _RouteCounters:
     escapes: int = 0
 
 
+_RouteEntry = tuple[str, _RouteCounters, "int | None", bool]
+
+
 @dataclass
 class RouteStats:
     """Per-route accounting: bytes read, arena peaks, budget waits and refusals."""
 
     routes: dict[str, _RouteCounters] = field(default_factory=dict)
+    # route object -> (name, counters, handler limit, admin route): routes live as long
+    # as their app, and naming one costs more than the rest of the middleware
+    _resolved: dict[object, _RouteEntry] = field(default_factory=dict, repr=False)
 
     def route(self, name: str) -> _RouteCounters:
         counters = self.routes.get(name)
@@ -140,13 +148,53 @@ CONFIG_KEY = web.AppKey("arenapool.config", ArenaConfig)
 ROUTE_STATS_KEY = web.AppKey("arenapool.route_stats", RouteStats)
 
 
-@dataclass
 class _RequestState:
-    arena: Arena
-    config: ArenaConfig
-    counters: _RouteCounters
-    route: str
-    body: memoryview | None = None
+    """What the middleware keeps per request. The arena is made on first use."""
+
+    __slots__ = (
+        "_arena",
+        "body",
+        "config",
+        "counters",
+        "declared",
+        "inline",
+        "limit",
+        "request",
+        "route",
+    )
+
+    def __init__(
+        self,
+        request: web.Request,
+        config: ArenaConfig,
+        *,
+        counters: _RouteCounters,
+        route: str,
+        limit: int,
+        declared: int | None,
+    ) -> None:
+        self.request: web.Request | None = request  # None once served: no cycle
+        self.declared = declared
+        self.config = config
+        self.counters = counters
+        self.route = route
+        self.limit = limit
+        self._arena: Arena | None = None
+        self.body: memoryview | None = None
+        self.inline: bytes | None = None
+
+    @property
+    def arena(self) -> Arena:
+        arena = self._arena
+        if arena is None:
+            config = self.config
+            arena = self._arena = config.pool.arena(
+                limit=self.limit, scrub=config.scrub, name=self.route
+            )
+        return arena
+
+    def __call__(self) -> Arena:  # the provider current_arena() calls
+        return self.arena
 
 
 _RequestKey = getattr(web, "RequestKey", None)
@@ -155,6 +203,7 @@ ARENA_KEY: Any = (
 )
 
 _DEFAULT_POOL: SlabPool | None = None
+_ResourceRoute = web.ResourceRoute
 
 
 def default_pool() -> SlabPool:
@@ -180,6 +229,7 @@ def setup(
     strict_content_type: bool = False,
     scrub: bool | None = None,
     body_timeout: float | None = 60.0,
+    inline_max: int | str = "64KiB",
     close_pool: bool | None = None,
     admin: Any = False,
     governor: Any = None,
@@ -198,6 +248,9 @@ def setup(
         scrub: zero arena memory on release (default: the pool's setting).
         body_timeout: seconds a request may take to deliver its body (408 after);
             with incremental reservation it bounds how long a slow sender holds budget.
+        inline_max: :func:`read_json` decodes declared bodies up to this size from the
+            ``bytes`` aiohttp received them in, without copying them into the arena
+            (``0``: always use the arena). Those bytes are aiohttp's, not the budget's.
         close_pool: close the pool on app cleanup (default: only a pool made here).
         admin: ``False``, or an ``AdminConfig`` to serve ``/_arenapool/`` routes.
         governor: ``None``, or a ``GovernorConfig``/``Governor`` to run with the app.
@@ -215,6 +268,7 @@ def setup(
         strict_content_type=strict_content_type,
         scrub=scrub,
         body_timeout=body_timeout,
+        inline_max=parse_size(inline_max, name="inline_max", allow_zero=True),
     )
     if config.limit > pool.budget:
         log.warning(
@@ -226,7 +280,7 @@ def setup(
     app[POOL_KEY] = pool
     app[CONFIG_KEY] = config
     app[ROUTE_STATS_KEY] = RouteStats()
-    gov = _setup_governor(app, pool, governor)
+    gov = config.governor = _make_governor(pool, governor)
     app.middlewares.append(arena_middleware(config, app[ROUTE_STATS_KEY]))
     if admin:
         _setup_admin(app, pool, admin, gov)
@@ -264,13 +318,11 @@ def arena_middleware(
         )
     stats = route_stats if route_stats is not None else RouteStats()
 
-    @web.middleware
-    async def arenapool_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if ARENA_KEY in request:  # an outer app's middleware already did it
-            return await handler(request)
-        return await _serve(request, handler, config, stats, _handler_limit(request))
-
-    return arenapool_middleware
+    # A partial of _serve, not a closure around it: one coroutine frame per request
+    # instead of two (aiohttp adds its own layer once an app has any middleware).
+    middleware = functools.partial(_serve, config, stats, None)
+    middleware.__middleware_version__ = 1  # type: ignore[attr-defined] # what @web.middleware sets
+    return middleware
 
 
 def with_arena(
@@ -296,11 +348,11 @@ def with_arena(
                     kwargs["arena"] = get_arena(request)
                 return await func(*args, **kwargs)
 
-            if ARENA_KEY in request:
+            if _served(request) is not None:
                 return await call(request)
             config = _config_for(request, pool, parsed_limit, options)
             stats = request.app.get(ROUTE_STATS_KEY) or RouteStats()
-            return await _serve(request, call, config, stats, parsed_limit)
+            return await _serve(config, stats, parsed_limit, request, call)
 
         wrapper.__arenapool_limit__ = parsed_limit  # type: ignore[attr-defined]
         return cast(F, wrapper)
@@ -310,14 +362,14 @@ def with_arena(
 
 def get_arena(request: web.Request) -> Arena:
     """The arena of this request (from the middleware or :func:`with_arena`)."""
-    state = request.get(ARENA_KEY)
+    state = _served(request)
     if state is None:
         msg = (
             "this request has no arena: call arenapool.aiohttp.setup(app) or decorate the "
             "handler with @with_arena()"
         )
         raise ArenaPoolError(msg)
-    return cast(_RequestState, state).arena
+    return state.arena
 
 
 # -- reading bodies -----------------------------------------------------------------
@@ -336,6 +388,9 @@ async def read_body(request: web.Request) -> memoryview:
     state = _state(request)
     if state.body is not None:
         return state.body
+    if state.inline is not None:  # read_json decoded it where aiohttp had it: copy it in
+        state.body = state.arena.copy(state.inline)
+        return state.body
     arena = state.arena
     room = arena.limit - arena.used
     declared = request.content_length
@@ -344,47 +399,119 @@ async def read_body(request: web.Request) -> memoryview:
         return state.body
     if declared is not None and declared > room:
         raise _too_large(declared, arena, declared=True)
-    timeout = state.config.body_timeout
-    try:
-        async with _deadline(timeout):
-            if declared is not None and declared <= EAGER_RESERVE:
-                body = await _wait_for_budget(request, state, arena.alloc_async, declared)
-                await _fill(request, body, declared)
-            else:
-                body = await _read_growing(request, state, room, declared)
-    except TimeoutError:
-        msg = (
-            f"request body took longer than {timeout:g}s to arrive; "
-            "send it faster or raise body_timeout="
-        )
-        raise BodyTimeout(msg, timeout=timeout) from None
-    except ConnectionError as exc:
-        # aiohttp fails the body stream with ConnectionResetError when the client
-        # leaves mid-body; that is an incomplete body (400), not a server error (500)
-        received = getattr(request.content, "total_bytes", 0)
-        msg = f"client disconnected after {received} bytes of the request body; send the whole body"
-        raise IncompleteBody(msg, received=received, expected=declared) from exc
+    async with _body_errors(request, state.config.body_timeout, declared):
+        if declared is not None and declared <= EAGER_RESERVE:
+            body = await _wait_for_budget(request, state, arena.alloc_async, declared)
+            await _fill(request, body, declared)
+        else:
+            body = await _read_growing(request, state, room, declared)
     state.body = body
     state.counters.bytes_read += body.nbytes
     return body
 
 
 async def read_json(request: web.Request, *, decoder: str | None = None, type: Any = None) -> Any:
-    """Read the body into the arena and decode JSON from it, without a copy.
+    """Read the body and decode JSON from it, without a copy.
 
     ``decoder`` overrides the app's (``"orjson"`` or ``"msgspec"``); ``type`` decodes
     into a ``msgspec.Struct`` (or any type msgspec validates). Malformed JSON raises
     :class:`InvalidJSON`, answered with 400 and the byte position.
+
+    Bodies with a declared length up to ``inline_max`` (64 KiB by default) are decoded
+    from the ``bytes`` aiohttp received them in: that buffer exists anyway, and copying
+    it into the arena would only cost time. Larger and chunked bodies, and every body
+    while the pool's budget has no room for it, are read into the arena
+    (:func:`read_body`, which waits for budget or answers 503) and decoded from there.
     """
     state = _state(request)
-    if state.config.strict_content_type and not _is_json(request.content_type):
+    config = state.config
+    if config.strict_content_type and not _is_json(request.content_type):
         msg = (
             f"expected a JSON body (Content-Type: application/json), got "
             f"{request.content_type!r}; send JSON with that content type"
         )
         raise UnsupportedMediaType(msg, content_type=request.content_type)
-    body = await read_body(request)
-    return decode(body, decoder=decoder or state.config.decoder, type=type)
+    decoder = decoder or config.decoder
+    if state.body is None:
+        data = state.inline
+        if data is None:
+            declared = state.declared
+            if (
+                declared is not None
+                and 0 < declared <= config.inline_max
+                and declared <= config.pool.available  # under pressure: queue like the rest
+            ):
+                data = await _read_inline(request, state, declared)
+        if data is not None:
+            return decode(data, decoder=decoder, type=type)
+    return decode(await read_body(request), decoder=decoder, type=type)
+
+
+async def _read_inline(request: web.Request, state: _RequestState, declared: int) -> bytes:
+    """A small declared body as the ``bytes`` aiohttp holds (no copy when it is whole)."""
+    content = request.content
+    if content.is_eof():  # all of it is buffered: one chunk comes back as it is
+        data = content.read_nowait(-1)
+    else:
+        data = await _read_small(request, declared, state.config.body_timeout)
+    if len(data) != declared:
+        msg = (
+            f"request body ended after {len(data)} of its declared {declared} bytes; "
+            "send the whole body or a correct Content-Length"
+        )
+        raise IncompleteBody(msg, received=len(data), expected=declared)
+    state.inline = data
+    state.counters.bytes_read += declared
+    return data
+
+
+async def _read_small(request: web.Request, declared: int, timeout: float | None) -> bytes:
+    """The rest of a small body, bounded by ``timeout``.
+
+    The deadline is a timer that fails the body stream (the read then raises
+    :class:`BodyTimeout`), not a task-cancelling timeout context: this runs for every
+    small body that arrives in more than one segment, where a timeout context costs
+    more than the rest of the read.
+    """
+    content = request.content
+    handle = None
+    if timeout is not None:
+        handle = asyncio.get_running_loop().call_later(timeout, _expire_body, content, timeout)
+    chunks: list[bytes] = []
+    received = 0
+    try:
+        while received < declared:
+            chunk = await content.readany()
+            if not chunk:
+                break
+            chunks.append(chunk)
+            received += len(chunk)
+    except ConnectionError as exc:
+        raise _disconnected(request, declared) from exc
+    finally:
+        if handle is not None:
+            handle.cancel()
+    return b"".join(chunks)  # one chunk: that same object
+
+
+def _expire_body(content: Any, timeout: float) -> None:
+    content.set_exception(_body_timeout(timeout))
+
+
+def _body_timeout(timeout: float | None) -> BodyTimeout:
+    msg = (
+        f"request body took longer than {timeout:g}s to arrive; "
+        "send it faster or raise body_timeout="
+    )
+    return BodyTimeout(msg, timeout=timeout)
+
+
+def _disconnected(request: web.Request, declared: int | None) -> IncompleteBody:
+    # aiohttp fails the body stream with ConnectionResetError when the client leaves
+    # mid-body; that is an incomplete body (400), not a server error (500)
+    received = getattr(request.content, "total_bytes", 0)
+    msg = f"client disconnected after {received} bytes of the request body; send the whole body"
+    return IncompleteBody(msg, received=received, expected=declared)
 
 
 def json_response(
@@ -409,24 +536,38 @@ def json_response(
 
 
 async def _serve(
-    request: web.Request,
-    handler: Handler,
     config: ArenaConfig,
     stats: RouteStats,
     limit_override: int | None,
+    request: web.Request,
+    handler: Handler,
 ) -> web.StreamResponse:
-    route = _route_name(request)
-    counters = stats.route(route)
+    """The middleware: give the request an arena, run the handler, release the arena."""
+    outer = _arena._current.get()  # an outer app's middleware runs in this same task
+    if type(outer) is _RequestState and outer.request is request:
+        return await handler(request)
+    route, counters, handler_limit, admin = _resolve_route(request, stats)
     counters.requests += 1
-    limit = limit_override if limit_override is not None else config.limit
+    if limit_override is None:
+        limit_override = handler_limit
+    limit = config.limit if limit_override is None else limit_override
     declared = request.content_length
     if declared is not None and declared > limit:
         counters.status_413 += 1
         return _refuse(request, _too_large(declared, None, declared=True, limit=limit))
-    arena = config.pool.arena(limit=limit, scrub=config.scrub, name=route)
-    state = _RequestState(arena=arena, config=config, counters=counters, route=route)
+    governor = None if admin else config.governor
+    if governor is not None:
+        if governor.shedding:
+            from ._admin import has_body, shed_response  # noqa: PLC0415 - rare path
+
+            if has_body(request):
+                return shed_response(governor)
+        governor.note_request_start()
+    state = _RequestState(
+        request, config, counters=counters, route=route, limit=limit, declared=declared
+    )
     request[ARENA_KEY] = state
-    token = _arena._current.set(arena)
+    token = _arena._current.set(state)
     counters.in_flight += 1
     try:
         try:
@@ -436,15 +577,46 @@ async def _serve(
         _detach_body(response, route)
         return response
     finally:
+        state.request = None  # the request holds the state: break the cycle
         counters.in_flight -= 1
-        counters.arena_high_water = max(counters.arena_high_water, arena.high_water)
-        escapes_before = arena.escapes
+        if governor is not None:
+            governor.note_request_end()
         try:
-            arena.release()
+            arena = state._arena
+            if arena is not None:
+                _release(arena, counters)
         finally:
-            counters.escapes += arena.escapes - escapes_before
-            with contextlib.suppress(ValueError):
+            try:  # noqa: SIM105 - per request; contextlib.suppress costs an object
                 _arena._current.reset(token)
+            except ValueError:  # finished in another context than it started in
+                pass
+
+
+def _release(arena: Arena, counters: _RouteCounters) -> None:
+    counters.arena_high_water = max(counters.arena_high_water, arena.high_water)
+    escapes_before = arena.escapes
+    try:
+        arena.release()
+    finally:
+        counters.escapes += arena.escapes - escapes_before
+
+
+def _resolve_route(request: web.Request, stats: RouteStats) -> _RouteEntry:
+    """(route name, its counters, a handler's own limit, whether it is an admin route)."""
+    route = request.match_info.route
+    cacheable = type(route) is _ResourceRoute  # SystemRoutes (404, 405) are per request
+    if cacheable:
+        entry = stats._resolved.get(route)
+        if entry is not None:
+            return entry
+    name = _route_name(request)
+    handler = getattr(route, "handler", None)
+    limit = getattr(handler, "__arenapool_limit__", None)
+    admin = bool(getattr(handler, "_arenapool_admin", False))  # _admin._ADMIN_MARK
+    entry = (name, stats.route(name), limit if isinstance(limit, int) else None, admin)
+    if cacheable:
+        stats._resolved[route] = entry
+    return entry
 
 
 def _error_for(
@@ -614,6 +786,20 @@ async def _wait_for_budget(
 
 
 @contextlib.asynccontextmanager
+async def _body_errors(
+    request: web.Request, timeout: float | None, declared: int | None
+) -> AsyncIterator[None]:
+    """Bound a body read by ``timeout`` (408) and turn a client that left into 400."""
+    try:
+        async with _deadline(timeout):
+            yield
+    except TimeoutError:
+        raise _body_timeout(timeout) from None
+    except ConnectionError as exc:
+        raise _disconnected(request, declared) from exc
+
+
+@contextlib.asynccontextmanager
 async def _deadline(timeout: float | None) -> AsyncIterator[None]:
     """``asyncio.timeout`` where it exists (3.11+), ``None`` meaning no deadline."""
     if timeout is None:
@@ -655,6 +841,8 @@ def _detach_body(response: web.StreamResponse, route: str) -> None:
     if not isinstance(response, web.Response):
         return
     body = response.body
+    if type(body) is bytes or body is None:  # the common cases, before any ABC check
+        return
     value = getattr(body, "_value", None) if isinstance(body, payload.Payload) else None
     if isinstance(value, memoryview):
         log.warning(
@@ -665,17 +853,24 @@ def _detach_body(response: web.StreamResponse, route: str) -> None:
         response.body = value.tobytes()
 
 
+def _served(request: web.Request) -> _RequestState | None:
+    """This request's state if the middleware or a decorator is serving it.
+
+    The context variable answers for the request being handled in this task (one
+    lookup, where ``request.get`` goes through ``Mapping.get`` in Python); the request's
+    own slot answers for a request handled elsewhere.
+    """
+    state = _arena._current.get()
+    if type(state) is _RequestState and state.request is request:
+        return state
+    return cast("_RequestState | None", request.get(ARENA_KEY))
+
+
 def _state(request: web.Request) -> _RequestState:
-    state = request.get(ARENA_KEY)
+    state = _served(request)
     if state is None:
         get_arena(request)  # raises with the explanation
-    return cast(_RequestState, state)
-
-
-def _handler_limit(request: web.Request) -> int | None:
-    handler = getattr(request.match_info, "handler", None)
-    limit = getattr(handler, "__arenapool_limit__", None)
-    return limit if isinstance(limit, int) else None
+    return state  # type: ignore[return-value]  # get_arena raised
 
 
 def _config_for(
@@ -717,11 +912,11 @@ def _is_json(content_type: str) -> bool:
     return content_type in _JSON_TYPES or content_type.endswith("+json")
 
 
-def _setup_governor(app: web.Application, pool: SlabPool, governor: Any) -> Any:
+def _make_governor(pool: SlabPool, governor: Any) -> Any:
+    """The Governor ``setup(governor=...)`` asks for; the middleware feeds it."""
     if governor is None or governor is False:
         return None
-    from ._admin import governor_middleware  # noqa: PLC0415 - optional part
-    from ._governor import Governor, GovernorConfig  # noqa: PLC0415
+    from ._governor import Governor, GovernorConfig  # noqa: PLC0415 - optional part
 
     if isinstance(governor, GovernorConfig):
         gov = Governor(governor, pools=[pool])
@@ -729,7 +924,6 @@ def _setup_governor(app: web.Application, pool: SlabPool, governor: Any) -> Any:
         gov = Governor(GovernorConfig(), pools=[pool])
     else:
         gov = governor
-    app.middlewares.append(governor_middleware(gov))
     return gov
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -19,7 +21,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -193,6 +195,50 @@ def _ratio(a: float | None, b: float | None) -> str:
     return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
 
 
+# --- what demo, bench and soak share ------------------------------------------------------
+
+
+def _run_settings(
+    args: argparse.Namespace, base: _bench.RunSettings, **overrides: Any
+) -> _bench.RunSettings:
+    """``base`` with the options every load command has (seed, idle, server setup)."""
+    return dataclasses.replace(
+        base,
+        seed=args.seed,
+        idle=args.idle,
+        budget=args.budget,
+        limit=args.limit,
+        governor=args.governor,
+        **overrides,
+    )
+
+
+@contextlib.contextmanager
+def _measuring(
+    console: Console, args: argparse.Namespace
+) -> Iterator[tuple[Path, _bench.Progress]]:
+    """A temporary directory for the servers' logs and the progress display."""
+    with (
+        tempfile.TemporaryDirectory(prefix=f"arenapool-{args.command}-") as logs,
+        _Reporter(console, args.quiet) as progress,
+    ):
+        yield Path(logs), progress
+
+
+def _write_outputs(
+    args: argparse.Namespace, stem: str, doc: Mapping[str, Any], plot: Callable[[Path], Path]
+) -> list[Path]:
+    """``<stem>.json`` and, unless --no-plot, ``<stem>.png`` in --out; the paths written."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"{stem}.json"
+    _bench.write_json(json_path, doc)
+    written = [json_path]
+    if not args.no_plot:
+        written.append(plot(out / f"{stem}.png"))
+    return written
+
+
 # --- demo -------------------------------------------------------------------------------
 
 
@@ -201,39 +247,24 @@ def cmd_demo(args: argparse.Namespace) -> int:
     duration = args.duration if args.duration is not None else (12.0 if args.quick else 70.0)
     slice_s = args.slice if args.slice is not None else (2.0 if args.quick else 5.0)
     workload = get_workload("mixed", budget=args.budget, scale=args.scale)
-    out = Path(args.out)
     console.print(
         f"[bold]arenapool demo[/]: the same seeded mixed workload ({workload.describe()}) "
         f"against the example service in [bold]orjson[/] mode (as written today) and "
         f"[bold]arenapool[/] mode, in alternating {slice_s:g} s slices, "
         f"{duration:g} s of load in all, then {args.idle:g} s idle."
     )
-    with (
-        tempfile.TemporaryDirectory(prefix="arenapool-demo-") as logs,
-        _Reporter(console, args.quiet) as progress,
-    ):
+    with _measuring(console, args) as (logs, progress):
+        settings = _run_settings(args, _bench.DEMO_SETTINGS, duration=duration, log_dir=logs)
         demo = asyncio.run(
             _bench.run_demo(
-                workload=workload,
-                duration=duration,
-                slice_s=slice_s,
-                idle=args.idle,
-                seed=args.seed,
-                budget=args.budget,
-                limit=args.limit,
-                governor=args.governor,
-                log_dir=Path(logs),
-                progress=progress,
+                settings=settings, workload=workload, slice_s=slice_s, progress=progress
             )
         )
     stats = {name: demo.stats(name) for name in demo.names}
     _print_demo_table(console, demo, stats)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path = out / "arenapool-demo.json"
-    _bench.write_json(json_path, demo.to_dict())
-    written = [json_path]
-    if not args.no_plot:
-        written.append(_bench.plot_demo(demo, out / "arenapool-demo.png"))
+    written = _write_outputs(
+        args, "arenapool-demo", demo.to_dict(), lambda path: _bench.plot_demo(demo, path)
+    )
     console.print("wrote " + ", ".join(str(p) for p in written))
     return 0 if all(s["corrupt"] == 0 for s in stats.values()) else 1
 
@@ -297,28 +328,21 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     for w in workloads:
         console.print(f"  {w.name}: {w.describe()}")
+    settings = _run_settings(
+        args,
+        _bench.BENCH_SETTINGS,
+        duration=args.duration,
+        requests=args.requests,
+        timeout=args.timeout,
+        log_dir=out / "logs",
+    )
     started = time.time()
     with _Reporter(console, args.quiet) as progress:
         for note in notes:
             progress.note(note)
-        cases = asyncio.run(
-            _bench.run_matrix(
-                modes,
-                workloads,
-                repeats=args.repeats,
-                seed=args.seed,
-                duration=args.duration,
-                requests=args.requests,
-                idle=args.idle,
-                timeout=args.timeout,
-                budget=args.budget,
-                limit=args.limit,
-                governor=args.governor,
-                log_dir=out / "logs",
-                progress=progress,
-            )
+        cases, rows = _bench.measure_matrix(
+            modes, workloads, settings=settings, repeats=args.repeats, progress=progress
         )
-    rows = _bench.summarize(cases)
     table = _bench.markdown_table(rows)
     out.mkdir(parents=True, exist_ok=True)
     (out / "bench.md").write_text(_bench_markdown(table, args, notes, workloads))
@@ -391,39 +415,27 @@ def _bench_markdown(
 
 def cmd_soak(args: argparse.Namespace) -> int:
     console = _console()
-    out = Path(args.out)
     workload = get_workload(args.workload, budget=args.budget, scale=args.scale)
     console.print(
         f"[bold]arenapool soak[/]: {args.mode} under {args.workload} load "
         f"({workload.describe()}) for {args.duration:g} s, RSS every {args.interval:g} s"
     )
-    with (
-        tempfile.TemporaryDirectory(prefix="arenapool-soak-") as logs,
-        _Reporter(console, args.quiet) as progress,
-    ):
+    with _measuring(console, args) as (logs, progress):
+        settings = _run_settings(args, _bench.SOAK_SETTINGS, duration=args.duration, log_dir=logs)
         soak = asyncio.run(
             _bench.run_soak(
+                settings=settings,
                 mode=args.mode,
                 workload=workload,
-                duration=args.duration,
                 warmup=args.warmup,
-                idle=args.idle,
                 interval=args.interval,
-                seed=args.seed,
-                budget=args.budget,
-                limit=args.limit,
-                governor=args.governor,
-                log_dir=Path(logs),
                 progress=progress,
             )
         )
     doc = soak.to_dict()
-    out.mkdir(parents=True, exist_ok=True)
-    json_path = out / f"arenapool-soak-{args.mode}.json"
-    _bench.write_json(json_path, doc)
-    written = [json_path]
-    if not args.no_plot:
-        written.append(_bench.plot_soak(soak, out / f"arenapool-soak-{args.mode}.png"))
+    written = _write_outputs(
+        args, f"arenapool-soak-{args.mode}", doc, lambda path: _bench.plot_soak(soak, path)
+    )
     drift = doc["drift_mib_per_min"]
     console.print(
         f"{args.mode}: {doc['ok']} requests answered, {doc['errors'] + doc['corrupt']} errors, "
@@ -706,17 +718,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     ]  # fmt: skip
     if args.admin_token:
         cmd += ["--admin-token", args.admin_token]
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(_bench.PACKAGE_DIR.parent), env.get("PYTHONPATH", "")) if p
-    )
     try:
-        return subprocess.call(cmd, env=env)
+        return subprocess.call(cmd, env=_bench.service_env())
     except KeyboardInterrupt:
         return 130
 
 
 # --- parser ------------------------------------------------------------------------------
+
+_AFTER_DECAY = "default: 15, past the pool's 10 s decay and its 2.5 s check interval"
+
+
+def _command(
+    sub: Any, name: str, func: Callable[[argparse.Namespace], int], *, help: str, description: str
+) -> argparse.ArgumentParser:
+    """A subcommand ``name`` that runs ``func(args)``."""
+    command: argparse.ArgumentParser = sub.add_parser(name, help=help, description=description)
+    command.set_defaults(func=func)
+    return command
 
 
 def _add_common(p: argparse.ArgumentParser, *, out: str) -> None:
@@ -760,8 +779,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"arenapool {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    demo = sub.add_parser(
+    demo = _command(
+        sub,
         "demo",
+        cmd_demo,
         help="run the example service as written today (orjson) and with arenapool, "
         "side by side (about 90 s)",
         description="Start the example service in orjson mode and in arenapool mode on "
@@ -785,15 +806,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--idle",
         type=duration_arg,
         default=15.0,
-        help="seconds without load before the last RSS reading (default: 15, past the "
-        "pool's 10 s decay and its 2.5 s check interval)",
+        help=f"seconds without load before the last RSS reading ({_AFTER_DECAY})",
     )
     demo.add_argument("--quick", action="store_true", help="a short run (about 30 s)")
     _add_common(demo, out=".")
-    demo.set_defaults(func=cmd_demo)
 
-    bench = sub.add_parser(
+    bench = _command(
+        sub,
         "bench",
+        cmd_bench,
         help="the benchmark matrix: handler styles, allocators, worker recycling",
         description="Run every mode with every workload, --repeats times, on 127.0.0.1, "
         "each in a fresh server process. Reports medians and ratios to the orjson mode "
@@ -831,7 +852,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=duration_arg,
         default=15.0,
         help="seconds without load before the 'after idle' RSS reading; overlaps the "
-        "next run (default: 15, past the pool's 10 s decay and its 2.5 s check interval)",
+        f"next run ({_AFTER_DECAY})",
     )
     bench.add_argument(
         "--timeout", type=positive_float, default=30.0, help="seconds per request (default: 30)"
@@ -843,10 +864,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="gunicorn max_requests for the orjson+recycle mode (default: 1000)",
     )
     _add_common(bench, out="bench-out")
-    bench.set_defaults(func=cmd_bench)
 
-    soak = sub.add_parser(
+    soak = _command(
+        sub,
         "soak",
+        cmd_soak,
         help="one long run that measures RSS drift",
         description="Drive one mode for --duration, read RSS every --interval seconds, and "
         "report the drift (least-squares slope of RSS after warm-up, MiB/min) and the RSS "
@@ -884,10 +906,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds without load before the final reading (default: 15)",
     )
     _add_common(soak, out=".")
-    soak.set_defaults(func=cmd_soak)
 
-    top = sub.add_parser(
+    top = _command(
+        sub,
         "top",
+        cmd_top,
         help="live view of a server's /_arenapool/stats",
         description="Poll a server's arenapool admin stats and show RSS, unaccounted "
         "memory, slab use and per-route numbers. Stop with Ctrl-C, or use --count.",
@@ -908,10 +931,11 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument(
         "--json", action="store_true", help="print each snapshot as one JSON line instead"
     )
-    top.set_defaults(func=cmd_top)
 
-    serve = sub.add_parser(
+    serve = _command(
+        sub,
         "serve",
+        cmd_serve,
         help="run the example service in the foreground",
         description="Run the example ingest service (integrations/example_service/app.py), "
         "e.g. to try `arenapool top` against it.",
@@ -931,7 +955,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=os.environ.get("ARENAPOOL_ADMIN_TOKEN"),
         help="enable the admin routes with this token (default: $ARENAPOOL_ADMIN_TOKEN)",
     )
-    serve.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -13,6 +13,7 @@ from ._memory import (
     heap_info,
     malloc_trim,
     malloc_trim_available,
+    set_mmap_threshold,
     snapshot,
 )
 
@@ -24,5 +25,6 @@ __all__ = [
     "heap_info",
     "malloc_trim",
     "malloc_trim_available",
+    "set_mmap_threshold",
     "snapshot",
 ]

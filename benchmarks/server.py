@@ -18,7 +18,6 @@ large-body throughput >= 1.10x, mixed steady RSS <= 0.75x.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 import time
@@ -137,20 +136,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.repeats} repeats, {args.duration:g} s per run",
         file=sys.stderr,
     )
-    with _bench.sigterm_interrupts():
-        cases = asyncio.run(
-            _bench.run_matrix(
-                modes,
-                workloads,
-                repeats=args.repeats,
-                seed=args.seed,
-                duration=args.duration,
-                idle=args.idle,
-                governor=args.governor,
-                progress=_Lines(),
-            )
-        )
-    rows = _bench.summarize(cases)
+    settings = _bench.RunSettings(
+        seed=args.seed, duration=args.duration, idle=args.idle, governor=args.governor
+    )
+    _, rows = _bench.measure_matrix(
+        modes, workloads, settings=settings, repeats=args.repeats, progress=_Lines()
+    )
     rows.sort(
         key=lambda r: (args.workloads.split(",").index(r["workload"]), MODES.index(r["mode"]))
     )

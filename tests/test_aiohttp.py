@@ -57,6 +57,22 @@ def echo_app(pool: SlabPool, **options: Any) -> web.Application:
     return app
 
 
+def route_that_signals(
+    app: web.Application, path: str, read: Callable[[web.Request], Awaitable[Any]]
+) -> asyncio.Event:
+    """POST ``path``: sets the returned event as the handler starts, then ``read``s the
+    body and answers 200; the test acts between the two."""
+    started = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.Response:
+        started.set()
+        await read(request)
+        return web.Response(text="complete")
+
+    app.router.add_post(path, handler)
+    return started
+
+
 def document(size: int) -> bytes:
     """A JSON document of exactly ``size`` bytes (size >= 2)."""
     if size < 16:
@@ -280,14 +296,7 @@ async def test_client_disconnect_mid_body_releases_the_arena(
 ) -> None:
     """A client that closes the socket halfway through the body leaves the pool idle."""
     app = echo_app(pool)
-    reading = asyncio.Event()
-
-    async def slow_read(request: web.Request) -> web.Response:
-        reading.set()
-        await read_body(request)
-        return web.Response(text="complete")
-
-    app.router.add_post("/upload", slow_read)
+    reading = route_that_signals(app, "/upload", read_body)
     client = await aiohttp_client(app)
     host, port = client.server.host, client.server.port
     _reader, writer = await asyncio.open_connection(host, port)
@@ -526,3 +535,122 @@ def test_no_response_path_hands_arena_memory_to_aiohttp() -> None:
 def test_socket_family_is_loopback_only() -> None:
     """The test servers bind 127.0.0.1 (guard against accidental wider binds)."""
     assert socket.gethostbyname("127.0.0.1") == "127.0.0.1"
+
+
+# -- small bodies: decoded where aiohttp holds them; arenas made on first use ----------
+
+
+async def test_small_json_never_touches_the_pool(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """A declared body up to inline_max is decoded from aiohttp's bytes: no arena, no block."""
+    app = echo_app(pool)
+    client = await aiohttp_client(app)
+    body = document(60_000)
+    response = await client.post("/echo", data=body)
+    assert (200, {"data": json.loads(body)}) == (response.status, await response.json())
+    stats = await wait_idle(pool)
+    assert (0, 0) == (stats["arenas_total"], stats["high_water_lent_bytes"])
+    route = app[ROUTE_STATS_KEY].snapshot()["POST /echo"]
+    assert (1, 60_000, 0) == (route["requests"], route["bytes_read"], route["arena_high_water"])
+
+
+@pytest.mark.parametrize("inline_max", ["0", "1KiB"])
+async def test_bodies_above_inline_max_are_read_into_the_arena(
+    aiohttp_client: ClientFactory, pool: SlabPool, inline_max: str
+) -> None:
+    """inline_max="0" (or a body above it) sends read_json through the arena."""
+    app = echo_app(pool, inline_max=inline_max)
+    client = await aiohttp_client(app)
+    body = document(5000)
+    response = await client.post("/echo", data=body)
+    assert (200, {"data": json.loads(body)}) == (response.status, await response.json())
+    stats = await wait_idle(pool)
+    assert 1 == stats["arenas_total"]
+    assert 5000 <= app[ROUTE_STATS_KEY].snapshot()["POST /echo"]["arena_high_water"]
+
+
+async def test_read_body_after_read_json_gives_an_arena_view(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """After an inline read_json, read_body still returns the body, now in the arena."""
+    app = echo_app(pool)
+    seen: list[Any] = []
+
+    async def both(request: web.Request) -> web.Response:
+        data = await read_json(request)
+        view = await read_body(request)
+        seen.append((data, bytes(view), view.readonly, get_arena(request).used))
+        assert view is await read_body(request)
+        return web.Response(text="ok")
+
+    app.router.add_post("/both", both)
+    client = await aiohttp_client(app)
+    assert 200 == (await client.post("/both", data=b'{"a": [1, 2]}')).status
+    assert [({"a": [1, 2]}, b'{"a": [1, 2]}', False, 13)] == seen
+    await wait_idle(pool)
+
+
+async def test_small_body_in_pieces_is_read_whole(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """A small body whose second half arrives after the handler started decodes whole."""
+    app = echo_app(pool)
+    started = route_that_signals(app, "/late", read_json)
+    client = await aiohttp_client(app)
+    body = orjson.dumps({"values": list(range(500))})
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    head = b"POST /late HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+    writer.write(head + body[:100])
+    await writer.drain()
+    await started.wait()
+    writer.write(body[100:])
+    await writer.drain()
+    status = await reader.readline()
+    assert status.startswith(b"HTTP/1.1 200")
+    writer.close()
+    assert 0 == (await wait_idle(pool))["arenas_total"]
+
+
+async def test_small_body_that_stalls_gets_408(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """The inline path keeps body_timeout: a small body that never completes gets 408."""
+    app = echo_app(pool, body_timeout=0.2)
+    client = await aiohttp_client(app)
+    reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n[1,")
+    await writer.drain()
+    status = await reader.readline()
+    assert status.startswith(b"HTTP/1.1 408")
+    writer.close()
+    assert 1 == app[ROUTE_STATS_KEY].snapshot()["POST /echo"]["status_408"]
+
+
+async def test_arena_is_made_on_first_use_and_released(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """A handler that never asks for its arena costs no arena; current_arena() makes it."""
+    app = echo_app(pool)
+    arenas: list[Any] = []
+
+    async def untouched(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    async def touched(request: web.Request) -> web.Response:
+        arena = current_arena()
+        assert arena is not None
+        arena.alloc(100)
+        arenas.append(arena)
+        assert arena is get_arena(request)
+        return web.Response(text="ok")
+
+    app.router.add_get("/untouched", untouched)
+    app.router.add_get("/touched", touched)
+    client = await aiohttp_client(app)
+    assert 200 == (await client.get("/untouched")).status
+    assert 0 == (await wait_idle(pool))["arenas_total"]
+    assert 200 == (await client.get("/touched")).status
+    assert 1 == (await wait_idle(pool))["arenas_total"]
+    assert "RELEASED" == arenas[0].state.value
+    assert current_arena() is None

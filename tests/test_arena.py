@@ -166,13 +166,99 @@ def test_pool_budget_error_from_alloc(make_pool: Callable[..., SlabPool]) -> Non
     assert_no_leaks(small)
 
 
+def lent_block_sizes(pool: SlabPool) -> list[int]:
+    """The sizes (KiB) of the blocks lent right now, one entry per block."""
+    return [c["size"] // KiB for c in pool.stats()["classes"] for _ in range(c["lent_blocks"])]
+
+
 def test_large_allocation_gets_its_own_block(pool: SlabPool) -> None:
-    """An allocation of at least half the next chunk gets one block of its class."""
+    """An allocation of at least LARGE (64 KiB) gets one block of its class."""
     with pool.arena() as arena:
         arena.alloc(100 * KiB)
 
         assert (100 * KiB, 112 * KiB) == (arena.used, arena.reserved)
         assert 1 == pool.stats()["lent_blocks"]
+
+
+@pytest.mark.parametrize("between", [64 * KiB, 40 * KiB])
+def test_own_block_leaves_the_current_chunk_current(pool: SlabPool, between: int) -> None:
+    """A large allocation (64 KiB), or one whose new chunk would have less room than the
+    current one (40 KiB), gets its own block; small ones around it keep bumping in the
+    same chunk."""
+    with pool.arena() as arena:
+        first = arena.alloc(100)
+        arena.alloc(between)
+        after = arena.alloc(1000)
+
+        assert address(first) + 104 == address(after)
+        assert [4, between // KiB] == lent_block_sizes(pool)
+
+
+def test_many_medium_allocations_share_few_chunks(pool: SlabPool) -> None:
+    """64 allocations of 4 KiB bump in 7 doubling chunks instead of 64 own blocks."""
+    with pool.arena() as arena:
+        views = [arena.alloc(4096) for _ in range(64)]
+
+        assert [4, 8, 16, 32, 64, 128, 256] == lent_block_sizes(pool)
+        assert (64 * 4096, 508 * KiB) == (arena.used, arena.reserved)
+    del views
+
+
+def test_first_allocation_is_exactly_one_block(pool: SlabPool) -> None:
+    """A body-sized first allocation below LARGE is one block of its class, no more."""
+    with pool.arena() as arena:
+        body = arena.alloc(10000)
+        tail = arena.alloc(100)  # fits in the 240 bytes the 10 KiB class leaves
+
+        assert (10 * KiB, [10]) == (arena.reserved, lent_block_sizes(pool))
+        assert address(body) + 10000 == address(tail)
+
+
+def test_medium_allocations_after_an_own_block_grow_chunks(pool: SlabPool) -> None:
+    """Once a medium allocation got its own block, the next chunk is twice its size."""
+    with pool.arena() as arena:
+        arena.alloc(100)
+        for _ in range(3):
+            arena.alloc(40 * KiB)
+
+        assert [4, 40, 80] == lent_block_sizes(pool)
+
+
+def test_chunks_never_reach_past_the_limit(pool: SlabPool) -> None:
+    """A new chunk is no larger than what the limit still allows (rounded to a class)."""
+    with pool.arena(limit=5 * KiB) as arena:
+        arena.alloc(4000)
+        arena.alloc(1000)
+
+        assert [4, 4] == lent_block_sizes(pool)
+
+
+def test_limit_is_exact_despite_alignment(pool: SlabPool) -> None:
+    """Alignment runs the offset ahead of used; the limit still counts bytes handed out."""
+    with pool.arena(limit=100) as arena:
+        for _ in range(14):
+            arena.alloc(7)
+        arena.alloc(2)
+
+        assert 100 == arena.used
+        with pytest.raises(ArenaLimitExceeded):
+            arena.alloc(1)
+
+
+def test_chunk_falls_back_to_the_allocation_when_the_budget_is_short(
+    make_pool: Callable[..., SlabPool],
+) -> None:
+    """When the budget cannot hold the next chunk, a block of the allocation's own size
+    is borrowed instead of failing."""
+    small = make_pool(budget="16KiB")
+    with small.arena(limit="1MiB") as arena:
+        for _ in range(4):
+            arena.alloc(4096)
+
+        assert (16 * KiB, 16 * KiB) == (arena.used, arena.reserved)
+        with pytest.raises(BudgetExhausted):
+            arena.alloc(100)
+    assert_no_leaks(small)
 
 
 def test_growth_doubles_chunks(pool: SlabPool) -> None:
@@ -643,6 +729,16 @@ async def test_alloc_async_on_arena_released_while_waiting(
     with pytest.raises(ArenaReleasedError):
         await task
     assert_no_leaks(small)
+
+
+@pytest.mark.parametrize("nbytes", [10 * KiB, 100 * KiB])
+async def test_alloc_async_of_a_body_is_one_block(pool: SlabPool, nbytes: int) -> None:
+    """alloc_async of a declared body size, as the adapter does, borrows one block."""
+    async with pool.arena() as arena:
+        body = await arena.alloc_async(nbytes)
+
+        assert (nbytes, 1) == (body.nbytes, pool.stats()["lent_blocks"])
+        assert pool.block_size(nbytes) == arena.reserved
 
 
 async def test_alloc_async_uses_the_current_chunk(pool: SlabPool) -> None:

@@ -99,6 +99,52 @@ def test_example_service_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
     assert copy == _bench.find_example_service()
 
 
+def test_packaged_example_service_comes_first(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """In an installed wheel the copy inside the package is used, not a stray integrations/."""
+    package = tmp_path / "arenapool"
+    packaged = package / "_example_service" / "app.py"
+    stray = tmp_path / "integrations" / "example_service" / "app.py"
+    for path in (packaged, stray):
+        path.parent.mkdir(parents=True)
+        path.write_text("")
+    monkeypatch.delenv("ARENAPOOL_EXAMPLE_SERVICE", raising=False)
+    monkeypatch.setattr(_bench, "PACKAGE_DIR", package)
+    assert packaged == _bench.find_example_service()
+
+
+def test_missing_example_service_says_what_to_do(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Without any copy of the service the error names the places tried and the fix."""
+    monkeypatch.delenv("ARENAPOOL_EXAMPLE_SERVICE", raising=False)
+    monkeypatch.setattr(_bench, "PACKAGE_DIR", tmp_path / "arenapool")
+    with pytest.raises(FileNotFoundError, match="ARENAPOOL_EXAMPLE_SERVICE") as exc:
+        _bench.find_example_service()
+    assert str(tmp_path / "arenapool" / "_example_service" / "app.py") in str(exc.value)
+
+
+def test_wheel_carries_the_example_service_where_it_is_looked_up() -> None:
+    """pyproject.toml force-includes app.py at the path find_example_service() tries first."""
+    tomllib = pytest.importorskip("tomllib")
+    root = Path(_bench.__file__).resolve().parents[1]
+    config = tomllib.loads((root / "pyproject.toml").read_text())
+    force_include = config["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
+    source = "integrations/example_service/app.py"
+    assert (root / source).is_file()
+    assert "arenapool/_example_service/app.py" == force_include[source]
+
+
+def test_rss_under_load_splits_peak_and_steady() -> None:
+    """Peak is over every reading; steady is the median of the later half under load."""
+    samples = [(0.0, 50), (1.0, 10), (2.0, 20), (3.0, 30), (4.0, 40), (5.0, 99)]
+    assert {"rss_peak": 99, "rss_steady": 35} == _bench.rss_under_load(
+        samples, [(1.0, 2.0), (3.0, 4.0)]
+    )
+    assert {"rss_peak": None, "rss_steady": None} == _bench.rss_under_load([], [(0.0, 1.0)])
+
+
 def test_missing_allocator_is_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
     """A mode whose LD_PRELOAD library is absent is left out, with a note saying why."""
     monkeypatch.setattr(_bench, "find_library", lambda name: None)

@@ -20,7 +20,7 @@ from arenapool import SlabPool
 MiB = 1024 * 1024
 process = psutil.Process()
 rss = lambda: process.memory_info().rss
-pool = SlabPool("128MiB", decay={decay})
+pool = SlabPool("128MiB", decay={decay}, retain=None)  # decay alone returns memory
 base = rss()
 blocks = [pool.lend(MiB) for _ in range(64)]
 for block in blocks:

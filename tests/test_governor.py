@@ -19,6 +19,7 @@ from arenapool._admin import AdminConfig, add_admin_routes, governor_middleware
 from arenapool._errors import InvalidSize
 from arenapool._governor import Governor, GovernorConfig
 from arenapool._units import format_size
+from arenapool.aiohttp import setup
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -34,6 +35,12 @@ def test_config_rejects_soft_above_hard() -> None:
     """A soft watermark above the hard one is refused, naming both sizes."""
     with pytest.raises(InvalidSize, match=r"soft_limit \(2.0 GiB\) must not exceed"):
         GovernorConfig(soft_limit="2GiB", hard_limit="1GiB")
+
+
+def test_config_rejects_mmap_threshold_above_glibc_cap() -> None:
+    """glibc takes mmap thresholds up to 32 MiB; a larger one is refused up front."""
+    with pytest.raises(InvalidSize, match="at most 32 MiB"):
+        GovernorConfig(mmap_threshold="64MiB")
 
 
 def test_limits_default_from_cgroup(tmp_path: Path) -> None:
@@ -93,25 +100,35 @@ async def test_busy_server_is_not_trimmed_until_idle(caplog: pytest.LogCaptureFi
     assert 2 == governor.stats()["trims"]
 
 
-def shedding_app(governor: Governor) -> web.Application:
+def shedding_app(governor: Governor, wiring: str = "middleware") -> web.Application:
+    """/work under the governor: its own middleware, or fed by setup(governor=...)."""
+
     async def ok(request: web.Request) -> web.Response:
         await request.read()
         return web.json_response({"in_flight": governor.in_flight})
 
-    app = web.Application(middlewares=[governor_middleware(governor)])
+    if wiring == "middleware":
+        app = web.Application(middlewares=[governor_middleware(governor)])
+        add_admin_routes(app, AdminConfig(token=None), governor=governor)
+    else:
+        app = web.Application()
+        setup(app, governor=governor, admin=AdminConfig(token=None))
     app.router.add_route("*", "/work", ok)
-    add_admin_routes(app, AdminConfig(token=None), governor=governor)
     return app
 
 
+WIRINGS = ["middleware", "setup"]
+
+
+@pytest.mark.parametrize("wiring", WIRINGS)
 async def test_middleware_sheds_only_requests_with_a_body(
-    aiohttp_client: ClientFactory,
+    aiohttp_client: ClientFactory, wiring: str
 ) -> None:
     """While shedding: bodies get 503 + Retry-After; bodiless, empty and admin requests pass."""
     governor = Governor(GovernorConfig(soft_limit=1, hard_limit=1, retry_after=3, use_cgroup=False))
     await governor.check()  # RSS is always above one byte
     assert governor.shedding
-    client = await aiohttp_client(shedding_app(governor))
+    client = await aiohttp_client(shedding_app(governor, wiring))
 
     resp = await client.post("/work", data=b"x" * 1000)
     assert 503 == resp.status
@@ -131,12 +148,13 @@ async def test_middleware_sheds_only_requests_with_a_body(
     assert 2 == governor.stats()["shed_count"]
 
 
+@pytest.mark.parametrize("wiring", WIRINGS)
 async def test_middleware_counts_in_flight_but_not_admin(
-    aiohttp_client: ClientFactory,
+    aiohttp_client: ClientFactory, wiring: str
 ) -> None:
     """Requests are counted in flight while they run; admin requests are not counted."""
     governor = Governor(GovernorConfig(use_cgroup=False))
-    client = await aiohttp_client(shedding_app(governor))
+    client = await aiohttp_client(shedding_app(governor, wiring))
     assert 1 == (await (await client.get("/work")).json())["in_flight"]
     stats = await (await client.get("/_arenapool/stats")).json()
     assert 0 == stats["governor"]["in_flight"]

@@ -193,3 +193,35 @@ def test_cgroup_absent_or_garbage_is_none(tmp_path: Path) -> None:
     assert memory.cgroup_memory_limit(tmp_path, proc_cgroup=tmp_path / "missing") is None
     write(tmp_path / "memory.max", "lots\n")
     assert memory.cgroup_memory_limit(tmp_path, proc_cgroup=None) is None
+
+
+@pytest.mark.parametrize("pinned", [False, True])
+def test_pinned_mmap_threshold_keeps_large_buffers_off_the_heap(
+    run_python: RunPython, pinned: bool
+) -> None:
+    """glibc raises its mmap threshold after a large free, so the next large buffer
+    lands in the heap; with set_mmap_threshold it still gets a mapping of its own."""
+    out = run_python(
+        f"""
+import json
+from arenapool.memory import heap_info, set_mmap_threshold
+MiB = 1024 * 1024
+took = set_mmap_threshold(128 * 1024) if {pinned} else None
+first = bytearray(4 * MiB)  # above the initial threshold: mapped
+del first  # freeing it raises glibc's dynamic threshold to 4 MiB
+before = heap_info().mmapped
+second = bytearray(2 * MiB)
+print(json.dumps({{"took": took, "grew": heap_info().mmapped - before}}))
+"""
+    )
+    if pinned:
+        assert out["took"] is True
+        assert out["grew"] >= 2 * 1024 * 1024, "pinned: the 2 MiB buffer is mapped"
+    else:
+        assert 0 == out["grew"], "dynamic: the 2 MiB buffer came from the heap"
+
+
+def test_set_mmap_threshold_rejects_sizes_glibc_cannot_take() -> None:
+    """Above 32 MiB (glibc's cap) or negative: a ValueError that names the range."""
+    with pytest.raises(ValueError, match="0 to 32 MiB"):
+        memory.set_mmap_threshold(64 * 1024 * 1024)

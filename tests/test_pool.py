@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 
 import pytest
+from _threads import run_threads
 
 from arenapool import (
     DoubleRelease,
@@ -137,6 +138,19 @@ def test_double_release_raises() -> None:
 
     with pytest.raises(DoubleRelease, match="released twice"):
         pool.release(thing)
+    assert (0, 1) == (pool.in_use, pool.idle)
+
+
+def test_double_release_raises_without_leak_detection() -> None:
+    """The lock-free path of leak_detection="off" still catches a double release."""
+    pool = ObjectPool(Thing, leak_detection="off")
+    with pool.borrow() as thing:
+        pass
+
+    with pytest.raises(DoubleRelease, match="released twice"):
+        pool.release(thing)
+    with pytest.raises(DoubleRelease):
+        pool.release(Thing())
     assert (0, 1) == (pool.in_use, pool.idle)
 
 
@@ -279,6 +293,40 @@ def test_lost_object_warns_and_frees_its_slot(level: str) -> None:
         assert isinstance(again, Thing)
 
 
+def test_object_lost_after_reuse_warns() -> None:
+    """An object returned and lent again several times is still reported when lost."""
+    pool = ObjectPool(Thing, maxsize=1)
+    for _ in range(3):
+        with pool.borrow():
+            pass
+
+    with pytest.warns(ObjectLeakWarning, match="without being released"):
+        pool.acquire()  # dropped at once
+
+    assert (0, 1, 0) == (pool.in_use, pool.stats()["leaks"], pool.stats()["created"])
+
+
+def test_idle_and_dropped_objects_dying_are_not_leaks() -> None:
+    """Objects collected after close() or after their reset failed are no leaks."""
+
+    failures = [RuntimeError("cannot reset")]
+
+    def reset_once_fails(thing: Thing) -> None:
+        if failures:
+            raise failures.pop()
+
+    pool = ObjectPool(Thing, reset=reset_once_fails, maxsize=2, prealloc=1)
+    dropped = pool.acquire()
+    pool.release(dropped)  # the reset hook fails: dropped, not idle
+    with pool.borrow():
+        pass
+    del dropped
+    pool.close()
+    gc.collect()
+
+    assert (0, 1) == (pool.stats()["leaks"], pool.stats()["reset_errors"])
+
+
 def test_full_detection_records_the_acquiring_stack() -> None:
     """With leak_detection="full", outstanding() shows where each object was acquired."""
     pool = ObjectPool(Thing, leak_detection="full")
@@ -345,6 +393,39 @@ def test_stats_is_json_with_documented_keys() -> None:
     } == stats
 
 
+@pytest.mark.parametrize("level", ["off", "sample"])
+def test_stats_count_lock_free_acquisitions(level: str) -> None:
+    """acquired, high_water and created stay exact on the lock-free paths."""
+    pool = ObjectPool(Thing, maxsize=4, leak_detection=level)  # type: ignore[arg-type]
+    things = [pool.acquire() for _ in range(3)]
+    for thing in things:
+        pool.release(thing)
+    for _ in range(5):
+        with pool.borrow():
+            pass
+    stats = pool.stats()
+
+    assert (8, 3, 3, 0, 3) == (
+        stats["acquired"],
+        stats["high_water"],
+        stats["created"],
+        stats["in_use"],
+        stats["idle"],
+    )
+
+
+def test_sample_every_one_records_every_stack() -> None:
+    """sample_every=1 records where every acquisition happened."""
+    pool = ObjectPool(Thing, sample_every=1)
+    things = [pool.acquire(), pool.acquire()]
+
+    stacks = pool.outstanding()
+
+    assert 2 == sum("test_sample_every_one_records_every_stack" in s for s in stacks)
+    for thing in things:
+        pool.release(thing)
+
+
 def test_repr_shows_live_state() -> None:
     """The repr shows objects out, idle and the bound."""
     pool = ObjectPool(Thing, maxsize=8, prealloc=2)
@@ -394,7 +475,7 @@ def test_threads_share_a_pool() -> None:
     pool = ObjectPool(Thing, reset=reset_thing, maxsize=3, leak_detection="full")
     failures: list[BaseException] = []
 
-    def worker() -> None:
+    def worker(_index: int) -> None:
         try:
             for _ in range(500):
                 try:
@@ -405,14 +486,60 @@ def test_threads_share_a_pool() -> None:
         except BaseException as exc:
             failures.append(exc)
 
-    threads = [threading.Thread(target=worker) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    run_threads(worker, 4)
     stats = pool.stats()
 
     assert [] == failures
     assert stats["high_water"] <= 3
     assert stats["created"] <= 3
+    assert_no_leaks(pool)
+
+
+@pytest.mark.parametrize("level", ["off", "sample"])
+def test_threads_share_a_pool_without_leak_detection(level: str) -> None:
+    """Lock-free acquire and release from threads: never two holders of one object,
+    never more than maxsize built, every acquisition counted, nothing left out."""
+    pool = ObjectPool(Thing, maxsize=3, leak_detection=level)  # type: ignore[arg-type]
+    failures: list[BaseException] = []
+    borrowed = [0] * 4
+    holders: dict[int, int] = {}
+
+    def worker(index: int) -> None:
+        try:
+            for _ in range(2000):
+                try:
+                    with pool.borrow() as thing:
+                        if holders.setdefault(id(thing), index) != index:
+                            failures.append(AssertionError("two holders of one object"))
+                        del holders[id(thing)]
+                except PoolTimeout:
+                    continue
+                borrowed[index] += 1
+        except BaseException as exc:
+            failures.append(exc)
+
+    run_threads(worker, 4, switch_interval=1e-6)  # switch threads as often as possible
+    stats = pool.stats()
+
+    assert [] == failures
+    assert stats["created"] <= 3
+    assert stats["high_water"] <= 3
+    assert sum(borrowed) == stats["acquired"]
+    assert_no_leaks(pool)
+
+
+async def test_release_from_a_thread_wakes_an_async_waiter() -> None:
+    """An object released by another thread (lock-free) reaches a queued waiter."""
+    pool = ObjectPool(Thing, maxsize=1, leak_detection="off")
+    held = pool.acquire()
+    task = asyncio.create_task(pool.acquire_async(timeout=10))
+    await wait_until(lambda: pool.stats()["waiting"] == 1)
+
+    thread = threading.Thread(target=pool.release, args=(held,))
+    thread.start()
+    got = await task
+    thread.join()
+
+    assert got is held
+    pool.release(got)
     assert_no_leaks(pool)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
-import threading
+import random
 import time
 from collections.abc import Callable
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type information
 import pytest
+from _threads import run_threads
 
 from arenapool import (
     BudgetExhausted,
@@ -458,6 +460,17 @@ async def test_close_fails_queued_waiters(make_pool: Callable[..., SlabPool]) ->
     pool.give_back([held])
 
 
+def test_close_unmaps_blocks_that_were_lent(make_pool: Callable[..., SlabPool]) -> None:
+    """Blocks lent before (each keeps a carrier exporting its slab) do not stop close()
+    from unmapping their slab."""
+    pool = make_pool()
+    pool.give_back([pool.lend(4096) for _ in range(3)])
+    pool.give_back([pool.lend(100 * KiB)])
+    pool.close()
+
+    assert 0 == pool.stats()["mapped_bytes"]
+
+
 def test_context_manager_closes(make_pool: Callable[..., SlabPool]) -> None:
     """``with SlabPool(...)`` closes the pool on exit."""
     with make_pool() as pool:
@@ -552,17 +565,68 @@ def test_threads_keep_accounting_exact(make_pool: Callable[..., SlabPool]) -> No
             failures.append(exc)
         max_seen.append(seen)
 
-    threads = [threading.Thread(target=worker, args=(seed,)) for seed in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
+    run_threads(worker, 4)
 
     assert [] == failures
     assert 4 == len(max_seen)
     assert max(max_seen) <= 256 * KiB
     assert pool.stats()["high_water_lent_bytes"] <= 256 * KiB
     assert accounting_holds(pool)
+    assert_no_leaks(pool)
+
+
+def test_arena_counts_from_threads(make_pool: Callable[..., SlabPool]) -> None:
+    """Arenas opened and closed concurrently (without the pool lock) are all counted."""
+    pool = make_pool()
+
+    def worker(_index: int) -> None:
+        for _ in range(500):
+            with pool.arena() as arena:
+                arena.alloc(64)
+
+    run_threads(worker, 4)
+    stats = pool.stats()
+
+    assert (0, 2000) == (stats["arenas_open"], stats["arenas_total"])
+
+
+# -- escape detection -----------------------------------------------------------------
+
+
+def test_kept_slice_quarantines_a_block_lent_many_times(
+    make_pool: Callable[..., SlabPool],
+) -> None:
+    """A block keeps working through many lends: clean returns are not quarantined, a
+    lend whose slice is kept is, and the block is lent again once the slice dies."""
+    pool = make_pool(budget="4KiB")
+    clean = []
+    for _ in range(3):
+        clean.append(pool.give_back([pool.lend(4096)]))
+    block = pool.lend(4096)
+    assert block.view is not None
+    kept = block.view[:10]
+
+    escaped = pool.give_back([block])
+    quarantined = pool.stats()["quarantined_blocks"]
+    del kept
+    after = pool.give_back([pool.lend(4096)])
+
+    assert ([0, 0, 0], 1, 1, 0) == (clean, escaped, quarantined, after)
+    assert_no_leaks(pool)
+
+
+def test_export_of_the_root_view_quarantines(make_pool: Callable[..., SlabPool]) -> None:
+    """A buffer export of the block's own view (it cannot be released) quarantines it."""
+    pool = make_pool()
+    block = pool.lend(4096)
+    assert block.view is not None
+    export = ctypes.c_char.from_buffer(block.view)
+
+    escaped = pool.give_back([block])
+    quarantined = pool.stats()["quarantined_blocks"]
+    del export
+
+    assert (1, 1) == (escaped, quarantined)
     assert_no_leaks(pool)
 
 
@@ -588,6 +652,8 @@ def test_stats_is_json_with_documented_keys(make_pool: Callable[..., SlabPool]) 
         "lent_blocks",
         "huge_lent_blocks",
         "idle_bytes",
+        "idle_committed_bytes",
+        "retain",
         "idle_blocks",
         "quarantined_bytes",
         "quarantined_blocks",
@@ -681,3 +747,50 @@ def test_block_repr(make_pool: Callable[..., SlabPool]) -> None:
     block = pool.lend(4096)
 
     assert "<Block 4.0 KiB at +4096 lent>" == repr(block)
+
+
+def _idle_committed(pool: SlabPool) -> int:
+    """Bytes of idle blocks that may still be resident, counted from the blocks."""
+    return sum(b.size for cls in pool._classes for b in cls.free if b.committed)
+
+
+def test_retain_returns_idle_memory_beyond_the_cap_at_once() -> None:
+    """With retain, blocks coming back past the cap are madvised away at once, the
+    largest first: RSS falls on give_back, not a decay later."""
+    proc = psutil.Process()
+    with SlabPool("64MiB", max_class="8MiB", decay=None, retain="1MiB") as pool:
+        sizes = [4 * MiB, 1 * MiB, 256 * KiB, 64 * KiB, 4 * KiB]
+        blocks = [pool.lend(n) for n in sizes]
+        for block in blocks:
+            assert block.view is not None
+            ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(block.view)), 1, block.size)
+        touched = proc.memory_info().rss
+        pool.give_back(blocks)
+        after = proc.memory_info().rss
+        stats = pool.stats()
+        assert stats["idle_committed_bytes"] == _idle_committed(pool) <= MiB
+        assert stats["returned_bytes"] >= 4 * MiB
+        assert touched - after >= 3 * MiB, "the 4 MiB block's pages left RSS"
+        # largest first: the 4 MiB and 1 MiB blocks went, the small ones stay warm
+        assert [False, False, True, True, True] == [b.committed for b in blocks]
+
+
+def test_retain_accounting_holds_through_random_lends() -> None:
+    """The pool's count of committed idle bytes matches its blocks at every step and
+    stays under the cap after every give_back."""
+
+    rng = random.Random(7)
+    with SlabPool("32MiB", max_class="2MiB", decay=None, retain="512KiB") as pool:
+        out: list[Block] = []
+        for _ in range(400):
+            if out and rng.random() < 0.5:
+                back = [out.pop(rng.randrange(len(out))) for _ in range(rng.randint(1, len(out)))]
+                pool.give_back(back)
+                assert pool.stats()["idle_committed_bytes"] <= 512 * KiB
+            else:
+                out.append(pool.lend(rng.choice([4 * KiB, 20 * KiB, 300 * KiB, 2 * MiB, 3 * MiB])))
+            assert _idle_committed(pool) == pool.stats()["idle_committed_bytes"]
+        pool.give_back(out)
+        pool.trim(keep_reserve=False)
+        assert 0 == pool.stats()["idle_committed_bytes"] == _idle_committed(pool)
+        assert accounting_holds(pool)

@@ -3,7 +3,8 @@
 Rules allocate, copy, keep escaped slices, drop them, reset and release arenas, in any
 order. After every step: no two live views (escaped slices included) share a byte,
 every live view still holds exactly what was written through it, the pool's
-accounting balances (lent + idle + quarantined == mapped) and the budget holds.
+accounting balances (lent + idle + quarantined == mapped), the budget holds and no
+arena reserves more than a few times what it handed out.
 BudgetExhausted is only accepted when the budget really had no room.
 """
 
@@ -25,6 +26,7 @@ from arenapool import (
     SlabPool,
     ViewEscapedWarning,
 )
+from arenapool._arena import FIRST_CHUNK
 from arenapool.testing import assert_no_leaks
 
 KiB = 1024
@@ -185,6 +187,12 @@ class ArenaMachine(RuleBasedStateMachine):
         for arena in self.arenas:
             assert arena.used <= LIMIT
             assert arena.reserved >= arena.used
+
+    @invariant()
+    def chunk_waste_is_bounded(self) -> None:
+        """Doubling chunks and class rounding hold at most a few times what is used."""
+        for arena in self.arenas:
+            assert arena.reserved <= 4 * (arena.used + FIRST_CHUNK)
 
     def teardown(self) -> None:
         with warnings.catch_warnings():
