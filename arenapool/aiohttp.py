@@ -42,6 +42,7 @@ from ._arena import Arena
 from ._errors import (
     ArenaLimitExceeded,
     ArenaPoolError,
+    ArenaReleasedError,
     BodyTimeout,
     BodyTooLarge,
     BudgetExhausted,
@@ -157,6 +158,7 @@ class _RequestState:
         "config",
         "counters",
         "declared",
+        "finished",
         "inline",
         "limit",
         "request",
@@ -174,6 +176,7 @@ class _RequestState:
         declared: int | None,
     ) -> None:
         self.request: web.Request | None = request  # None once served: no cycle
+        self.finished = False
         self.declared = declared
         self.config = config
         self.counters = counters
@@ -187,6 +190,12 @@ class _RequestState:
     def arena(self) -> Arena:
         arena = self._arena
         if arena is None:
+            if self.finished:  # an arena made now would never be released
+                msg = (
+                    f"the request to {self.route} has finished; its arena is gone. Use "
+                    "arenas inside the handler (or a middleware that runs before ours)"
+                )
+                raise ArenaReleasedError(msg, state="RELEASED", operation="get_arena")
             config = self.config
             arena = self._arena = config.pool.arena(
                 limit=self.limit, scrub=config.scrub, name=self.route
@@ -578,6 +587,7 @@ async def _serve(
         return response
     finally:
         state.request = None  # the request holds the state: break the cycle
+        state.finished = True
         counters.in_flight -= 1
         if governor is not None:
             governor.note_request_end()

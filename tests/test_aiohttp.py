@@ -13,7 +13,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from arenapool import SlabPool, ViewEscapedWarning, current_arena
+from arenapool import ArenaReleasedError, SlabPool, ViewEscapedWarning, current_arena
 from arenapool.aiohttp import (
     ROUTE_STATS_KEY,
     get_arena,
@@ -654,3 +654,28 @@ async def test_arena_is_made_on_first_use_and_released(
     assert 1 == (await wait_idle(pool))["arenas_total"]
     assert "RELEASED" == arenas[0].state.value
     assert current_arena() is None
+
+
+async def test_get_arena_after_the_request_finished_refuses(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """Asking for the arena after our middleware finished (an on_response_prepare
+    signal runs then) raises instead of making an arena nobody would release."""
+    app = echo_app(pool)
+    seen: list[str] = []
+
+    async def prepare(request: web.Request, response: web.StreamResponse) -> None:
+        if request.path == "/untouched":
+            with pytest.raises(ArenaReleasedError, match="has finished"):
+                get_arena(request)
+            seen.append("refused")
+
+    async def untouched(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app.on_response_prepare.append(prepare)
+    app.router.add_get("/untouched", untouched)
+    client = await aiohttp_client(app)
+    assert 200 == (await client.get("/untouched")).status
+    assert ["refused"] == seen
+    assert 0 == (await wait_idle(pool))["arenas_total"]

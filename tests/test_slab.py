@@ -8,6 +8,7 @@ import json
 import random
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type information
 import pytest
@@ -794,3 +795,29 @@ def test_retain_accounting_holds_through_random_lends() -> None:
         pool.trim(keep_reserve=False)
         assert 0 == pool.stats()["idle_committed_bytes"] == _idle_committed(pool)
         assert accounting_holds(pool)
+
+
+def _anon_huge_kib() -> int:
+    text = Path("/proc/self/smaps_rollup").read_text()
+    return int(text.split("AnonHugePages:")[1].split()[0])
+
+
+def test_large_slabs_ask_for_transparent_huge_pages() -> None:
+    """A touched 4 MiB block is backed by huge pages where the kernel's THP mode allows
+    madvise (512 fewer faults per 2 MiB); with huge_pages=False, or THP off, it is not."""
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    available = "[never]" not in thp
+    seen = {}
+    for huge_pages in (False, True):
+        with SlabPool("16MiB", decay=None, huge_pages=huge_pages) as pool:
+            before = _anon_huge_kib()
+            block = pool.lend(4 * MiB)
+            assert block.view is not None
+            ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(block.view)), 1, block.size)
+            seen[huge_pages] = _anon_huge_kib() - before
+            pool.give_back([block])
+    assert 0 == seen[False]
+    if available:
+        assert seen[True] >= 2048, f"THP mode {thp.strip()!r}: no huge page backs the block"
+    else:
+        assert 0 == seen[True]
