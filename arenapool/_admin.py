@@ -42,7 +42,7 @@ from aiohttp.typedefs import Middleware
 from ._census import Census, CensusFailed, CensusRateLimited
 from ._errors import ArenaPoolError
 from ._governor import Governor, trim_now
-from ._http import error_response
+from ._http import ADMIN_MARK, error_response
 from ._memory import RoutesSource, snapshot
 from ._units import format_size
 
@@ -59,7 +59,6 @@ __all__ = [
 ]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-_ADMIN_MARK = "_arenapool_admin"
 LOOPBACK: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
@@ -166,7 +165,7 @@ def _gate(request: web.Request, config: AdminConfig) -> web.Response | None:
 def is_admin_request(request: web.Request) -> bool:
     """True if ``request`` matched one of the admin routes."""
     handler = getattr(request.match_info.route, "handler", None)
-    return bool(getattr(handler, _ADMIN_MARK, False))
+    return bool(getattr(handler, ADMIN_MARK, False))
 
 
 def _json(data: Any, status: int = 200) -> web.Response:
@@ -233,7 +232,7 @@ class _Admin:
                 return refusal
             return await handler(request)
 
-        setattr(guarded, _ADMIN_MARK, True)
+        setattr(guarded, ADMIN_MARK, True)
         guarded.__name__ = handler.__name__
         return guarded
 

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from . import _registry
 from ._errors import InvalidSize
 from ._memory import (
+    MAX_MMAP_THRESHOLD,
     cgroup_memory_limit,
     current_rss,
     malloc_trim,
@@ -127,7 +128,7 @@ class GovernorConfig:
         parse_size(self.trim_threshold, name="trim_threshold", allow_zero=True)
         if self.mmap_threshold is not None:
             threshold = parse_size(self.mmap_threshold, name="mmap_threshold", allow_zero=True)
-            if threshold > 32 * 1024 * 1024:
+            if threshold > MAX_MMAP_THRESHOLD:
                 msg = f"mmap_threshold must be at most 32 MiB (glibc's cap), got {threshold}"
                 raise InvalidSize(msg, value=self.mmap_threshold)
         soft, hard = self._explicit_limits()

@@ -14,7 +14,12 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-__all__ = ["ERROR_CODES", "error_response"]
+__all__ = ["ADMIN_MARK", "ERROR_CODES", "error_response"]
+
+#: The attribute that marks a handler as one of the admin routes (set by ``_admin``,
+#: read by the admin guard and by the arena middleware, which neither sheds nor
+#: counts admin requests for the governor).
+ADMIN_MARK = "_arenapool_admin"
 
 #: code -> HTTP status
 ERROR_CODES: dict[str, int] = {

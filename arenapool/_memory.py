@@ -184,7 +184,7 @@ def malloc_trim(pad: int = 0) -> bool:
 #: glibc's mallopt() parameter number for the mmap threshold (malloc.h)
 _M_MMAP_THRESHOLD: Final = -3
 #: glibc refuses thresholds above HEAP_MAX_SIZE / 2 (32 MiB on 64-bit)
-_MAX_MMAP_THRESHOLD: Final = 32 * 1024 * 1024
+MAX_MMAP_THRESHOLD: Final = 32 * 1024 * 1024
 
 
 def set_mmap_threshold(nbytes: int) -> bool:
@@ -202,7 +202,7 @@ def set_mmap_threshold(nbytes: int) -> bool:
     fn = _libc().mallopt
     if fn is None:
         return False
-    if not 0 <= nbytes <= _MAX_MMAP_THRESHOLD:
+    if not 0 <= nbytes <= MAX_MMAP_THRESHOLD:
         msg = f"mmap threshold must be 0 to 32 MiB, got {nbytes!r}"
         raise ValueError(msg)
     return bool(fn(_M_MMAP_THRESHOLD, nbytes))

@@ -892,8 +892,6 @@ class SlabPool:
                 if slab.idle == slab.nblocks:
                     emptied.add(slab)
                 if block.committed:
-                    block.committed = False
-                    self._idle_committed -= block.size
                     returned += self._decommit(block)
         for slab in emptied:
             cls = self._classes[slab.class_index]
@@ -921,14 +919,16 @@ class SlabPool:
                 if self._idle_committed <= retain:
                     break
                 if block.committed:
-                    block.committed = False
-                    self._idle_committed -= block.size
                     returned += self._decommit(block)
             if self._idle_committed <= retain:
                 break
         self._returned_bytes += returned
 
     def _decommit(self, block: Block) -> int:
+        """Give a committed idle block's whole pages back to the OS; the bytes returned
+        (lock held)."""
+        block.committed = False
+        self._idle_committed -= block.size
         slab = block.slab
         if not isinstance(slab.buf, mmap.mmap):
             return 0

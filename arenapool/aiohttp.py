@@ -50,7 +50,7 @@ from ._errors import (
     InvalidJSON,
     UnsupportedMediaType,
 )
-from ._http import error_response
+from ._http import ADMIN_MARK, error_response
 from ._json import decode, encode
 from ._slab import Block, SlabPool
 from ._units import format_size, parse_size
@@ -158,7 +158,6 @@ class _RequestState:
         "config",
         "counters",
         "declared",
-        "finished",
         "inline",
         "limit",
         "request",
@@ -176,7 +175,6 @@ class _RequestState:
         declared: int | None,
     ) -> None:
         self.request: web.Request | None = request  # None once served: no cycle
-        self.finished = False
         self.declared = declared
         self.config = config
         self.counters = counters
@@ -190,7 +188,7 @@ class _RequestState:
     def arena(self) -> Arena:
         arena = self._arena
         if arena is None:
-            if self.finished:  # an arena made now would never be released
+            if self.request is None:  # served: an arena made now would never be released
                 msg = (
                     f"the request to {self.route} has finished; its arena is gone. Use "
                     "arenas inside the handler (or a middleware that runs before ours)"
@@ -586,8 +584,7 @@ async def _serve(
         _detach_body(response, route)
         return response
     finally:
-        state.request = None  # the request holds the state: break the cycle
-        state.finished = True
+        state.request = None  # the request holds the state: break the cycle (and: served)
         counters.in_flight -= 1
         if governor is not None:
             governor.note_request_end()
@@ -622,7 +619,7 @@ def _resolve_route(request: web.Request, stats: RouteStats) -> _RouteEntry:
     name = _route_name(request)
     handler = getattr(route, "handler", None)
     limit = getattr(handler, "__arenapool_limit__", None)
-    admin = bool(getattr(handler, "_arenapool_admin", False))  # _admin._ADMIN_MARK
+    admin = bool(getattr(handler, ADMIN_MARK, False))
     entry = (name, stats.route(name), limit if isinstance(limit, int) else None, admin)
     if cacheable:
         stats._resolved[route] = entry

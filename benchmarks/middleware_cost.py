@@ -54,7 +54,6 @@ if noop:
     async def do_nothing(request, handler):
         return await handler(request)
     app.middlewares.append(do_nothing)
-print("ready", flush=True)
 web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 """
 
@@ -66,7 +65,7 @@ def start(variant: str, port: int) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-c", SERVE, service, mode, noop, str(port)],
         env=_bench.service_env(),
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         text=True,
     )

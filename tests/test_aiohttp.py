@@ -679,3 +679,23 @@ async def test_get_arena_after_the_request_finished_refuses(
     assert 200 == (await client.get("/untouched")).status
     assert ["refused"] == seen
     assert 0 == (await wait_idle(pool))["arenas_total"]
+
+
+async def test_small_body_client_leaves_mid_body(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """A client that aborts halfway through a small body (the inline read): the request
+    ends (aiohttp cancels its handler), no arena was made, and the server keeps serving."""
+    app = echo_app(pool)
+    started = route_that_signals(app, "/late", read_json)
+    client = await aiohttp_client(app)
+    _reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+    writer.write(b"POST /late HTTP/1.1\r\nHost: x\r\nContent-Length: 500\r\n\r\n[1,")
+    await writer.drain()
+    await started.wait()
+    writer.transport.abort()
+    late = app[ROUTE_STATS_KEY].routes["POST /late"]
+    await _until(lambda: late.in_flight == 0)
+    assert (1, 0) == (late.requests, late.bytes_read)
+    assert 0 == (await wait_idle(pool))["arenas_total"]
+    assert 200 == (await client.post("/echo", data=b"[1]")).status
