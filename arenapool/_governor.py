@@ -106,8 +106,7 @@ class GovernorConfig:
     main heap and keep it resident; pinned, they are mapped and unmapped on their own
     (see :func:`arenapool.memory.set_mmap_threshold`). Process-wide, and off by
     default: every socket read asyncio makes (256 KiB buffers) and every large decode
-    then pays for fresh pages, which cost a fifth of the throughput on bodies of MiBs
-    (see docs/memory.md).
+    then pays for fresh pages (see docs/memory.md).
     """
 
     def __post_init__(self) -> None:
