@@ -16,14 +16,16 @@ from ._errors import (
     IncompleteBody,
     InvalidJSON,
     InvalidSize,
+    JSONTooDeep,
     NotBytesLike,
     PoolClosedError,
     PoolTimeout,
     UnsupportedMediaType,
 )
 from ._governor import Governor, GovernorConfig
-from ._pool import ObjectLeakWarning, ObjectPool
-from ._slab import SlabPool, size_classes
+from ._objectpool import ObjectLeakWarning, ObjectPool
+from ._sizeclasses import size_classes
+from ._slabpool import SlabPool
 from ._units import format_size, parse_size
 from ._version import __version__
 
@@ -42,6 +44,7 @@ __all__ = [
     "IncompleteBody",
     "InvalidJSON",
     "InvalidSize",
+    "JSONTooDeep",
     "NotBytesLike",
     "ObjectLeakWarning",
     "ObjectPool",

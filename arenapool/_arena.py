@@ -25,7 +25,8 @@ chunk's end, lowered to where the limit would be reached (``cur_off + limit - us
 recomputed whenever ``used`` changes outside the fast path). Alignment only makes the
 offset run ahead of ``used``, so passing that check implies the limit holds; a near
 miss falls to the slow path, which checks exactly. A released arena has
-``_cur_end == 0``, so the fast path also stands for the state check.
+``_cur_end == 0``, so the fast path also stands for the state check: every call that
+misses it goes through :meth:`Arena._check` like every other method.
 
 Release walks the view list and releases every view (a view with an export of its own
 cannot be released: that is an escape), then gives every block back in one call. The
@@ -33,8 +34,12 @@ pool decides per block whether a view escaped (see the theory in ``_slab.py``) a
 quarantines it; the arena reports escapes with a :class:`ViewEscapedWarning` naming the
 arena.
 
-The legal operations per state live in ``_ALLOWED``; everything else raises
-:class:`ArenaReleasedError` naming the state.
+The legal operations per state live in one table, ``_ALLOWED``, and every method
+consults it through :meth:`Arena._check` (the arena keeps its state's row in
+``_allowed``, so the check is one set lookup); anything else raises
+:class:`ArenaReleasedError` naming the state. The only change of state,
+OPEN -> RELEASED, goes through :meth:`Arena._enter`. ``release`` is allowed in both
+states: on a released arena it does nothing.
 """
 
 from __future__ import annotations
@@ -58,8 +63,9 @@ from ._errors import (
 from ._units import format_size, parse_size
 
 if TYPE_CHECKING:
-    from ._pool import ObjectPool
-    from ._slab import Block, SlabPool
+    from ._objectpool import ObjectPool
+    from ._slab import Block
+    from ._slabpool import SlabPool
 
 __all__ = ["Arena", "ArenaState", "ViewEscapedWarning", "current_arena"]
 
@@ -101,14 +107,30 @@ class ArenaState(enum.Enum):
     OPEN = "OPEN"
     RELEASED = "RELEASED"
 
+    # Members are singletons compared by identity: hash them by identity too, in C
+    # (Enum's own __hash__ is a Python call, and the state table is keyed by state).
+    __hash__ = object.__hash__
+
 
 # Module constants: an enum member lookup (ArenaState.OPEN) costs ~70 ns on the hot path.
 _OPEN: Final = ArenaState.OPEN
 _RELEASED: Final = ArenaState.RELEASED
 
-_ALLOWED: dict[ArenaState, frozenset[str]] = {
+#: The state table: what each state allows (``__enter__`` too: entering a released
+#: arena is refused like any other use).
+_ALLOWED: Final[dict[ArenaState, frozenset[str]]] = {
     ArenaState.OPEN: frozenset(
-        {"alloc", "alloc_async", "copy", "copy_async", "json", "borrow", "reset", "release"}
+        {
+            "__enter__",
+            "alloc",
+            "alloc_async",
+            "borrow",
+            "copy",
+            "copy_async",
+            "json",
+            "release",
+            "reset",
+        }
     ),
     ArenaState.RELEASED: frozenset({"release"}),
 }
@@ -133,6 +155,7 @@ class Arena:
 
     __slots__ = (
         "__weakref__",
+        "_allowed",
         "_blocks",
         "_cur",
         "_cur_block",
@@ -166,7 +189,7 @@ class Arena:
         self._scrub = pool.scrub if scrub is None else scrub
         self.name = name
         pool._arena_opened()  # may raise PoolClosedError: before _state, so __del__ is quiet
-        self._state = _OPEN
+        self._enter(_OPEN)
         self._blocks: list[Block] = []
         self._views: list[memoryview] = []
         self._cur = _EMPTY
@@ -244,9 +267,11 @@ class Arena:
         if size != nbytes and pool.block_size(size) > pool.available >= pool.block_size(nbytes):
             size = nbytes  # a smaller block now beats waiting for a whole chunk
         block = await pool.lend_async(size, timeout=timeout)
-        if self._state is not _OPEN:  # released while we waited
+        try:
+            self._check("alloc_async")  # released while we waited?
+        except ArenaReleasedError:
             pool.give_back([block])
-            self._refuse("alloc_async")
+            raise
         if self._used + nbytes > self._limit:  # another task used this arena meanwhile
             pool.give_back([block])
             raise self._over_limit(nbytes)
@@ -254,8 +279,7 @@ class Arena:
 
     def copy(self, data: Any) -> memoryview:
         """Copy a bytes-like object into the arena; returns the arena's view of it."""
-        if self._state is not _OPEN:
-            self._refuse("copy")
+        self._check("copy")
         src = _as_bytes_view(data)
         if not src.nbytes:  # memoryview(b"") is read-only: assigning to it would raise
             return memoryview(b"")
@@ -265,8 +289,7 @@ class Arena:
 
     async def copy_async(self, data: Any, *, timeout: float | None = None) -> memoryview:
         """Like :meth:`copy`, but waits for budget like :meth:`alloc_async`."""
-        if self._state is not _OPEN:
-            self._refuse("copy_async")
+        self._check("copy_async")
         src = _as_bytes_view(data)
         if not src.nbytes:
             return memoryview(b"")
@@ -279,16 +302,14 @@ class Arena:
 
         Malformed input raises :class:`InvalidJSON` with the byte position.
         """
-        if self._state is not _OPEN:
-            self._refuse("json")
+        self._check("json")
         from ._json import decode  # noqa: PLC0415 - keeps JSON backends out of import time
 
         return decode(data, decoder=decoder, type=type)
 
     def borrow(self, pool: ObjectPool[T]) -> T:
         """Acquire an object from ``pool``; it goes back when this arena is released."""
-        if self._state is not _OPEN:
-            self._refuse("borrow")
+        self._check("borrow")
         obj = pool.acquire()
         if self._on_release is None:
             self._on_release = []
@@ -299,8 +320,7 @@ class Arena:
 
     def reset(self) -> None:
         """Release every view and block but stay OPEN (for arenas reused per batch)."""
-        if self._state is not _OPEN:
-            self._refuse("reset")
+        self._check("reset")
         self._return_all(stacklevel=3)
 
     def release(self) -> None:
@@ -313,9 +333,9 @@ class Arena:
         self._release(stacklevel=4)
 
     def _release(self, stacklevel: int) -> None:
-        if self._state is _RELEASED:
+        if self._state is _RELEASED:  # allowed, and nothing to do
             return
-        self._state = _RELEASED
+        self._enter(_RELEASED)
         try:
             self._return_all(stacklevel + 1)
         finally:
@@ -340,8 +360,7 @@ class Arena:
             raise ArenaPoolError(msg, errors=errors) from errors[0]
 
     def __enter__(self) -> Arena:
-        if self._state is not _OPEN:
-            self._refuse("__enter__")
+        self._check("__enter__")
         self._tokens.append(_current.set(self))
         return self
 
@@ -389,8 +408,18 @@ class Arena:
 
     # -- internals ------------------------------------------------------------------
 
+    def _enter(self, state: ArenaState) -> None:
+        """The one place the state changes; ``_allowed`` follows it."""
+        self._state = state
+        self._allowed = _ALLOWED[state]
+
+    def _check(self, op: str) -> None:
+        """Raise :class:`ArenaReleasedError` unless the state table allows ``op``."""
+        if op not in self._allowed:
+            self._refuse(op)
+
     def _refuse(self, op: str) -> NoReturn:
-        allowed = ", ".join(sorted(_ALLOWED[self._state]))
+        allowed = ", ".join(sorted(self._allowed))
         msg = (
             f"cannot {op}() on an arena that is {self._state.value} (allowed: {allowed}); "
             "create a new arena with pool.arena()"
@@ -411,8 +440,7 @@ class Arena:
         return ArenaLimitExceeded(msg, requested=nbytes, used=self._used, limit=self._limit)
 
     def _check_alloc(self, op: str, nbytes: object) -> None:
-        if self._state is not _OPEN:
-            self._refuse(op)
+        self._check(op)
         if type(nbytes) is not int or nbytes <= 0:
             self._bad_size(nbytes)
         if self._used + nbytes > self._limit:
@@ -450,7 +478,7 @@ class Arena:
         return size
 
     def _alloc_slow(self, nbytes: int) -> memoryview:
-        if self._state is not _OPEN or type(nbytes) is not int or nbytes <= 0:
+        if "alloc" not in self._allowed or type(nbytes) is not int or nbytes <= 0:
             self._check_alloc("alloc", nbytes)  # raises the right error
         if self._used + nbytes > self._limit:
             raise self._over_limit(nbytes)

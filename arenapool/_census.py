@@ -41,25 +41,12 @@ from typing import Any, Final
 
 import orjson
 
-from ._errors import ArenaPoolError
+from ._errors import CensusFailed, CensusRateLimited
 
-__all__ = ["Census", "CensusFailed", "CensusRateLimited", "census"]
+__all__ = ["Census", "census"]
 
 _HEADER: Final = 8
 _REAP_POLL: Final = 0.02
-
-
-class CensusRateLimited(ArenaPoolError, RuntimeError):
-    """A census ran too recently (or is running). ``retry_after`` says when to retry."""
-
-    status_hint = 429
-    retry_after: float
-
-
-class CensusFailed(ArenaPoolError, RuntimeError):
-    """The census child failed, died, or overran its timeout."""
-
-    status_hint = 500
 
 
 def _rows_by(rows: list[list[Any]], key: int, top: int) -> list[dict[str, Any]]:

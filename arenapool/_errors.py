@@ -4,7 +4,9 @@ Every error is an :class:`ArenaPoolError` and also the builtin a caller would
 naturally catch (``MemoryError`` for budget and limits, ``ValueError`` for bad
 arguments and bad JSON, ``TimeoutError`` for waits, ``RuntimeError`` for lifecycle
 misuse). Errors carry data (``requested``, ``limit``, ``available`` ...) and an HTTP
-``status_hint`` that the aiohttp middleware turns into a response.
+``status_hint`` that the aiohttp middleware turns into a response: the one source of
+each error's HTTP status. Errors whose fields every caller must give have typed
+constructors, so a missing or misspelt field is a type error, not a missing attribute.
 """
 
 from __future__ import annotations
@@ -18,10 +20,13 @@ __all__ = [
     "BodyTimeout",
     "BodyTooLarge",
     "BudgetExhausted",
+    "CensusFailed",
+    "CensusRateLimited",
     "DoubleRelease",
     "IncompleteBody",
     "InvalidJSON",
     "InvalidSize",
+    "JSONTooDeep",
     "NotBytesLike",
     "PoolClosedError",
     "PoolTimeout",
@@ -73,6 +78,25 @@ class BudgetExhausted(ArenaPoolError, MemoryError):
     waited: float
     retry_after: float
 
+    def __init__(
+        self,
+        message: str,
+        *,
+        requested: int,
+        available: int,
+        budget: int,
+        waited: float,
+        retry_after: float,
+    ) -> None:
+        super().__init__(
+            message,
+            requested=requested,
+            available=available,
+            budget=budget,
+            waited=waited,
+            retry_after=retry_after,
+        )
+
 
 class ArenaLimitExceeded(ArenaPoolError, MemoryError):
     """An arena would grow past its ``limit``.
@@ -84,6 +108,9 @@ class ArenaLimitExceeded(ArenaPoolError, MemoryError):
     requested: int
     used: int
     limit: int
+
+    def __init__(self, message: str, *, requested: int, used: int, limit: int) -> None:
+        super().__init__(message, requested=requested, used=used, limit=limit)
 
 
 class BodyTooLarge(ArenaLimitExceeded):
@@ -97,6 +124,10 @@ class ArenaReleasedError(ArenaPoolError, RuntimeError):
 
     status_hint = 500
     state: str
+    operation: str
+
+    def __init__(self, message: str, *, state: str, operation: str) -> None:
+        super().__init__(message, state=state, operation=operation)
 
 
 class PoolClosedError(ArenaPoolError, RuntimeError):
@@ -121,6 +152,9 @@ class PoolTimeout(ArenaPoolError, TimeoutError):
     timeout: float
     maxsize: int
 
+    def __init__(self, message: str, *, timeout: float, maxsize: int) -> None:
+        super().__init__(message, timeout=timeout, maxsize=maxsize)
+
 
 class InvalidJSON(ArenaPoolError, ValueError):
     """A JSON document could not be decoded.
@@ -135,6 +169,37 @@ class InvalidJSON(ArenaPoolError, ValueError):
     line: int | None
     column: int | None
     detail: str
+    #: ``"syntax"`` (not JSON), ``"number_out_of_range"``, ``"too_deep"``
+    #: (:class:`JSONTooDeep`) or ``"schema"`` (valid JSON, wrong shape; no position)
+    reason: str = "syntax"
+
+
+class JSONTooDeep(InvalidJSON):
+    """A JSON document nests deeper than the decoder can go (``reason`` ``"too_deep"``).
+
+    Attributes, beyond :class:`InvalidJSON`'s: ``limit`` (the deepest nesting the
+    decoder accepts there) and ``decoder`` (``"orjson"`` or ``"msgspec"``).
+    """
+
+    status_hint = 400
+    reason = "too_deep"
+    limit: int
+    decoder: str
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        position: int,
+        line: int,
+        column: int,
+        detail: str,
+        limit: int,
+        decoder: str,
+    ) -> None:
+        super().__init__(message, position=position, line=line, column=column, detail=detail)
+        self.limit = limit
+        self.decoder = decoder
 
 
 class IncompleteBody(ArenaPoolError, ValueError):
@@ -160,3 +225,19 @@ class BodyTimeout(ArenaPoolError, TimeoutError):
 
     status_hint = 408
     timeout: float | None
+
+
+class CensusRateLimited(ArenaPoolError, RuntimeError):
+    """A heap census ran too recently (or is running). ``retry_after`` says when to retry."""
+
+    status_hint = 429
+    retry_after: float
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message, retry_after=retry_after)
+
+
+class CensusFailed(ArenaPoolError, RuntimeError):
+    """The census child failed, died, or overran its timeout."""
+
+    status_hint = 500

@@ -27,7 +27,7 @@ flapping (Envoy's overload manager keeps the same two thresholds per resource).
 
 A trim runs ``pool.trim()`` and ``malloc_trim(0)`` in a worker thread (both are
 thread-safe; ``malloc_trim`` takes milliseconds on a large heap), one trim at a time.
-This module imports no web framework; ``arenapool._admin`` adapts it to aiohttp.
+This module imports no web framework; ``arenapool.aiohttp`` adapts it to aiohttp.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from . import _registry
 from ._errors import InvalidSize
@@ -55,9 +55,9 @@ from ._memory import (
 from ._units import format_size, parse_size
 
 if TYPE_CHECKING:
-    from ._slab import SlabPool
+    from ._slabpool import SlabPool
 
-__all__ = ["Governor", "GovernorConfig", "trim_now"]
+__all__ = ["Governor", "GovernorConfig", "GovernorSpec", "TrimResult", "trim_now"]
 
 log = logging.getLogger("arenapool.governor")
 
@@ -66,6 +66,19 @@ _MIN_SOFT_RECLAIM = 1024 * 1024
 
 PoolsSource = Iterable["SlabPool"] | Callable[[], Iterable["SlabPool"]] | None
 LimitSource = Literal["config", "cgroup"] | None
+
+
+class TrimResult(TypedDict):
+    """What a trim did: RSS before and after (``freed`` is the drop the OS saw), its
+    wall time, whether ``malloc_trim`` returned memory, and the bytes each pool says
+    it returned."""
+
+    rss_before: int
+    rss_after: int
+    freed: int
+    seconds: float
+    malloc_trim: bool
+    pools: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -173,7 +186,7 @@ def _trim_blocking(pools: list[SlabPool]) -> tuple[dict[str, int], bool]:
     return returned, malloc_trim(0)
 
 
-async def trim_now(pools: PoolsSource = None) -> dict[str, Any]:
+async def trim_now(pools: PoolsSource = None) -> TrimResult:
     """Trim now, off the event loop: every pool's idle memory, then ``malloc_trim(0)``.
 
     Returns ``{"rss_before", "rss_after", "freed", "seconds", "malloc_trim", "pools"}``
@@ -374,7 +387,7 @@ class Governor:
         self._record("shed_off", "soft", rss_before=rss)
         log.warning("RSS %s is back under the soft watermark: no longer shedding", _fmt(rss))
 
-    async def trim(self, *, reason: str = "manual") -> dict[str, Any]:
+    async def trim(self, *, reason: str = "manual") -> TrimResult:
         """Trim now (pools, then the C heap) off the loop; record and log the action.
 
         Returns what :func:`trim_now` returns. Concurrent calls run one after another.
@@ -463,3 +476,8 @@ class Governor:
 
 def _fmt(nbytes: int | None) -> str:
     return "-" if nbytes is None else format_size(nbytes)
+
+
+#: What adapters accept for a governor: none (``None``/``False``), the default one
+#: (``True``), one built from a config, or a running :class:`Governor`.
+GovernorSpec = Governor | GovernorConfig | bool | None

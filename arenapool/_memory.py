@@ -46,8 +46,8 @@ from . import _registry
 from ._units import format_size
 
 if TYPE_CHECKING:
-    from ._pool import ObjectPool
-    from ._slab import SlabPool
+    from ._objectpool import ObjectPool
+    from ._slabpool import SlabPool
 
 try:
     from resource import RUSAGE_SELF, getrusage

@@ -9,13 +9,13 @@ import weakref
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ._pool import ObjectPool
-    from ._slab import SlabPool
+    from ._objectpool import ObjectPool
+    from ._slabpool import SlabPool
 
 __all__ = ["object_pools", "register_object_pool", "register_slab_pool", "slab_pools"]
 
-_SLAB_POOLS: weakref.WeakSet[Any] = weakref.WeakSet()
-_OBJECT_POOLS: weakref.WeakSet[Any] = weakref.WeakSet()
+_SLAB_POOLS: weakref.WeakSet[SlabPool] = weakref.WeakSet()
+_OBJECT_POOLS: weakref.WeakSet[ObjectPool[Any]] = weakref.WeakSet()
 
 
 def register_slab_pool(pool: SlabPool) -> None:

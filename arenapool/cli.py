@@ -1,50 +1,40 @@
-"""The ``arenapool`` command: ``demo``, ``bench``, ``soak``, ``top`` and ``serve``.
+"""The ``arenapool`` command: ``top``, a live view of a server's memory.
 
-Every command that generates load starts the example service on 127.0.0.1 in
-subprocesses, drives it from this process, bounds every run in requests and in time,
-and reads memory from the servers' processes with psutil (see ``arenapool/_bench.py``).
+``arenapool demo|bench|soak|serve`` run the example service and measure it; they live
+in the measuring harness (``harness/``, not part of the installed package) and work from
+a source checkout, where this module finds ``harness/`` next to the package directory.
+Installed without a checkout, they say so.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import dataclasses
+import importlib
 import json
 import os
 import re
-import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from . import _bench
-from ._loadgen import WORKLOADS, LoadResult, get_workload
 from ._units import format_size
+from ._version import __version__
 
-__all__ = ["main"]
+__all__ = ["add_command", "main", "positive_float", "positive_int"]
 
-MiB = 1024 * 1024
-WORKLOAD_NAMES = [*WORKLOADS, "burst"]
+#: the commands that need the harness of a source checkout
+HARNESS_COMMANDS = ("demo", "bench", "soak", "serve")
 
 try:  # rich is in the [cli] extra; without it the commands print plain text
     from rich.console import Console, Group
     from rich.live import Live
     from rich.panel import Panel
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TaskID,
-        TextColumn,
-        TimeElapsedColumn,
-    )
     from rich.table import Table
 
     HAVE_RICH = True
@@ -53,35 +43,6 @@ except ImportError:  # pragma: no cover - the dev environment has rich
 
 
 # --- argument types ---------------------------------------------------------------------
-
-
-def duration_arg(text: str) -> float:
-    """``"90"``, ``"90s"``, ``"10m"``, ``"1.5h"`` -> seconds."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|min|h)?\s*", text)
-    if match is None:
-        msg = f"{text!r} is not a duration; use seconds or a unit: 90s, 10m, 1h"
-        raise argparse.ArgumentTypeError(msg)
-    scale = {"ms": 0.001, "s": 1, None: 1, "m": 60, "min": 60, "h": 3600}[match[2]]
-    return float(match[1]) * scale
-
-
-def size_arg(text: str) -> str:
-    try:
-        return _bench.size_arg(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def list_arg(choices: Sequence[str]) -> Any:
-    def parse(text: str) -> list[str]:
-        names = [n.strip() for n in text.split(",") if n.strip()]
-        unknown = [n for n in names if n not in choices]
-        if unknown or not names:
-            msg = f"choose from {', '.join(choices)} (comma-separated), got {text!r}"
-            raise argparse.ArgumentTypeError(msg)
-        return names
-
-    return parse
 
 
 def positive_int(text: str) -> int:
@@ -98,355 +59,6 @@ def positive_float(text: str) -> float:
         msg = f"must be more than 0, got {text!r}"
         raise argparse.ArgumentTypeError(msg)
     return value
-
-
-# --- output -----------------------------------------------------------------------------
-
-
-def _console() -> Console:
-    return Console(highlight=False)
-
-
-class _LineProgress(_bench.Progress):
-    """Progress as plain lines, for logs and pipes."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-
-    def note(self, text: str) -> None:
-        self.console.print(f"note: {text}")
-
-    def phase(self, label: str, total: float) -> None:
-        when = f" ({total:.0f} s)" if total >= 1 else ""
-        self.console.print(f"- {label}{when}")
-
-
-class _RichProgress(_bench.Progress):
-    """A rich progress bar for the current phase, with live request counts."""
-
-    def __init__(self, console: Console) -> None:
-        self.console = console
-        self.bar = Progress(
-            TextColumn("{task.description:<32}"),
-            BarColumn(),
-            TimeElapsedColumn(),
-            TextColumn("{task.fields[stats]}"),
-            console=console,
-            transient=False,
-        )
-        self.task: TaskID | None = None
-
-    def __enter__(self) -> _RichProgress:
-        self.bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.bar.stop()
-
-    def note(self, text: str) -> None:
-        self.console.print(f"[yellow]note:[/] {text}")
-
-    def phase(self, label: str, total: float) -> None:
-        if self.task is not None:
-            task = self.bar.tasks[-1]
-            self.bar.update(self.task, completed=task.total)
-        self.task = self.bar.add_task(label, total=max(total, 0.001), stats="")
-
-    def tick(self, label: str, elapsed: float, result: LoadResult | None) -> None:
-        if self.task is None:
-            return
-        stats = ""
-        if result is not None:
-            bad = result.errors + result.corrupt
-            stats = f"{result.ok} ok  {bad} err  {result.shed} shed"
-        self.bar.update(self.task, completed=elapsed, stats=stats)
-
-
-class _Reporter:
-    """Picks the progress display: a live bar on a terminal, plain lines otherwise."""
-
-    def __init__(self, console: Console, quiet: bool) -> None:
-        self.console = console
-        self.quiet = quiet
-        self.rich: _RichProgress | None = None
-
-    def __enter__(self) -> _bench.Progress:
-        if self.quiet:
-            return _bench.Progress()
-        if self.console.is_terminal:
-            self.rich = _RichProgress(self.console).__enter__()
-            return self.rich
-        return _LineProgress(self.console)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.rich is not None:
-            self.rich.__exit__(*exc)
-
-
-def _fmt_mib(value: float | None) -> str:
-    return "-" if value is None else f"{value / MiB:.0f} MiB"
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _ratio(a: float | None, b: float | None) -> str:
-    return "-" if a is None or b is None or b == 0 else f"{a / b:.2f}x"
-
-
-# --- what demo, bench and soak share ------------------------------------------------------
-
-
-def _run_settings(
-    args: argparse.Namespace, base: _bench.RunSettings, **overrides: Any
-) -> _bench.RunSettings:
-    """``base`` with the options every load command has (seed, idle, server setup)."""
-    return dataclasses.replace(
-        base,
-        seed=args.seed,
-        idle=args.idle,
-        budget=args.budget,
-        limit=args.limit,
-        governor=args.governor,
-        **overrides,
-    )
-
-
-@contextlib.contextmanager
-def _measuring(
-    console: Console, args: argparse.Namespace
-) -> Iterator[tuple[Path, _bench.Progress]]:
-    """A temporary directory for the servers' logs and the progress display."""
-    with (
-        tempfile.TemporaryDirectory(prefix=f"arenapool-{args.command}-") as logs,
-        _Reporter(console, args.quiet) as progress,
-    ):
-        yield Path(logs), progress
-
-
-def _write_outputs(
-    args: argparse.Namespace, stem: str, doc: Mapping[str, Any], plot: Callable[[Path], Path]
-) -> list[Path]:
-    """``<stem>.json`` and, unless --no-plot, ``<stem>.png`` in --out; the paths written."""
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    json_path = out / f"{stem}.json"
-    _bench.write_json(json_path, doc)
-    written = [json_path]
-    if not args.no_plot:
-        written.append(plot(out / f"{stem}.png"))
-    return written
-
-
-# --- demo -------------------------------------------------------------------------------
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    console = _console()
-    duration = args.duration if args.duration is not None else (12.0 if args.quick else 70.0)
-    slice_s = args.slice if args.slice is not None else (2.0 if args.quick else 5.0)
-    workload = get_workload("mixed", budget=args.budget, scale=args.scale)
-    console.print(
-        f"[bold]arenapool demo[/]: the same seeded mixed workload ({workload.describe()}) "
-        f"against the example service in [bold]orjson[/] mode (as written today) and "
-        f"[bold]arenapool[/] mode, in alternating {slice_s:g} s slices, "
-        f"{duration:g} s of load in all, then {args.idle:g} s idle."
-    )
-    with _measuring(console, args) as (logs, progress):
-        settings = _run_settings(args, _bench.DEMO_SETTINGS, duration=duration, log_dir=logs)
-        demo = asyncio.run(
-            _bench.run_demo(
-                settings=settings, workload=workload, slice_s=slice_s, progress=progress
-            )
-        )
-    stats = {name: demo.stats(name) for name in demo.names}
-    _print_demo_table(console, demo, stats)
-    written = _write_outputs(
-        args, "arenapool-demo", demo.to_dict(), lambda path: _bench.plot_demo(demo, path)
-    )
-    console.print("wrote " + ", ".join(str(p) for p in written))
-    return 0 if all(s["corrupt"] == 0 for s in stats.values()) else 1
-
-
-def _print_demo_table(
-    console: Console, demo: _bench.DemoResult, stats: dict[str, dict[str, Any]]
-) -> None:
-    names = demo.names
-    table = Table(title="same traffic, side by side", title_justify="left")
-    table.add_column("")
-    for name in names:
-        table.add_column(name, justify="right")
-    compare = len(names) == 2
-    if compare:
-        table.add_column(f"{names[1]} / {names[0]}", justify="right")
-    rows: list[tuple[str, str, str]] = [
-        ("requests/s", "rps", ".0f"),
-        ("p50 latency (ms)", "p50_ms", ".1f"),
-        ("p99 latency (ms)", "p99_ms", ".1f"),
-        ("peak RSS", "rss_peak", "mib"),
-        ("steady RSS", "rss_steady", "mib"),
-        (f"RSS after {demo.idle_s:g} s idle", "rss_idle", "mib"),
-    ]
-    for label, key, spec in rows:
-        values = [stats[n][key] for n in names]
-        cells = [_fmt_mib(v) if spec == "mib" else _fmt(v, spec) for v in values]
-        if compare:
-            cells.append(_ratio(values[1], values[0]))
-        table.add_row(label, *cells)
-    counts = [
-        ("requests answered", ("ok",)),
-        ("errors (incl. wrong answers)", ("errors", "corrupt")),
-        ("shed (503)", ("shed",)),
-    ]
-    for label, keys in counts:
-        cells = [str(sum(stats[n][k] for k in keys)) for n in names]
-        table.add_row(label, *cells, *([""] if compare else []))
-    console.print(table)
-    console.print(
-        "RSS: psutil readings of each server process every 200 ms; steady = median of the "
-        "second half of its load; latency: client-side."
-    )
-
-
-# --- bench ------------------------------------------------------------------------------
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    console = _console()
-    out = Path(args.out)
-    modes, notes = _bench.resolve_modes(args.modes, recycle_after=args.recycle_after)
-    workloads = [get_workload(w, budget=args.budget, scale=args.scale) for w in args.workloads]
-    for note in notes:
-        console.print(f"note: {note}")
-    if not modes:
-        console.print("no mode can run here")
-        return 2
-    console.print(
-        f"[bold]arenapool bench[/]: {len(modes)} modes x {len(workloads)} workloads x "
-        f"{args.repeats} repeats, {args.duration:g} s each + {args.idle:g} s idle"
-    )
-    for w in workloads:
-        console.print(f"  {w.name}: {w.describe()}")
-    settings = _run_settings(
-        args,
-        _bench.BENCH_SETTINGS,
-        duration=args.duration,
-        requests=args.requests,
-        timeout=args.timeout,
-        log_dir=out / "logs",
-    )
-    started = time.time()
-    with _Reporter(console, args.quiet) as progress:
-        for note in notes:
-            progress.note(note)
-        cases, rows = _bench.measure_matrix(
-            modes, workloads, settings=settings, repeats=args.repeats, progress=progress
-        )
-    table = _bench.markdown_table(rows)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "bench.md").write_text(_bench_markdown(table, args, notes, workloads))
-    doc = {
-        "tool": "arenapool bench",
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "elapsed_s": round(time.time() - started, 1),
-        "machine": _bench.machine_info(),
-        "settings": _settings(args, workloads),
-        "baseline": _bench.BASELINE,
-        "notes": notes,
-        "summary": rows,
-        "cases": [c.to_dict() for c in cases],
-    }
-    _bench.write_json(out / "bench.json", doc)
-    written = [out / "bench.md", out / "bench.json"]
-    if not args.no_plot and cases:
-        written += _bench.plot_matrix(cases, rows, out)
-    print(table, flush=True)  # Markdown: not wrapped to the terminal's width
-    console.print("wrote " + ", ".join(str(p) for p in written))
-    return 0 if all(r["corrupt"] == 0 for r in rows) else 1
-
-
-def _settings(args: argparse.Namespace, workloads: Sequence[Any]) -> dict[str, Any]:
-    return {
-        "modes": args.modes,
-        "workloads": {
-            w.name: {
-                "min_size": w.min_size,
-                "max_size": w.max_size,
-                "distribution": w.distribution,
-                "concurrency": w.concurrency,
-            }
-            for w in workloads
-        },
-        "repeats": args.repeats,
-        "duration_s": args.duration,
-        "requests": args.requests,
-        "idle_s": args.idle,
-        "seed": args.seed,
-        "budget": args.budget,
-        "limit": args.limit,
-        "governor": args.governor,
-        "scale": args.scale,
-        "recycle_after": args.recycle_after,
-    }
-
-
-def _bench_markdown(
-    table: str, args: argparse.Namespace, notes: list[str], workloads: Sequence[Any]
-) -> str:
-    lines = [
-        "# arenapool bench",
-        "",
-        f"Medians of {args.repeats} runs of {args.duration:g} s each; 'after idle' is RSS "
-        f"{args.idle:g} s after the load stopped. Budget {args.budget}, body limit "
-        f"{args.limit}, seed {args.seed}.",
-        "",
-        *[f"- `{w.name}`: {w.describe()}" for w in workloads],
-        *[f"- note: {n}" for n in notes],
-        "",
-        table,
-        "",
-    ]
-    return "\n".join(lines)
-
-
-# --- soak -------------------------------------------------------------------------------
-
-
-def cmd_soak(args: argparse.Namespace) -> int:
-    console = _console()
-    workload = get_workload(args.workload, budget=args.budget, scale=args.scale)
-    console.print(
-        f"[bold]arenapool soak[/]: {args.mode} under {args.workload} load "
-        f"({workload.describe()}) for {args.duration:g} s, RSS every {args.interval:g} s"
-    )
-    with _measuring(console, args) as (logs, progress):
-        settings = _run_settings(args, _bench.SOAK_SETTINGS, duration=args.duration, log_dir=logs)
-        soak = asyncio.run(
-            _bench.run_soak(
-                settings=settings,
-                mode=args.mode,
-                workload=workload,
-                warmup=args.warmup,
-                interval=args.interval,
-                progress=progress,
-            )
-        )
-    doc = soak.to_dict()
-    written = _write_outputs(
-        args, f"arenapool-soak-{args.mode}", doc, lambda path: _bench.plot_soak(soak, path)
-    )
-    drift = doc["drift_mib_per_min"]
-    console.print(
-        f"{args.mode}: {doc['ok']} requests answered, {doc['errors'] + doc['corrupt']} errors, "
-        f"{doc['shed']} shed, {doc['rps']:.0f} req/s\n"
-        f"RSS peak {_fmt_mib(doc['rss_peak'])}, steady {_fmt_mib(doc['rss_steady'])}, "
-        f"after {args.idle:g} s idle {_fmt_mib(doc['rss_idle'])}\n"
-        f"drift after {soak.warmup_s:g} s warm-up: "
-        + ("n/a (too few readings)" if drift is None else f"{drift:+.3f} MiB/min")
-    )
-    console.print("wrote " + ", ".join(str(p) for p in written))
-    return 0 if doc["corrupt"] == 0 else 1
 
 
 # --- top --------------------------------------------------------------------------------
@@ -658,7 +270,7 @@ def render_stats(doc: dict[str, Any], *, source: str = "", error: str | None = N
 
 
 def cmd_top(args: argparse.Namespace) -> int:
-    console = _console()
+    console = Console(highlight=False)
     url = stats_url(args.url, args.token)
     shown = 0
     failures = 0
@@ -703,33 +315,60 @@ def _describe_fetch_error(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-# --- serve ------------------------------------------------------------------------------
+# --- the harness commands -----------------------------------------------------------------
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    app = _bench.find_example_service()
-    cmd = [
-        sys.executable, str(app),
-        "--mode", args.mode,
-        "--host", args.host,
-        "--port", str(args.port),
-        "--budget", args.budget,
-        "--limit", args.limit,
-    ]  # fmt: skip
-    if args.admin_token:
-        cmd += ["--admin-token", args.admin_token]
-    try:
-        return subprocess.call(cmd, env=_bench.service_env())
-    except KeyboardInterrupt:
-        return 130
+def checkout_root() -> Path:
+    """The directory above this package: a source checkout's root, or site-packages."""
+    return Path(__file__).resolve().parent.parent
+
+
+def harness_cli(root: Path | None = None) -> ModuleType | None:
+    """``harness.cli`` of the source checkout at ``root``, or None outside a checkout.
+
+    A checkout has ``pyproject.toml`` and ``harness/`` next to ``arenapool/``; its root
+    goes on ``sys.path`` (at the end) so ``harness`` imports. A ``harness`` imported
+    from anywhere else is refused rather than run.
+    """
+    root = checkout_root() if root is None else root
+    if not ((root / "pyproject.toml").is_file() and (root / "harness" / "cli.py").is_file()):
+        return None
+    if str(root) not in sys.path:
+        sys.path.append(str(root))
+    module = importlib.import_module("harness.cli")
+    if Path(module.__file__ or "").resolve().parent != (root / "harness").resolve():
+        msg = f"imported harness from {module.__file__}, not from the checkout at {root}"
+        raise ImportError(msg)
+    return module
+
+
+def _needs_checkout(args: argparse.Namespace) -> int:
+    print(
+        f"arenapool {args.command}: this command runs the measuring harness, which is not "
+        "part of the installed package; run it from a source checkout of arenapool "
+        "(git clone, then scripts/bootstrap and .venv/bin/arenapool "
+        f"{args.command}, or python -m harness {args.command})",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def _add_placeholders(sub: Any) -> None:
+    """Without a checkout: each harness command exists, and says where to run it."""
+    for name in HARNESS_COMMANDS:  # main() lets their options through unparsed
+        add_command(
+            sub,
+            name,
+            _needs_checkout,
+            help=f"({name} runs from a source checkout of arenapool)",
+            description=f"`arenapool {name}` runs the measuring harness of a source checkout.",
+        )
 
 
 # --- parser ------------------------------------------------------------------------------
 
-_AFTER_DECAY = "default: 15, past the pool's 10 s decay and its 2.5 s check interval"
 
-
-def _command(
+def add_command(
     sub: Any, name: str, func: Callable[[argparse.Namespace], int], *, help: str, description: str
 ) -> argparse.ArgumentParser:
     """A subcommand ``name`` that runs ``func(args)``."""
@@ -738,176 +377,8 @@ def _command(
     return command
 
 
-def _add_common(p: argparse.ArgumentParser, *, out: str) -> None:
-    p.add_argument(
-        "--out", default=out, help=f"directory for the JSON and PNG files (default: {out})"
-    )
-    p.add_argument("--seed", type=int, default=1, help="seed for bodies and order (default: 1)")
-    p.add_argument(
-        "--budget",
-        type=size_arg,
-        default="256MiB",
-        help="arenapool budget of the servers; burst is 4x this (default: 256MiB)",
-    )
-    p.add_argument(
-        "--limit", type=size_arg, default="8MiB", help="largest request body (default: 8MiB)"
-    )
-    p.add_argument(
-        "--scale",
-        type=positive_float,
-        default=1.0,
-        help="multiply every body size by this, e.g. 0.01 for a quick check (default: 1)",
-    )
-    p.add_argument(
-        "--no-governor",
-        dest="governor",
-        action="store_false",
-        help="run the arenapool modes without arenapool's memory governor",
-    )
-    p.add_argument("--no-plot", action="store_true", help="do not write PNG plots")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="arenapool",
-        description="Measure and watch arenapool: a side-by-side demo, the benchmark "
-        "matrix, a soak test, and a live view of a server's memory.",
-    )
-    from ._version import __version__  # noqa: PLC0415
-
-    parser.add_argument("--version", action="version", version=f"arenapool {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    demo = _command(
-        sub,
-        "demo",
-        cmd_demo,
-        help="run the example service as written today (orjson) and with arenapool, "
-        "side by side (about 90 s)",
-        description="Start the example service in orjson mode and in arenapool mode on "
-        "127.0.0.1, drive both with the same mixed 1 KiB-4 MiB workload in alternating "
-        "slices, and compare throughput, latency and RSS. Writes arenapool-demo.json and "
-        "arenapool-demo.png.",
-    )
-    demo.add_argument(
-        "--duration",
-        type=duration_arg,
-        default=None,
-        help="total seconds of load, shared by both servers (default: 70, --quick: 12)",
-    )
-    demo.add_argument(
-        "--slice",
-        type=duration_arg,
-        default=None,
-        help="seconds each server is driven before switching (default: 5, --quick: 2)",
-    )
-    demo.add_argument(
-        "--idle",
-        type=duration_arg,
-        default=15.0,
-        help=f"seconds without load before the last RSS reading ({_AFTER_DECAY})",
-    )
-    demo.add_argument("--quick", action="store_true", help="a short run (about 30 s)")
-    _add_common(demo, out=".")
-
-    bench = _command(
-        sub,
-        "bench",
-        cmd_bench,
-        help="the benchmark matrix: handler styles, allocators, worker recycling",
-        description="Run every mode with every workload, --repeats times, on 127.0.0.1, "
-        "each in a fresh server process. Reports medians and ratios to the orjson mode "
-        "measured in the same run. Writes bench.md, bench.json and plots into --out.",
-    )
-    bench.add_argument(
-        "--modes",
-        type=list_arg(_bench.MODES),
-        default=list(_bench.MODES),
-        help="comma-separated modes (default: all): " + ", ".join(_bench.MODES),
-    )
-    bench.add_argument(
-        "--workloads",
-        type=list_arg(WORKLOAD_NAMES),
-        default=list(WORKLOAD_NAMES),
-        help="comma-separated workloads (default: all): " + ", ".join(WORKLOAD_NAMES),
-    )
-    bench.add_argument(
-        "--repeats", type=positive_int, default=3, help="runs per mode and workload (default: 3)"
-    )
-    bench.add_argument(
-        "--duration",
-        type=duration_arg,
-        default=10.0,
-        help="seconds of load per run (default: 10)",
-    )
-    bench.add_argument(
-        "--requests",
-        type=positive_int,
-        default=1_000_000,
-        help="at most this many requests per run (default: 1000000)",
-    )
-    bench.add_argument(
-        "--idle",
-        type=duration_arg,
-        default=15.0,
-        help="seconds without load before the 'after idle' RSS reading; overlaps the "
-        f"next run ({_AFTER_DECAY})",
-    )
-    bench.add_argument(
-        "--timeout", type=positive_float, default=30.0, help="seconds per request (default: 30)"
-    )
-    bench.add_argument(
-        "--recycle-after",
-        type=positive_int,
-        default=1000,
-        help="gunicorn max_requests for the orjson+recycle mode (default: 1000)",
-    )
-    _add_common(bench, out="bench-out")
-
-    soak = _command(
-        sub,
-        "soak",
-        cmd_soak,
-        help="one long run that measures RSS drift",
-        description="Drive one mode for --duration, read RSS every --interval seconds, and "
-        "report the drift (least-squares slope of RSS after warm-up, MiB/min) and the RSS "
-        "after --idle seconds without load. Writes a JSON file and a plot.",
-    )
-    soak.add_argument(
-        "--duration", type=duration_arg, default=600.0, help="load time, e.g. 10m (default: 10m)"
-    )
-    soak.add_argument(
-        "--mode", choices=_bench.MODES, default="arenapool", help="mode (default: arenapool)"
-    )
-    soak.add_argument(
-        "--workload",
-        choices=WORKLOAD_NAMES,
-        default="mixed",
-        help="workload (default: mixed)",
-    )
-    soak.add_argument(
-        "--warmup",
-        type=duration_arg,
-        default=None,
-        help="readings before this are left out of the drift (default: 1/5 of the "
-        "duration, at most 60 s)",
-    )
-    soak.add_argument(
-        "--interval",
-        type=positive_float,
-        default=1.0,
-        help="seconds between RSS readings (default: 1)",
-    )
-    soak.add_argument(
-        "--idle",
-        type=duration_arg,
-        default=15.0,
-        help="seconds without load before the final reading (default: 15)",
-    )
-    _add_common(soak, out=".")
-
-    top = _command(
+def _add_top(sub: Any) -> None:
+    top = add_command(
         sub,
         "top",
         cmd_top,
@@ -932,45 +403,39 @@ def build_parser() -> argparse.ArgumentParser:
         "--json", action="store_true", help="print each snapshot as one JSON line instead"
     )
 
-    serve = _command(
-        sub,
-        "serve",
-        cmd_serve,
-        help="run the example service in the foreground",
-        description="Run the example ingest service (integrations/example_service/app.py), "
-        "e.g. to try `arenapool top` against it.",
+
+def build_parser(prog: str = "arenapool", *, root: Path | None = None) -> argparse.ArgumentParser:
+    """The parser: ``top``, and the harness commands (working ones in a checkout)."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Measure and watch arenapool: a side-by-side demo, the benchmark "
+        "matrix, a soak test (from a source checkout), and a live view of a server's memory.",
     )
-    serve.add_argument(
-        "--mode",
-        choices=("plain", "orjson", "arenapool", "arenapool-msgspec"),
-        default="arenapool",
-        help="how the service reads bodies (default: arenapool)",
-    )
-    serve.add_argument("--host", default="127.0.0.1", help="address (default: 127.0.0.1)")
-    serve.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
-    serve.add_argument("--budget", type=size_arg, default="256MiB", help="(default: 256MiB)")
-    serve.add_argument("--limit", type=size_arg, default="8MiB", help="(default: 8MiB)")
-    serve.add_argument(
-        "--admin-token",
-        default=os.environ.get("ARENAPOOL_ADMIN_TOKEN"),
-        help="enable the admin routes with this token (default: $ARENAPOOL_ADMIN_TOKEN)",
-    )
+    parser.add_argument("--version", action="version", version=f"arenapool {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    harness = harness_cli(root)
+    if harness is None:
+        _add_placeholders(sub)
+    else:
+        harness.add_commands(sub)
+    _add_top(sub)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "arenapool") -> int:
     """Entry point of the ``arenapool`` console script and ``python -m arenapool``."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    parser = build_parser(prog)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown and args.func is not _needs_checkout:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     if not HAVE_RICH:  # pragma: no cover
         parser.error("the arenapool command needs rich: pip install 'arenapool[cli]'")
     try:
-        with _bench.sigterm_interrupts():
-            code: int = args.func(args)
+        code: int = args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
     except (FileNotFoundError, RuntimeError, ImportError) as exc:
-        print(f"arenapool {args.command}: {exc}", file=sys.stderr)
+        print(f"{prog} {args.command}: {exc}", file=sys.stderr)
         return 2
     return code

@@ -23,8 +23,8 @@ from ._memory import RoutesSource, snapshot
 
 if TYPE_CHECKING:
     from ._governor import Governor
-    from ._pool import ObjectPool
-    from ._slab import SlabPool
+    from ._objectpool import ObjectPool
+    from ._slabpool import SlabPool
 
 __all__ = ["ArenapoolCollector", "register"]
 

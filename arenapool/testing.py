@@ -34,8 +34,8 @@ from typing import Any
 
 import psutil  # type: ignore[import-untyped]  # psutil ships no type information
 
-from ._pool import ObjectPool
-from ._slab import SlabPool
+from ._objectpool import ObjectPool
+from ._slabpool import SlabPool
 from ._units import format_size, parse_size
 
 __all__ = [

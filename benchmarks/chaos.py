@@ -1,7 +1,8 @@
 """Chaos soak: integrity at scale, then a fault mix, against one real aiohttp server.
 
 Two phases, each ``--requests`` requests at ``--concurrency`` in flight, from the
-hostile-client harness in ``arenapool/_hostile.py`` (raw sockets on 127.0.0.1):
+hostile-client harness (``harness/http.py``, ``harness/hostile.py``, ``harness/mix.py``;
+raw sockets on 127.0.0.1):
 
 - ``integrity``: valid requests only: small JSON bodies, 2% large ones (256 KiB to
   1.5 MiB), 1% slow readers (4 KiB SO_RCVBUF, reading 4 KiB at a time) of a large
@@ -37,7 +38,11 @@ import logging
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
+
+# The checkout's root: harness/ (and arenapool, when the checkout is not installed).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import orjson
 import psutil
@@ -45,18 +50,12 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from arenapool import SlabPool
-from arenapool._hostile import (
-    FAULT_MIX,
-    OBJECTS_KEY,
-    OUTCOME,
-    Conn,
-    build_request,
-    hostile_app,
-    run_mix,
-    serve,
-    wait_idle,
-)
 from arenapool.aiohttp import ROUTE_STATS_KEY
+from harness.hostile import OBJECTS_KEY, hostile_app
+from harness.http import Conn, build_request
+from harness.idle import wait_idle
+from harness.mix import FAULT_MIX, OUTCOME, run_mix
+from harness.server import serve
 
 MiB = 1024 * 1024
 LIMIT = 2 * MiB

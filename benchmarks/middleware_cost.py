@@ -29,14 +29,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-try:
-    import arenapool
-except ImportError:  # run from a checkout that is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import arenapool
+# The checkout's root: harness/ (and arenapool, when the checkout is not installed).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from arenapool import _bench
-from arenapool._loadgen import Plan, get_workload, run_load
+import arenapool
+from harness.loadgen import run_load
+from harness.server import find_example_service, free_port, service_env
+from harness.workload import Plan, get_workload
 
 VARIANTS = ["orjson", "orjson+noop", "arenapool"]
 
@@ -61,10 +60,10 @@ web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 def start(variant: str, port: int) -> subprocess.Popen[str]:
     mode = "orjson" if variant.startswith("orjson") else "arenapool"
     noop = "1" if variant.endswith("+noop") else "0"
-    service = str(_bench.find_example_service())
+    service = str(find_example_service())
     return subprocess.Popen(
         [sys.executable, "-c", SERVE, service, mode, noop, str(port)],
-        env=_bench.service_env(),
+        env=service_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         text=True,
@@ -87,7 +86,7 @@ async def wait_listening(port: int, timeout: float = 20.0) -> None:
 
 async def measure(variant: str, requests: int, seed: int) -> float:
     """Requests/s of one variant over ``requests`` small requests (after a warm-up)."""
-    port = _bench.free_port()
+    port = free_port()
     proc = start(variant, port)
     try:
         await wait_listening(port)

@@ -24,14 +24,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-try:
-    import arenapool
-except ImportError:  # run from a checkout that is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import arenapool
+# The checkout's root: harness/ (and arenapool, when the checkout is not installed).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from arenapool import _bench
-from arenapool._loadgen import get_workload
+import arenapool
+from harness.bench import measure_matrix
+from harness.modes import resolve_modes
+from harness.report import machine_info
+from harness.run import Progress, RunSettings
+from harness.workload import get_workload
 
 MODES = ["plain", "orjson", "arenapool", "arenapool-msgspec"]
 WORKLOADS = ["small", "large", "mixed"]
@@ -70,7 +71,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-class _Lines(_bench.Progress):
+class _Lines(Progress):
     def note(self, text: str) -> None:
         print(f"note: {text}", file=sys.stderr, flush=True)
 
@@ -126,7 +127,7 @@ def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    modes, notes = _bench.resolve_modes(args.modes.split(","))
+    modes, notes = resolve_modes(args.modes.split(","))
     workloads = [get_workload(w, scale=args.scale) for w in args.workloads.split(",")]
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
@@ -136,10 +137,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.repeats} repeats, {args.duration:g} s per run",
         file=sys.stderr,
     )
-    settings = _bench.RunSettings(
+    settings = RunSettings(
         seed=args.seed, duration=args.duration, idle=args.idle, governor=args.governor
     )
-    _, rows = _bench.measure_matrix(
+    _, rows = measure_matrix(
         modes, workloads, settings=settings, repeats=args.repeats, progress=_Lines()
     )
     rows.sort(
@@ -163,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed,
             "governor": args.governor,
         },
-        "machine": _bench.machine_info(),
+        "machine": machine_info(),
         "notes": notes,
         "cases": {
             f"server.{r['workload']}.{r['mode']}": {

@@ -51,8 +51,8 @@ def main() -> None:
     parser.add_argument("--holes", type=int, default=100_000)
     args = parser.parse_args()
 
-    from arenapool._pool import ObjectPool
-    from arenapool._slab import SlabPool
+    from arenapool._objectpool import ObjectPool
+    from arenapool._slabpool import SlabPool
 
     results: dict[str, tuple[float, float]] = {}
     results["rss"] = per_call_us(current_rss, args.calls, args.repeats)

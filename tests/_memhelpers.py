@@ -35,9 +35,9 @@ if str(ROOT) not in sys.path:
 
 from aiohttp import web  # noqa: E402 - after the path fix so the checkout's arenapool wins
 
-from arenapool._admin import AdminConfig, add_admin_routes, governor_middleware  # noqa: E402
 from arenapool._governor import Governor, GovernorConfig  # noqa: E402
 from arenapool._memory import current_rss, snapshot  # noqa: E402
+from arenapool.aiohttp import AdminConfig, add_admin_routes, governor_middleware  # noqa: E402
 
 MiB = 1024 * 1024
 CHUNK = 64 * 1024

@@ -12,9 +12,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from arenapool._admin import AdminConfig, AdminConfigError, add_admin_routes, peer_allowed
+from arenapool import SlabPool
 from arenapool._governor import Governor, GovernorConfig
-from arenapool._slab import SlabPool
+from arenapool.aiohttp import AdminConfig, add_admin_routes
+from arenapool.aiohttp._admin import AdminConfigError, peer_allowed
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 TOKEN = "s3cret-token"

@@ -17,8 +17,9 @@ from _memhelpers import StallMonitor, poll_until
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from arenapool._admin import AdminConfig, add_admin_routes
-from arenapool._census import Census, CensusFailed, CensusRateLimited
+from arenapool._census import Census
+from arenapool._errors import CensusFailed, CensusRateLimited
+from arenapool.aiohttp import AdminConfig, add_admin_routes
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 

@@ -14,7 +14,10 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from arenapool import _bench, cli
+from arenapool import cli
+from harness import cli as harness_cli
+from harness import modes, rss, server
+from harness.modes import resolve_modes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TINY = ["--scale", "0.01", "--seed", "3", "--quiet"]
@@ -60,7 +63,7 @@ def test_help_exits_cleanly(capsys: pytest.CaptureFixture[str]) -> None:
 )
 def test_durations(text: str, seconds: float) -> None:
     """Durations accept plain seconds and s/m/h units."""
-    assert seconds == cli.duration_arg(text)
+    assert seconds == harness_cli.duration_arg(text)
 
 
 def test_bad_mode_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -87,69 +90,77 @@ def test_python_dash_m_runs_the_cli() -> None:
 
 
 def test_example_service_is_found() -> None:
-    """The CLI finds integrations/example_service/app.py from a source checkout."""
-    assert "app.py" == _bench.find_example_service().name
+    """The harness finds integrations/example_service/app.py in the source checkout."""
+    assert "app.py" == server.find_example_service().name
 
 
 def test_example_service_override(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """$ARENAPOOL_EXAMPLE_SERVICE points the CLI at another copy of the service."""
+    """$ARENAPOOL_EXAMPLE_SERVICE points the harness at another copy of the service."""
     copy = tmp_path / "app.py"
     copy.write_text("")
     monkeypatch.setenv("ARENAPOOL_EXAMPLE_SERVICE", str(copy))
-    assert copy == _bench.find_example_service()
-
-
-def test_packaged_example_service_comes_first(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    """In an installed wheel the copy inside the package is used, not a stray integrations/."""
-    package = tmp_path / "arenapool"
-    packaged = package / "_example_service" / "app.py"
-    stray = tmp_path / "integrations" / "example_service" / "app.py"
-    for path in (packaged, stray):
-        path.parent.mkdir(parents=True)
-        path.write_text("")
-    monkeypatch.delenv("ARENAPOOL_EXAMPLE_SERVICE", raising=False)
-    monkeypatch.setattr(_bench, "PACKAGE_DIR", package)
-    assert packaged == _bench.find_example_service()
+    assert copy == server.find_example_service()
 
 
 def test_missing_example_service_says_what_to_do(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    """Without any copy of the service the error names the places tried and the fix."""
+    """Without the service the error names the place tried and the fix."""
     monkeypatch.delenv("ARENAPOOL_EXAMPLE_SERVICE", raising=False)
-    monkeypatch.setattr(_bench, "PACKAGE_DIR", tmp_path / "arenapool")
+    monkeypatch.setattr(server, "ROOT", tmp_path)
     with pytest.raises(FileNotFoundError, match="ARENAPOOL_EXAMPLE_SERVICE") as exc:
-        _bench.find_example_service()
-    assert str(tmp_path / "arenapool" / "_example_service" / "app.py") in str(exc.value)
+        server.find_example_service()
+    assert str(tmp_path / "integrations" / "example_service" / "app.py") in str(exc.value)
 
 
-def test_wheel_carries_the_example_service_where_it_is_looked_up() -> None:
-    """pyproject.toml force-includes app.py at the path find_example_service() tries first."""
+def test_wheel_ships_the_library_only() -> None:
+    """The wheel packages arenapool alone: no harness, no copy of the example service."""
     tomllib = pytest.importorskip("tomllib")
-    root = Path(_bench.__file__).resolve().parents[1]
+    root = Path(cli.__file__).resolve().parents[1]
     config = tomllib.loads((root / "pyproject.toml").read_text())
-    force_include = config["tool"]["hatch"]["build"]["targets"]["wheel"]["force-include"]
-    source = "integrations/example_service/app.py"
-    assert (root / source).is_file()
-    assert "arenapool/_example_service/app.py" == force_include[source]
+    wheel = config["tool"]["hatch"]["build"]["targets"]["wheel"]
+    assert ["arenapool"] == wheel["packages"]
+    assert "force-include" not in wheel
+
+
+def test_harness_commands_outside_a_checkout_say_where_to_run(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without harness/ next to the package, demo/bench/soak/serve exit 2 and say why."""
+    monkeypatch.setattr(cli, "checkout_root", lambda: tmp_path)
+    assert {"demo", "bench", "soak", "serve", "top"} == set(subparsers(cli.build_parser()))
+    for name in cli.HARNESS_COMMANDS:
+        assert 2 == cli.main([name, "--duration", "1"])
+        assert "source checkout" in capsys.readouterr().err
+
+
+def test_python_dash_m_harness_runs_the_commands() -> None:
+    """`python -m harness demo --help` runs the harness's demo command from the checkout."""
+    root = Path(cli.__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, "-m", "harness", "demo", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=root,
+    )
+    assert "--slice" in out.stdout
 
 
 def test_rss_under_load_splits_peak_and_steady() -> None:
     """Peak is over every reading; steady is the median of the later half under load."""
     samples = [(0.0, 50), (1.0, 10), (2.0, 20), (3.0, 30), (4.0, 40), (5.0, 99)]
-    assert {"rss_peak": 99, "rss_steady": 35} == _bench.rss_under_load(
+    assert {"rss_peak": 99, "rss_steady": 35} == rss.rss_under_load(
         samples, [(1.0, 2.0), (3.0, 4.0)]
     )
-    assert {"rss_peak": None, "rss_steady": None} == _bench.rss_under_load([], [(0.0, 1.0)])
+    assert {"rss_peak": None, "rss_steady": None} == rss.rss_under_load([], [(0.0, 1.0)])
 
 
 def test_missing_allocator_is_skipped_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
     """A mode whose LD_PRELOAD library is absent is left out, with a note saying why."""
-    monkeypatch.setattr(_bench, "find_library", lambda name: None)
-    modes, notes = _bench.resolve_modes(["orjson", "orjson+jemalloc", "orjson+mimalloc"])
-    assert ["orjson"] == [m.name for m in modes]
+    monkeypatch.setattr(modes, "find_library", lambda name: None)
+    found, notes = resolve_modes(["orjson", "orjson+jemalloc", "orjson+mimalloc"])
+    assert ["orjson"] == [m.name for m in found]
     assert ["skipped orjson+jemalloc", "skipped orjson+mimalloc"] == [
         n.split(":")[0] for n in notes
     ]
@@ -157,7 +168,7 @@ def test_missing_allocator_is_skipped_with_a_note(monkeypatch: pytest.MonkeyPatc
 
 def test_least_squares_slope() -> None:
     """The drift fit recovers the slope of a line."""
-    assert (2.0, 1.0) == _bench.least_squares([(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)])
+    assert (2.0, 1.0) == rss.least_squares([(0.0, 1.0), (1.0, 3.0), (2.0, 5.0)])
 
 
 # --- demo, bench, soak on tiny workloads ------------------------------------------------------
@@ -235,16 +246,16 @@ def test_soak_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 @pytest.fixture(scope="module")
 def admin_server() -> Any:
-    mode = _bench.resolve_modes(["arenapool"])[0][0]
-    with _bench.Server(mode, admin_token="s3cret", limit="1MiB") as server:
+    mode = resolve_modes(["arenapool"])[0][0]
+    with server.Server(mode, admin_token="s3cret", limit="1MiB") as running:
         request = urllib.request.Request(
-            server.url + "/ingest",
+            running.url + "/ingest",
             data=b'{"records": [{"value": 2, "tag": "t"}]}',
             headers={"Content-Type": "application/json"},
         )
         with urllib.request.urlopen(request, timeout=10) as response:
             assert 200 == response.status
-        yield server
+        yield running
 
 
 def test_top_shows_a_real_server(admin_server: Any, capsys: pytest.CaptureFixture[str]) -> None:

@@ -28,9 +28,9 @@ from _memhelpers import poll_until
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from arenapool._admin import AdminConfig, add_admin_routes, governor_middleware
+from arenapool import SlabPool
 from arenapool._governor import Governor, GovernorConfig
-from arenapool._slab import SlabPool
+from arenapool.aiohttp import AdminConfig, add_admin_routes, governor_middleware
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 TOKEN = "dash-token"
@@ -53,7 +53,7 @@ CHROMIUM_FLAGS = (
 
 
 def dashboard_html() -> str:
-    return (resources.files("arenapool") / "_static" / "dashboard.html").read_text()
+    return (resources.files("arenapool.aiohttp") / "static" / "dashboard.html").read_text()
 
 
 def test_dashboard_is_self_contained() -> None:

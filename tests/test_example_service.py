@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestClient
 
-from arenapool._loadgen import make_body
+from harness.workload import make_body
 
 # the service is a script users copy, not a package: load it from its file
 _SPEC = importlib.util.spec_from_file_location(

@@ -23,16 +23,9 @@ from aiohttp.http_exceptions import HttpProcessingError
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from arenapool._hostile import (
-    Conn,
-    RawResponse,
-    Server,
-    build_request,
-    chunked,
-    digest,
-    hostile_server,
-    wait_idle,
-)
+from harness.hostile import Target, digest, hostile_server
+from harness.http import Conn, RawResponse, build_request, chunked
+from harness.idle import wait_idle
 
 LIMIT = 16 * 1024
 JSON_TYPES = ("application/json", "application/json; charset=utf-8", "application/vnd.x+json")
@@ -150,7 +143,7 @@ class _Errors(logging.Handler):
             self.records.append(record)
 
 
-async def run_example(srv: Server, example: Example) -> list[RawResponse]:
+async def run_example(srv: Target, example: Example) -> list[RawResponse]:
     conn = await Conn.open(srv.port)
     try:
         wire = example.wire()

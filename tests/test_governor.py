@@ -15,11 +15,10 @@ from _memhelpers import MiB, ServerProcess, allocate, poll_until
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from arenapool._admin import AdminConfig, add_admin_routes, governor_middleware
 from arenapool._errors import InvalidSize
 from arenapool._governor import Governor, GovernorConfig
 from arenapool._units import format_size
-from arenapool.aiohttp import setup
+from arenapool.aiohttp import AdminConfig, add_admin_routes, governor_middleware, setup
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 

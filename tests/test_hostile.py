@@ -1,7 +1,7 @@
 """Hostile clients against a real server: each case gets its documented outcome, and the
 pool is idle and the server still serves a normal request afterwards.
 
-The cases and their outcomes are the table in ``arenapool._hostile.CASES`` (printed in
+The cases and their outcomes are the table in ``harness.hostile.CASES`` (printed in
 docs/reliability.md); every test here checks one row, or one defence behind it.
 """
 
@@ -15,19 +15,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from arenapool._hostile import (
-    CASES,
-    RawResponse,
-    Server,
-    build_request,
-    cases_table,
-    chunked,
-    digest,
-    hostile_server,
-    until,
-    wait_idle,
-)
 from arenapool.aiohttp import EAGER_RESERVE, GROWTH
+from harness.hostile import CASES, Target, cases_table, digest, hostile_server
+from harness.http import RawResponse, build_request, chunked
+from harness.idle import until, wait_idle
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -46,7 +37,7 @@ def check(case: str, response: RawResponse) -> None:
 
 
 @pytest.fixture
-async def server() -> AsyncIterator[Server]:
+async def server() -> AsyncIterator[Target]:
     async with hostile_server(limit="1MiB", body_timeout=2.0, queue_timeout=0.5) as srv:
         yield srv
 
@@ -58,7 +49,7 @@ def server_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
 # -- refusals before and during the read ------------------------------------------------
 
 
-async def test_declared_oversize_refused_before_the_handler_runs(server: Server) -> None:
+async def test_declared_oversize_refused_before_the_handler_runs(server: Target) -> None:
     """Content-Length above the limit: 413 `body_too_large` with only the head sent, and
     the handler never runs."""
     conn = await server.connect()
@@ -71,7 +62,7 @@ async def test_declared_oversize_refused_before_the_handler_runs(server: Server)
     await server.healthy()
 
 
-async def test_chunked_body_past_the_limit_is_cut_off(server: Server) -> None:
+async def test_chunked_body_past_the_limit_is_cut_off(server: Target) -> None:
     """A chunked body streaming past the limit gets 413 `body_too_large` and a close."""
     conn = await server.connect()
     await conn.send(build_request("/raw", chunked_body=True))
@@ -83,7 +74,7 @@ async def test_chunked_body_past_the_limit_is_cut_off(server: Server) -> None:
 @pytest.mark.parametrize("how", ["close", "abort"])
 @pytest.mark.parametrize("size", [100 * KiB, 3 * MiB // 4], ids=["eager", "incremental"])
 async def test_aborted_upload_is_an_incomplete_body_not_a_server_error(
-    server: Server, caplog: pytest.LogCaptureFixture, how: str, size: int
+    server: Target, caplog: pytest.LogCaptureFixture, how: str, size: int
 ) -> None:
     """A client that closes (FIN) or resets (RST) mid-body frees its budget; the server
     counts a 400 `incomplete_body` and logs no error."""
@@ -96,7 +87,7 @@ async def test_aborted_upload_is_an_incomplete_body_not_a_server_error(
     assert [] == server_errors(caplog)
 
 
-async def test_slowloris_gets_body_timeout(server: Server) -> None:
+async def test_slowloris_gets_body_timeout(server: Target) -> None:
     """A client that trickles a few bytes of a large declared body gets 408
     `body_timeout` and a close after `body_timeout`."""
     conn = await server.connect()
@@ -107,7 +98,7 @@ async def test_slowloris_gets_body_timeout(server: Server) -> None:
     await server.healthy()
 
 
-async def test_content_length_longer_than_body_times_out(server: Server) -> None:
+async def test_content_length_longer_than_body_times_out(server: Target) -> None:
     """Content-Length longer than what is sent, client waiting: 408 `body_timeout`."""
     conn = await server.connect()
     await conn.send(build_request("/echo", BODY, content_length=len(BODY) + 100))
@@ -115,7 +106,7 @@ async def test_content_length_longer_than_body_times_out(server: Server) -> None
     await server.healthy()
 
 
-async def test_content_length_longer_then_half_close(server: Server) -> None:
+async def test_content_length_longer_then_half_close(server: Target) -> None:
     """Content-Length longer than what is sent, then a half-close: the server sees the
     connection end, closes without an answer, and frees the budget."""
     conn = await server.connect()
@@ -125,7 +116,7 @@ async def test_content_length_longer_then_half_close(server: Server) -> None:
     await server.healthy()
 
 
-async def test_content_length_shorter_than_body(server: Server) -> None:
+async def test_content_length_shorter_than_body(server: Target) -> None:
     """Content-Length shorter than the bytes sent: the excess is parsed as the next
     request, aiohttp rejects it with 400 and closes; anything answered before that is
     the route's answer to the declared prefix."""
@@ -137,7 +128,7 @@ async def test_content_length_shorter_than_body(server: Server) -> None:
     await server.healthy()
 
 
-async def test_bad_chunk_framing_in_first_packet(server: Server) -> None:
+async def test_bad_chunk_framing_in_first_packet(server: Target) -> None:
     """A malformed chunk-size line arriving with the head: aiohttp answers 400 and
     closes; the handler never runs."""
     conn = await server.connect()
@@ -148,7 +139,7 @@ async def test_bad_chunk_framing_in_first_packet(server: Server) -> None:
     await server.healthy()
 
 
-async def test_bad_chunk_framing_mid_body(server: Server) -> None:
+async def test_bad_chunk_framing_mid_body(server: Target) -> None:
     """A malformed chunk-size line after the handler started reading: aiohttp's parser
     drops the body stream without failing it, so the read stalls until `body_timeout`
     (408) — the budget is held at most that long."""
@@ -173,7 +164,7 @@ async def test_bad_chunk_framing_mid_body(server: Server) -> None:
         ("empty_body", b""),
     ],
 )
-async def test_bad_json_gets_400_invalid_json(server: Server, case: str, body: bytes) -> None:
+async def test_bad_json_gets_400_invalid_json(server: Target, case: str, body: bytes) -> None:
     """Malformed, deeply nested, invalid UTF-8, out-of-range and empty documents get 400
     `invalid_json` with a byte position, on a connection that stays usable."""
     conn = await server.connect()
@@ -186,14 +177,14 @@ async def test_bad_json_gets_400_invalid_json(server: Server, case: str, body: b
     await server.healthy()
 
 
-async def test_malformed_json_position_is_the_byte_offset(server: Server) -> None:
+async def test_malformed_json_position_is_the_byte_offset(server: Target) -> None:
     """The position in `invalid_json` counts bytes, multi-byte characters included."""
     body = '{"é→": [1, 2,}'.encode()
     response = await server.request("/echo", body)
     assert (400, body.index(b"}")) == (response.status, response.json()["position"])
 
 
-async def test_duplicate_keys_last_one_wins(server: Server) -> None:
+async def test_duplicate_keys_last_one_wins(server: Target) -> None:
     """`{"a": 1, "a": 2}` is accepted (200) and decodes to its last value."""
     body = b'{"a": 1, "a": 2}'
     conn = await server.connect()
@@ -217,7 +208,7 @@ async def test_wrong_content_type_with_strict_content_type() -> None:
 # -- handler faults ---------------------------------------------------------------------
 
 
-async def test_handler_exception_returns_everything(server: Server) -> None:
+async def test_handler_exception_returns_everything(server: Target) -> None:
     """A handler that raises after reading and borrowing: 500, arena and object back."""
     logging.getLogger("aiohttp.server").disabled = True  # the injected fault is logged
     try:
@@ -227,7 +218,7 @@ async def test_handler_exception_returns_everything(server: Server) -> None:
     await server.healthy()
 
 
-async def test_server_side_cancellation_returns_everything(server: Server) -> None:
+async def test_server_side_cancellation_returns_everything(server: Target) -> None:
     """A handler whose task is cancelled after reading and borrowing: the connection
     closes, arena and object come back."""
     check("cancelled", await server.request("/cancel", BODY))
@@ -252,7 +243,7 @@ async def test_client_disconnect_cancels_the_handler() -> None:
 # -- slow readers, pipelining, many connections -------------------------------------------
 
 
-async def test_slow_readers_hold_no_arena_memory(server: Server) -> None:
+async def test_slow_readers_hold_no_arena_memory(server: Target) -> None:
     """Clients with a tiny receive buffer that do not read a large response: every arena
     is released while the responses are still unsent, other clients are served, and
     each response arrives whole and correct when finally read."""
@@ -275,7 +266,7 @@ async def test_slow_readers_hold_no_arena_memory(server: Server) -> None:
     await server.healthy()
 
 
-async def test_pipelined_requests_answered_in_order(server: Server) -> None:
+async def test_pipelined_requests_answered_in_order(server: Target) -> None:
     """Ten requests in one write (JSON, raw, chunked) get ten correct answers in order."""
     bodies = [orjson.dumps({"i": i, "pad": "p" * (i * 997)}) for i in range(10)]
     wire = b""
@@ -293,7 +284,7 @@ async def test_pipelined_requests_answered_in_order(server: Server) -> None:
     await server.healthy()
 
 
-async def test_many_concurrent_connections(server: Server) -> None:
+async def test_many_concurrent_connections(server: Target) -> None:
     """200 connections sending at once all get correct answers; the pool ends idle."""
 
     async def one(i: int) -> bool:
@@ -314,7 +305,7 @@ async def test_many_concurrent_connections(server: Server) -> None:
 # -- the memory budget under hostile load ------------------------------------------------
 
 
-async def _hog(srv: Server, declared: int, *, sent: bytes = b"x") -> None:
+async def _hog(srv: Target, declared: int, *, sent: bytes = b"x") -> None:
     """A slow sender: declares ``declared`` bytes, sends ``sent``, then waits."""
     conn = await srv.connect()
     await conn.send(build_request("/raw", sent, content_length=declared))
@@ -372,7 +363,7 @@ async def test_body_timeout_frees_slowloris_budget() -> None:
         await srv.healthy()
 
 
-async def _fill_budget(srv: Server, hogs: int) -> None:
+async def _fill_budget(srv: Target, hogs: int) -> None:
     for _ in range(hogs):
         await _hog(srv, MiB)
     await until(lambda: srv.pool.available == 0, what="the budget to fill")

@@ -5,7 +5,9 @@ bodies and injected faults. ``benchmarks/chaos.py`` runs the same checks at 20,0
 
 from __future__ import annotations
 
-from arenapool._hostile import FAULT_MIX, OUTCOME, hostile_server, run_mix, wait_idle
+from harness.hostile import hostile_server
+from harness.idle import wait_idle
+from harness.mix import FAULT_MIX, OUTCOME, run_mix
 
 MiB = 1024 * 1024
 SERVER = {"budget": "256MiB", "limit": "2MiB", "body_timeout": 10.0, "queue_timeout": 5.0}

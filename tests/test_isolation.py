@@ -22,8 +22,10 @@ import pytest
 from aiohttp import web
 
 from arenapool import SlabPool, ViewEscapedWarning
-from arenapool._hostile import Conn, build_request, chunked, serve, until, wait_idle
 from arenapool.aiohttp import ROUTE_STATS_KEY, get_arena, json_response, read_body, setup
+from harness.http import Conn, build_request, chunked
+from harness.idle import until, wait_idle
+from harness.server import serve
 
 KiB = 1024
 #: body sizes of the stashing and scanning requests: a shared first chunk, a block of

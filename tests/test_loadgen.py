@@ -13,18 +13,16 @@ import orjson
 import pytest
 from aiohttp import web
 
-from arenapool._loadgen import (
+from harness.loadgen import LoadResult, percentile, run_load
+from harness.workload import (
     MIN_BODY,
     WORKLOADS,
     Body,
-    LoadResult,
     Plan,
     Workload,
     burst_workload,
     get_workload,
     make_body,
-    percentile,
-    run_load,
     summarize_body,
 )
 

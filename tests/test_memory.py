@@ -105,7 +105,7 @@ def test_slab_lent_bytes_are_accounted(run_python: RunPython) -> None:
     out = run_python(
         PRELUDE
         + """
-from arenapool._slab import SlabPool
+from arenapool import SlabPool
 pool = SlabPool(budget="256MiB", max_class="16MiB", name="t")
 with pool.arena(limit="128MiB") as arena:
     for _ in range(10):

@@ -10,9 +10,8 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
+from arenapool import ObjectPool, SlabPool
 from arenapool._governor import Governor, GovernorConfig
-from arenapool._pool import ObjectPool
-from arenapool._slab import SlabPool
 from arenapool.metrics import ArenapoolCollector, register
 
 RunPython = Callable[..., Any]  # conftest's run_python fixture

@@ -172,10 +172,7 @@ def make_app(
 def _admin(token: str | None) -> Any:
     if not token:
         return False
-    try:
-        from arenapool.aiohttp import AdminConfig  # noqa: PLC0415
-    except ImportError:  # not re-exported yet
-        from arenapool._admin import AdminConfig  # noqa: PLC0415
+    from arenapool.aiohttp import AdminConfig  # noqa: PLC0415
 
     return AdminConfig(token=token)
 

@@ -18,7 +18,7 @@ finds its loan (the other raises). Building (the bound), waiters, close and the 
 take ``_lock``. A release appends to the stack, *then* looks for waiters (and takes the
 lock to hand over if it finds one); a waiter queues under the lock, *then* looks at the
 stack again: so an object and a waiter never miss each other. Counters moved on the
-lock-free paths are ``itertools.count`` objects (``next()`` is atomic); the high-water
+lock-free paths are ``_counter`` counters (``next()`` is atomic); the high-water
 mark is raised under a lock of its own, which happens at most ``maxsize`` times.
 
 Leak detection follows Netty's ResourceLeakDetector levels:
@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import threading
 import traceback
@@ -50,9 +49,9 @@ from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 from typing import Any, Generic, Literal, TypeVar
 
+from ._counter import counter, peek
 from ._errors import DoubleRelease, InvalidSize, PoolClosedError, PoolTimeout
 from ._registry import register_object_pool
-from ._slab import _count_value
 
 __all__ = ["ObjectLeakWarning", "ObjectPool"]
 
@@ -141,7 +140,7 @@ class ObjectPool(Generic[T]):
         self._waiters: deque[asyncio.Future[T]] = deque()
         self._closed = False
         self._created = prealloc
-        self._acquired = itertools.count(1)  # next() is the number of this acquisition
+        self._acquired = counter(1)  # next() is the number of this acquisition
         self._high_water = 0
         self._high_water_lock = threading.Lock()  # _lend may run under _lock
         self._waits = 0
@@ -290,7 +289,7 @@ class ObjectPool(Generic[T]):
                 "idle": len(self._idle),
                 "in_use": len(self._out),
                 "high_water": self._high_water,
-                "acquired": _count_value(self._acquired) - 1,
+                "acquired": peek(self._acquired) - 1,
                 "waits": self._waits,
                 "waiting": len(self._waiters),
                 "timeouts": self._timeouts,

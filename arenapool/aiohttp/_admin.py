@@ -39,15 +39,15 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from ._census import Census, CensusFailed, CensusRateLimited
-from ._errors import ArenaPoolError
-from ._governor import Governor, trim_now
-from ._http import ADMIN_MARK, error_response
-from ._memory import RoutesSource, snapshot
-from ._units import format_size
+from .._census import Census
+from .._errors import ArenaPoolError, CensusFailed, CensusRateLimited
+from .._governor import Governor, trim_now
+from .._memory import RoutesSource, snapshot
+from .._units import format_size
+from ._responses import ADMIN_MARK, error_response
 
 if TYPE_CHECKING:
-    from ._slab import SlabPool
+    from .._slabpool import SlabPool
 
 __all__ = [
     "AdminConfig",
@@ -180,7 +180,7 @@ def _json(data: Any, status: int = 200) -> web.Response:
 @lru_cache(maxsize=1)
 def _dashboard() -> tuple[bytes, str]:
     """The dashboard page and a Content-Security-Policy allowing only its own code."""
-    html = (resources.files("arenapool") / "_static" / "dashboard.html").read_bytes()
+    html = (resources.files("arenapool.aiohttp") / "static" / "dashboard.html").read_bytes()
     hashes = {
         kind: " ".join(
             "'sha256-" + base64.b64encode(hashlib.sha256(body).digest()).decode() + "'"
@@ -274,7 +274,7 @@ class _Admin:
         try:
             from prometheus_client.exposition import choose_encoder  # noqa: PLC0415 - optional
 
-            from .metrics import register  # noqa: PLC0415 - optional extra
+            from ..metrics import register  # noqa: PLC0415 - optional extra
         except ImportError as exc:
             return error_response("metrics_unavailable", str(exc), status=501)
         if self._registry is None:

@@ -1,20 +1,28 @@
-"""The one JSON error shape every arenapool HTTP answer uses.
+"""What arenapool answers with: JSON responses in fresh bytes, and one error shape.
 
+:func:`json_response` encodes with orjson into fresh ``bytes``: a response never carries
+arena memory, because aiohttp writes it after the middleware has released the arena.
+
+Every error answer has the shape
 ``{"error": "<code>", "detail": "<what happened and what to do>", ...}``, with extra
 fields per code (``position`` for ``invalid_json``, ``limit`` for ``body_too_large``,
 ``retry_after`` for ``budget_exhausted`` and ``overloaded``). Codes are stable strings
-clients may switch on; ``detail`` is for humans.
+clients may switch on; ``detail`` is for humans. :data:`ERROR_CODES` maps each code to
+its HTTP status.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-__all__ = ["ADMIN_MARK", "ERROR_CODES", "error_response"]
+from .._json import encode
+
+__all__ = ["ADMIN_MARK", "ERROR_CODES", "error_response", "json_response"]
 
 #: The attribute that marks a handler as one of the admin routes (set by ``_admin``,
 #: read by the admin guard and by the arena middleware, which neither sheds nor
@@ -64,4 +72,22 @@ def error_response(
         status=status if status is not None else ERROR_CODES.get(code, 500),
         content_type="application/json",
         headers=headers,
+    )
+
+
+def json_response(
+    data: Any,
+    *,
+    status: int = 200,
+    reason: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    option: int = 0,
+) -> web.Response:
+    """A JSON response encoded by orjson into fresh ``bytes`` (never arena memory)."""
+    return web.Response(
+        body=encode(data, option=option),
+        status=status,
+        reason=reason,
+        headers=headers,
+        content_type="application/json",
     )

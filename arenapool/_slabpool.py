@@ -1,0 +1,666 @@
+"""SlabPool: the process-wide memory reservoir that arenas borrow blocks from.
+
+Theory of operation
+-------------------
+A pool owns slabs (``_slab``) of its size classes (``_sizeclasses``) and lends their
+blocks under a *budget*. Per class it keeps a free stack (the most recently returned
+block on top, so hot blocks are reused while their pages are still resident) and
+counts, and for the whole pool the bytes lent, quarantined and mapped, so at every
+moment ``lent + idle + quarantined == mapped`` (bytes and blocks, per class). The budget
+caps ``lent + quarantined``: quarantined memory is still in use by whoever kept the
+view, so it counts.
+
+Concurrency: one ``threading.Lock`` guards all pool state except the arena counters
+(``_counter``: ``next()`` is atomic, read as opened - closed). Carrier finalizers
+(``_slab``) may run in any thread at any point, including inside our own locked
+sections when the GC runs, so they only append to ``_pending``; whoever next takes the
+lock drains it. Async lends that find no room wait in the budget queue (``_waiters``),
+whose every decision is made under this lock; idle memory goes back to the OS through
+decay and retain (``_decay``).
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+import logging
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from . import _decay
+from ._arena import Arena
+from ._counter import counter, peek
+from ._errors import BudgetExhausted, InvalidSize, PoolClosedError
+from ._registry import register_slab_pool
+from ._sizeclasses import MIN_CLASS, blocks_per_slab, class_size, size_classes
+from ._slab import (
+    IDLE,
+    LENT,
+    ON_LEND,
+    ON_QUARANTINE,
+    ON_RECLAIM,
+    QUARANTINED,
+    Backing,
+    Block,
+    ClassState,
+    Slab,
+    arm,
+    detach_carrier,
+    escaped,
+)
+from ._units import format_size, parse_size
+from ._waiters import WaitQueue
+
+__all__ = ["SlabPool"]
+
+log = logging.getLogger("arenapool")
+
+_monotonic = time.monotonic
+_bisect_left = bisect.bisect_left
+
+
+class SlabPool:
+    """A process-wide reservoir of memory blocks with a budget.
+
+    Args:
+        budget: most bytes lent out (and quarantined) at once; ``lend`` beyond it
+            raises :class:`BudgetExhausted` (sync) or waits (async).
+        max_class: the largest size class; larger requests get a dedicated mapping.
+        decay: seconds a block may stay idle before it is returned to the OS (beyond the
+            warm reserve); ``None`` never returns memory on a timer, ``0`` at once.
+        backing: ``"mmap"`` (anonymous, lazily committed, returnable with madvise) or
+            ``"bytearray"``.
+        prefault: commit every page of a slab when it is created, so the request path
+            never page-faults (pair with ``decay=None`` to keep it that way).
+        huge_pages: ask for transparent huge pages (``madvise(MADV_HUGEPAGE)``) on
+            slabs of 2 MiB and more, so a large block faults in 2 MiB at a time; it
+            has an effect where the kernel's THP mode is ``madvise`` or ``always``.
+        scrub: zero every block when it comes back, so no later borrower can read it.
+        prealloc: blocks to map up front, ``{"64KiB": 32}``; they also set that class's
+            warm reserve.
+        reserve: idle blocks per class kept committed through decay (default 0).
+        retain: most idle bytes kept committed (resident) between decays (default
+            8 MiB); beyond it, blocks coming back are returned to the OS at once,
+            largest classes and longest idle first. ``None`` sets no cap: only
+            ``decay`` returns memory. A cap trades page faults on reuse for a lower
+            RSS under load.
+        retry_after: the ``Retry-After`` hint (seconds) carried by budget errors.
+        max_waiters: most async lends queued at once; beyond it ``lend_async`` sheds at
+            once with :class:`BudgetExhausted`. ``None`` means unbounded.
+        name: shown in the repr, stats and metrics.
+
+    A pool is safe to share between threads; an :class:`Arena` belongs to one task
+    or thread.
+    """
+
+    def __init__(
+        self,
+        budget: int | str = "256MiB",
+        *,
+        max_class: int | str = "16MiB",
+        decay: float | None = 10.0,
+        backing: Backing = "mmap",
+        prefault: bool = False,
+        huge_pages: bool = True,
+        scrub: bool = False,
+        prealloc: Mapping[int | str, int] | None = None,
+        reserve: int = 0,
+        retain: int | str | None = "8MiB",
+        retry_after: float = 1.0,
+        max_waiters: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.budget = parse_size(budget, name="budget")
+        self.max_class = parse_size(max_class, name="max_class")
+        if self.max_class < MIN_CLASS:
+            msg = f"max_class must be at least 4 KiB, got {max_class!r}"
+            raise InvalidSize(msg, value=max_class)
+        if backing not in ("mmap", "bytearray"):
+            msg = f"backing must be 'mmap' or 'bytearray', got {backing!r}"
+            raise InvalidSize(msg, value=backing)
+        if decay is not None and decay < 0:
+            msg = f"decay must be None or zero or more seconds, got {decay!r}"
+            raise InvalidSize(msg, value=decay)
+        if reserve < 0:
+            msg = f"reserve must be zero or more blocks, got {reserve!r}"
+            raise InvalidSize(msg, value=reserve)
+        self.decay = decay
+        self.retain = None if retain is None else parse_size(retain, name="retain", allow_zero=True)
+        self.backing: Backing = backing
+        self.prefault = prefault
+        self.huge_pages = huge_pages
+        self.scrub = scrub
+        self.retry_after = retry_after
+        self.max_waiters = max_waiters
+        self.name = name or f"pool-{id(self):x}"
+        self._sizes = size_classes(self.max_class)
+        self._classes = [ClassState(size, reserve) for size in self._sizes]
+        self._lock = threading.Lock()
+        self._slabs: set[Slab] = set()
+        self._huge: set[Block] = set()
+        self._pending: deque[Block] = deque()
+        self._queue = WaitQueue(self._lock)
+        self._waiters = self._queue.waiting  # the same deque: truthiness at C speed
+        self._closed = False
+        self._lent_bytes = 0
+        self._quarantined_bytes = 0
+        self._mapped_bytes = 0
+        self._high_water = 0
+        self._returned_bytes = 0
+        self._trims = 0
+        self._escapes = 0
+        self._huge_lent = 0
+        self._idle_committed = 0  # bytes of idle blocks whose pages may be resident
+        # arenas opened and closed: next() on a counter is atomic, so arenas come and
+        # go without the lock; _arena_counts() reads them
+        self._opened = counter()
+        self._closed_arenas = counter()
+        self._decay_thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        for key, count in (prealloc or {}).items():
+            self._prealloc(parse_size(key, name="prealloc size"), count)
+        register_slab_pool(self)
+
+    # -- public API --------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has run."""
+        return self._closed
+
+    @property
+    def lent_bytes(self) -> int:
+        """Bytes lent out right now (block sizes, not the sizes asked for)."""
+        return self._lent_bytes
+
+    @property
+    def available(self) -> int:
+        """Bytes the budget still allows to be lent."""
+        return max(0, self.budget - self._lent_bytes - self._quarantined_bytes)
+
+    def arena(
+        self, *, limit: int | str | None = None, scrub: bool | None = None, name: str | None = None
+    ) -> Arena:
+        """A new :class:`Arena` drawing from this pool (use it as a context manager)."""
+        return Arena(self, limit=limit, scrub=scrub, name=name)
+
+    def block_size(self, nbytes: int) -> int:
+        """The size of block a request for ``nbytes`` gets (its class, or page-rounded)."""
+        return class_size(self._sizes, self.max_class, nbytes)
+
+    def lend(self, nbytes: int) -> Block:
+        """Lend a block of at least ``nbytes`` now, or raise :class:`BudgetExhausted`.
+
+        A sync lend never overtakes async waiters: while any are queued it fails.
+        """
+        if type(nbytes) is int and 0 < nbytes <= self.max_class:  # the common case
+            sizes = self._sizes
+            index = _bisect_left(sizes, nbytes)
+            size = sizes[index]
+            lock = self._lock
+            lock.acquire()  # not `with`: its __exit__ call costs as much as the rest
+            try:
+                if self._pending:
+                    self._drain_pending()
+                if (
+                    not (self._closed or self._waiters)
+                    and self._lent_bytes + self._quarantined_bytes + size <= self.budget
+                ):
+                    return self._take_class(self._classes[index])
+            finally:
+                lock.release()
+        # everything else, and every refusal with its error
+        size = self._check_request(nbytes)
+        with self._lock:
+            if self._pending:
+                self._drain_pending()
+            if self._closed:
+                self._check_open()
+            if self._waiters or self._lent_bytes + self._quarantined_bytes + size > self.budget:
+                raise self._exhausted(nbytes, size, waited=0.0)
+            return self._take(nbytes, size)
+
+    async def lend_async(self, nbytes: int, *, timeout: float | None = None) -> Block:
+        """Lend a block of at least ``nbytes``, waiting FIFO up to ``timeout`` seconds.
+
+        Never blocks the event loop. Raises :class:`BudgetExhausted` when the wait times
+        out, when the queue is at ``max_waiters``, or when ``nbytes`` exceeds the whole
+        budget. A cancelled waiter leaves the queue and gives back anything granted.
+        """
+        size = self._check_request(nbytes)
+        with self._lock:
+            self._drain_pending()
+            self._check_open()
+            if not self._waiters and self._fits(size):
+                return self._take(nbytes, size)
+            waiter = self._queue.join(self, nbytes, size, timeout)
+        return await self._queue.wait(self, waiter, timeout)
+
+    def give_back(self, blocks: Iterable[Block]) -> int:
+        """Return lent blocks. Returns how many were quarantined (a view escaped)."""
+        returned = blocks if type(blocks) is list else list(blocks)
+        for block in returned:
+            view = block.view
+            if view is not None:
+                block.view = None
+                try:  # noqa: SIM105 - per block; contextlib.suppress costs a frame
+                    view.release()
+                except BufferError:  # an export of the root: the carrier stays held
+                    pass
+        view = None  # hold no view while counting references below
+        quarantined = 0
+        lock = self._lock
+        lock.acquire()
+        try:
+            now = _monotonic()
+            for block in returned:
+                if block.state is not LENT:
+                    continue
+                if escaped(block):
+                    self._quarantine(block)
+                    quarantined += 1
+                    continue
+                self._lent_bytes -= block.size
+                cls = block.slab.cls
+                if cls is None:
+                    self._huge_lent -= 1
+                else:
+                    cls.lent -= 1
+                self._make_idle(block, now)
+            if self.retain is not None and self._idle_committed > self.retain:
+                self._enforce_retain()
+            if self._pending:
+                self._drain_pending()
+            elif self._waiters:
+                self._queue.settle(self)
+        finally:
+            lock.release()
+        return quarantined
+
+    def trim(self, *, older_than: float = 0.0, keep_reserve: bool = True) -> int:
+        """Give idle memory back to the OS now; returns the bytes returned.
+
+        Blocks idle for at least ``older_than`` seconds beyond each class's warm reserve
+        (all of them with ``keep_reserve=False``) are ``madvise``d away, and slabs that
+        are wholly idle are unmapped.
+        """
+        with self._lock:
+            self._drain_pending()
+            if self._closed:
+                return 0
+            returned = _decay.trim_locked(self, time.monotonic() - older_than, keep_reserve)
+            self._returned_bytes += returned
+            if returned:
+                self._trims += 1
+        if returned:
+            log.debug("%s: returned %s to the OS", self.name, format_size(returned))
+        return returned
+
+    def regions(self) -> dict[str, list[tuple[int, int]]]:
+        """Address ranges of this pool's memory, for residency readings (``mincore``).
+
+        ``"mapped"``: ``(address, length)`` of every live slab (huge ones included);
+        ``"lent"``: ``(address, length)`` of every block lent or quarantined now. With
+        ``backing="bytearray"`` the ranges lie in the C heap. Taken under the lock;
+        costs O(slabs + blocks of slabs with a block out).
+        """
+        with self._lock:
+            self._drain_pending()
+            slabs = [s for s in self._slabs if s.mapped]
+            mapped = [(s.addr, s.size) for s in slabs]
+            lent = [
+                (s.addr + b.offset, b.size)
+                for s in slabs
+                if s.idle < s.nblocks
+                for b in s.blocks
+                if b.state is not IDLE
+            ]
+        return {"mapped": mapped, "lent": lent}
+
+    def stats(self) -> dict[str, Any]:
+        """A JSON-serialisable snapshot of the pool's state and counters."""
+        with self._lock:
+            self._drain_pending()
+            classes = [
+                {
+                    "size": c.size,
+                    "lent_blocks": c.lent,
+                    "lent_bytes": c.lent * c.size,
+                    "idle_blocks": c.idle,
+                    "idle_bytes": c.idle * c.size,
+                    "quarantined_blocks": c.quarantined,
+                    "quarantined_bytes": c.quarantined * c.size,
+                    "high_water_blocks": c.high_water,
+                    "reserve_blocks": c.reserve,
+                }
+                for c in self._classes
+                if c.lent or c.idle or c.quarantined or c.high_water
+            ]
+            idle_bytes = sum(c.idle * c.size for c in self._classes)
+            arenas_open, arenas_total = self._arena_counts()
+            return {
+                "name": self.name,
+                "closed": self._closed,
+                "backing": self.backing,
+                "budget": self.budget,
+                "max_class": self.max_class,
+                "decay": self.decay,
+                "scrub": self.scrub,
+                "lent_bytes": self._lent_bytes,
+                "lent_blocks": sum(c.lent for c in self._classes) + self._huge_lent,
+                "huge_lent_blocks": self._huge_lent,
+                "idle_bytes": idle_bytes,
+                "idle_committed_bytes": self._idle_committed,
+                "retain": self.retain,
+                "idle_blocks": sum(c.idle for c in self._classes),
+                "quarantined_bytes": self._quarantined_bytes,
+                "quarantined_blocks": sum(c.quarantined for c in self._classes)
+                + sum(1 for b in self._huge if b.state is QUARANTINED),
+                "mapped_bytes": self._mapped_bytes,
+                "available_bytes": max(0, self.budget - self._lent_bytes - self._quarantined_bytes),
+                "high_water_lent_bytes": self._high_water,
+                "waits": self._queue.waits,
+                "waiting": len(self._waiters),
+                "wait_timeouts": self._queue.timeouts,
+                "shed": self._queue.shed,
+                "returned_bytes": self._returned_bytes,
+                "trims": self._trims,
+                "escapes": self._escapes,
+                "arenas_open": arenas_open,
+                "arenas_total": arenas_total,
+                "classes": classes,
+            }
+
+    def close(self) -> None:
+        """Unmap everything idle and refuse further use (idempotent).
+
+        Blocks still lent are unmapped when they come back; queued waiters fail with
+        :class:`PoolClosedError`.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._drain_pending()
+            self._queue.settle(self)  # closed: every waiter fails
+            for slab in list(self._slabs):
+                if slab.idle == slab.nblocks:
+                    self._unmap_locked(slab)
+        self._stop.set()
+
+    def __enter__(self) -> SlabPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        with self._lock:
+            self._drain_pending()
+        lent_blocks = sum(c.lent for c in self._classes) + self._huge_lent
+        idle_blocks = sum(c.idle for c in self._classes)
+        idle_bytes = sum(c.idle * c.size for c in self._classes)
+        parts = [
+            f"in use {lent_blocks} blocks / {format_size(self._lent_bytes)}",
+            f"idle {idle_blocks} / {format_size(idle_bytes)}",
+        ]
+        if self._quarantined_bytes:
+            parts.append(f"quarantined {format_size(self._quarantined_bytes)}")
+        if self._waiters:
+            parts.append(f"waiting {len(self._waiters)}")
+        parts.append(f"budget {format_size(self.budget)}")
+        closed = " closed" if self._closed else ""
+        return f"<SlabPool{closed} [{' | '.join(parts)}]>"
+
+    # -- arena bookkeeping (called by Arena) ---------------------------------------
+
+    def _arena_opened(self) -> None:
+        if self._closed:
+            self._check_open()
+        next(self._opened)
+
+    def _arena_closed(self) -> None:
+        next(self._closed_arenas)
+
+    def _arena_counts(self) -> tuple[int, int]:
+        """(arenas open now, arenas opened in all): lock-free, so close enough."""
+        closed = peek(self._closed_arenas)  # first: opened >= closed then
+        opened = peek(self._opened)
+        return opened - closed, opened
+
+    # -- internals (the lock is held where a name ends in _locked or says so) -----
+
+    def _check_request(self, nbytes: int) -> int:
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int):
+            msg = f"size must be an int number of bytes, got {nbytes!r}"
+            raise InvalidSize(msg, value=nbytes)
+        if nbytes <= 0:
+            msg = f"size must be positive, got {nbytes!r}"
+            raise InvalidSize(msg, value=nbytes)
+        size = self.block_size(nbytes)
+        if size > self.budget:
+            msg = (
+                f"requested {format_size(nbytes)} ({nbytes!r} bytes) is more than the whole "
+                f"budget of {format_size(self.budget)}; raise budget= or read the data in parts"
+            )
+            raise BudgetExhausted(
+                msg,
+                requested=nbytes,
+                available=self.available,
+                budget=self.budget,
+                waited=0.0,
+                retry_after=self.retry_after,
+            )
+        return size
+
+    def _check_open(self) -> None:
+        if self._closed:
+            msg = f"{self.name} is closed; create a new SlabPool"
+            raise PoolClosedError(msg)
+
+    def _fits(self, size: int) -> bool:
+        return self._lent_bytes + self._quarantined_bytes + size <= self.budget
+
+    def _exhausted(
+        self, nbytes: int, size: int, *, waited: float, shed: bool = False
+    ) -> BudgetExhausted:
+        available = self.available
+        why = (
+            f"{len(self._waiters)} requests are already waiting (max_waiters={self.max_waiters})"
+            if shed
+            else f"{format_size(available)} of the {format_size(self.budget)} budget is free"
+        )
+        waited_text = f" after waiting {waited:.3f}s" if waited else ""
+        msg = (
+            f"memory budget exhausted: requested {format_size(nbytes)} "
+            f"(a {format_size(size)} block){waited_text}; {why}. "
+            f"Retry after {self.retry_after:g}s, or raise budget="
+        )
+        return BudgetExhausted(
+            msg,
+            requested=nbytes,
+            available=available,
+            budget=self.budget,
+            waited=waited,
+            retry_after=self.retry_after,
+        )
+
+    def _take(self, nbytes: int, size: int) -> Block:
+        """Lend one block (lock held, budget already checked)."""
+        if nbytes <= self.max_class:
+            return self._take_class(self._classes[_bisect_left(self._sizes, size)])
+        slab = self._new_slab(None, size, 1)
+        block = slab.blocks[0]
+        slab.idle = 0
+        self._huge.add(block)
+        self._huge_lent += 1
+        return self._lent(block, size)
+
+    def _take_class(self, cls: ClassState) -> Block:
+        """Lend one block of class ``cls`` (lock held, budget already checked)."""
+        size = cls.size
+        if not cls.free:
+            slab = self._new_slab(cls, size, blocks_per_slab(size))
+            # push in reverse so the lowest offsets come out first
+            cls.free.extend(reversed(slab.blocks))
+            cls.idle += slab.nblocks
+        block = cls.free.pop()
+        block.slab.idle -= 1
+        cls.idle -= 1
+        if block.committed:
+            self._idle_committed -= size
+        lent = cls.lent = cls.lent + 1
+        if lent > cls.high_water:  # noqa: PLR1730 - hot path: max() is a call
+            cls.high_water = lent
+        return self._lent(block, size)
+
+    def _lent(self, block: Block, size: int) -> Block:
+        """IDLE -> LENT for a block taken off a free list (or mapped); arm its root view."""
+        block.state = ON_LEND[block.state]
+        block.committed = True
+        block.used = 0
+        held = self._lent_bytes = self._lent_bytes + size
+        held += self._quarantined_bytes
+        if held > self._high_water:  # noqa: PLR1730 - hot path: max() is a call
+            self._high_water = held
+        carrier = block.carrier
+        if carrier is None:
+            carrier = arm(block)
+        block.view = memoryview(carrier).cast("B")
+        return block
+
+    def _new_slab(self, cls: ClassState | None, block_size: int, nblocks: int) -> Slab:
+        slab = Slab(cls, block_size, nblocks, self.backing, self.huge_pages)
+        if self.prefault:
+            slab.prefault()
+        self._slabs.add(slab)
+        self._mapped_bytes += slab.size
+        if self.decay is not None and self._decay_thread is None:
+            self._decay_thread = _decay.start_decay_thread(self, self._stop)
+        return slab
+
+    def _prealloc(self, nbytes: int, count: int) -> None:
+        size = self.block_size(nbytes)
+        if nbytes > self.max_class:
+            msg = f"prealloc size {format_size(nbytes)} is above max_class; raise max_class="
+            raise InvalidSize(msg, value=nbytes)
+        cls = self._classes[_bisect_left(self._sizes, size)]
+        cls.reserve = max(cls.reserve, count)
+        per_slab = blocks_per_slab(size)
+        with self._lock:
+            while cls.idle < count:
+                slab = self._new_slab(cls, size, per_slab)
+                now = time.monotonic()
+                for block in slab.blocks:
+                    block.idle_since = now
+                    block.committed = self.prefault
+                    if self.prefault:
+                        self._idle_committed += block.size
+                cls.free[:0] = reversed(slab.blocks)
+                cls.idle += slab.nblocks
+
+    def _quarantine(self, block: Block) -> None:
+        """LENT -> QUARANTINED: a view of the block outlived its lend (lock held)."""
+        block.state = ON_QUARANTINE[block.state]
+        size = block.size
+        self._lent_bytes -= size
+        self._quarantined_bytes += size
+        cls = block.slab.cls
+        if cls is None:
+            self._huge_lent -= 1
+        else:
+            cls.lent -= 1
+            cls.quarantined += 1
+        # fires when the last stale view dies, perhaps at once (another thread)
+        detach_carrier(block, _on_carrier_death, weakref.ref(self), block)
+        self._escapes += 1
+        log.debug(
+            "%s: a view of a %s block outlived its lend; quarantined until it is gone",
+            self.name,
+            format_size(size),
+        )
+
+    def _make_idle(self, block: Block, now: float) -> None:
+        """LENT or QUARANTINED -> IDLE, or unmapped (lock held, counters already moved)."""
+        block.state = ON_RECLAIM[block.state]
+        slab = block.slab
+        cls = slab.cls
+        if cls is None:  # a huge block's mapping goes as soon as the block comes back
+            self._huge.discard(block)
+            self._unmap_locked(slab)
+            return
+        if self.scrub or block.scrub:
+            block.zero_used()
+            block.scrub = False
+        block.used = 0
+        block.idle_since = now
+        cls.free.append(block)
+        cls.idle += 1
+        slab.idle += 1
+        if block.committed:
+            self._idle_committed += block.size
+        if self._closed and slab.idle == slab.nblocks:
+            self._unmap_locked(slab)
+        elif self.decay == 0:
+            self._returned_bytes += _decay.trim_locked(self, now, keep_reserve=True)
+
+    def _drain_pending(self) -> None:
+        """Move blocks whose escaped views died out of quarantine (lock held)."""
+        pending = self._pending
+        if not pending:
+            return
+        now = time.monotonic()
+        while pending:
+            block = pending.popleft()
+            if block.state is not QUARANTINED:
+                continue
+            self._quarantined_bytes -= block.size
+            cls = block.slab.cls
+            if cls is not None:
+                cls.quarantined -= 1
+            self._make_idle(block, now)
+        self._queue.settle(self)
+
+    def _wake(self) -> None:
+        """Scheduled by a carrier finalizer: drain quarantine and serve waiters."""
+        with self._lock:
+            self._drain_pending()
+
+    def _enforce_retain(self) -> None:
+        """Hold idle committed bytes to ``retain`` (lock held; see ``_decay``)."""
+        if self.backing == "mmap":
+            self._returned_bytes += _decay.enforce_retain(self)
+
+    def _unmap_locked(self, slab: Slab) -> None:
+        if not slab.mapped:
+            return
+        cls = slab.cls
+        if cls is not None:
+            self._idle_committed -= sum(
+                b.size for b in slab.blocks if b.committed and b.state is IDLE
+            )
+            members = set(map(id, slab.blocks))
+            cls.free = [b for b in cls.free if id(b) not in members]
+            cls.idle -= slab.nblocks
+        try:
+            slab.unmap()
+        except BufferError:  # pragma: no cover - a carrier is still alive; keep it mapped
+            log.exception("%s: slab still exported at unmap; leaving it mapped", self.name)
+            return
+        self._slabs.discard(slab)
+        self._mapped_bytes -= slab.size
+
+
+def _on_carrier_death(pool_ref: weakref.ref[SlabPool], block: Block) -> None:
+    """The last view of a quarantined block died. Runs anywhere: no locks here."""
+    pool = pool_ref()
+    if pool is None:
+        return
+    pool._pending.append(block)
+    for loop in pool._queue.loops():
+        with contextlib.suppress(RuntimeError):  # that loop is closed
+            loop.call_soon_threadsafe(pool._wake)

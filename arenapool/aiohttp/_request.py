@@ -1,0 +1,113 @@
+"""The per-request state: what the middleware keeps for one request, and how it is found.
+
+A :class:`RequestState` is made by the middleware (or :func:`with_arena`) when a request
+comes in, stored in the request under :data:`ARENA_KEY` and set as the provider of
+:func:`arenapool.current_arena` for the handler's task. Its arena is made on first use
+and released by the middleware when the handler is done; after that (``request`` is
+``None``) asking for the arena raises instead of making one nobody would release.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from aiohttp import web
+
+from .. import _arena
+from .._arena import Arena
+from .._errors import ArenaPoolError, ArenaReleasedError
+from ._config import ArenaConfig, RouteCounters
+
+
+class RequestState:
+    """What the middleware keeps per request. The arena is made on first use."""
+
+    __slots__ = (
+        "_arena",
+        "body",
+        "config",
+        "counters",
+        "declared",
+        "inline",
+        "limit",
+        "request",
+        "route",
+    )
+
+    def __init__(
+        self,
+        request: web.Request,
+        config: ArenaConfig,
+        *,
+        counters: RouteCounters,
+        route: str,
+        limit: int,
+        declared: int | None,
+    ) -> None:
+        self.request: web.Request | None = request  # None once served: no cycle
+        self.declared = declared
+        self.config = config
+        self.counters = counters
+        self.route = route
+        self.limit = limit
+        self._arena: Arena | None = None
+        self.body: memoryview | None = None
+        self.inline: bytes | None = None
+
+    @property
+    def arena(self) -> Arena:
+        arena = self._arena
+        if arena is None:
+            if self.request is None:  # served: an arena made now would never be released
+                msg = (
+                    f"the request to {self.route} has finished; its arena is gone. Use "
+                    "arenas inside the handler (or a middleware that runs before ours)"
+                )
+                raise ArenaReleasedError(msg, state="RELEASED", operation="get_arena")
+            config = self.config
+            arena = self._arena = config.pool.arena(
+                limit=self.limit, scrub=config.scrub, name=self.route
+            )
+        return arena
+
+    def __call__(self) -> Arena:  # the provider current_arena() calls
+        return self.arena
+
+
+_RequestKey = getattr(web, "RequestKey", None)
+ARENA_KEY: Any = (
+    _RequestKey("arenapool.request", RequestState) if _RequestKey else "arenapool.request"
+)
+
+
+def get_arena(request: web.Request) -> Arena:
+    """The arena of this request (from the middleware or :func:`with_arena`)."""
+    state = find_state(request)
+    if state is None:
+        msg = (
+            "this request has no arena: call arenapool.aiohttp.setup(app) or decorate the "
+            "handler with @with_arena()"
+        )
+        raise ArenaPoolError(msg)
+    return state.arena
+
+
+def find_state(request: web.Request) -> RequestState | None:
+    """This request's state if the middleware or a decorator is serving it.
+
+    The context variable answers for the request being handled in this task (one
+    lookup, where ``request.get`` goes through ``Mapping.get`` in Python); the request's
+    own slot answers for a request handled elsewhere.
+    """
+    state = _arena._current.get()
+    if type(state) is RequestState and state.request is request:
+        return state
+    return cast("RequestState | None", request.get(ARENA_KEY))
+
+
+def require_state(request: web.Request) -> RequestState:
+    """This request's state; without one, :class:`ArenaPoolError` says how to get one."""
+    state = find_state(request)
+    if state is None:
+        get_arena(request)  # raises with the explanation
+    return state  # type: ignore[return-value]  # get_arena raised

@@ -1,0 +1,123 @@
+"""The modes: the ways of running the example service that a benchmark compares.
+
+A :class:`Mode` is the example service's handler style (``plain``, ``orjson``,
+``arenapool``, ``arenapool-msgspec``) plus the process setup users reach for today (an
+LD_PRELOADed allocator, ``MALLOC_ARENA_MAX=2``, gunicorn recycling workers after N
+requests). :func:`resolve_modes` keeps the ones this machine can run, with a note for
+each one it cannot.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import importlib.util
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["MODES", "Mode", "find_library", "mode_names", "resolve_modes"]
+
+_LIBRARY_FILES = {
+    "jemalloc": ("libjemalloc.so.2", "libjemalloc.so"),
+    "mimalloc": ("libmimalloc.so.2", "libmimalloc.so"),
+}
+_LIBRARY_DIRS = (
+    "/usr/lib/x86_64-linux-gnu",
+    "/usr/lib/aarch64-linux-gnu",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+    "/lib/x86_64-linux-gnu",
+)
+
+
+def find_library(name: str) -> str | None:
+    """The path of an allocator library to LD_PRELOAD (``jemalloc``, ``mimalloc``)."""
+    for directory in _LIBRARY_DIRS:
+        for filename in _LIBRARY_FILES.get(name, ()):
+            path = Path(directory, filename)
+            if path.exists():
+                return str(path)
+    found = ctypes.util.find_library(name)  # a bare soname; the loader finds it
+    return found or None
+
+
+@dataclass(frozen=True)
+class Mode:
+    """One way of running the example service."""
+
+    name: str
+    service: str  # the example service's --mode
+    description: str
+    env: Mapping[str, str] = field(default_factory=dict)
+    gunicorn_max_requests: int | None = None  # run under gunicorn, recycling workers
+    unavailable: str | None = None  # why it cannot run here, or None
+
+
+def _modes(recycle_after: int) -> list[Mode]:
+    modes = [
+        Mode("plain", "plain", "await request.json() + web.json_response"),
+        Mode("orjson", "orjson", "orjson.loads(await request.read()) + orjson.dumps"),
+        Mode("arenapool", "arenapool", "arenapool read_json (orjson) + json_response"),
+        Mode("arenapool-msgspec", "arenapool-msgspec", "arenapool read_json (msgspec)"),
+    ]
+    for lib in ("jemalloc", "mimalloc"):
+        path = find_library(lib)
+        modes.append(
+            Mode(
+                f"orjson+{lib}",
+                "orjson",
+                f"orjson handler, LD_PRELOAD={path or lib}",
+                env={"LD_PRELOAD": path} if path else {},
+                unavailable=None
+                if path
+                else f"lib{lib} not found (Debian/Ubuntu: apt-get install lib{lib}2)",
+            )
+        )
+    modes.append(
+        Mode(
+            "orjson+arena2",
+            "orjson",
+            "orjson handler, MALLOC_ARENA_MAX=2",
+            {"MALLOC_ARENA_MAX": "2"},
+        )
+    )
+    gunicorn_missing = None
+    if importlib.util.find_spec("gunicorn") is None:
+        gunicorn_missing = "gunicorn not installed (pip install 'arenapool[gunicorn]')"
+    modes.append(
+        Mode(
+            "orjson+recycle",
+            "orjson",
+            f"orjson handler under gunicorn, 1 worker, max_requests={recycle_after}",
+            gunicorn_max_requests=recycle_after,
+            unavailable=gunicorn_missing,
+        )
+    )
+    return modes
+
+
+def mode_names() -> list[str]:
+    return [m.name for m in _modes(1000)]
+
+
+MODES = mode_names()
+
+
+def resolve_modes(
+    names: Iterable[str], *, recycle_after: int = 1000
+) -> tuple[list[Mode], list[str]]:
+    """The named modes that can run here, and a note for each one that cannot."""
+    known = {m.name: m for m in _modes(recycle_after)}
+    modes: list[Mode] = []
+    notes: list[str] = []
+    for name in names:
+        if name not in known:
+            msg = f"unknown mode {name!r}; choose from {', '.join(known)}"
+            raise ValueError(msg)
+        mode = known[name]
+        if mode.unavailable:
+            notes.append(f"skipped {name}: {mode.unavailable}")
+        else:
+            modes.append(mode)
+    return modes, notes
