@@ -4,6 +4,7 @@ Request-scoped arenas carved from a process-wide slab pool with a budget, reusab
 object pools, and memory given back to the OS. See the README for the tour.
 """
 
+from ._adminconfig import AdminConfig
 from ._arena import Arena, ArenaState, ViewEscapedWarning, current_arena
 from ._errors import (
     ArenaLimitExceeded,
@@ -30,6 +31,7 @@ from ._units import format_size, parse_size
 from ._version import __version__
 
 __all__ = [
+    "AdminConfig",
     "Arena",
     "ArenaLimitExceeded",
     "ArenaPoolError",

@@ -128,6 +128,8 @@ _ALLOWED: Final[dict[ArenaState, frozenset[str]]] = {
             "copy",
             "copy_async",
             "json",
+            "realloc",
+            "realloc_async",
             "release",
             "reset",
         }
@@ -163,6 +165,7 @@ class Arena:
         "_cur_off",
         "_escapes",
         "_high_water",
+        "_last_own",
         "_limit",
         "_next_chunk",
         "_on_release",
@@ -185,7 +188,11 @@ class Arena:
         name: str | None = None,
     ) -> None:
         self._pool = pool
-        self._limit = pool.budget if limit is None else parse_size(limit, name="limit")
+        if limit is None:
+            limit = pool.budget
+        elif type(limit) is not int or limit <= 0:  # an int is the adapters' case: as is
+            limit = parse_size(limit, name="limit")
+        self._limit = limit
         self._scrub = pool.scrub if scrub is None else scrub
         self.name = name
         pool._arena_opened()  # may raise PoolClosedError: before _state, so __del__ is quiet
@@ -196,6 +203,7 @@ class Arena:
         self._cur_block: Block | None = None
         self._cur_off = self._cur_end = self._used = self._reserved = 0
         self._high_water = self._escapes = 0
+        self._last_own: tuple[Block, memoryview] | None = None  # see realloc()
         self._next_chunk = FIRST_CHUNK
         self._on_release: list[Callable[[], object]] | None = None
         self._tokens: list[contextvars.Token[Arena | Callable[[], Arena] | None]] = []
@@ -276,6 +284,51 @@ class Arena:
             pool.give_back([block])
             raise self._over_limit(nbytes)
         return self._adopt(block, nbytes, nbytes >= LARGE or block.size - nbytes < self._room())
+
+    def realloc(self, view: memoryview, nbytes: int) -> memoryview:
+        """Resize the arena's most recent allocation ``view`` to ``nbytes`` bytes.
+
+        Returns a view whose first ``min(len(view), nbytes)`` bytes are ``view``'s;
+        ``view`` itself is released (do not use it again). It grows in place when its
+        block has room and shrinks in place always; otherwise the bytes move to a new
+        allocation and, when ``view`` had a block of its own, that block goes back to
+        the pool at once. So a buffer that grows as data arrives holds at most its
+        current size, plus the new one while the bytes move. ``limit`` applies to
+        the new size (the old one is not counted twice). Raises like :meth:`alloc`,
+        and :class:`ArenaPoolError` when ``view`` is not the most recent allocation.
+        """
+        block, start = self._last_alloc("realloc", view, nbytes)
+        if start + nbytes <= block.size:
+            return self._resize_in_place(block, start, view, nbytes)
+        old = view.nbytes
+        own = self._alone_in(block, start, old)
+        self._used -= old  # the limit counts the new size, not both
+        try:
+            new = self.alloc(nbytes)
+        finally:
+            self._used += old
+        return self._moved(block, start, view, new, own)
+
+    def _alone_in(self, block: Block, start: int, nbytes: int) -> bool:
+        """Whether the allocation of ``nbytes`` at ``start`` is all ``block`` holds (its
+        own block, or a chunk it is alone in): the block goes back once the bytes move."""
+        return block is not self._cur_block or (start == 0 and self._cur_off == (nbytes + 7) & -8)
+
+    async def realloc_async(
+        self, view: memoryview, nbytes: int, *, timeout: float | None = None
+    ) -> memoryview:
+        """Like :meth:`realloc`, but waits (FIFO, up to ``timeout`` s) for budget."""
+        block, start = self._last_alloc("realloc_async", view, nbytes)
+        if start + nbytes <= block.size:
+            return self._resize_in_place(block, start, view, nbytes)
+        old = view.nbytes
+        own = self._alone_in(block, start, old)
+        self._used -= old  # the limit counts the new size, not both
+        try:
+            new = await self.alloc_async(nbytes, timeout=timeout)
+        finally:
+            self._used += old
+        return self._moved(block, start, view, new, own)
 
     def copy(self, data: Any) -> memoryview:
         """Copy a bytes-like object into the arena; returns the arena's view of it."""
@@ -512,6 +565,7 @@ class Arena:
             self._next_chunk = size * 2 if size * 2 < cap else cap
         if own:
             block.used = nbytes
+            self._last_own = (block, view)  # what realloc() may resize in place
             cur = self._cur_block
             if cur is None:
                 return view
@@ -528,8 +582,99 @@ class Arena:
         self._cur_end = end if end < size else size
         return view
 
+    def _last_alloc(self, op: str, view: memoryview, nbytes: int) -> tuple[Block, int]:
+        """(block, offset) of ``view``, which must be the most recent allocation."""
+        self._check(op)
+        if type(nbytes) is not int or nbytes <= 0:
+            self._bad_size(nbytes)
+        views = self._views
+        if not views or views[-1] is not view:
+            msg = f"{op}() resizes only the arena's most recent allocation (a view it returned)"
+            raise ArenaPoolError(msg)
+        if self._used - view.nbytes + nbytes > self._limit:
+            raise self._over_limit(nbytes - view.nbytes)
+        own = self._last_own
+        if own is not None and own[1] is view:  # a block of its own, from offset 0
+            return own[0], 0
+        block = self._cur_block  # else it was the last bump of the current chunk
+        assert block is not None
+        return block, self._cur_off - ((view.nbytes + 7) & -8)
+
+    def _resize_in_place(
+        self, block: Block, start: int, view: memoryview, nbytes: int
+    ) -> memoryview:
+        root = block.view
+        assert root is not None
+        new = root[start : start + nbytes]
+        old = view.nbytes
+        self._swap_last(view, new)
+        used = self._used = self._used - old + nbytes
+        if block is self._cur_block:
+            self._cur_off = off = (start + nbytes + 7) & -8
+            end = off + self._limit - used
+            self._cur_end = end if end < block.size else block.size
+        else:
+            block.used = nbytes
+            self._last_own = (block, new)
+            self._limit_changed()
+        return new
+
+    def _moved(
+        self, block: Block, start: int, view: memoryview, new: memoryview, own: bool
+    ) -> memoryview:
+        """``new`` was allocated for ``view``'s bytes: move them, then free ``view``."""
+        old = view.nbytes
+        new[:old] = view  # callers grow; a move never shrinks
+        self._used -= old
+        views = self._views
+        for i in range(len(views) - 1, -1, -1):  # identity, not ==: views compare bytes
+            if views[i] is view:
+                del views[i]
+                break
+        try:
+            view.release()
+        except BufferError:  # an export of it is alive: release() will report it
+            views.append(view)
+            own = False  # its block must stay with the arena until then
+        if own:
+            blocks = self._blocks
+            for i in range(len(blocks) - 1, -1, -1):
+                if blocks[i] is block:
+                    del blocks[i]
+                    break
+            self._reserved -= block.size
+            if block is self._cur_block:  # the current chunk goes: the next one is new
+                block.used = self._cur_off  # what a scrub zeroes
+                self._cur_block = None
+                self._cur = _EMPTY
+                self._cur_off = self._cur_end = 0
+            elif self._last_own is not None and self._last_own[0] is block:
+                self._last_own = None
+            self._pool.give_back([block])
+        elif block is self._cur_block and self._cur_off == start + ((old + 7) & -8):
+            self._cur_off = start  # it was the chunk's last bump: its room comes back
+        self._limit_changed()
+        return new
+
+    def _swap_last(self, view: memoryview, new: memoryview) -> None:
+        views = self._views
+        try:
+            view.release()
+        except BufferError:  # keep it listed: release() reports the escape
+            views.append(new)
+            return
+        views[-1] = new
+
+    def _limit_changed(self) -> None:
+        """``used`` changed outside the fast path: lower the chunk's bound to match."""
+        block = self._cur_block
+        if block is not None:
+            end = self._cur_off + self._limit - self._used
+            self._cur_end = end if end < block.size else block.size
+
     def _return_all(self, stacklevel: int) -> None:
         self._high_water = max(self._high_water, self._used)
+        self._last_own = None
         cur = self._cur_block
         if cur is not None:
             cur.used = self._cur_off  # what a scrub zeroes

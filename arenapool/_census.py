@@ -13,25 +13,29 @@ without running any parent cleanup. The parent reads the pipe with
 loop callbacks, so the loop only pays for the ``fork()`` itself. A child that overruns
 ``timeout`` is killed; a reap that was still pending is finished by callbacks.
 
-The previous census's full summary is kept as one opaque ``bytes`` frame (not as
-Python objects, which would show up in the next census's diff); the child parses it
-and computes the diff itself. Frame layout: 8-byte big-endian length of the result
-JSON, the result JSON, then the full summary JSON.
+The last ``suspect_censuses`` full summaries are kept as opaque ``bytes`` frames (not
+as Python objects, which would show up in the next census's diff); the child parses
+them and computes the diff against the newest and the *leak suspects*: the types whose
+count grew in each of the last ``suspect_censuses`` censuses (a cache that never
+evicts grows every time; a burst grows once and shrinks). Frame layout: 8-byte
+big-endian length of the result JSON, the result JSON, then the full summary JSON.
 
 Where ``fork`` does not exist (or ``use_fork=False``) the same work runs in a worker
 thread and the result says ``"mode": "thread"``: correct, but the loop does stall, and
 objects moved to the permanent generation by ``gc.freeze()`` are not seen (the forked
 child unfreezes its own copy first).
-State per :class:`Census`: the previous frame, the time the last census started
-(rate limit), and whether one is running (one at a time).
+State per :class:`Census`: the previous frames (a bounded deque), the time the last
+census started (rate limit), and whether one is running (one at a time).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import gc
+import itertools
 import os
 import signal
 import time
@@ -75,7 +79,29 @@ def _diff(previous: list[list[Any]], rows: list[list[Any]], top: int) -> dict[st
     }
 
 
-def _compute(previous: bytes | None, top: int, trace_top: int, *, child: bool) -> bytes:
+def _suspects(
+    previous: list[list[list[Any]]], rows: list[list[Any]], k: int, top: int
+) -> list[dict[str, Any]] | None:
+    """Types whose count grew in each of the last ``k`` censuses; ``None`` before
+    ``k + 1`` censuses exist. Largest growth first."""
+    if k < 1 or len(previous) < k:
+        return None
+    series = [{r[0]: r[1] for r in frame} for frame in previous[-k:]]
+    series.append({r[0]: r[1] for r in rows})
+    found = []
+    for name, count in series[-1].items():
+        counts = [s.get(name, 0) for s in series]
+        if all(b > a for a, b in itertools.pairwise(counts)):
+            found.append(
+                {"type": name, "count": count, "growth": count - counts[0], "counts": counts}
+            )
+    found.sort(key=lambda r: (-r["growth"], r["type"]))
+    return found[:top]
+
+
+def _compute(
+    previous: tuple[bytes, ...], top: int, trace_top: int, suspect_k: int, *, child: bool
+) -> bytes:
     """The census proper, in the child (or a worker thread); returns one frame."""
     started = time.perf_counter()
     sites = None
@@ -111,16 +137,20 @@ def _compute(previous: bytes | None, top: int, trace_top: int, *, child: bool) -
         "top_by_size": _rows_by(rows, 2, top),
         "top_by_count": _rows_by(rows, 1, top),
         "diff": None,
+        "suspects": None,
+        "suspect_censuses": suspect_k,
         "tracemalloc": sites,
         "walk_seconds": time.perf_counter() - started,
     }
-    if previous is not None:
-        result["diff"] = _diff(orjson.loads(previous), rows, top)
+    if previous:
+        frames = [orjson.loads(frame) for frame in previous]
+        result["diff"] = _diff(frames[-1], rows, top)
+        result["suspects"] = _suspects(frames, rows, suspect_k, top)
     head = orjson.dumps(result)
     return len(head).to_bytes(_HEADER, "big") + head + orjson.dumps(rows)
 
 
-def _child(wfd: int, previous: bytes | None, top: int, trace_top: int) -> None:
+def _child(wfd: int, previous: tuple[bytes, ...], top: int, trace_top: int, suspect_k: int) -> None:
     """Runs in the forked child; never returns."""
     status = 1
     try:
@@ -136,7 +166,7 @@ def _child(wfd: int, previous: bytes | None, top: int, trace_top: int) -> None:
         # The walk is CPU-bound for seconds; on a busy machine the server comes first.
         with contextlib.suppress(OSError):
             os.nice(10)
-        frame = _compute(previous, top, trace_top, child=True)
+        frame = _compute(previous, top, trace_top, suspect_k, child=True)
         view = memoryview(frame)
         while view:
             view = view[os.write(wfd, view) :]
@@ -189,6 +219,9 @@ class Census:
     ``types``, ``top_by_size`` and ``top_by_count`` (lists of ``{type, count, size}``),
     ``diff`` (``None`` the first time, then ``{grew, shrank}`` lists of
     ``{type, count_delta, size_delta, count, size}`` against the previous census),
+    ``suspects`` (``None`` until ``suspect_censuses + 1`` censuses ran, then a list of
+    ``{type, count, growth, counts}`` for the types whose count grew in each of the last
+    ``suspect_censuses`` censuses),
     ``tracemalloc`` (top allocation sites when tracing is on, else ``None``),
     ``seconds`` (wall time) and ``time``.
     """
@@ -201,6 +234,7 @@ class Census:
         trace_top: int = 15,
         timeout: float = 120.0,
         use_fork: bool | None = None,
+        suspect_censuses: int = 3,
     ) -> None:
         self.min_interval = min_interval
         self.top = top
@@ -211,7 +245,10 @@ class Census:
             msg = "use_fork=True but this platform has no os.fork(); pass use_fork=None"
             raise ValueError(msg)
         self.last: dict[str, Any] | None = None
-        self._previous: bytes | None = None
+        self.suspect_censuses = suspect_censuses
+        self._previous: collections.deque[bytes] = collections.deque(
+            maxlen=max(1, suspect_censuses)
+        )
         self._started = float("-inf")
         self._running = False
 
@@ -239,13 +276,18 @@ class Census:
             else:
                 loop = asyncio.get_running_loop()
                 work = functools.partial(
-                    _compute, self._previous, self.top, self.trace_top, child=False
+                    _compute,
+                    tuple(self._previous),
+                    self.top,
+                    self.trace_top,
+                    self.suspect_censuses,
+                    child=False,
                 )
                 frame = await loop.run_in_executor(None, work)
         finally:
             self._running = False
         result, rows = _split(frame)
-        self._previous = rows
+        self._previous.append(rows)
         result["mode"] = "fork" if self.use_fork else "thread"
         result["seconds"] = time.perf_counter() - wall
         result["time"] = time.time()
@@ -267,7 +309,7 @@ class Census:
             os.close(wfd)
             raise
         if pid == 0:  # pragma: no cover - the child; coverage cannot follow os._exit
-            _child(wfd, self._previous, self.top, self.trace_top)
+            _child(wfd, tuple(self._previous), self.top, self.trace_top, self.suspect_censuses)
         os.close(wfd)
         reader = asyncio.StreamReader()
         finished = False

@@ -1,19 +1,29 @@
-"""Decay and retain: when idle blocks go back to the OS.
+"""Decay, retain and warm reserves: when idle blocks go back to the OS, off the request path.
 
 Theory of operation
 -------------------
 An idle block carries the time it went idle, and each class's free stack has the blocks
-idle longest at its bottom. Two policies return memory, both with the pool's lock held:
+idle longest at its bottom (hot blocks are reused LIFO from the top and stay committed).
+Nothing here runs on the request path: ``give_back`` only counts, and when the idle
+committed bytes pass ``retain`` it wakes the pool's maintenance thread
+(:func:`start_decay_thread`, one daemon thread per pool, started with its first slab
+when ``decay`` or ``retain`` is set). With the pool's lock held, the thread:
 
-- *Decay* (:func:`trim_locked`): a daemon thread per pool (:func:`start_decay_thread`,
-  started on the pool's first slab) wakes every ``decay / 4`` seconds and gives blocks
-  idle longer than ``decay`` back to the OS, beyond each class's warm reserve:
-  ``madvise(DONTNEED)`` for a block inside a shared slab, unmapping for a slab that is
-  wholly idle (as long as the class keeps its reserve). ``SlabPool.trim`` runs the same
-  function on demand.
-- *Retain* (:func:`enforce_retain`): after a return, while more than ``retain`` idle
-  bytes stay committed, idle blocks are decommitted at once, largest classes first and
+- *Retain* (:func:`enforce_retain`), when woken and on every tick: while more than
+  ``retain`` idle bytes stay committed, decommits idle blocks, largest classes first and
   longest idle first, warm reserves kept. It trades page faults on reuse for RSS.
+- *Decay* (:func:`trim_locked`), every ``decay / 4`` seconds: gives blocks idle longer
+  than ``decay`` back to the OS, beyond each class's warm reserve: ``madvise(DONTNEED)``
+  for a block inside a shared slab, unmapping for a slab that is wholly idle (as long
+  as the class keeps its reserve). ``SlabPool.trim`` runs the same function on demand.
+- *Calibrate* (:func:`calibrate_locked`), every tick: each class's warm reserve becomes
+  the median of the most blocks lent at once over the last ``CALIBRATION_WINDOWS``
+  ticks, never below what ``reserve=``/``prealloc=`` asked for. So the pool keeps warm
+  what the traffic needs now, and one burst does not pin its peak for good
+  (bytebufferpool recalibrates its sizes every 42,000 calls from a histogram of the
+  sizes seen; Netty 4.2's adaptive allocator sizes its chunks from histograms).
+
+``decay=0`` alone still returns memory at once, inside ``give_back``: it asks for that.
 
 The pool keeps ``_idle_committed`` (bytes of idle blocks whose pages may be resident);
 every decommit here lowers it by the block's size, so it stays the sum over idle blocks
@@ -23,28 +33,44 @@ with ``committed`` set.
 from __future__ import annotations
 
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from ._slab import Block, ClassState, Slab
+    from ._slab import Backing, Block, ClassState, Slab
 
-__all__ = ["Reservoir", "enforce_retain", "start_decay_thread", "trim_locked"]
+__all__ = [
+    "Reservoir",
+    "calibrate_locked",
+    "enforce_retain",
+    "maintain",
+    "start_decay_thread",
+    "trim_locked",
+]
+
+#: Seconds between ticks of a pool that has ``retain`` but no ``decay``.
+RETAIN_TICK = 1.0
 
 
 class Reservoir(Protocol):
     """What decay needs from its pool (the lock held for all but ``trim``)."""
 
     name: str
+    backing: Backing
     decay: float | None
     retain: int | None
     _classes: list[ClassState]
     _idle_committed: int
+    _returned_bytes: int
+    _lock: threading.Lock
 
     @property
     def closed(self) -> bool: ...
 
     def _unmap_locked(self, slab: Slab) -> None: ...
+
+    def _drain_pending(self) -> None: ...
 
     def trim(self, *, older_than: float = 0.0, keep_reserve: bool = True) -> int: ...
 
@@ -88,7 +114,7 @@ def enforce_retain(pool: Reservoir) -> int:
     """Decommit idle blocks until at most ``retain`` idle bytes stay committed: largest
     classes first, longest idle first, warm reserves kept. The bytes returned."""
     retain = pool.retain
-    if retain is None:
+    if retain is None or pool._idle_committed <= retain:
         return 0
     returned = 0
     for cls in reversed(pool._classes):
@@ -104,13 +130,53 @@ def enforce_retain(pool: Reservoir) -> int:
     return returned
 
 
-def start_decay_thread(pool: Reservoir, stop: threading.Event) -> threading.Thread:
-    """Start the daemon thread that trims ``pool`` every ``decay / 4`` seconds; it holds
-    the pool weakly and ends when ``stop`` is set or the pool is gone or closed."""
-    interval = max(0.05, (pool.decay or 0.0) / 4)
+def calibrate_locked(pool: Reservoir) -> None:
+    """Close a calibration window: each class's reserve becomes the median of its recent
+    window peaks, never below its ``base_reserve`` (lock held)."""
+    for cls in pool._classes:
+        peak = cls.window_peak
+        peaks = cls.peaks
+        peaks.append(peak)
+        cls.window_peak = cls.lent  # the next window starts with what is out now
+        if not peak and cls.reserve == cls.base_reserve:
+            continue  # a quiet class at its floor stays there (a 0 only lowers the median)
+        ordered = sorted(peaks)
+        median = ordered[len(ordered) // 2]
+        cls.reserve = median if median > cls.base_reserve else cls.base_reserve
+
+
+def maintain(pool: Reservoir, now: float, *, tick: bool = True) -> int:
+    """One pass of the maintenance thread; the bytes returned to the OS.
+
+    Always holds ``retain``; on a ``tick`` also recalibrates the warm reserves and, with
+    ``decay`` set, returns blocks idle longer than that.
+    """
+    returned = 0
+    with pool._lock:
+        if pool.closed:
+            return 0
+        pool._drain_pending()
+        if tick:
+            calibrate_locked(pool)
+            decay = pool.decay
+            if decay is not None:
+                returned += trim_locked(pool, now - decay, keep_reserve=True)
+        if pool.backing == "mmap":  # a bytearray's pages cannot be given back
+            returned += enforce_retain(pool)
+        pool._returned_bytes += returned
+    return returned
+
+
+def start_decay_thread(
+    pool: Reservoir, stop: threading.Event, wake: threading.Event
+) -> threading.Thread:
+    """Start the daemon thread that maintains ``pool``: every ``decay / 4`` seconds
+    (``RETAIN_TICK`` without decay) and whenever ``wake`` is set. It holds the pool
+    weakly and ends when ``stop`` is set or the pool is gone or closed."""
+    interval = max(0.05, pool.decay / 4) if pool.decay is not None else RETAIN_TICK
     thread = threading.Thread(
         target=_decay_loop,
-        args=(weakref.ref(pool), stop, interval),
+        args=(weakref.ref(pool), stop, wake, interval),
         name=f"arenapool-decay-{pool.name}",
         daemon=True,
     )
@@ -118,12 +184,24 @@ def start_decay_thread(pool: Reservoir, stop: threading.Event) -> threading.Thre
     return thread
 
 
-def _decay_loop(pool_ref: weakref.ref[Reservoir], stop: threading.Event, interval: float) -> None:
-    while not stop.wait(interval):
+def _decay_loop(
+    pool_ref: weakref.ref[Reservoir],
+    stop: threading.Event,
+    wake: threading.Event,
+    interval: float,
+) -> None:
+    next_tick = time.monotonic() + interval
+    while True:
+        wake.wait(max(0.0, next_tick - time.monotonic()))
+        wake.clear()
+        if stop.is_set():
+            return
         pool = pool_ref()
         if pool is None or pool.closed:
             return
-        decay = pool.decay
-        if decay is not None:
-            pool.trim(older_than=decay)
+        now = time.monotonic()
+        tick = now >= next_tick
+        if tick:
+            next_tick = now + interval
+        maintain(pool, now, tick=tick)
         del pool

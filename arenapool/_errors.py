@@ -24,6 +24,7 @@ __all__ = [
     "CensusRateLimited",
     "DoubleRelease",
     "IncompleteBody",
+    "InvalidContentEncoding",
     "InvalidJSON",
     "InvalidSize",
     "JSONTooDeep",
@@ -38,10 +39,14 @@ class ArenaPoolError(Exception):
     """Root of every error arenapool raises.
 
     ``status_hint`` is the HTTP status a server should answer with when this error
-    escapes a request handler (500 unless a subclass says otherwise).
+    escapes a request handler (500 unless a subclass says otherwise), and ``code`` the
+    stable string of the JSON error answer (``{"error": code, ...}``): together the one
+    table from error to answer. The aiohttp adapter answers every error whose status
+    is not 500 in that shape; a 500 is a bug and escapes to the server's own handling.
     """
 
     status_hint: int = 500
+    code = "internal_error"
 
     def __init__(self, message: str, **data: Any) -> None:
         super().__init__(message)
@@ -72,6 +77,7 @@ class BudgetExhausted(ArenaPoolError, MemoryError):
     """
 
     status_hint = 503
+    code = "budget_exhausted"
     requested: int
     available: int
     budget: int
@@ -105,6 +111,7 @@ class ArenaLimitExceeded(ArenaPoolError, MemoryError):
     """
 
     status_hint = 413
+    code = "body_too_large"
     requested: int
     used: int
     limit: int
@@ -134,6 +141,7 @@ class PoolClosedError(ArenaPoolError, RuntimeError):
     """The pool (a :class:`~arenapool.SlabPool` or :class:`~arenapool.ObjectPool`) is closed."""
 
     status_hint = 503
+    code = "pool_closed"
 
 
 class DoubleRelease(ArenaPoolError, RuntimeError):
@@ -149,6 +157,7 @@ class PoolTimeout(ArenaPoolError, TimeoutError):
     """
 
     status_hint = 503
+    code = "pool_timeout"
     timeout: float
     maxsize: int
 
@@ -165,6 +174,7 @@ class InvalidJSON(ArenaPoolError, ValueError):
     """
 
     status_hint = 400
+    code = "invalid_json"
     position: int | None
     line: int | None
     column: int | None
@@ -209,14 +219,25 @@ class IncompleteBody(ArenaPoolError, ValueError):
     """
 
     status_hint = 400
+    code = "incomplete_body"
     received: int
     expected: int
+
+
+class InvalidContentEncoding(ArenaPoolError, ValueError):
+    """A request body could not be decoded from its ``Content-Encoding`` (not gzip
+    although it says gzip, an unknown coding ...). Attribute: ``encoding``."""
+
+    status_hint = 400
+    code = "invalid_content_encoding"
+    encoding: str
 
 
 class UnsupportedMediaType(ArenaPoolError, ValueError):
     """A JSON body was required but the request's Content-Type says otherwise."""
 
     status_hint = 415
+    code = "unsupported_media_type"
     content_type: str
 
 
@@ -224,6 +245,7 @@ class BodyTimeout(ArenaPoolError, TimeoutError):
     """The request body did not arrive within ``body_timeout`` seconds."""
 
     status_hint = 408
+    code = "body_timeout"
     timeout: float | None
 
 
@@ -231,6 +253,7 @@ class CensusRateLimited(ArenaPoolError, RuntimeError):
     """A heap census ran too recently (or is running). ``retry_after`` says when to retry."""
 
     status_hint = 429
+    code = "rate_limited"
     retry_after: float
 
     def __init__(self, message: str, *, retry_after: float) -> None:
@@ -241,3 +264,4 @@ class CensusFailed(ArenaPoolError, RuntimeError):
     """The census child failed, died, or overran its timeout."""
 
     status_hint = 500
+    code = "census_failed"

@@ -9,13 +9,28 @@ recent actions, and the *reclaim floor*: the C heap's free bytes plus the pools'
 bytes right after the last trim, lowered whenever a reading comes in under it.
 
 One background task wakes every ``interval`` seconds, takes a :func:`snapshot` and
-applies these rules, in order::
+applies these rules, in order, to *level*: the process's RSS, or, when the watermarks
+come from the container's cgroup limit, the container's working set (its usage minus
+inactive file cache, as the kubelet counts it: ``arenapool._container``). Workers that
+share a container each stay under a watermark on their own RSS while their sum passes
+the limit; read on the container, all of them see the same level and shed together::
 
-    rss >= hard                    -> shedding = True (logged once per episode)
-    shedding and rss < soft        -> shedding = False
-    rss >= soft                    -> trim, at most once per trim_cooldown, if
+    level >= hard                  -> shedding = True (logged once per episode)
+    PSI full avg10 >= pressure_shed-> shedding = True (off unless configured)
+    shedding and level < soft and
+      PSI under pressure_shed      -> shedding = False
+    level >= soft                  -> trim, at most once per trim_cooldown, if
                                       reclaimable >= 1 MiB
+    PSI some avg10 >= pressure_trim-> the same trim, earlier: reclaim is already
+                                      stalling tasks before usage reaches soft
     idle and reclaimable > thresh  -> trim
+    reclaimable >= busy threshold
+      and the back-off allows      -> trim, busy or idle (arenapool._trimpolicy: each
+                                      trim's yield and time; one that does not pay
+                                      doubles the wait, up to busy_trim_max_interval)
+
+With the limit from the cgroup, it is read again at every tick, so the watermarks follow
+a container resized in place.
 
 where *idle* means nothing in flight for ``idle_after`` seconds and *reclaimable* is
 how far free heap plus idle slab bytes have grown above the floor (zero before the
@@ -43,6 +58,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from . import _registry
+from ._container import Cgroup, ContainerMemory, find_cgroup
 from ._errors import InvalidSize
 from ._memory import (
     MAX_MMAP_THRESHOLD,
@@ -52,6 +68,7 @@ from ._memory import (
     set_mmap_threshold,
     snapshot,
 )
+from ._trimpolicy import TrimPolicy
 from ._units import format_size, parse_size
 
 if TYPE_CHECKING:
@@ -66,6 +83,10 @@ _MIN_SOFT_RECLAIM = 1024 * 1024
 
 PoolsSource = Iterable["SlabPool"] | Callable[[], Iterable["SlabPool"]] | None
 LimitSource = Literal["config", "cgroup"] | None
+Watch = Literal["auto", "process", "container"]
+
+#: the default of GovernorConfig.cgroup_root: the container is found from /proc then
+DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup"
 
 
 class TrimResult(TypedDict):
@@ -105,13 +126,34 @@ class GovernorConfig:
     soft_fraction: float = 0.8
     hard_fraction: float = 0.9
     use_cgroup: bool = True
-    cgroup_root: str = "/sys/fs/cgroup"
+    cgroup_root: str = DEFAULT_CGROUP_ROOT
+    """A cgroup directory to read ``memory.max`` from instead of finding the process's
+    own cgroup (then the watermarks apply to RSS)."""
+    container_root: str = "/"
+    """Where ``/proc`` and ``/sys`` are read from when finding the container (tests)."""
+    watch: Watch = "auto"
+    """What the watermarks compare: ``"process"`` RSS, the ``"container"``'s working set,
+    or ``"auto"``: the container when the watermarks come from its cgroup limit."""
+    pressure_trim: float | None = 10.0
+    """PSI ``some avg10`` (percent of time stalled on memory) at which to trim even under
+    the soft watermark; ``None``: ignore pressure."""
+    pressure_shed: float | None = None
+    """PSI ``full avg10`` at which to shed as past the hard watermark (off by default)."""
     trim_cooldown: float = 5.0
     """Least seconds between two trims forced by the soft watermark."""
     retry_after: float = 2.0
     """The ``Retry-After`` (seconds) a shed request is told."""
     history: int = 50
     """How many recent actions :meth:`Governor.stats` keeps."""
+    busy_trim_threshold: int | str | None = "8MiB"
+    """Reclaimable growth that makes a trim worth it under load too (``None``: trim only
+    when idle or past the soft watermark). See :mod:`arenapool._trimpolicy`."""
+    busy_trim_interval: float = 1.0
+    """Least seconds between two busy trims while trims pay."""
+    busy_trim_max_interval: float = 32.0
+    """Most seconds between busy trims: each trim that does not pay doubles the wait."""
+    trim_min_yield: int | str = "1MiB"
+    """A trim that returns less than this to the OS did not pay (the busy trims back off)."""
     mmap_threshold: int | str | None = None
     """Pin glibc's mmap threshold here when the governor starts (``None``: leave it).
 
@@ -138,6 +180,15 @@ class GovernorConfig:
             )
             raise InvalidSize(msg, value=(self.soft_fraction, self.hard_fraction))
         parse_size(self.trim_threshold, name="trim_threshold", allow_zero=True)
+        if self.busy_trim_threshold is not None:
+            parse_size(self.busy_trim_threshold, name="busy_trim_threshold", allow_zero=True)
+        parse_size(self.trim_min_yield, name="trim_min_yield", allow_zero=True)
+        if not 0 < self.busy_trim_interval <= self.busy_trim_max_interval:
+            msg = (
+                f"need 0 < busy_trim_interval <= busy_trim_max_interval, got "
+                f"{self.busy_trim_interval!r} and {self.busy_trim_max_interval!r}"
+            )
+            raise InvalidSize(msg, value=(self.busy_trim_interval, self.busy_trim_max_interval))
         if self.mmap_threshold is not None:
             threshold = parse_size(self.mmap_threshold, name="mmap_threshold", allow_zero=True)
             if threshold > MAX_MMAP_THRESHOLD:
@@ -153,6 +204,14 @@ class GovernorConfig:
         if self.history < 1:
             msg = f"history must be at least 1, got {self.history!r}"
             raise InvalidSize(msg, value=self.history)
+        for name in ("pressure_trim", "pressure_shed"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value <= 100:
+                msg = f"{name} must be None or a percentage in [0, 100], got {value!r}"
+                raise InvalidSize(msg, value=value)
+        if self.watch not in ("auto", "process", "container"):
+            msg = f"watch must be 'auto', 'process' or 'container', got {self.watch!r}"
+            raise InvalidSize(msg, value=self.watch)
 
     def _explicit_limits(self) -> tuple[int | None, int | None]:
         soft = None if self.soft_limit is None else parse_size(self.soft_limit, name="soft_limit")
@@ -167,7 +226,11 @@ class GovernorConfig:
                 soft = int(hard * self.soft_fraction / self.hard_fraction)
             return soft, hard, "config"
         if self.use_cgroup:
-            limit = cgroup_memory_limit(self.cgroup_root)
+            if self.cgroup_root == DEFAULT_CGROUP_ROOT:
+                group = find_cgroup(self.container_root)
+                limit = None if group is None else group.limit().limit
+            else:
+                limit = cgroup_memory_limit(self.cgroup_root)
             if limit is not None:
                 return int(limit * self.soft_fraction), int(limit * self.hard_fraction), "cgroup"
         return None, None, None
@@ -224,9 +287,34 @@ class Governor:
         self.config = config or GovernorConfig()
         self._pools = pools
         self.soft_limit, self.hard_limit, self.limit_source = self.config.resolve_limits()
+        config = self.config
+        self._cgroup: Cgroup | None = None
+        if config.use_cgroup and config.cgroup_root == DEFAULT_CGROUP_ROOT:
+            self._cgroup = find_cgroup(config.container_root)
+        container_limits = self.limit_source == "cgroup" and self._cgroup is not None
+        wants = config.watch
+        #: what the watermarks compare: "process" (RSS) or "container" (working set)
+        self.watch: Literal["process", "container"] = (
+            "container"
+            if self._cgroup is not None
+            and (wants == "container" or (wants == "auto" and container_limits))
+            else "process"
+        )
+        self._container: ContainerMemory | None = None
+        self._pressure_trims = 0
+        self._pressure_sheds = 0
+        self._stalled = False  # PSI past pressure_shed at the last reading
         self._trim_threshold = parse_size(
             self.config.trim_threshold, name="trim_threshold", allow_zero=True
         )
+        self._busy: TrimPolicy | None = None  # trims under load (None: idle/soft only)
+        if config.busy_trim_threshold is not None:
+            self._busy = TrimPolicy(
+                parse_size(config.busy_trim_threshold, allow_zero=True),
+                min_interval=config.busy_trim_interval,
+                max_interval=config.busy_trim_max_interval,
+                min_yield=parse_size(config.trim_min_yield, allow_zero=True),
+            )
         self._task: asyncio.Task[None] | None = None
         self._trim_lock: asyncio.Lock | None = None
         self._in_flight = 0
@@ -253,6 +341,11 @@ class Governor:
     def shedding(self) -> bool:
         """True while RSS went past the hard watermark and is not yet back under soft."""
         return self._shedding
+
+    @property
+    def shed_episodes(self) -> int:
+        """How many times shedding began (past the hard watermark, or on pressure)."""
+        return self._shed_episodes
 
     @property
     def in_flight(self) -> int:
@@ -345,7 +438,7 @@ class Governor:
     async def check(self) -> None:
         """Take one reading and apply the rules (the background task calls this)."""
         pools = _resolve_pools(self._pools)
-        reading = snapshot(slab_pools=pools, object_pools=())
+        reading = snapshot(slab_pools=pools, object_pools=(), breakdown=False)
         now = time.monotonic()
         rss = reading.rss
         self._checks += 1
@@ -355,37 +448,98 @@ class Governor:
         self._floor = min(self._floor, held)
         reclaimable = held - self._floor
 
-        if self.hard_limit is not None and rss >= self.hard_limit and not self._shedding:
+        level = self._level(rss)
+        what = "RSS" if self.watch == "process" else "container working set"
+        pressure = None if self._container is None else self._container.pressure
+        config = self.config
+        stalled = self._stalled = (
+            pressure is not None
+            and config.pressure_shed is not None
+            and pressure.full_avg10 >= config.pressure_shed
+        )
+        if self.hard_limit is not None and level >= self.hard_limit and not self._shedding:
             self._shedding = True
             self._shed_episodes += 1
-            self._record("shed_on", "hard", rss_before=rss)
+            self._record("shed_on", "hard", rss_before=rss, level=level, watch=self.watch)
             log.warning(
-                "RSS %s is past the hard watermark %s: shedding requests with a body",
-                format_size(rss),
+                "%s %s is past the hard watermark %s: shedding requests with a body",
+                what,
+                format_size(level),
                 format_size(self.hard_limit),
             )
-        elif self._shedding and (self.soft_limit is None or rss < self.soft_limit):
-            self._stop_shedding(rss)
+        elif stalled and not self._shedding:
+            assert pressure is not None
+            self._shedding = True
+            self._shed_episodes += 1
+            self._pressure_sheds += 1
+            self._record(
+                "shed_on", "pressure", rss_before=rss, level=level, psi=pressure.full_avg10
+            )
+            log.warning(
+                "memory pressure: tasks fully stalled %.1f%% of the last 10 s (pressure_shed "
+                "%.1f%%): shedding requests with a body",
+                pressure.full_avg10,
+                config.pressure_shed,
+            )
+        elif (
+            self._shedding and not stalled and (self.soft_limit is None or level < self.soft_limit)
+        ):
+            self._stop_shedding(level)
 
-        if self.soft_limit is not None and rss >= self.soft_limit:
+        pressed = (
+            pressure is not None
+            and config.pressure_trim is not None
+            and pressure.some_avg10 >= config.pressure_trim
+        )
+        if (self.soft_limit is not None and level >= self.soft_limit) or pressed:
             # Live data above soft is not trimmable: retrying only when something was
             # freed since the last trim keeps a busy, full server from trimming in vain.
-            if (
-                now - self._last_trim >= self.config.trim_cooldown
-                and reclaimable >= _MIN_SOFT_RECLAIM
-            ):
-                await self.trim(reason="soft")
+            if now - self._last_trim >= config.trim_cooldown and reclaimable >= _MIN_SOFT_RECLAIM:
+                soft = self.soft_limit is not None and level >= self.soft_limit
+                if not soft:
+                    self._pressure_trims += 1
+                await self.trim(reason="soft" if soft else "pressure")
         elif (
             self._in_flight == 0
-            and now - self._last_activity >= self.config.idle_after
+            and now - self._last_activity >= config.idle_after
             and reclaimable > self._trim_threshold
         ):
             await self.trim(reason="idle")
+        elif self._busy is not None and self._busy.due(now, reclaimable):
+            # under load too: the free heap is worth a trim, and trims have paid lately
+            await self.trim(reason="busy" if self._in_flight else "idle")
 
-    def _stop_shedding(self, rss: int) -> None:
+    def _level(self, rss: int) -> int:
+        """What the watermarks compare now: RSS, or the container's working set (read
+        again, with its limit: watermarks from the cgroup follow a resized container)."""
+        group = self._cgroup
+        if group is None:
+            return rss
+        container = self._container = group.read()
+        if (
+            self.limit_source == "cgroup"
+            and container.limit is not None
+            and self.config.soft_limit is None
+            and self.config.hard_limit is None
+        ):
+            soft = int(container.limit * self.config.soft_fraction)
+            hard = int(container.limit * self.config.hard_fraction)
+            if (soft, hard) != (self.soft_limit, self.hard_limit):
+                self.soft_limit, self.hard_limit = soft, hard
+                self._record("limits", "cgroup", soft=soft, hard=hard)
+                log.info(
+                    "container limit %s: watermarks soft %s, hard %s",
+                    format_size(container.limit),
+                    format_size(soft),
+                    format_size(hard),
+                )
+        return container.working_set if self.watch == "container" else rss
+
+    def _stop_shedding(self, level: int) -> None:
         self._shedding = False
-        self._record("shed_off", "soft", rss_before=rss)
-        log.warning("RSS %s is back under the soft watermark: no longer shedding", _fmt(rss))
+        self._record("shed_off", "soft", rss_before=level, watch=self.watch)
+        what = "RSS" if self.watch == "process" else "container working set"
+        log.warning("%s %s is back under the soft watermark: no longer shedding", what, _fmt(level))
 
     async def trim(self, *, reason: str = "manual") -> TrimResult:
         """Trim now (pools, then the C heap) off the loop; record and log the action.
@@ -397,7 +551,11 @@ class Governor:
         async with self._trim_lock:
             result = await trim_now(self._pools)
             self._last_trim = time.monotonic()
-            reading = snapshot(slab_pools=_resolve_pools(self._pools), object_pools=())
+            if self._busy is not None:
+                self._busy.record(self._last_trim, result["freed"], result["seconds"])
+            reading = snapshot(
+                slab_pools=_resolve_pools(self._pools), object_pools=(), breakdown=False
+            )
             self._floor = (reading.heap_free or 0) + reading.slab_idle_bytes
             self._last_rss = reading.rss
             self._trims += 1
@@ -420,9 +578,14 @@ class Governor:
                 format_size(result["freed"]),
                 result["seconds"] * 1000,
             )
-            # A trim that brought RSS under soft ends shedding now, not a tick later.
-            if self._shedding and (self.soft_limit is None or reading.rss < self.soft_limit):
-                self._stop_shedding(reading.rss)
+            # A trim that brought the level under soft ends shedding now, not a tick later.
+            level = self._level(reading.rss)
+            if (
+                self._shedding
+                and not self._stalled
+                and (self.soft_limit is None or level < self.soft_limit)
+            ):
+                self._stop_shedding(level)
             return result
 
     def _record(self, action: str, reason: str, **data: Any) -> None:
@@ -456,6 +619,11 @@ class Governor:
             "pool_returned_bytes": self._pool_returned_bytes,
             "shed_count": self._shed_count,
             "shed_episodes": self._shed_episodes,
+            "watch": self.watch,
+            "pressure_trims": self._pressure_trims,
+            "pressure_sheds": self._pressure_sheds,
+            "container": _container_stats(self._container),
+            "busy_trim": None if self._busy is None else self._busy.stats(),
             "actions": list(self._actions),
         }
 
@@ -481,3 +649,21 @@ def _fmt(nbytes: int | None) -> str:
 #: What adapters accept for a governor: none (``None``/``False``), the default one
 #: (``True``), one built from a config, or a running :class:`Governor`.
 GovernorSpec = Governor | GovernorConfig | bool | None
+
+
+def _container_stats(reading: ContainerMemory | None) -> dict[str, Any] | None:
+    """The last container reading, JSON-serialisable (``None`` outside a cgroup)."""
+    if reading is None:
+        return None
+    pressure = reading.pressure
+    return {
+        "limit": reading.limit,
+        "usage": reading.usage,
+        "inactive_file": reading.inactive_file,
+        "working_set": reading.working_set,
+        "oom_kills": reading.oom_kills,
+        "pressure_some_avg10": None if pressure is None else pressure.some_avg10,
+        "pressure_full_avg10": None if pressure is None else pressure.full_avg10,
+        "path": reading.path,
+        "version": reading.version,
+    }

@@ -18,12 +18,13 @@ that are each cheap to ask and each say something the others cannot:
 - **Slab and object pools** report their own stats (``SlabPool.stats()``,
   ``ObjectPool.stats()``), found through the weak registries in ``_registry``.
 
-``unaccounted = rss - (C heap in use + slab lent + slab quarantined)`` is what the
-allocators cannot explain: free-but-resident C heap (fragmentation that
-``malloc_trim`` may return), idle slab blocks not yet decayed, pymalloc arenas (which
-obmalloc maps itself), thread stacks, and the interpreter's own code and data. Its
-level is process-specific; its *growth* is the signal. It can dip below zero when a
-pool lends blocks whose pages were never written (lent counts the whole block).
+- **The breakdown** (:mod:`arenapool._breakdown`): RSS in named parts that sum to it
+  exactly (code and libraries, pymalloc in use and free, the C heap in use and free
+  but held, slabs lent and idle, stacks, other anonymous memory, ``unexplained``), from
+  one walk of ``/proc/self/smaps`` split by the allocators' own counters. It costs a
+  millisecond or more (the kernel walks the page tables), so ``snapshot(breakdown=False)``
+  skips it for readings taken often on an event loop; with it, ``rss`` is the sum the
+  parts add up to (the page tables at the walk), without it ``/proc/self/statm``'s.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Final
 import psutil  # type: ignore[import-untyped]  # psutil ships no type information
 
 from . import _registry
+from ._breakdown import _bind_mallinfo2, _Mallinfo2, read_breakdown
 from ._units import format_size
 
 if TYPE_CHECKING:
@@ -77,22 +79,6 @@ RoutesSource = Callable[[], Mapping[str, Mapping[str, int]]]
 _CGROUP_UNLIMITED: Final = 1 << 60
 
 
-class _Mallinfo2(ctypes.Structure):
-    # glibc's struct mallinfo2 (malloc.h, 2.33+): ten size_t fields in this order.
-    _fields_ = [
-        ("arena", ctypes.c_size_t),
-        ("ordblks", ctypes.c_size_t),
-        ("smblks", ctypes.c_size_t),
-        ("hblks", ctypes.c_size_t),
-        ("hblkhd", ctypes.c_size_t),
-        ("usmblks", ctypes.c_size_t),
-        ("fsmblks", ctypes.c_size_t),
-        ("uordblks", ctypes.c_size_t),
-        ("fordblks", ctypes.c_size_t),
-        ("keepcost", ctypes.c_size_t),
-    ]
-
-
 @dataclass(frozen=True)
 class _Libc:
     mallinfo2: Callable[[], _Mallinfo2] | None
@@ -111,10 +97,7 @@ def _libc() -> _Libc:
         return _Libc(None, None)
     if not hasattr(lib, "gnu_get_libc_version"):  # musl and friends: not glibc
         return _Libc(None, None)
-    mallinfo2 = getattr(lib, "mallinfo2", None)
-    if mallinfo2 is not None:
-        mallinfo2.argtypes = []
-        mallinfo2.restype = _Mallinfo2
+    mallinfo2 = _bind_mallinfo2(lib)
     trim = getattr(lib, "malloc_trim", None)
     if trim is not None:
         trim.argtypes = [ctypes.c_size_t]
@@ -311,9 +294,9 @@ def _route_table(routes: RoutesSource | None) -> dict[str, dict[str, int]]:
 class MemorySnapshot:
     """One reading of the process's memory; sizes in bytes, ``None`` where unknown.
 
-    ``unaccounted`` is RSS minus what the allocators say is in use (C heap in use,
-    slab lent and quarantined bytes): fragmentation plus everything no allocator here
-    reports (pymalloc arenas, stacks, code). ``None`` when the C heap cannot be read.
+    ``breakdown`` maps each part of :data:`arenapool._breakdown.PARTS` to its bytes;
+    the values sum to ``rss``. Empty when the reading was taken with
+    ``breakdown=False`` or the platform has no ``/proc/self/smaps``.
     """
 
     time: float
@@ -324,7 +307,6 @@ class MemorySnapshot:
     heap_in_use: int | None
     heap_free: int | None
     heap_mmapped: int | None
-    unaccounted: int | None
     py_allocated_blocks: int
     gc_counts: tuple[int, int, int]
     gc_collections: tuple[int, ...]
@@ -337,6 +319,10 @@ class MemorySnapshot:
     slab_pools: tuple[Mapping[str, Any], ...] = ()
     object_pools: tuple[Mapping[str, Any], ...] = ()
     routes: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    breakdown: Mapping[str, int] = field(default_factory=dict)
+    """RSS in named parts (bytes) that sum to ``rss``; see :mod:`arenapool._breakdown`."""
+    breakdown_details: Mapping[str, Any] = field(default_factory=dict)
+    """The raw figures behind the parts and which sources were read."""
     duration: float = 0.0
     """Seconds this reading took."""
 
@@ -350,7 +336,6 @@ class MemorySnapshot:
             "heap_in_use": self.heap_in_use,
             "heap_free": self.heap_free,
             "heap_mmapped": self.heap_mmapped,
-            "unaccounted": self.unaccounted,
             "py_allocated_blocks": self.py_allocated_blocks,
             "gc_counts": list(self.gc_counts),
             "gc_collections": list(self.gc_collections),
@@ -363,6 +348,8 @@ class MemorySnapshot:
             "slab_pools": [dict(p) for p in self.slab_pools],
             "object_pools": [dict(p) for p in self.object_pools],
             "routes": {name: dict(row) for name, row in self.routes.items()},
+            "breakdown": dict(self.breakdown),
+            "breakdown_details": dict(self.breakdown_details),
             "duration": self.duration,
         }
 
@@ -376,8 +363,8 @@ class MemorySnapshot:
             f"slabs lent {format_size(self.slab_lent_bytes)}, "
             f"idle {format_size(self.slab_idle_bytes)}"
         )
-        if self.unaccounted is not None:
-            parts.append(f"unaccounted {format_size(self.unaccounted)}")
+        if self.breakdown:
+            parts.append(f"unexplained {format_size(self.breakdown.get('unexplained', 0))}")
         return f"<MemorySnapshot [{' | '.join(parts)}]>"
 
 
@@ -386,13 +373,16 @@ def snapshot(
     slab_pools: Iterable[SlabPool] | None = None,
     object_pools: Iterable[ObjectPool[Any]] | None = None,
     routes: RoutesSource | None = None,
+    breakdown: bool = True,
 ) -> MemorySnapshot:
     """Take one reading of this process's memory.
 
     ``slab_pools`` and ``object_pools`` default to every live pool in the process;
-    ``routes`` is a callable returning the aiohttp adapter's per-route counters. Cheap
-    enough to call every second (tens of microseconds plus ``mallinfo2``'s walk of the
-    free lists; ``benchmarks/snapshot_cost.py`` measures it).
+    ``routes`` is a callable returning the aiohttp adapter's per-route counters.
+    Without the breakdown a reading costs tens of microseconds plus ``mallinfo2``'s
+    walk of the free lists (``benchmarks/snapshot_cost.py``); the breakdown adds the
+    ``smaps`` walk, 1.5 to 6 ms here (``benchmarks/breakdown_cost.py``): fine once a
+    second off the loop or per scrape, not on every request.
     """
     started = time.perf_counter()
     slabs = _registry.slab_pools() if slab_pools is None else list(slab_pools)
@@ -400,11 +390,11 @@ def snapshot(
     slab_stats = tuple({**pool.stats(), "name": pool.name} for pool in slabs)
     object_stats = tuple({**pool.stats(), "name": pool.name} for pool in objects)
     route_table = _route_table(routes)
+    parts = read_breakdown(slabs) if breakdown else None
     heap = heap_info()
-    rss = current_rss()
+    rss = parts.rss if parts is not None and parts.rss else current_rss()
     lent = sum(int(s.get("lent_bytes", 0)) for s in slab_stats)
     quarantined = sum(int(s.get("quarantined_bytes", 0)) for s in slab_stats)
-    unaccounted = None if heap is None else rss - heap.in_use - lent - quarantined
     gen_stats = gc.get_stats()
     c0, c1, c2 = gc.get_count()
     return MemorySnapshot(
@@ -415,7 +405,6 @@ def snapshot(
         heap_in_use=None if heap is None else heap.in_use,
         heap_free=None if heap is None else heap.free,
         heap_mmapped=None if heap is None else heap.mmapped,
-        unaccounted=unaccounted,
         py_allocated_blocks=sys.getallocatedblocks(),
         gc_counts=(c0, c1, c2),
         gc_collections=tuple(int(g["collections"]) for g in gen_stats),
@@ -428,5 +417,7 @@ def snapshot(
         slab_pools=slab_stats,
         object_pools=object_stats,
         routes=route_table,
+        breakdown=dict(parts.parts) if parts is not None and parts.rss else {},
+        breakdown_details=dict(parts.details) if parts is not None else {},
         duration=time.perf_counter() - started,
     )

@@ -42,6 +42,7 @@ import enum
 import mmap
 import sys
 import weakref
+from collections import deque
 from collections.abc import Callable
 from typing import Any, Final, Literal
 
@@ -55,6 +56,9 @@ HUGE_PAGE: Final = 2 * 1024 * 1024
 _MADV_HUGEPAGE: int | None = getattr(mmap, "MADV_HUGEPAGE", None)
 
 _getrefcount = sys.getrefcount
+
+#: How many calibration windows a class's warm reserve is the median of.
+CALIBRATION_WINDOWS: Final = 8
 
 Backing = Literal["mmap", "bytearray"]
 
@@ -93,9 +97,26 @@ ON_RECLAIM: Final = TRANSITIONS[BlockEvent.RECLAIM]
 
 
 class ClassState:
-    """A pool's bookkeeping for one size class: its free stack and block counts."""
+    """A pool's bookkeeping for one size class: its free stack and block counts.
 
-    __slots__ = ("free", "high_water", "idle", "lent", "quarantined", "reserve", "size")
+    ``reserve`` is the class's warm reserve: idle blocks decay and retain keep
+    committed. It is recalibrated from the traffic (``_decay.calibrate_locked``): the
+    median of the most blocks lent at once over recent windows (``peaks``), never below
+    ``base_reserve`` (what ``reserve=``/``prealloc=`` asked for).
+    """
+
+    __slots__ = (
+        "base_reserve",
+        "free",
+        "high_water",
+        "idle",
+        "lent",
+        "peaks",
+        "quarantined",
+        "reserve",
+        "size",
+        "window_peak",
+    )
 
     def __init__(self, size: int, reserve: int) -> None:
         self.size = size
@@ -105,6 +126,9 @@ class ClassState:
         self.quarantined = 0
         self.high_water = 0
         self.reserve = reserve
+        self.base_reserve = reserve
+        self.window_peak = 0  # the most lent at once since the last calibration
+        self.peaks: deque[int] = deque(maxlen=CALIBRATION_WINDOWS)
 
 
 class Slab:

@@ -21,20 +21,24 @@ decay and retain (``_decay``).
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import contextlib
 import logging
+import sys
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from . import _decay
+from ._admission import Admission, Ticket, TicketState, current_ticket
 from ._arena import Arena
+from ._container import BudgetDerivation, auto_budget, rederive
 from ._counter import counter, peek
-from ._errors import BudgetExhausted, InvalidSize, PoolClosedError
+from ._errors import ArenaPoolError, BudgetExhausted, InvalidSize, PoolClosedError
 from ._registry import register_slab_pool
 from ._sizeclasses import MIN_CLASS, blocks_per_slab, class_size, size_classes
 from ._slab import (
@@ -50,7 +54,6 @@ from ._slab import (
     Slab,
     arm,
     detach_carrier,
-    escaped,
 )
 from ._units import format_size, parse_size
 from ._waiters import WaitQueue
@@ -60,6 +63,7 @@ __all__ = ["SlabPool"]
 log = logging.getLogger("arenapool")
 
 _monotonic = time.monotonic
+_getrefcount = sys.getrefcount
 _bisect_left = bisect.bisect_left
 
 
@@ -82,12 +86,16 @@ class SlabPool:
         scrub: zero every block when it comes back, so no later borrower can read it.
         prealloc: blocks to map up front, ``{"64KiB": 32}``; they also set that class's
             warm reserve.
-        reserve: idle blocks per class kept committed through decay (default 0).
+        reserve: idle blocks per class kept committed through decay and retain
+            (default 0): the floor of each class's warm reserve, which the pool's
+            maintenance thread recalibrates from the traffic (the median of the most
+            blocks lent at once over its last 8 ticks; see ``_decay``).
         retain: most idle bytes kept committed (resident) between decays (default
-            8 MiB); beyond it, blocks coming back are returned to the OS at once,
-            largest classes and longest idle first. ``None`` sets no cap: only
-            ``decay`` returns memory. A cap trades page faults on reuse for a lower
-            RSS under load.
+            8 MiB); beyond it, the pool's maintenance thread returns idle blocks to the
+            OS soon after they come back (``give_back`` itself never does: nothing is
+            decommitted on the request path), largest classes and longest idle first,
+            warm reserves kept. ``None`` sets no cap: only ``decay`` returns memory. A
+            cap trades page faults on reuse for a lower RSS under load.
         retry_after: the ``Retry-After`` hint (seconds) carried by budget errors.
         max_waiters: most async lends queued at once; beyond it ``lend_async`` sheds at
             once with :class:`BudgetExhausted`. ``None`` means unbounded.
@@ -113,8 +121,17 @@ class SlabPool:
         retry_after: float = 1.0,
         max_waiters: int | None = None,
         name: str | None = None,
+        workers: int | None = None,
+        auto_interval: float = 10.0,
     ) -> None:
-        self.budget = parse_size(budget, name="budget")
+        #: how ``budget="auto"`` was derived (``None`` for a given budget)
+        self.derivation: BudgetDerivation | None = None
+        if budget == "auto":
+            self.derivation = auto_budget(workers)
+            self.budget = self.derivation.budget
+            log.info("%s", self.derivation.describe())
+        else:
+            self.budget = parse_size(budget, name="budget")
         self.max_class = parse_size(max_class, name="max_class")
         if self.max_class < MIN_CLASS:
             msg = f"max_class must be at least 4 KiB, got {max_class!r}"
@@ -145,6 +162,8 @@ class SlabPool:
         self._pending: deque[Block] = deque()
         self._queue = WaitQueue(self._lock)
         self._waiters = self._queue.waiting  # the same deque: truthiness at C speed
+        self._admission = Admission(self.budget, outside=_outside(weakref.ref(self)))
+        self._ticket_blocks: dict[Block, Ticket] = {}  # blocks lent under a ticket
         self._closed = False
         self._lent_bytes = 0
         self._quarantined_bytes = 0
@@ -161,8 +180,12 @@ class SlabPool:
         self._closed_arenas = counter()
         self._decay_thread: threading.Thread | None = None
         self._stop = threading.Event()
+        # set to wake the maintenance thread (retain passed): give_back never decommits
+        self._maintenance = threading.Event()
         for key, count in (prealloc or {}).items():
             self._prealloc(parse_size(key, name="prealloc size"), count)
+        if self.derivation is not None and auto_interval > 0:
+            _start_auto_thread(self, self._stop, auto_interval)
         register_slab_pool(self)
 
     # -- public API --------------------------------------------------------------
@@ -224,21 +247,138 @@ class SlabPool:
                 raise self._exhausted(nbytes, size, waited=0.0)
             return self._take(nbytes, size)
 
-    async def lend_async(self, nbytes: int, *, timeout: float | None = None) -> Block:
+    async def lend_async(
+        self, nbytes: int, *, timeout: float | None = None, ticket: Ticket | None = None
+    ) -> Block:
         """Lend a block of at least ``nbytes``, waiting FIFO up to ``timeout`` seconds.
 
         Never blocks the event loop. Raises :class:`BudgetExhausted` when the wait times
-        out, when the queue is at ``max_waiters``, or when ``nbytes`` exceeds the whole
-        budget. A cancelled waiter leaves the queue and gives back anything granted.
+        out, when the queue is at ``max_waiters``, when the admission predictor says the
+        wait would outlast ``timeout``, or when ``nbytes`` exceeds the whole budget. A
+        cancelled waiter leaves the queue and gives back anything granted. A lend under
+        an admission ``ticket`` (see :meth:`admit`) draws on the room kept for it and
+        goes ahead of lends without one.
         """
         size = self._check_request(nbytes)
+        if ticket is None:
+            ticket = current_ticket.get()
+            if ticket is not None and ticket.state is not TicketState.ADMITTED:
+                ticket = None  # finished, or another pool's refused one
         with self._lock:
             self._drain_pending()
             self._check_open()
-            if not self._waiters and self._fits(size):
-                return self._take(nbytes, size)
-            waiter = self._queue.join(self, nbytes, size, timeout)
+            waiters = self._waiters
+            first = not waiters or (ticket is not None and waiters[0].ticket is None)
+            if first and self._fits(size, ticket):
+                return self._take(nbytes, size, ticket)
+            waiter = self._queue.join(self, nbytes, size, timeout, ticket)
         return await self._queue.wait(self, waiter, timeout)
+
+    async def admit(
+        self, nbytes: int, *, timeout: float | None = None, within: float | None = None
+    ) -> Ticket:
+        """Admit a body of ``nbytes`` as a whole before it is read past its first step.
+
+        Returns a :class:`~arenapool._admission.Ticket` once the pool can keep room for
+        all of it (lend its steps with ``lend_async(..., ticket=ticket)``), waiting FIFO
+        when that is likely within ``timeout``; raises :class:`BudgetExhausted` at once
+        when it is not (see ``arenapool._admission``); with ``within``, also when it is
+        not likely to be done within that many seconds (a proxy's deadline for the whole
+        request). Call :meth:`finish` on every path.
+        """
+        size = self._check_request(nbytes)
+        # room for the body's last step while it still holds the one before (a growing
+        # block is copied, then the old one given back): up to half its size more, or
+        # admitted bodies all at their last step would wait for each other for ever
+        need = min(self.budget, size + size // 2)
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            self._drain_pending()
+            self._check_open()
+            ticket = self._admission.offer(need, timeout, within)
+            if ticket.state is TicketState.QUEUED:
+                fut: asyncio.Future[None] = loop.create_future()
+                ticket.waiter = (loop, fut)
+        if ticket.state is TicketState.ADMITTED:
+            return ticket
+        if ticket.state is TicketState.REFUSED:
+            raise self._refused(ticket, nbytes)
+        handle = None
+        if timeout is not None:
+            handle = loop.call_later(timeout, self._expire_ticket, ticket)
+        try:
+            await fut
+        except BaseException:
+            self.finish(ticket)
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+        if _state(ticket) is TicketState.ADMITTED:  # set meanwhile, under the lock
+            return ticket
+        self._check_open()  # cancelled by close()
+        raise self._refused(ticket, nbytes)
+
+    def finish(self, ticket: Ticket) -> None:
+        """End ``ticket`` (its body is read, or its client left); idempotent."""
+        with self._lock:
+            changed = self._admission.finish(ticket)
+            if self._waiters:
+                self._queue.settle(self)  # the room kept for it is free for others now
+        _wake_tickets(changed)
+
+    def admitting(self) -> bool:
+        """True while lends or bodies wait for memory (lock-free: a hint). A body that
+        arrives then is judged for admission before its first step, not after it."""
+        return bool(self._admission.queue) or bool(self._waiters)
+
+    def accepting(self) -> bool:
+        """False while admission sheds new arrivals (its queue is standing)."""
+        with self._lock:
+            return self._admission.accepting()
+
+    def refresh_budget(self) -> bool:
+        """Re-read the container limit of a ``budget="auto"`` pool; True if it changed."""
+        previous = self.derivation
+        if previous is None:
+            return False
+        try:
+            derived = rederive(previous)
+        except ArenaPoolError as exc:
+            log.warning("budget=auto: keeping %s: %s", format_size(self.budget), exc)
+            return False
+        if derived.budget == self.budget:
+            return False
+        log.info("budget=auto: the limit changed; %s", derived.describe())
+        with self._lock:
+            self.derivation = derived
+            self.budget = derived.budget
+            changed = self._admission.resize(derived.budget)
+            if self._waiters:
+                self._queue.settle(self)
+        _wake_tickets(changed)
+        return True
+
+    def _expire_ticket(self, ticket: Ticket) -> None:
+        with self._lock:
+            changed = self._admission.cancel(ticket, expired=True)
+        _wake_tickets(changed)
+
+    def _refused(self, ticket: Ticket, nbytes: int) -> BudgetExhausted:
+        reasons = {
+            "too-large": "it is larger than the whole budget",
+            "no-wait": "nothing is free and it may not wait",
+            "predicted": "at the rate memory comes back it would not be admitted in time",
+            "standing-queue": "requests have queued for memory longer than the target",
+            "expired": "it was not admitted in time",
+        }
+        why = reasons.get(ticket.reason, ticket.reason or "the pool was closed")
+        waited = 0.0 if ticket.admitted_at is None else ticket.admitted_at - ticket.enqueued
+        if ticket.reason == "expired":
+            waited = max(0.0, self._admission.clock() - ticket.enqueued)
+        return self._exhausted(
+            nbytes, ticket.need, waited=waited, reason=why, retry_after=ticket.retry_after
+        )
 
     def give_back(self, blocks: Iterable[Block]) -> int:
         """Return lent blocks. Returns how many were quarantined (a view escaped)."""
@@ -257,10 +397,20 @@ class SlabPool:
         lock.acquire()
         try:
             now = _monotonic()
+            tickets = self._ticket_blocks
+            freed = 0
             for block in returned:
+                growing = False
+                if tickets:
+                    ticket = tickets.pop(block, None)
+                    if ticket is not None:
+                        growing = ticket.state is TicketState.ADMITTED
+                        self._admission.charge(ticket, -block.size)
                 if block.state is not LENT:
                     continue
-                if escaped(block):
+                if not growing:  # a body's outgrown step is no request done: no rate
+                    freed += block.size
+                if _getrefcount(block.carrier) > block.baseline:  # _slab.escaped(), inlined
                     self._quarantine(block)
                     quarantined += 1
                     continue
@@ -271,14 +421,26 @@ class SlabPool:
                 else:
                     cls.lent -= 1
                 self._make_idle(block, now)
-            if self.retain is not None and self._idle_committed > self.retain:
-                self._enforce_retain()
+            retain = self.retain
+            if retain is not None and self._idle_committed > retain:
+                # off the request path: the maintenance thread decommits (see _decay)
+                maintenance = self._maintenance
+                if not maintenance.is_set():
+                    maintenance.set()
             if self._pending:
                 self._drain_pending()
             elif self._waiters:
                 self._queue.settle(self)
+            admission = self._admission
+            changed = None
+            if admission.queue or self._waiters:
+                changed = admission.returned(freed, contended=True)
+            else:  # a return without contention closes the rate's window unsampled
+                admission.rate.start = None
         finally:
             lock.release()
+        if changed:
+            _wake_tickets(changed)
         return quarantined
 
     def trim(self, *, older_than: float = 0.0, keep_reserve: bool = True) -> int:
@@ -373,6 +535,8 @@ class SlabPool:
                 "arenas_open": arenas_open,
                 "arenas_total": arenas_total,
                 "classes": classes,
+                "admission": self._admission.stats(),
+                "budget_auto": None if self.derivation is None else vars(self.derivation),
             }
 
     def close(self) -> None:
@@ -387,10 +551,17 @@ class SlabPool:
             self._closed = True
             self._drain_pending()
             self._queue.settle(self)  # closed: every waiter fails
+            queued = list(self._admission.queue)
+            for ticket in queued:  # queued admissions fail too (PoolClosedError)
+                ticket.state = TicketState.CANCELLED
+            self._admission.queue.clear()
+            self._admission.queued = 0
             for slab in list(self._slabs):
                 if slab.idle == slab.nblocks:
                     self._unmap_locked(slab)
         self._stop.set()
+        self._maintenance.set()  # the maintenance thread sees _stop and ends
+        _wake_tickets(queued)
 
     def __enter__(self) -> SlabPool:
         return self
@@ -462,23 +633,44 @@ class SlabPool:
             msg = f"{self.name} is closed; create a new SlabPool"
             raise PoolClosedError(msg)
 
-    def _fits(self, size: int) -> bool:
-        return self._lent_bytes + self._quarantined_bytes + size <= self.budget
+    def _fits(self, size: int, ticket: Ticket | None = None) -> bool:
+        """Room for ``size`` more bytes: a lend under ``ticket`` may use the room kept
+        for it; any other keeps clear of every ticket's room and of the admission
+        queue head's need (lock held)."""
+        used = self._lent_bytes + self._quarantined_bytes + size
+        admission = self._admission
+        if admission.unlent or admission.queue:
+            if ticket is None:
+                used += admission.unlent + admission.head_need()
+            else:
+                used += admission.unlent - admission.unlent_of(ticket)
+        return used <= self.budget
 
     def _exhausted(
-        self, nbytes: int, size: int, *, waited: float, shed: bool = False
+        self,
+        nbytes: int,
+        size: int,
+        *,
+        waited: float,
+        shed: bool = False,
+        reason: str | None = None,
+        retry_after: float | None = None,
     ) -> BudgetExhausted:
         available = self.available
         why = (
-            f"{len(self._waiters)} requests are already waiting (max_waiters={self.max_waiters})"
+            reason
+            if reason is not None
+            else f"{len(self._waiters)} requests are already waiting "
+            f"(max_waiters={self.max_waiters})"
             if shed
             else f"{format_size(available)} of the {format_size(self.budget)} budget is free"
         )
+        retry = self.retry_after if retry_after is None else retry_after
         waited_text = f" after waiting {waited:.3f}s" if waited else ""
         msg = (
             f"memory budget exhausted: requested {format_size(nbytes)} "
             f"(a {format_size(size)} block){waited_text}; {why}. "
-            f"Retry after {self.retry_after:g}s, or raise budget="
+            f"Retry after {retry:g}s, or raise budget="
         )
         return BudgetExhausted(
             msg,
@@ -486,19 +678,24 @@ class SlabPool:
             available=available,
             budget=self.budget,
             waited=waited,
-            retry_after=self.retry_after,
+            retry_after=retry,
         )
 
-    def _take(self, nbytes: int, size: int) -> Block:
+    def _take(self, nbytes: int, size: int, ticket: Ticket | None = None) -> Block:
         """Lend one block (lock held, budget already checked)."""
         if nbytes <= self.max_class:
-            return self._take_class(self._classes[_bisect_left(self._sizes, size)])
-        slab = self._new_slab(None, size, 1)
-        block = slab.blocks[0]
-        slab.idle = 0
-        self._huge.add(block)
-        self._huge_lent += 1
-        return self._lent(block, size)
+            block = self._take_class(self._classes[_bisect_left(self._sizes, size)])
+        else:
+            slab = self._new_slab(None, size, 1)
+            block = slab.blocks[0]
+            slab.idle = 0
+            self._huge.add(block)
+            self._huge_lent += 1
+            block = self._lent(block, size)
+        if ticket is not None:
+            self._ticket_blocks[block] = ticket
+            self._admission.charge(ticket, block.size)
+        return block
 
     def _take_class(self, cls: ClassState) -> Block:
         """Lend one block of class ``cls`` (lock held, budget already checked)."""
@@ -514,8 +711,10 @@ class SlabPool:
         if block.committed:
             self._idle_committed -= size
         lent = cls.lent = cls.lent + 1
-        if lent > cls.high_water:  # noqa: PLR1730 - hot path: max() is a call
-            cls.high_water = lent
+        if lent > cls.window_peak:  # for calibration; high_water >= window_peak
+            cls.window_peak = lent
+            if lent > cls.high_water:  # noqa: PLR1730 - hot path: max() is a call
+                cls.high_water = lent
         return self._lent(block, size)
 
     def _lent(self, block: Block, size: int) -> Block:
@@ -539,8 +738,8 @@ class SlabPool:
             slab.prefault()
         self._slabs.add(slab)
         self._mapped_bytes += slab.size
-        if self.decay is not None and self._decay_thread is None:
-            self._decay_thread = _decay.start_decay_thread(self, self._stop)
+        if self._decay_thread is None and (self.decay is not None or self.retain is not None):
+            self._decay_thread = _decay.start_decay_thread(self, self._stop, self._maintenance)
         return slab
 
     def _prealloc(self, nbytes: int, count: int) -> None:
@@ -550,6 +749,7 @@ class SlabPool:
             raise InvalidSize(msg, value=nbytes)
         cls = self._classes[_bisect_left(self._sizes, size)]
         cls.reserve = max(cls.reserve, count)
+        cls.base_reserve = max(cls.base_reserve, count)
         per_slab = blocks_per_slab(size)
         with self._lock:
             while cls.idle < count:
@@ -630,11 +830,6 @@ class SlabPool:
         with self._lock:
             self._drain_pending()
 
-    def _enforce_retain(self) -> None:
-        """Hold idle committed bytes to ``retain`` (lock held; see ``_decay``)."""
-        if self.backing == "mmap":
-            self._returned_bytes += _decay.enforce_retain(self)
-
     def _unmap_locked(self, slab: Slab) -> None:
         if not slab.mapped:
             return
@@ -664,3 +859,51 @@ def _on_carrier_death(pool_ref: weakref.ref[SlabPool], block: Block) -> None:
     for loop in pool._queue.loops():
         with contextlib.suppress(RuntimeError):  # that loop is closed
             loop.call_soon_threadsafe(pool._wake)
+
+
+def _outside(pool_ref: weakref.ref[SlabPool]) -> Callable[[], int]:
+    """What admission counts as taken: the pool's lent and quarantined bytes (weakly)."""
+
+    def outside() -> int:
+        pool = pool_ref()
+        return 0 if pool is None else pool._lent_bytes + pool._quarantined_bytes
+
+    return outside
+
+
+def _wake_tickets(tickets: Iterable[Ticket]) -> None:
+    """Wake the admit() calls of tickets admitted, refused or cancelled (lock not held)."""
+    for ticket in tickets:
+        waiter = ticket.waiter
+        if isinstance(waiter, tuple):
+            loop, fut = waiter
+            ticket.waiter = None
+            loop.call_soon_threadsafe(_resolve, fut)
+
+
+def _state(ticket: Ticket) -> TicketState:
+    return ticket.state
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _start_auto_thread(pool: SlabPool, stop: threading.Event, interval: float) -> None:
+    """Re-read the container limit every ``interval`` seconds, as Go's automemlimit does;
+    the thread holds the pool weakly and ends with it."""
+    ref = weakref.ref(pool)
+
+    def run() -> None:
+        while not stop.wait(interval):
+            current = ref()
+            if current is None or current.closed:
+                return
+            try:
+                current.refresh_budget()
+            except Exception:  # a reading failed: keep the budget, try again later
+                log.exception("budget=auto: re-reading the container limit failed")
+            del current
+
+    threading.Thread(target=run, name=f"arenapool-auto-{pool.name}", daemon=True).start()

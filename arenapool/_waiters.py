@@ -12,9 +12,16 @@ decision in ``_assign_requests_to_connections``):
   granted to it meanwhile is handed back to the caller to return.
 - *expire*: a waiter's timeout fired (in its own loop) before a grant: it leaves the
   queue and fails with :class:`BudgetExhausted`.
-- *grant*: strictly in order, the head gets a block while the budget fits it. The head
+- *grant*: strictly in order, the head gets a block while the budget fits it. Lends
+  under an admission ticket (the next step of a body already admitted) queue ahead of
+  lends without one: an admitted read must always be able to finish. The head
   blocks the ones behind it (no overtaking), so a large request cannot be starved by a
   stream of small ones. Waiters whose future is already done are dropped.
+
+Before a lend joins, :meth:`WaitQueue.join` asks the pool's admission predictor
+(``arenapool._admission``): a lend is refused at once, not after its timeout, while the
+admission queue stands (CoDel) or when the bytes queued ahead of it will not come back
+within its timeout at the measured rate.
 
 A grant is decided under the lock in whatever thread returned memory and delivered on
 the waiter's own loop with ``call_soon_threadsafe``. ``settle`` is called after every
@@ -34,6 +41,7 @@ from typing import TYPE_CHECKING, Protocol
 from ._errors import BudgetExhausted, PoolClosedError
 
 if TYPE_CHECKING:
+    from ._admission import Admission, Ticket
     from ._slab import Block
 
 __all__ = ["Lender", "WaitQueue", "Waiter"]
@@ -46,14 +54,24 @@ class Lender(Protocol):
     max_waiters: int | None
 
     @property
+    def _admission(self) -> Admission | None: ...
+
+    @property
     def closed(self) -> bool: ...
 
-    def _fits(self, size: int) -> bool: ...
+    def _fits(self, size: int, ticket: Ticket | None = None) -> bool: ...
 
-    def _take(self, nbytes: int, size: int) -> Block: ...
+    def _take(self, nbytes: int, size: int, ticket: Ticket | None = None) -> Block: ...
 
     def _exhausted(
-        self, nbytes: int, size: int, *, waited: float, shed: bool = False
+        self,
+        nbytes: int,
+        size: int,
+        *,
+        waited: float,
+        shed: bool = False,
+        reason: str | None = None,
+        retry_after: float | None = None,
     ) -> BudgetExhausted: ...
 
     def give_back(self, blocks: list[Block]) -> int: ...
@@ -62,11 +80,18 @@ class Lender(Protocol):
 class Waiter:
     """One queued lend: what it asked for, its loop and future, and its grant."""
 
-    __slots__ = ("block", "fut", "handle", "loop", "nbytes", "size", "started")
+    __slots__ = ("block", "fut", "handle", "loop", "nbytes", "size", "started", "ticket")
 
-    def __init__(self, nbytes: int, size: int, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        nbytes: int,
+        size: int,
+        loop: asyncio.AbstractEventLoop,
+        ticket: Ticket | None = None,
+    ) -> None:
         self.nbytes = nbytes
         self.size = size
+        self.ticket = ticket
         self.loop = loop
         self.fut: asyncio.Future[None] = loop.create_future()
         self.block: Block | None = None
@@ -90,18 +115,69 @@ class WaitQueue:
         """The loops waiters wait on (safe without the lock: a copy is taken)."""
         return {w.loop for w in list(self.waiting)}
 
-    def join(self, lender: Lender, nbytes: int, size: int, timeout: float | None) -> Waiter:
-        """Queue a lend that found no room, or raise when it must not wait (lock held)."""
+    def join(
+        self,
+        lender: Lender,
+        nbytes: int,
+        size: int,
+        timeout: float | None,
+        ticket: Ticket | None = None,
+    ) -> Waiter:
+        """Queue a lend that found no room, or raise when it must not wait (lock held).
+
+        A lend under an admission ``ticket`` (the next step of a body already admitted)
+        is never shed and goes ahead of every lend without one, behind earlier ticket
+        lends: an admitted read must be able to finish, or the lends behind it, whose
+        room it is holding, wait for ever.
+        """
+        if ticket is not None:
+            waiter = Waiter(nbytes, size, asyncio.get_running_loop(), ticket)
+            at = 0
+            while at < len(self.waiting) and self.waiting[at].ticket is not None:
+                at += 1
+            self.waiting.insert(at, waiter)
+            self.waits += 1
+            return waiter
         if timeout is not None and timeout <= 0:
             raise lender._exhausted(nbytes, size, waited=0.0)
         most = lender.max_waiters  # read each time: adapters may set it after construction
         if most is not None and len(self.waiting) >= most:
             self.shed += 1
             raise lender._exhausted(nbytes, size, waited=0.0, shed=True)
+        admission = lender._admission
+        if admission is not None:  # the admission predictor judges block waits too
+            self._judge(lender, admission, nbytes, size, timeout)
         waiter = Waiter(nbytes, size, asyncio.get_running_loop())
         self.waiting.append(waiter)
         self.waits += 1
         return waiter
+
+    def _judge(
+        self,
+        lender: Lender,
+        admission: Admission,
+        nbytes: int,
+        size: int,
+        timeout: float | None,
+    ) -> None:
+        """Refuse at once a wait the admission predictor says is hopeless: its queue is
+        standing (CoDel), or the bytes queued ahead plus this block will not come back
+        within ``timeout`` at the measured rate (``arenapool._admission``)."""
+        if not admission.accepting():
+            self.shed += 1
+            why = "requests have queued for memory longer than the target for a while"
+            raise lender._exhausted(nbytes, size, waited=0.0, reason=why)
+        if timeout is None or admission.trusted_rate() is None:
+            return
+        # lends without a ticket also keep clear of the admission queue's head
+        ahead = sum(w.size for w in self.waiting) + admission.head_need()
+        wait = admission.predict(ahead + size)
+        if wait is not None and wait > timeout:
+            self.shed += 1
+            why = f"at the rate memory comes back it would take {wait:.1f}s, over {timeout:g}s"
+            raise lender._exhausted(
+                nbytes, size, waited=0.0, reason=why, retry_after=min(60.0, wait)
+            )
 
     async def wait(self, lender: Lender, waiter: Waiter, timeout: float | None) -> Block:
         """Wait for ``waiter``'s grant (in its loop); its block, or the error."""
@@ -167,10 +243,10 @@ class WaitQueue:
             if head.fut.done():  # expired or cancelled, cleanup pending in its loop
                 waiting.popleft()
                 continue
-            if not lender._fits(head.size):
+            if not lender._fits(head.size, head.ticket):
                 break
             waiting.popleft()
-            head.block = lender._take(head.nbytes, head.size)
+            head.block = lender._take(head.nbytes, head.size, head.ticket)
             head.loop.call_soon_threadsafe(_deliver, head.fut)
         return returned
 

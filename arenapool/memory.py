@@ -1,10 +1,20 @@
 """Memory readings for a long-running server: ``from arenapool.memory import snapshot``.
 
-See ``arenapool._memory`` for what each figure means and where it comes from.
+- :func:`snapshot`: one reading; ``.breakdown`` is RSS in named parts that add up to it
+  (see ``arenapool._breakdown`` for each part's source and cost).
+- :class:`MemoryMonitor`: the breakdown sampled in a background thread into a bounded
+  history, and a :class:`Verdict` on its trend (:func:`classify`).
+- :class:`Census`: heap censuses by type in a forked child, with leak suspects.
+- :class:`Tracer`: tracemalloc for a bounded window, then off again.
+
+See ``arenapool._memory`` for what each figure of a reading means.
 """
 
 from __future__ import annotations
 
+from ._breakdown import PARTS, Breakdown, read_breakdown
+from ._census import Census
+from ._history import History
 from ._memory import (
     HeapInfo,
     MemorySnapshot,
@@ -16,15 +26,27 @@ from ._memory import (
     set_mmap_threshold,
     snapshot,
 )
+from ._monitor import MemoryMonitor
+from ._trace import Tracer
+from ._verdict import Verdict, classify
 
 __all__ = [
+    "PARTS",
+    "Breakdown",
+    "Census",
     "HeapInfo",
+    "History",
+    "MemoryMonitor",
     "MemorySnapshot",
+    "Tracer",
+    "Verdict",
     "cgroup_memory_limit",
+    "classify",
     "current_rss",
     "heap_info",
     "malloc_trim",
     "malloc_trim_available",
+    "read_breakdown",
     "set_mmap_threshold",
     "snapshot",
 ]

@@ -9,20 +9,35 @@ aiohttp adapter's per-route counters. Names start with ``arenapool_``, carry the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import asyncio
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 try:
-    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.core import (
+        CounterMetricFamily,
+        GaugeMetricFamily,
+        HistogramMetricFamily,
+        Metric,
+        StateSetMetricFamily,
+    )
+    from prometheus_client.metrics import Counter, Gauge
+    from prometheus_client.multiprocess import MultiProcessCollector
     from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 except ImportError as exc:  # pragma: no cover - exercised by the extra being absent
     msg = "arenapool.metrics needs prometheus_client: pip install 'arenapool[metrics]'"
     raise ImportError(msg) from exc
 
 from ._memory import RoutesSource, snapshot
+from ._verdict import KINDS
 
 if TYPE_CHECKING:
+    from ._census import Census
     from ._governor import Governor
+    from ._monitor import MemoryMonitor
     from ._objectpool import ObjectPool
     from ._slabpool import SlabPool
 
@@ -110,11 +125,15 @@ class ArenapoolCollector(Collector):
         object_pools: ObjectSource = None,
         governor: Governor | None = None,
         routes: RoutesSource | None = None,
+        monitor: MemoryMonitor | None = None,
+        census: Census | None = None,
     ) -> None:
         self._slab_pools = slab_pools
         self._object_pools = object_pools
         self._governor = governor
         self._routes = routes
+        self._monitor = monitor
+        self._census = census
 
     def describe(self) -> Iterable[Metric]:
         # Nothing up front: the families depend on which pools exist at scrape time.
@@ -132,6 +151,8 @@ class ArenapoolCollector(Collector):
         if self._governor is not None:
             yield from self._governor_metrics(self._governor.stats())
         yield from self._route_metrics(reading.routes)
+        yield from _memory_metrics(reading.breakdown, self._monitor, self._census)
+        yield from _route_histograms(reading.routes)
 
     @staticmethod
     def _process(r: dict[str, Any]) -> Iterator[Metric]:
@@ -142,11 +163,6 @@ class ArenapoolCollector(Collector):
             ("c_heap_free_bytes", "heap_free", "Free C heap still held (glibc fordblks)."),
             ("c_heap_mmapped_bytes", "heap_mmapped", "C heap blocks served by mmap (hblkhd)."),
             ("c_heap_arena_bytes", "heap_arena", "Non-mmapped C heap obtained from the OS."),
-            (
-                "unaccounted_bytes",
-                "unaccounted",
-                "RSS minus C heap in use and slab lent/quarantined bytes.",
-            ),
             ("python_allocated_blocks", "py_allocated_blocks", "pymalloc blocks allocated."),
             ("snapshot_duration_seconds", "duration", "Seconds the last reading took."),
         )
@@ -184,6 +200,7 @@ class ArenapoolCollector(Collector):
                     labels = [str(stats["name"]), str(cls["size"])]
                     family.add_metric(labels, _number(cls.get(key)))
             yield family
+        yield from _admission_metrics(pools)
 
     @staticmethod
     def _objects(pools: Iterable[Any]) -> Iterator[Metric]:
@@ -227,6 +244,7 @@ class ArenapoolCollector(Collector):
             ("shed_episodes_total", "shed_episodes", "Times the hard watermark was crossed."),
         ):
             yield CounterMetricFamily(f"arenapool_governor_{name}", doc, value=g[key])
+        yield from _container_metrics(g.get("container"))
 
     @staticmethod
     def _route_metrics(routes: Any) -> Iterator[Metric]:
@@ -258,6 +276,65 @@ class ArenapoolCollector(Collector):
         yield errors
 
 
+def _memory_metrics(
+    parts: Mapping[str, int], monitor: MemoryMonitor | None, census: Census | None
+) -> Iterator[Metric]:
+    """Issue 14: the breakdown's parts, the verdict, the census's leak suspects."""
+    if parts:
+        family = GaugeMetricFamily(
+            "arenapool_memory_part_bytes",
+            "RSS in parts that sum to it: code, pymalloc, C heap, slabs, stacks, unexplained.",
+            labels=["part"],
+        )
+        for part, value in parts.items():
+            family.add_metric([part], value)
+        yield family
+    if monitor is not None:
+        kind = monitor.verdict().kind
+        yield StateSetMetricFamily(
+            "arenapool_memory_verdict",
+            "The breakdown's trend over the monitor's window (one state is true).",
+            value={k: k == kind for k in KINDS},
+        )
+    if census is not None:
+        last = census.last or {}
+        suspects = last.get("suspects") or []
+        yield GaugeMetricFamily(
+            "arenapool_leak_suspects",
+            "Types whose count grew in each of the last censuses.",
+            value=len(suspects),
+        )
+        objects = GaugeMetricFamily(
+            "arenapool_leak_suspect_objects",
+            "Live objects of each leak suspect at the last census.",
+            labels=["type"],
+        )
+        for row in suspects[:20]:
+            objects.add_metric([str(row["type"])], row["count"])
+        yield objects
+
+
+def _route_histograms(routes: Mapping[str, Mapping[str, int]]) -> Iterator[Metric]:
+    """Arena bytes per request by route, from the adapter's cumulative bucket counts."""
+    family = HistogramMetricFamily(
+        "arenapool_route_arena_bytes",
+        "Arena bytes one request of this route used (its arena's high water).",
+        labels=["route"],
+    )
+    for route, row in routes.items():
+        bounds = sorted(
+            (int(k.removeprefix("arena_bytes_le_")), v)
+            for k, v in row.items()
+            if k.startswith("arena_bytes_le_") and k != "arena_bytes_le_inf"
+        )
+        if "arena_bytes_le_inf" not in row:
+            continue
+        buckets = [(str(float(b)), float(v)) for b, v in bounds]
+        buckets.append(("+Inf", float(row["arena_bytes_le_inf"])))
+        family.add_metric([route], buckets, sum_value=float(row.get("arena_bytes_sum", 0)))
+    yield family
+
+
 def register(
     registry: CollectorRegistry | None = None,
     *,
@@ -265,10 +342,290 @@ def register(
     object_pools: ObjectSource = None,
     governor: Governor | None = None,
     routes: RoutesSource | None = None,
+    monitor: MemoryMonitor | None = None,
+    census: Census | None = None,
 ) -> ArenapoolCollector:
-    """Register an :class:`ArenapoolCollector` (on the default registry unless given)."""
+    """Register an :class:`ArenapoolCollector` (on the default registry unless given).
+
+    ``monitor`` adds the verdict on the breakdown's trend; ``census`` the leak suspects.
+    """
     collector = ArenapoolCollector(
-        slab_pools=slab_pools, object_pools=object_pools, governor=governor, routes=routes
+        slab_pools=slab_pools,
+        object_pools=object_pools,
+        governor=governor,
+        routes=routes,
+        monitor=monitor,
+        census=census,
     )
-    (REGISTRY if registry is None else registry).register(collector)
+    target = REGISTRY if registry is None else registry
+    path = multiprocess_dir()
+    if path is None:
+        target.register(collector)
+    else:  # every worker's figures and their totals, from the shared directory
+        target.register(MultiprocessView(publisher().add(collector), path))
     return collector
+
+
+_ADMISSION_GAUGES = (
+    ("reserved_bytes", "reserved_bytes", "Room kept for admitted bodies not yet lent."),
+    ("queued", "queued_requests", "Bodies waiting to be admitted."),
+    ("queued_bytes", "queued_bytes", "Bytes the bodies waiting to be admitted need."),
+    (
+        "return_rate",
+        "return_rate_bytes",
+        "Bytes per second given back while requests "
+        "queue (the admission predictor's rate; 0 until measured).",
+    ),
+    ("shedding", "shedding", "1 while the admission queue stands (CoDel): arrivals refused."),
+)
+
+
+def _admission_metrics(pools: list[Any]) -> Iterator[Metric]:
+    """The admission ledger of each pool (issue 13)."""
+    rows = [(str(p["name"]), p["admission"]) for p in pools if p.get("admission")]
+    for key, suffix, doc in _ADMISSION_GAUGES:
+        family = GaugeMetricFamily(f"arenapool_admission_{suffix}", doc, labels=["pool"])
+        for name, row in rows:
+            family.add_metric([name], _number(row.get(key)))
+        yield family
+    admits = CounterMetricFamily(
+        "arenapool_admission_admits", "Bodies admitted (at once or after a wait).", labels=["pool"]
+    )
+    refusals = CounterMetricFamily(
+        "arenapool_admission_refusals",
+        "Bodies refused: too-large, predicted (would miss its deadline), "
+        "standing-queue (CoDel), expired.",
+        labels=["pool", "reason"],
+    )
+    for name, row in rows:
+        admits.add_metric([name], _number(row.get("admits")))
+        for reason in ("too-large", "predicted", "standing-queue", "expired"):
+            refusals.add_metric([name, reason], _number(row.get("refusals", {}).get(reason)))
+    yield admits
+    yield refusals
+
+
+def _container_metrics(c: Mapping[str, Any] | None) -> Iterator[Metric]:
+    """The container's memory as the governor last read it (issue 13)."""
+    if not c:
+        return
+    for key, name, doc in (
+        ("limit", "limit_bytes", "The container's memory limit (cgroup memory.max/high)."),
+        ("usage", "usage_bytes", "Memory charged to the container (memory.current)."),
+        ("working_set", "working_set_bytes", "Usage minus inactive file cache (kubelet's)."),
+        ("inactive_file", "inactive_file_bytes", "Page cache the kernel can drop at once."),
+        (
+            "pressure_some_avg10",
+            "pressure_some_ratio",
+            "Share of time some tasks stalled on memory over 10 s (PSI).",
+        ),
+        (
+            "pressure_full_avg10",
+            "pressure_full_ratio",
+            "Share of time all tasks stalled on memory over 10 s (PSI).",
+        ),
+    ):
+        value = c.get(key)
+        if value is not None:
+            if key.startswith("pressure_"):
+                value = value / 100.0
+            yield GaugeMetricFamily(f"arenapool_container_{name}", doc, value=value)
+    yield CounterMetricFamily(
+        "arenapool_container_oom_kills",
+        "Processes the kernel OOM-killed in the container (memory.events oom_kill).",
+        value=c.get("oom_kills") or 0,
+    )
+
+
+# -- multiprocess mode (gunicorn and friends) ---------------------------------------------
+#
+# With PROMETHEUS_MULTIPROC_DIR set, each worker writes its own figures into
+# prometheus_client's shared files: every gauge as ``arenapool_worker_<name>`` in
+# ``liveall`` mode (a ``pid`` label per live worker; gunicorn's ``child_exit`` hook removes
+# a dead worker's files), every counter as ``arenapool_worker_<name>_total`` with a ``pid``
+# label (kept after the worker dies, so totals never go back). A scrape of any worker
+# reads all the files and adds, under the usual names, the container's totals computed
+# from them at that moment: the sum over workers, or the max for figures every worker
+# reads alike (the container's limit, usage and pressure, the watermarks, shedding), so a
+# total always equals what its per-worker figures add up to. Histograms and state sets
+# cannot be merged from files; a scrape shows those of the worker it reached, with its
+# ``pid``.
+
+log = logging.getLogger("arenapool.metrics")
+
+WORKER_PREFIX = "arenapool_worker_"
+
+#: families whose container total is the max over workers, not the sum
+SHARED_FAMILIES = frozenset(
+    {
+        "arenapool_container_limit_bytes",
+        "arenapool_container_usage_bytes",
+        "arenapool_container_working_set_bytes",
+        "arenapool_container_inactive_file_bytes",
+        "arenapool_container_pressure_some_ratio",
+        "arenapool_container_pressure_full_ratio",
+        "arenapool_container_oom_kills",
+        "arenapool_governor_soft_limit_bytes",
+        "arenapool_governor_hard_limit_bytes",
+        "arenapool_governor_shedding",
+        "arenapool_snapshot_duration_seconds",
+    }
+)
+
+
+def multiprocess_dir() -> str | None:
+    """``PROMETHEUS_MULTIPROC_DIR``, if set (prometheus_client's multiprocess mode)."""
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def _worker_name(name: str) -> str:
+    return WORKER_PREFIX + name.removeprefix("arenapool_")
+
+
+class Publisher:
+    """Writes this worker's figures into the multiprocess files (one per process).
+
+    Several collectors may feed it (the adapter's, the admin routes'): a gauge set twice
+    is the same, and a counter is advanced by its growth since the last value published
+    under the same name and labels, so nothing is counted twice.
+    """
+
+    def __init__(self) -> None:
+        self._collectors: list[ArenapoolCollector] = []
+        self._metrics: dict[str, Any] = {}
+        self._last: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+        self._lock = threading.Lock()
+
+    def add(self, collector: ArenapoolCollector) -> Publisher:
+        with self._lock:
+            self._collectors.append(collector)
+        return self
+
+    def publish(self) -> list[Metric]:
+        """Write every gauge and counter; return the families that cannot be written."""
+        pid = str(os.getpid())
+        others: list[Metric] = []
+        with self._lock:
+            for collector in self._collectors:
+                for family in collector.collect():
+                    if family.type in ("gauge", "counter"):
+                        self._write(family, pid)
+                    elif all(o.name != family.name for o in others):
+                        others.append(family)
+        return others
+
+    def _write(self, family: Metric, pid: str) -> None:
+        name = _worker_name(family.name)
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            labels = dict(sample.labels)
+            if family.type == "gauge":
+                gauge = self._metric(name, family, tuple(sorted(labels)))
+                (gauge.labels(**labels) if labels else gauge).set(sample.value)
+                continue
+            labels["pid"] = pid
+            counter = self._metric(name, family, tuple(sorted(labels)))
+            key = (name, tuple(sorted(labels.items())))
+            growth = sample.value - self._last.get(key, 0.0)
+            if growth < 0:  # its source started over (a new pool): count it anew
+                growth = sample.value
+            if growth > 0:
+                counter.labels(**labels).inc(growth)
+            self._last[key] = sample.value
+
+    def _metric(self, name: str, family: Metric, labelnames: tuple[str, ...]) -> Any:
+        metric = self._metrics.get(name)
+        if metric is None:
+            if family.type == "gauge":
+                metric = Gauge(
+                    name,
+                    family.documentation,
+                    labelnames,
+                    registry=None,
+                    multiprocess_mode="liveall",
+                )
+            else:
+                metric = Counter(name, family.documentation, labelnames, registry=None)
+            self._metrics[name] = metric
+        return metric
+
+
+_publisher: Publisher | None = None
+_publisher_lock = threading.Lock()
+
+
+def publisher() -> Publisher:
+    """This process's :class:`Publisher`."""
+    global _publisher
+    with _publisher_lock:
+        if _publisher is None:
+            _publisher = Publisher()
+        return _publisher
+
+
+class MultiprocessView(Collector):
+    """A scrape in multiprocess mode: every worker's figures (``pid``) and the totals."""
+
+    def __init__(self, source: Publisher, path: str) -> None:
+        self._publisher = source
+        self._path = path
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        others = self._publisher.publish()  # this worker's figures, fresh
+        files = MultiProcessCollector(None, self._path)  # type: ignore[no-untyped-call]
+        for family in files.collect():  # type: ignore[no-untyped-call]
+            yield family
+            if family.name.startswith(WORKER_PREFIX):
+                yield _total(family)
+        pid = str(os.getpid())
+        for family in others:
+            own = Metric(_worker_name(family.name), family.documentation, family.type)
+            for sample in family.samples:
+                own.add_sample(
+                    _worker_name(sample.name), {**sample.labels, "pid": pid}, sample.value
+                )
+            yield own
+
+
+def _total(family: Metric) -> Metric:
+    """The container's total of a per-worker family (sum, or max for shared figures)."""
+    name = "arenapool_" + family.name.removeprefix(WORKER_PREFIX)
+    total = Metric(name, family.documentation, family.type)
+    shared = name in SHARED_FAMILIES
+    values: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for sample in family.samples:
+        labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k != "pid"))
+        key = ("arenapool_" + sample.name.removeprefix(WORKER_PREFIX), labels)
+        if key not in values:
+            values[key] = sample.value
+        elif shared:
+            values[key] = max(values[key], sample.value)
+        else:
+            values[key] += sample.value
+    for (sample_name, labels), value in values.items():
+        total.add_sample(sample_name, dict(labels), value)
+    return total
+
+
+async def publish_forever(
+    *,
+    slab_pools: SlabSource = None,
+    governor: Governor | None = None,
+    routes: RoutesSource | None = None,
+    interval: float = 1.0,
+) -> None:
+    """Publish this worker's figures every ``interval`` seconds (multiprocess mode), so a
+    scrape of another worker sees them; the adapter's ``setup()`` runs it per worker."""
+    source = publisher().add(
+        ArenapoolCollector(slab_pools=slab_pools, governor=governor, routes=routes)
+    )
+    while True:
+        try:  # on the loop: the readings walk state only the loop's thread changes
+            source.publish()
+        except Exception:  # a failed reading: try again at the next tick
+            log.exception("publishing multiprocess metrics failed")
+        await asyncio.sleep(interval)

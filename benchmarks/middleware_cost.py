@@ -33,28 +33,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import arenapool
+from harness.benchkit import EXAMPLE_SERVE
 from harness.loadgen import run_load
 from harness.server import find_example_service, free_port, service_env
 from harness.workload import Plan, get_workload
 
 VARIANTS = ["orjson", "orjson+noop", "arenapool"]
-
-# Runs in the server subprocess: the example service, plus a no-op middleware if asked.
-SERVE = """
-import importlib.util, sys
-from aiohttp import web
-spec = importlib.util.spec_from_file_location("example_app", sys.argv[1])
-app_module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(app_module)
-mode, noop, port = sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
-app = app_module.make_app(mode)
-if noop:
-    @web.middleware
-    async def do_nothing(request, handler):
-        return await handler(request)
-    app.middlewares.append(do_nothing)
-web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
-"""
 
 
 def start(variant: str, port: int) -> subprocess.Popen[str]:
@@ -62,7 +46,7 @@ def start(variant: str, port: int) -> subprocess.Popen[str]:
     noop = "1" if variant.endswith("+noop") else "0"
     service = str(find_example_service())
     return subprocess.Popen(
-        [sys.executable, "-c", SERVE, service, mode, noop, str(port)],
+        [sys.executable, "-c", EXAMPLE_SERVE, service, mode, noop, str(port)],
         env=service_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

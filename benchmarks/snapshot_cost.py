@@ -23,24 +23,18 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from arenapool._memory import current_rss, heap_info, snapshot
+from harness.benchkit import per_call_runs
 
 
 def per_call_us(fn: Callable[[], object], calls: int, repeats: int) -> tuple[float, float]:
     """Median and worst (of the repeats) microseconds per call."""
-    fn()  # warm
-    runs = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        runs.append((time.perf_counter() - started) / calls * 1e6)
+    runs = per_call_runs(fn, calls, repeats)
     return statistics.median(runs), max(runs)
 
 

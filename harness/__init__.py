@@ -9,7 +9,10 @@ Modules, lowest first:
 - :mod:`harness.http`: one raw HTTP/1.1 client (``Conn``) and the one response reader
 - :mod:`harness.workload`: request bodies, named workloads, seeded plans
 - :mod:`harness.loadgen`: the bounded keep-alive load client and its ``LoadResult``
-- :mod:`harness.modes`: the ways of running the example service that a bench compares
+- :mod:`harness.wrk`: driving a server with Debian's ``wrk`` (a C client) and a Lua script
+- :mod:`harness.procstat`: a process's page faults and CPU time from ``/proc/PID/stat``
+- :mod:`harness.modes`: the ways of running the example service that a bench compares,
+  and each arenapool mode's like-for-like baseline (the same decoder without arenapool)
 - :mod:`harness.server`: starting a server under test (subprocess or in-process)
 - :mod:`harness.rss`: the RSS sampler and what its readings come to (peak, steady, drift)
 - :mod:`harness.run`: settings, progress hooks, driving and idling, shared by every run

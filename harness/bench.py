@@ -2,14 +2,17 @@
 
 Theory of operation
 -------------------
-:func:`run_case` starts a :class:`~harness.server.Server`, warms it up, drives it with
-one bounded :func:`~harness.loadgen.run_load` and reads RSS at peak, in steady state (the
+:func:`run_case` starts a :class:`~harness.server.Server`, warms it up (the Python client,
+which checks every answer), drives it with one bounded load (the Python client, or
+``wrk`` with ``settings.client == "wrk"``), reads the server's page faults and CPU
+time before and after from ``/proc/PID/stat``, and reads RSS at peak, in steady state (the
 median of the second half of the load), right after the load and after ``idle`` seconds
 with no traffic. The idle wait of one case overlaps the next case: an idle server uses
 no CPU, so the next server is measured on an otherwise quiet machine while the previous
 one is still being watched. :func:`run_matrix` runs modes x workloads x repeats in that
 order, rotating the mode order every repeat so no mode always runs first, and
-:func:`summarize` takes medians and ratios to a baseline measured in the same run.
+:func:`summarize` takes medians and ratios to a baseline measured in the same run, and to
+the same decoder without arenapool (``arenapool-msgspec`` against ``msgspec``).
 Nothing here estimates memory: every RSS number is a psutil reading of the server, and
 every latency is client-side wall time.
 """
@@ -23,12 +26,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .loadgen import LoadResult, run_load
-from .modes import Mode
+from .modes import Mode, baseline_of
+from .procstat import ProcStat, read_stat
 from .report import BASELINE, median, ratio, rounded
 from .rss import RssSampler, rss_under_load
 from .run import BENCH_SETTINGS, Progress, RunSettings, drive
-from .server import sigterm_interrupts
-from .workload import Plan, Workload
+from .server import Server, sigterm_interrupts
+from .workload import Body, Plan, Workload
+from .wrk import deck_files, run_wrk
 
 __all__ = ["CaseResult", "measure_matrix", "run_case", "run_matrix", "summarize"]
 
@@ -49,6 +54,8 @@ class CaseResult:
     idle_s: float = 0.0
     samples: list[tuple[float, int]] = field(default_factory=list)
     load_window: tuple[float, float] = (0.0, 0.0)
+    faults_per_request: float | None = None  # minor faults, /proc/PID/stat of the server
+    cpu_us_per_request: float | None = None  # user + system CPU of the server
 
     def to_dict(self, *, samples: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -62,6 +69,8 @@ class CaseResult:
             "rss_end": self.rss_end,
             "rss_idle": self.rss_idle,
             "idle_s": self.idle_s,
+            "faults_per_request": rounded(self.faults_per_request, 2),
+            "cpu_us_per_request": rounded(self.cpu_us_per_request, 1),
             "load_window_s": [round(x, 3) for x in self.load_window],
         }
         if samples:
@@ -116,8 +125,21 @@ async def run_case(
         )
         progress.phase(label, duration)
         t_start = sampler.now()
-        plan = Plan(body_deck, seed)
-        await drive(server, plan, workload, settings, case.load, progress=progress, label=label)
+        before = _stat(server)
+        if settings.client == "wrk":
+            await _drive_wrk(server, body_deck, workload, settings, case.load)
+        else:
+            plan = Plan(body_deck, seed)
+            conc = settings.connections or workload.concurrency
+            load_workload = workload if conc == workload.concurrency else _with(workload, conc)
+            await drive(
+                server, plan, load_workload, settings, case.load, progress=progress, label=label
+            )
+        after = _stat(server)
+        if before is not None and after is not None and case.load.completed > 0:
+            delta = after - before
+            case.faults_per_request = delta.minflt / case.load.completed
+            case.cpu_us_per_request = delta.cpu * 1e6 / case.load.completed
         case.rss_end = sampler.sample().get(mode.name)
         case.load_window = (t_start, sampler.now())
     except BaseException:
@@ -144,6 +166,42 @@ async def run_case(
         background.append(asyncio.ensure_future(finish()))
     _fill_rss(case, sampler, mode.name)
     return case
+
+
+def _stat(server: Server) -> ProcStat | None:
+    """The server process's counters; ``None`` under gunicorn (workers come and go)."""
+    if server.proc is None or server.mode.gunicorn_max_requests is not None:
+        return None
+    try:
+        return read_stat(server.proc.pid)
+    except OSError:
+        return None
+
+
+def _with(workload: Workload, concurrency: int) -> Workload:
+    return Workload(
+        workload.name, workload.min_size, workload.max_size, workload.distribution, concurrency
+    )
+
+
+async def _drive_wrk(
+    server: Server,
+    deck: Sequence[Body],
+    workload: Workload,
+    settings: RunSettings,
+    result: LoadResult,
+) -> None:
+    """One wrk run of ``settings.duration`` seconds; its counts go into ``result``."""
+    with deck_files(deck) as (script, bodies):
+        wrk = await run_wrk(
+            server.port,
+            script,
+            bodies,
+            duration=settings.duration,
+            connections=settings.connections or workload.concurrency,
+            timeout=settings.timeout,
+        )
+    wrk.into(result)
 
 
 async def run_matrix(
@@ -242,8 +300,16 @@ def summarize(cases: Sequence[CaseResult], *, baseline: str = BASELINE) -> list[
             }
         )
     by_key = {(r["workload"], r["mode"]): r for r in rows}
-    for row in rows:
+    for row, (_, group) in zip(rows, groups.items(), strict=True):
+        row["faults_per_request"] = rounded(median(c.faults_per_request for c in group), 2)
+        row["cpu_us_per_request"] = rounded(median(c.cpu_us_per_request for c in group), 1)
         base = by_key.get((row["workload"], baseline))
         for key in ("rps", "p99_ms", "rss_peak", "rss_steady", "rss_idle"):
             row[f"{key}_vs_{baseline}"] = ratio(row[key], base[key]) if base else None
+        # like for like: the same decoder without arenapool (arenapool-msgspec: msgspec)
+        same = baseline_of(row["mode"])
+        twin = by_key.get((row["workload"], same))
+        row["same_decoder"] = same if twin is not None else None
+        for key in ("rps", "rss_steady", "rss_idle"):
+            row[f"{key}_vs_same"] = ratio(row[key], twin[key]) if twin else None
     return rows

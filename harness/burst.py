@@ -92,9 +92,7 @@ async def _one(
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError, OSError):
             await sender
-        writer.close()
-        with contextlib.suppress(OSError):
-            await writer.wait_closed()
+        writer.transport.abort()  # unsent body bytes: drop them, do not flush them
     return outcome
 
 
@@ -106,13 +104,16 @@ async def burst(
     timeout: float,
     path: str = "/ingest",
     connect_timeout: float = 30.0,
+    headers: Sequence[tuple[str, str]] = (),
 ) -> tuple[list[Outcome], float]:
     """Send ``count`` requests carrying ``body`` at once; (outcomes, seconds it took).
 
-    Connections that cannot be opened within ``connect_timeout`` count as errors.
+    Connections that cannot be opened within ``connect_timeout`` count as errors;
+    ``headers`` are added to every request.
     """
+    extra = "".join(f"{name}: {value}\r\n" for name, value in headers)
     head = (
-        f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+        f"POST {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n{extra}"
         f"Content-Type: application/json\r\nContent-Length: {len(body.data)}\r\n\r\n"
     ).encode()
 

@@ -46,8 +46,9 @@ from .report import (
 )
 from .run import BENCH_SETTINGS, DEMO_SETTINGS, SOAK_SETTINGS, Progress, RunSettings
 from .server import find_example_service, service_env, sigterm_interrupts
-from .soak import run_soak
+from .soak import CLIENTS, run_soak
 from .workload import WORKLOADS, get_workload
+from .wrk import wrk_path
 
 __all__ = ["add_commands", "duration_arg", "list_arg", "size_arg"]
 
@@ -216,6 +217,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     )
     for w in workloads:
         console.print(f"  {w.name}: {w.describe()}")
+    if args.client == "wrk" and wrk_path() is None:
+        console.print("wrk not found (Debian/Ubuntu: apt-get install wrk); use --client python")
+        return 2
     settings = _run_settings(
         args,
         BENCH_SETTINGS,
@@ -223,6 +227,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         requests=args.requests,
         timeout=args.timeout,
         log_dir=out / "logs",
+        client=args.client,
+        connections=args.connections,
     )
     started = time.time()
     with Reporter(console, args.quiet) as progress:
@@ -276,6 +282,8 @@ def _settings(args: argparse.Namespace, workloads: Sequence[Any]) -> dict[str, A
         "governor": args.governor,
         "scale": args.scale,
         "recycle_after": args.recycle_after,
+        "client": args.client,
+        "connections": args.connections,
     }
 
 
@@ -302,39 +310,74 @@ def _bench_markdown(
 
 
 def cmd_soak(args: argparse.Namespace) -> int:
-    console = Console(highlight=False)
+    console = Console(highlight=False, width=None if sys.stdout.isatty() else 120)
     workload = get_workload(args.workload, budget=args.budget, scale=args.scale)
+    client = args.client or ("wrk" if wrk_path() else "python")
+    connections = args.connections or workload.concurrency
     console.print(
-        f"[bold]arenapool soak[/]: {args.mode} under {args.workload} load "
-        f"({workload.describe()}) for {args.duration:g} s, RSS every {args.interval:g} s"
+        f"[bold]arenapool soak[/]: {', '.join(args.modes)} side by side under "
+        f"{args.workload} load ({workload.describe().split(',')[0]}), {client} with "
+        f"{connections} connections each, for {args.duration:g} s, RSS every "
+        f"{args.interval:g} s"
     )
+    if client == "python" and args.client is None:
+        console.print("note: wrk not found, using the Python client (apt-get install wrk)")
     with _measuring(console, args) as (logs, progress):
         settings = _run_settings(args, SOAK_SETTINGS, duration=args.duration, log_dir=logs)
         soak = asyncio.run(
             run_soak(
                 settings=settings,
-                mode=args.mode,
+                modes=args.modes,
                 workload=workload,
                 warmup=args.warmup,
                 interval=args.interval,
+                client=client,
+                connections=connections,
                 progress=progress,
             )
         )
     doc = soak.to_dict()
-    written = _write_outputs(
-        args, f"arenapool-soak-{args.mode}", doc, lambda path: plot_soak(soak, path)
-    )
-    drift = doc["drift_mib_per_min"]
-    console.print(
-        f"{args.mode}: {doc['ok']} requests answered, {doc['errors'] + doc['corrupt']} errors, "
-        f"{doc['shed']} shed, {doc['rps']:.0f} req/s\n"
-        f"RSS peak {fmt_mib(doc['rss_peak'])}, steady {fmt_mib(doc['rss_steady'])}, "
-        f"after {args.idle:g} s idle {fmt_mib(doc['rss_idle'])}\n"
-        f"drift after {soak.warmup_s:g} s warm-up: "
-        + ("n/a (too few readings)" if drift is None else f"{drift:+.3f} MiB/min")
-    )
+    written = _write_outputs(args, "arenapool-soak", doc, lambda path: plot_soak(soak, path))
+    _print_soak_table(console, doc, args.idle)
     console.print("wrote " + ", ".join(str(p) for p in written))
-    return 0 if doc["corrupt"] == 0 else 1
+    return 0 if all(m["corrupt"] == 0 for m in doc["modes"].values()) else 1
+
+
+def _print_soak_table(console: Console, doc: Mapping[str, Any], idle: float) -> None:
+    modes = doc["modes"]
+    table = Table(title="side by side, one run", title_justify="left")
+    for column in (
+        "mode", "requests", "req/s", "median RSS", "p95 RSS", "drift",
+        f"RSS {idle:g} s after load", "errors",
+    ):  # fmt: skip
+        table.add_column(column, justify="left" if column == "mode" else "right")
+    for name, m in modes.items():
+        drift = m["drift_mib_per_min"]
+        table.add_row(
+            name,
+            f"{m['ok']:,}",
+            fmt_num(m["rps"], ".0f"),
+            fmt_mib(m["rss_median"]),
+            fmt_mib(m["rss_p95"]),
+            "n/a" if drift is None else f"{drift:+.2f} MiB/min",
+            fmt_mib(m["rss_idle"]),
+            str(m["errors"] + m["corrupt"]),
+        )
+    console.print(table)
+    base = modes.get("orjson+trim")
+    for name, m in modes.items():
+        if base is None or not name.startswith("arenapool"):
+            continue
+        console.print(
+            f"{name} / orjson+trim: median RSS {fmt_x(ratio(m['rss_median'], base['rss_median']))}"
+            f" (target <= 0.90x), RSS after load "
+            f"{fmt_x(ratio(m['rss_idle'], base['rss_idle']))} (target <= 1.00x), requests "
+            f"{fmt_x(ratio(m['ok'], base['ok']))} (target >= 1.00x)"
+        )
+    console.print(
+        "RSS: psutil readings of each server's process; median and p95 over the load after "
+        "the warm-up; drift: least-squares slope of those readings."
+    )
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -475,6 +518,20 @@ def _add_bench(sub: Any) -> None:
         "--timeout", type=positive_float, default=30.0, help="seconds per request (default: 30)"
     )
     bench.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default="python",
+        help="client of the measured load: python (checks every answer) or wrk (a C "
+        "client outside Python, so the client does not share the server's cores at "
+        "Python's cost; answers are checked in the warm-up) (default: python)",
+    )
+    bench.add_argument(
+        "--connections",
+        type=positive_int,
+        default=None,
+        help="requests in flight per server (default: the workload's; issue 11 used 32 with wrk)",
+    )
+    bench.add_argument(
         "--recycle-after",
         type=positive_int,
         default=1000,
@@ -490,31 +547,55 @@ def _add_bench(sub: Any) -> None:
     )
 
 
+SOAK_MODES = ["orjson", "orjson+trim", "arenapool"]
+
+
 def _add_soak(sub: Any) -> None:
     soak = _command(
         sub,
         "soak",
         cmd_soak,
-        help="one long run that measures RSS drift",
-        description="Drive one mode for --duration, read RSS every --interval seconds, and "
-        "report the drift (least-squares slope of RSS after warm-up, MiB/min) and the RSS "
-        "after --idle seconds without load. Writes a JSON file and a plot.",
+        help="several modes side by side for a long time: RSS, drift, requests",
+        description="Start one server per mode, drive them all at once for --duration "
+        "(wrk by default, --connections each), read every server's RSS every --interval "
+        "seconds, and report per mode the requests answered, median and p95 RSS, the "
+        "drift (least-squares slope of RSS after warm-up, MiB/min) and the RSS after "
+        "--idle seconds without load. Writes arenapool-soak.json and a plot.",
     )
     soak.add_argument(
-        "--mode", choices=MODES, default="arenapool", help="mode (default: arenapool)"
+        "--modes",
+        "--mode",
+        dest="modes",
+        type=list_arg(MODES),
+        default=list(SOAK_MODES),
+        help="comma-separated modes, run side by side (default: "
+        f"{','.join(SOAK_MODES)}): " + ", ".join(MODES),
     )
     soak.add_argument(
         "--workload",
         choices=WORKLOAD_NAMES,
         default="mixed",
-        help="workload (default: mixed)",
+        help="workload (default: mixed, 1 KiB-4 MiB log-uniform)",
+    )
+    soak.add_argument(
+        "--client",
+        choices=CLIENTS,
+        default=None,
+        help="load client: wrk (a C client, one process per server) or python "
+        "(default: wrk if installed)",
+    )
+    soak.add_argument(
+        "--connections",
+        type=positive_int,
+        default=None,
+        help="connections per server (default: the workload's, 8 for mixed)",
     )
     soak.add_argument(
         "--warmup",
         type=duration_arg,
         default=None,
-        help="readings before this are left out of the drift (default: 1/5 of the "
-        "duration, at most 60 s)",
+        help="readings before this are left out of the RSS figures and the drift "
+        "(default: 1/5 of the duration, at most 60 s)",
     )
     soak.add_argument(
         "--interval",
@@ -525,8 +606,8 @@ def _add_soak(sub: Any) -> None:
     _add_common(
         soak,
         out=".",
-        duration=600.0,
-        duration_help="load time, e.g. 10m (default: 10m)",
+        duration=720.0,
+        duration_help="load time, e.g. 12m (default: 12m, issue 11's run)",
         idle_help="seconds without load before the final reading (default: 15)",
     )
 
@@ -542,7 +623,7 @@ def _add_serve(sub: Any) -> None:
     )
     serve.add_argument(
         "--mode",
-        choices=("plain", "orjson", "arenapool", "arenapool-msgspec"),
+        choices=("plain", "orjson", "msgspec", "arenapool", "arenapool-msgspec"),
         default="arenapool",
         help="how the service reads bodies (default: arenapool)",
     )

@@ -50,6 +50,8 @@ class LoadResult:
     latencies: list[float] = field(default_factory=list)  # seconds, ok responses
     statuses: dict[int, int] = field(default_factory=dict)
     error_samples: list[str] = field(default_factory=list)
+    # percentiles an outside client reported (wrk), used when ``latencies`` is empty
+    fixed_percentiles_ms: dict[int, float] = field(default_factory=dict)
 
     @property
     def completed(self) -> int:
@@ -61,6 +63,8 @@ class LoadResult:
         return self.ok / self.elapsed if self.elapsed > 0 else 0.0
 
     def percentile_ms(self, q: float) -> float | None:
+        if not self.latencies and int(q) in self.fixed_percentiles_ms:
+            return self.fixed_percentiles_ms[int(q)]
         value = percentile(self.latencies, q)
         return None if value is None else value * 1000.0
 

@@ -1,10 +1,12 @@
 """The modes: the ways of running the example service that a benchmark compares.
 
 A :class:`Mode` is the example service's handler style (``plain``, ``orjson``,
-``arenapool``, ``arenapool-msgspec``) plus the process setup users reach for today (an
-LD_PRELOADed allocator, ``MALLOC_ARENA_MAX=2``, gunicorn recycling workers after N
-requests). :func:`resolve_modes` keeps the ones this machine can run, with a note for
-each one it cannot.
+``msgspec``, ``arenapool``, ``arenapool-msgspec``) plus the process setup users reach for
+today (a once-a-second ``malloc_trim(0)`` task, an LD_PRELOADed allocator,
+``MALLOC_ARENA_MAX=2``, gunicorn recycling workers after N requests). Every arenapool
+mode has a baseline with the same decoder and no arenapool (:data:`BASELINES`).
+:func:`resolve_modes` keeps the ones this machine can run, with a note for each one it
+cannot.
 """
 
 from __future__ import annotations
@@ -15,7 +17,31 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["MODES", "Mode", "find_library", "mode_names", "resolve_modes"]
+__all__ = [
+    "BASELINES",
+    "MODES",
+    "Mode",
+    "baseline_of",
+    "find_library",
+    "mode_names",
+    "resolve_modes",
+]
+
+#: each arenapool mode's like-for-like baseline: the same decoder without arenapool
+BASELINES = {"arenapool": "orjson", "arenapool-msgspec": "msgspec"}
+
+
+def baseline_of(mode: str) -> str:
+    """The mode ``mode`` is compared with: the same decoder without arenapool.
+
+    ``arenapool`` -> ``orjson``, ``arenapool-msgspec`` -> ``msgspec``; a variant
+    (``msgspec+trim``) is compared with its decoder's plain mode; every other mode with
+    ``orjson``.
+    """
+    if mode in BASELINES:
+        return BASELINES[mode]
+    return "msgspec" if "msgspec" in mode else "orjson"
+
 
 _LIBRARY_FILES = {
     "jemalloc": ("libjemalloc.so.2", "libjemalloc.so"),
@@ -50,16 +76,37 @@ class Mode:
     service: str  # the example service's --mode
     description: str
     env: Mapping[str, str] = field(default_factory=dict)
+    args: tuple[str, ...] = ()  # extra options for the example service
     gunicorn_max_requests: int | None = None  # run under gunicorn, recycling workers
     unavailable: str | None = None  # why it cannot run here, or None
+
+
+def _trim_mode(service: str, description: str) -> Mode:
+    """``service``'s handler with a ``malloc_trim(0)`` task every second: ``<service>+trim``."""
+    return Mode(f"{service}+trim", service, description, args=("--trim-interval", "1"))
 
 
 def _modes(recycle_after: int) -> list[Mode]:
     modes = [
         Mode("plain", "plain", "await request.json() + web.json_response"),
         Mode("orjson", "orjson", "orjson.loads(await request.read()) + orjson.dumps"),
+        _trim_mode("orjson", "orjson handler + malloc_trim(0) every second (aiohttp #11043)"),
+        Mode("msgspec", "msgspec", "msgspec.json.Decoder(Ingest).decode(await request.read())"),
+        _trim_mode("msgspec", "msgspec handler + malloc_trim(0) every second"),
         Mode("arenapool", "arenapool", "arenapool read_json (orjson) + json_response"),
-        Mode("arenapool-msgspec", "arenapool-msgspec", "arenapool read_json (msgspec)"),
+        Mode("arenapool-msgspec", "arenapool-msgspec", "arenapool read_json(type=Ingest)"),
+        Mode(
+            "arenapool-idle-trim",
+            "arenapool",
+            "arenapool, the governor trimming only when idle (no busy trims)",
+            args=("--busy-trim", "none"),
+        ),
+        Mode(
+            "arenapool+mmap",
+            "arenapool",
+            "arenapool, glibc's mmap threshold pinned at 1 MiB by the governor",
+            args=("--mmap-threshold", "1MiB"),
+        ),
     ]
     for lib in ("jemalloc", "mimalloc"):
         path = find_library(lib)

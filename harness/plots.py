@@ -11,7 +11,7 @@ from .report import MiB
 if TYPE_CHECKING:
     from .bench import CaseResult
     from .demo import DemoResult
-    from .soak import SoakResult
+    from .soak import SoakRun
 
 __all__ = ["plot_demo", "plot_matrix", "plot_soak"]
 
@@ -110,26 +110,32 @@ def plot_demo(demo: DemoResult, path: Path) -> Path:
     return _save_rss_plot(plt, fig, ax, path)
 
 
-def plot_soak(soak: SoakResult, path: Path) -> Path:
+def plot_soak(soak: SoakRun, path: Path) -> Path:
+    """Every mode's RSS over the soak, with its fitted drift line."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(10, 4.5))
-    ax.plot(
-        [t / 60.0 for t, _ in soak.samples],
-        [rss / MiB for _, rss in soak.samples],
-        label=f"{soak.mode} RSS",
-        linewidth=1.2,
-    )
-    if soak.slope_mib_per_min is not None and soak.intercept is not None:
-        a = (soak.load_window[0] + soak.warmup_s) / 60.0
-        b = soak.load_window[1] / 60.0
-        ax.plot(
-            [a, b],
-            [soak.intercept + soak.slope_mib_per_min * x for x in (a, b)],
-            linestyle="--",
-            label=f"drift {soak.slope_mib_per_min:+.2f} MiB/min",
+    for result in soak.results:
+        (line,) = ax.plot(
+            [t / 60.0 for t, _ in result.samples],
+            [rss / MiB for _, rss in result.samples],
+            label=f"{result.mode} RSS",
+            linewidth=1.2,
         )
-    ax.axvspan(
-        0, (soak.load_window[0] + soak.warmup_s) / 60.0, color="grey", alpha=0.1, label="warm-up"
-    )
-    ax.set(title=f"Soak: {soak.mode}", xlabel="minutes", ylabel="RSS (MiB)")
+        if result.slope_mib_per_min is not None and result.intercept is not None:
+            a = (result.load_window[0] + result.warmup_s) / 60.0
+            b = result.load_window[1] / 60.0
+            ax.plot(
+                [a, b],
+                [result.intercept + result.slope_mib_per_min * x for x in (a, b)],
+                linestyle="--",
+                color=line.get_color(),
+                label=f"{result.mode} drift {result.slope_mib_per_min:+.2f} MiB/min",
+            )
+    if soak.results:
+        first = soak.results[0]
+        ax.axvspan(
+            0, (first.load_window[0] + first.warmup_s) / 60.0, color="grey", alpha=0.1,
+            label="warm-up",
+        )  # fmt: skip
+    ax.set(title=f"Soak: {', '.join(soak.modes)}", xlabel="minutes", ylabel="RSS (MiB)")
     return _save_rss_plot(plt, fig, ax, path)

@@ -69,24 +69,34 @@ def fmt_x(value: float | None) -> str:
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], *, baseline: str = BASELINE) -> str:
-    """The summary as a Markdown table (RSS in MiB, ratios to ``baseline``)."""
+    """The summary as a Markdown table (RSS in MiB, ratios to ``baseline``).
+
+    "same decoder" is the ratio to the mode with the same decoder and no arenapool
+    (``arenapool-msgspec`` against ``msgspec``), when that mode ran.
+    """
     head = (
-        f"| workload | mode | req/s | vs {baseline} | p50 ms | p99 ms | peak RSS | "
-        f"steady RSS | vs {baseline} | after idle | errors | shed |"
+        f"| workload | mode | req/s | vs {baseline} | vs same decoder | p50 ms | p99 ms | "
+        f"peak RSS | steady RSS | vs {baseline} | after idle | faults/req | CPU us/req | "
+        "errors | shed |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 15]
     for r in rows:
+        same = r.get("same_decoder")
+        vs_same = "-" if not same or same == r["mode"] else f"{fmt_x(r['rps_vs_same'])} {same}"
         cells = [
             r["workload"],
             r["mode"],
             fmt_num(r["rps"]),
             fmt_x(r[f"rps_vs_{baseline}"]),
+            vs_same,
             fmt_num(r["p50_ms"], ".1f"),
             fmt_num(r["p99_ms"], ".1f"),
             fmt_mib(r["rss_peak"], unit=False),
             fmt_mib(r["rss_steady"], unit=False),
             fmt_x(r[f"rss_steady_vs_{baseline}"]),
             fmt_mib(r["rss_idle"], unit=False),
+            fmt_num(r.get("faults_per_request"), ".1f"),
+            fmt_num(r.get("cpu_us_per_request"), ".0f"),
             str(r["errors"] + r["corrupt"]),
             str(r["shed"]),
         ]

@@ -50,6 +50,9 @@ class RunSettings:
     first; ``idle`` is the wait without traffic before the last RSS reading and
     ``timeout`` the limit per request. Every server started gets ``budget``, ``limit``
     and ``governor`` and writes its log into ``log_dir`` (default: the temp directory).
+    ``client`` is the load client of the measured load (``python``: :mod:`harness.loadgen`,
+    which checks every answer; ``wrk``: :mod:`harness.wrk`, bounded by ``duration``
+    only), with ``connections`` in flight (default: the workload's concurrency).
     """
 
     seed: int = 1
@@ -61,6 +64,8 @@ class RunSettings:
     limit: str = "8MiB"
     governor: bool = True
     log_dir: Path | None = None
+    client: str = "python"  # or "wrk" (the load of a bench case; warm-ups stay Python)
+    connections: int | None = None  # in flight per server; None: the workload's
 
     def server(self, mode: Mode) -> Server:
         """A server for ``mode`` with these settings, not started yet."""

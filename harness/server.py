@@ -179,6 +179,7 @@ class Server:
             "--budget", self.budget,
             "--limit", self.limit,
             "--decay", str(self.decay),
+            *mode.args,
         ]  # fmt: skip
         if self.admin_token:
             cmd += ["--admin-token", self.admin_token]

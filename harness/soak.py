@@ -1,22 +1,57 @@
-"""``soak``: one mode under load for a long time; RSS drift is the slope of its readings."""
+"""``soak``: several modes under load side by side for a long time; RSS, drift and requests.
+
+Theory of operation
+-------------------
+:func:`run_soak` starts one server per mode, checks that each answers every body of the
+deck correctly (Python client), then loads all of them at once for ``duration``
+seconds: with ``client="wrk"`` one ``wrk`` process per server (``connections``
+keep-alive connections each, outside Python), with ``client="python"`` one bounded
+:func:`~harness.loadgen.run_load` per server in this process. An
+:class:`~harness.rss.RssSampler` thread reads every server's RSS every ``interval``
+seconds. Per mode: requests answered, the median and 95th percentile of RSS under load
+after ``warmup``, the drift (least-squares slope of those readings, MiB/min) and the RSS
+``idle`` seconds after the load stopped. Running the modes side by side in one run is
+what makes their numbers comparable on a shared machine: every server sees the same
+minutes of the same noise.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .benchkit import check_answers
 from .loadgen import LoadResult
 from .modes import resolve_modes
 from .report import MiB, machine_info
-from .rss import RssSampler, least_squares, rss_under_load
+from .rss import RssSampler, least_squares
 from .run import SOAK_SETTINGS, Progress, RunSettings, drive, idle_for
+from .server import Server
 from .workload import Plan, Workload, get_workload
+from .wrk import deck_files, run_wrk, wrk_path
 
-__all__ = ["SoakResult", "run_soak"]
+__all__ = ["CLIENTS", "SoakResult", "SoakRun", "percentile_of", "run_soak"]
+
+CLIENTS = ("wrk", "python")
+
+
+def percentile_of(values: Sequence[float], q: float) -> float | None:
+    """The ``q``-th percentile (0-100) by nearest rank; ``None`` when empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100.0 * len(ordered)))
+    return ordered[rank - 1]
 
 
 @dataclass
 class SoakResult:
+    """One mode's soak: its load, its RSS readings and what they come to."""
+
     mode: str
     load: LoadResult
     samples: list[tuple[float, int]]
@@ -26,78 +61,172 @@ class SoakResult:
     intercept: float | None
     rss_idle: int | None
     idle_s: float
-    settings: dict[str, Any]
+
+    def under_load(self) -> list[int]:
+        """RSS readings under load after the warm-up."""
+        a, b = self.load_window[0] + self.warmup_s, self.load_window[1]
+        return [rss for t, rss in self.samples if a <= t <= b]
 
     def to_dict(self) -> dict[str, Any]:
+        readings = self.under_load()
+        median = percentile_of(readings, 50)
+        p95 = percentile_of(readings, 95)
         return {
-            "tool": "arenapool soak",
             "mode": self.mode,
-            "settings": self.settings,
-            "machine": machine_info(),
             **self.load.to_dict(),
             "warmup_s": self.warmup_s,
             "drift_mib_per_min": None
             if self.slope_mib_per_min is None
             else round(self.slope_mib_per_min, 4),
-            **rss_under_load(self.samples, [self.load_window]),
+            "rss_median": None if median is None else int(median),
+            "rss_p95": None if p95 is None else int(p95),
+            "rss_peak": max((rss for _, rss in self.samples), default=None),
             "rss_idle": self.rss_idle,
             "idle_s": self.idle_s,
             "rss_samples": [[round(t, 3), rss] for t, rss in self.samples],
         }
 
 
+@dataclass
+class SoakRun:
+    """Every mode of one side-by-side soak."""
+
+    results: list[SoakResult]
+    settings: dict[str, Any]
+
+    @property
+    def modes(self) -> list[str]:
+        return [r.mode for r in self.results]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "tool": "arenapool soak",
+            "settings": self.settings,
+            "machine": machine_info(),
+            "modes": {r.mode: r.to_dict() for r in self.results},
+        }
+
+
 async def run_soak(
     *,
     settings: RunSettings = SOAK_SETTINGS,
-    mode: str = "arenapool",
+    modes: Sequence[str] = ("arenapool",),
     workload: Workload | None = None,
     warmup: float | None = None,
     interval: float = 1.0,
+    client: str = "wrk",
+    connections: int | None = None,
     progress: Progress | None = None,
-) -> SoakResult:
-    """One long run; RSS drift is the least-squares slope of RSS after ``warmup``."""
+) -> SoakRun:
+    """Load every mode in ``modes`` at once for ``settings.duration`` seconds.
+
+    Drift is the least-squares slope of RSS after ``warmup`` (default: a fifth of the
+    duration, at most 60 s). ``connections`` (default: the workload's concurrency) is
+    per server.
+    """
     progress = progress or Progress()
     workload = workload or get_workload("mixed")
+    if client not in CLIENTS:
+        msg = f"unknown client {client!r}; choose from {', '.join(CLIENTS)}"
+        raise ValueError(msg)
+    if client == "wrk" and wrk_path() is None:
+        msg = "wrk not found (Debian/Ubuntu: apt-get install wrk); use --client python"
+        raise RuntimeError(msg)
+    conns = connections or workload.concurrency
     seed, duration, idle = settings.seed, settings.duration, settings.idle
     warmup_s = min(60.0, duration / 5) if warmup is None else warmup
-    resolved, notes = resolve_modes([mode])
+    resolved, notes = resolve_modes(modes)
+    for note in notes:
+        progress.note(note)
     if not resolved:
-        raise RuntimeError(notes[0])
+        raise RuntimeError("; ".join(notes) or "no mode to soak")
     progress.phase("building request bodies", 0)
     deck = workload.deck(seed)
-    with settings.server(resolved[0]) as server:
-        sampler = RssSampler({mode: server}, interval=interval)
+    servers: dict[str, Server] = {}
+    loads: dict[str, LoadResult] = {m.name: LoadResult() for m in resolved}
+    with contextlib.ExitStack() as stack:
+        for mode in resolved:
+            servers[mode.name] = stack.enter_context(settings.server(mode))
+        for server in servers.values():
+            await check_answers(
+                server, deck, seed, what="bodies answered correctly before the soak"
+            )
+        sampler = RssSampler(servers, interval=interval)
         sampler.start()
-        try:
-            label = f"soak {mode}"
-            progress.phase(label, duration)
-            start = sampler.now()
-            plan = Plan(deck, seed)
-            load = await drive(server, plan, workload, settings, progress=progress, label=label)
-            window = (start, sampler.now())
-            sampler.sample()
-            if idle > 0:
-                await idle_for(idle, progress, f"idle {idle:g} s")
-            rss_idle = sampler.sample().get(mode)
-        finally:
-            sampler.stop()
-    samples = sampler.samples[mode]
-    fit_points = [
-        (t / 60.0, rss / MiB) for t, rss in samples if window[0] + warmup_s <= t <= window[1]
-    ]
-    fit = least_squares(fit_points)
-    return SoakResult(
-        mode=mode,
-        load=load,
-        samples=samples,
-        load_window=window,
-        warmup_s=warmup_s,
-        slope_mib_per_min=None if fit is None else fit[0],
-        intercept=None if fit is None else fit[1],
-        rss_idle=rss_idle,
-        idle_s=idle,
-        settings={
+        stack.callback(sampler.stop)
+        label = f"soak {', '.join(servers)}"
+        progress.phase(label, duration)
+        start = sampler.now()
+        if client == "wrk":
+            files = stack.enter_context(deck_files(deck))
+            tasks = [
+                asyncio.ensure_future(
+                    run_wrk(
+                        server.port,
+                        files[0],
+                        files[1],
+                        duration=duration,
+                        connections=conns,
+                        timeout=settings.timeout,
+                    )
+                )
+                for server in servers.values()
+            ]
+            await _tick_until_done(tasks, progress, label)
+            for name, task in zip(servers, tasks, strict=True):
+                task.result().into(loads[name])
+        else:
+            soak_workload = Workload(
+                workload.name, workload.min_size, workload.max_size, workload.distribution, conns
+            )
+            runs = [
+                drive(
+                    server,
+                    Plan(deck, seed),
+                    soak_workload,
+                    settings,
+                    loads[name],
+                    progress=progress if i == 0 else Progress(),
+                    label=label,
+                )
+                for i, (name, server) in enumerate(servers.items())
+            ]
+            await asyncio.gather(*runs)
+        window = (start, sampler.now())
+        sampler.sample()
+        if idle > 0:
+            await idle_for(idle, progress, f"idle {idle:g} s")
+        idle_reading = sampler.sample()
+    results = []
+    for name in servers:
+        samples = sampler.samples[name]
+        fit = least_squares(
+            [(t / 60.0, rss / MiB) for t, rss in samples if window[0] + warmup_s <= t <= window[1]]
+        )
+        results.append(
+            SoakResult(
+                mode=name,
+                load=loads[name],
+                samples=samples,
+                load_window=window,
+                warmup_s=warmup_s,
+                slope_mib_per_min=None if fit is None else fit[0],
+                intercept=None if fit is None else fit[1],
+                rss_idle=idle_reading.get(name),
+                idle_s=idle,
+            )
+        )
+    return SoakRun(
+        results,
+        {
+            "modes": [m.name for m in resolved],
+            "notes": notes,
+            "client": client,
+            "connections_per_server": conns,
             "workload": workload.name,
+            "min_size": workload.min_size,
+            "max_size": workload.max_size,
+            "distribution": workload.distribution,
             "duration_s": duration,
             "interval_s": interval,
             "seed": seed,
@@ -106,3 +235,19 @@ async def run_soak(
             "governor": settings.governor,
         },
     )
+
+
+async def _tick_until_done(
+    tasks: Sequence[asyncio.Future[Any]], progress: Progress, label: str
+) -> None:
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    try:
+        while not all(t.done() for t in tasks):
+            progress.tick(label, loop.time() - start, None)
+            await asyncio.wait(tasks, timeout=0.25)
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -19,9 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import os
-import signal
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -33,6 +30,7 @@ ROOT = HELPER.parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from _serverproc import HelperServer, serve_until_sigterm  # noqa: E402
 from aiohttp import web  # noqa: E402 - after the path fix so the checkout's arenapool wins
 
 from arenapool._governor import Governor, GovernorConfig  # noqa: E402
@@ -123,57 +121,18 @@ async def serve(args: argparse.Namespace) -> None:
     )
     governor = Governor(config)
     runner = web.AppRunner(build_app(governor, args.token), access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    print(json.dumps({"port": port, "pid": os.getpid(), "baseline_rss": baseline}), flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await runner.cleanup()
+    await serve_until_sigterm(runner, baseline_rss=baseline)
 
 
-class ServerProcess:
+class ServerProcess(HelperServer):
     """A governed server in a subprocess (``python tests/_memhelpers.py ...``)."""
 
+    SCRIPT = HELPER
+
     def __init__(self, proc: asyncio.subprocess.Process, info: dict[str, Any]) -> None:
-        self.proc = proc
-        self.port: int = info["port"]
+        super().__init__(proc, info)
         self.pid: int = info["pid"]
         self.baseline_rss: int = info["baseline_rss"]
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    @classmethod
-    async def start(cls, *args: str, timeout: float = 30.0) -> ServerProcess:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            str(HELPER),
-            *args,
-            stdout=asyncio.subprocess.PIPE,
-            env={**os.environ, "PYTHONWARNINGS": "error"},
-        )
-        assert proc.stdout is not None
-        try:
-            line = await asyncio.wait_for(proc.stdout.readline(), timeout)
-        except asyncio.TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise AssertionError(f"test server did not start within {timeout} s") from None
-        if not line:
-            await proc.wait()
-            raise AssertionError(f"test server exited with {proc.returncode} before listening")
-        return cls(proc, json.loads(line))
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.terminate()
-            try:
-                await asyncio.wait_for(self.proc.wait(), 10)
-            except asyncio.TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
 
 
 async def poll_until(

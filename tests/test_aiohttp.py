@@ -13,7 +13,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from arenapool import ArenaReleasedError, SlabPool, ViewEscapedWarning, current_arena
+from arenapool import (
+    ArenaReleasedError,
+    PoolClosedError,
+    PoolTimeout,
+    SlabPool,
+    ViewEscapedWarning,
+    current_arena,
+)
 from arenapool.aiohttp import (
     ROUTE_STATS_KEY,
     get_arena,
@@ -313,12 +320,13 @@ async def test_client_disconnect_mid_body_releases_the_arena(
 
 
 async def test_client_disconnect_while_waiting_for_budget(aiohttp_client: ClientFactory) -> None:
-    """A client that leaves while queued for budget gives its place up."""
+    """A client that leaves while queued for budget gives its place up (it sent 60,000
+    bytes: more than the budget the holder leaves, so it queues for them)."""
     with SlabPool("256KiB", max_class="256KiB", decay=None) as pool:
         _app, client, gate, holder = await hold_budget(aiohttp_client, pool, queue_timeout=30)
         _, writer = await asyncio.open_connection(client.server.host, client.server.port)
         writer.write(
-            b"POST /raw HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"q" * 1000
+            b"POST /raw HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"q" * 60_000
         )
         await writer.drain()
         await _until(lambda: pool.stats()["waiting"] == 1)
@@ -699,3 +707,46 @@ async def test_small_body_client_leaves_mid_body(
     assert (1, 0) == (late.requests, late.bytes_read)
     assert 0 == (await wait_idle(pool))["arenas_total"]
     assert 200 == (await client.post("/echo", data=b"[1]")).status
+
+
+# -- one table from error to answer ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PoolClosedError("the pool is closed"),
+        PoolTimeout("no object within 1 s", timeout=1.0, maxsize=4),
+    ],
+    ids=["pool_closed", "pool_timeout"],
+)
+async def test_pool_errors_are_503_with_retry_after_not_500(
+    aiohttp_client: ClientFactory, pool: SlabPool, error: Exception
+) -> None:
+    """PoolClosedError and PoolTimeout escaping a handler answer 503 with their code and
+    Retry-After (their `status_hint`), never aiohttp's 500."""
+    app = web.Application()
+    setup(app, pool)
+
+    async def fail(request: web.Request) -> web.Response:
+        raise error
+
+    app.router.add_get("/fail", fail)
+    client = await aiohttp_client(app)
+    response = await client.get("/fail")
+    body = await response.json()
+    assert (503, type(error).code, "1") == (
+        response.status,
+        body["error"],
+        response.headers["Retry-After"],
+    )
+
+
+def test_error_codes_are_derived_from_the_error_classes() -> None:
+    """Every error class the adapter answers has its own code, and ERROR_CODES maps it
+    to that class's status_hint: one source for both."""
+    from arenapool.aiohttp import _responses
+
+    for cls in _responses.ANSWERED:
+        assert cls.status_hint == _responses.ERROR_CODES[cls.code], cls
+    assert len({cls.code for cls in _responses.ANSWERED}) == len(_responses.ANSWERED)

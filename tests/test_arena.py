@@ -748,3 +748,129 @@ async def test_alloc_async_uses_the_current_chunk(pool: SlabPool) -> None:
         await arena.alloc_async(10)
 
         assert 4096 == arena.reserved
+
+
+# -- realloc: the growable allocation a body read uses -------------------------------
+
+
+def test_realloc_grows_an_own_block_in_place_while_its_class_has_room(pool: SlabPool) -> None:
+    """A 100 KiB allocation sits in a 112 KiB block: growing it to 110 KiB keeps the
+    address and the bytes, and ``used`` follows the new size."""
+    with pool.arena() as arena:
+        view = arena.alloc(100 * KiB)
+        view[:3] = b"abc"
+        where = address(view)
+        grown = arena.realloc(view, 110 * KiB)
+
+        assert (where, b"abc") == (address(grown), bytes(grown[:3]))
+        assert (110 * KiB, [112]) == (arena.used, lent_block_sizes(pool))
+
+
+def test_realloc_moves_to_a_new_block_and_returns_the_old_one_at_once(pool: SlabPool) -> None:
+    """Growing past the block's class moves the bytes into a block of the new size and
+    gives the old block back before returning: the arena holds one block, not two."""
+    with pool.arena() as arena:
+        view = arena.alloc(100 * KiB)
+        view[-4:] = b"tail"
+        grown = arena.realloc(view, 300 * KiB)
+
+        assert b"tail" == bytes(grown[100 * KiB - 4 : 100 * KiB])
+        assert (300 * KiB, 1) == (arena.used, pool.stats()["lent_blocks"])
+        assert 300 * KiB <= arena.reserved < 400 * KiB
+
+
+def test_realloc_shrinks_in_place_and_frees_the_room_of_a_chunk(pool: SlabPool) -> None:
+    """Shrinking the last bump of the current chunk gives its room back to the next
+    allocation."""
+    with pool.arena() as arena:
+        first = arena.alloc(1000)
+        first[:2] = b"hi"
+        small = arena.realloc(first, 16)
+        after = arena.alloc(8)
+
+        assert (b"hi", 24) == (bytes(small[:2]), arena.used)
+        assert address(small) + 16 == address(after)
+
+
+def test_realloc_of_a_chunk_bump_moves_and_reclaims_its_room(pool: SlabPool) -> None:
+    """A small allocation grown past its chunk moves; the chunk it was alone in goes
+    back to the pool at once: one block lent until the next small allocation starts a
+    new chunk."""
+    with pool.arena() as arena:
+        view = arena.alloc(100)
+        view[:] = bytes(range(100))
+        grown = arena.realloc(view, 200 * KiB)
+
+        assert bytes(range(100)) == bytes(grown[:100])
+        assert (200 * KiB, [224]) == (arena.used, lent_block_sizes(pool))
+        arena.alloc(8)
+        assert 200 * KiB + 8 == arena.used
+
+
+def test_realloc_keeps_a_chunk_that_holds_other_allocations(pool: SlabPool) -> None:
+    """A view that shares its chunk moves out; the chunk stays (the other view lives in
+    it) and only the moved view's room comes back."""
+    with pool.arena() as arena:
+        first = arena.alloc(100)
+        first[:1] = b"k"
+        second = arena.alloc(100)
+        grown = arena.realloc(second, 200 * KiB)
+        after = arena.alloc(8)
+
+        assert (b"k", 2) == (bytes(first[:1]), len(lent_block_sizes(pool)))
+        assert address(first) + 104 == address(after)
+        assert 200 * KiB + 108 == arena.used
+        del grown
+
+
+def test_realloc_counts_only_the_new_size_against_the_limit(pool: SlabPool) -> None:
+    """Growing to the limit works although old and new exist together while bytes move;
+    one byte more is ArenaLimitExceeded."""
+    with pool.arena(limit=300 * KiB) as arena:
+        view = arena.alloc(100 * KiB)
+        grown = arena.realloc(view, 300 * KiB)
+        with pytest.raises(ArenaLimitExceeded):
+            arena.realloc(grown, 300 * KiB + 1)
+
+        assert 300 * KiB == arena.used
+
+
+def test_realloc_takes_only_the_most_recent_allocation(pool: SlabPool) -> None:
+    """Resizing an older view would move memory under a newer one: refused."""
+    with pool.arena() as arena:
+        older = arena.alloc(100)
+        arena.alloc(100)
+        with pytest.raises(ArenaPoolError, match="most recent allocation"):
+            arena.realloc(older, 200)
+
+
+def test_realloc_on_a_released_arena_is_refused(pool: SlabPool) -> None:
+    """realloc follows the state table like every other operation."""
+    arena = pool.arena()
+    view = arena.alloc(100)
+    arena.release()
+    with pytest.raises(ArenaReleasedError):
+        arena.realloc(view, 200)
+
+
+async def test_realloc_async_waits_for_budget_and_leaves_no_block_behind(
+    make_pool: Callable[..., SlabPool],
+) -> None:
+    """With the budget full, realloc_async waits until budget comes back; after the
+    release every block is back in the pool."""
+    small = make_pool("512KiB")
+    holder = small.arena()
+    held = holder.alloc(300 * KiB)
+    arena = small.arena()
+    view = arena.alloc(64 * KiB)
+    task = asyncio.ensure_future(arena.realloc_async(view, 200 * KiB, timeout=5.0))
+    await asyncio.sleep(0)
+    assert not task.done()
+    del held
+    holder.release()
+    grown = await task
+
+    assert 200 * KiB == grown.nbytes
+    del grown
+    arena.release()
+    assert_no_leaks(small)

@@ -17,7 +17,7 @@ from _memhelpers import StallMonitor, poll_until
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from arenapool._census import Census
+from arenapool._census import Census, _suspects
 from arenapool._errors import CensusFailed, CensusRateLimited
 from arenapool.aiohttp import AdminConfig, add_admin_routes
 
@@ -232,3 +232,38 @@ async def test_census_under_load_keeps_serving(aiohttp_server: ServerFactory) ->
     del leaked, ballast
     with contextlib.suppress(Exception):
         gc.collect()
+
+
+class SuspectWidget:
+    """A type that grows in every census: the suspects list must name it."""
+
+
+async def test_a_type_grown_in_each_of_the_last_censuses_is_a_suspect() -> None:
+    """With suspect_censuses=2, a type grown before each of the last two censuses is a
+    suspect (with its counts), one grown once then dropped is not, and the first two
+    censuses have no suspects list yet."""
+    census = Census(min_interval=0, top=50, suspect_censuses=2)
+    kept: list[SuspectWidget] = []
+    once = [LeakedWidget(i) for i in range(5_000)]
+    results = []
+    for _ in range(3):
+        kept.extend(SuspectWidget() for _ in range(1_000))
+        results.append(await census.run())
+        once = []
+    assert results[0]["suspects"] is None
+    assert results[1]["suspects"] is None
+    suspects = {r["type"].rsplit(".", 1)[-1]: r for r in results[2]["suspects"]}
+    assert "SuspectWidget" in suspects
+    assert [1_000, 2_000, 3_000] == suspects["SuspectWidget"]["counts"]
+    assert 2_000 == suspects["SuspectWidget"]["growth"]
+    assert "LeakedWidget" not in suspects
+    del kept, once
+
+
+def test_suspects_need_growth_at_every_step() -> None:
+    """The rule alone: strictly more at every census, counting an absent type as 0."""
+    frames = [[["a", 1, 0], ["b", 5, 0]], [["a", 2, 0], ["b", 4, 0]]]
+    rows = [["a", 3, 0], ["b", 6, 0], ["c", 9, 0]]
+    found = _suspects(frames, rows, 2, 10)
+    assert [{"type": "a", "count": 3, "growth": 2, "counts": [1, 2, 3]}] == found
+    assert _suspects(frames[:1], rows, 2, 10) is None

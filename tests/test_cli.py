@@ -15,6 +15,7 @@ import pytest
 from rich.console import Console
 
 from arenapool import cli
+from arenapool._top import render
 from harness import cli as harness_cli
 from harness import modes, rss, server
 from harness.modes import resolve_modes
@@ -230,15 +231,55 @@ def test_bench_writes_every_requested_mode(
 
 
 def test_soak_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`arenapool soak` reports a drift in MiB/min and the RSS after idle, with a plot."""
+    """`arenapool soak` runs its modes side by side and reports, per mode, requests,
+    median and p95 RSS, a drift in MiB/min and the RSS after idle, with a plot."""
     argv = ["soak", "--duration", "2", "--warmup", "0.5", "--interval", "0.1", "--idle", "0.3"]
     assert 0 == cli.main([*argv, "--out", str(tmp_path), *TINY])
-    assert "MiB/min" in capsys.readouterr().out
-    doc = json.loads((tmp_path / "arenapool-soak-arenapool.json").read_text())
-    assert isinstance(doc["drift_mib_per_min"], float)
-    assert doc["rss_idle"] > 0
-    assert doc["ok"] > 0
-    assert_png(tmp_path / "arenapool-soak-arenapool.png")
+    out = capsys.readouterr().out
+    assert "MiB/min" in out
+    assert "arenapool / orjson+trim: median RSS" in out
+    doc = json.loads((tmp_path / "arenapool-soak.json").read_text())
+    assert ["orjson", "orjson+trim", "arenapool"] == list(doc["modes"])
+    for mode in doc["modes"].values():
+        assert isinstance(mode["drift_mib_per_min"], float)
+        assert mode["rss_idle"] > 0
+        assert mode["rss_median"] <= mode["rss_p95"]
+        assert mode["ok"] > 0
+        assert 0 == mode["errors"] + mode["corrupt"]
+    assert_png(tmp_path / "arenapool-soak.png")
+
+
+@pytest.mark.parametrize("client", ["wrk", "python"])
+def test_soak_runs_one_mode_with_either_client(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], client: str
+) -> None:
+    """`--mode` names one mode; `--client` picks wrk or the Python client."""
+    argv = ["soak", "--mode", "msgspec", "--client", client, "--duration", "1", "--idle", "0"]
+    assert 0 == cli.main([*argv, "--no-plot", "--out", str(tmp_path), *TINY])
+    doc = json.loads((tmp_path / "arenapool-soak.json").read_text())
+    assert (["msgspec"], client) == (list(doc["modes"]), doc["settings"]["client"])
+    assert doc["modes"]["msgspec"]["ok"] > 0
+
+
+def test_bench_with_wrk_compares_like_with_like(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`arenapool bench --client wrk` drives the servers with wrk and sets each arenapool
+    mode beside the same decoder without arenapool; faults and CPU per request come
+    from the server's /proc/PID/stat."""
+    modes = ["msgspec", "arenapool-msgspec"]
+    argv = ["bench", "--modes", ",".join(modes), "--workloads", "small", "--repeats", "1"]
+    argv += ["--duration", "1", "--idle", "0", "--client", "wrk", "--connections", "4"]
+    assert 0 == cli.main([*argv, "--no-plot", "--out", str(tmp_path), *TINY])
+    doc = json.loads((tmp_path / "bench.json").read_text())
+    rows = {row["mode"]: row for row in doc["summary"]}
+    assert "msgspec" == rows["arenapool-msgspec"]["same_decoder"]
+    assert 1.0 == rows["msgspec"]["rps_vs_same"]
+    for row in rows.values():
+        assert row["ok"] > 0
+        assert row["cpu_us_per_request"] > 0
+        assert row["faults_per_request"] >= 0
+    assert "msgspec" in (tmp_path / "bench.md").read_text()
 
 
 # --- top ----------------------------------------------------------------------------------------
@@ -265,7 +306,7 @@ def test_top_shows_a_real_server(admin_server: Any, capsys: pytest.CaptureFixtur
     out = capsys.readouterr().out
     assert "RSS" in out
     assert "POST /ingest" in out
-    assert "slab lent" in out
+    assert "code_and_libs" in out  # the breakdown's legend
 
 
 def test_top_json_lines(admin_server: Any, capsys: pytest.CaptureFixture[str]) -> None:
@@ -295,7 +336,7 @@ def test_top_without_token_says_so(admin_server: Any, capsys: pytest.CaptureFixt
 def test_top_renders_any_layout(snapshot: dict[str, Any]) -> None:
     """The renderer accepts snapshots with missing keys or other layouts."""
     console = Console(width=120, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
-    console.print(cli.render_stats(snapshot, source="test"))
+    console.print(render(snapshot, source="test"))
     console.file.close()
     assert "arenapool top" in console.export_text()
 

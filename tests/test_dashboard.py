@@ -30,11 +30,11 @@ from aiohttp.test_utils import TestServer
 
 from arenapool import SlabPool
 from arenapool._governor import Governor, GovernorConfig
-from arenapool.aiohttp import AdminConfig, add_admin_routes, governor_middleware
+from arenapool.aiohttp import AdminConfig, add_admin_routes, governor_middleware, read_body, setup
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 TOKEN = "dash-token"
-CHARTS = ("rss", "unaccounted", "slabs", "inflight", "governor")
+CHARTS = ("rss", "breakdown", "slabs", "inflight", "governor")
 #: Where the last screenshot is kept for a human to look at.
 SCREENSHOT = Path(tempfile.gettempdir()) / "arenapool-dashboard.png"
 CHROMIUM_FLAGS = (
@@ -265,3 +265,60 @@ async def test_dashboard_renders_live_charts_in_chromium(aiohttp_server: ServerF
     }
     assert requested
     assert all(u.startswith(origin + "/_arenapool/") for u in requested), requested
+
+
+@pytest.mark.slow
+async def test_dashboard_opens_on_the_servers_history(aiohttp_server: ServerFactory) -> None:
+    """Opened after the server has run 20 s, the page draws at least 15 history points
+    with its first poll (the points come from the server, not from the page's own
+    polling), and the route table lists the test's routes, by memory."""
+
+    async def upload(request: web.Request) -> web.Response:
+        return web.json_response({"n": len(await read_body(request))})
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.json_response({"hello": True})
+
+    app = web.Application()
+    app.router.add_post("/upload", upload)
+    app.router.add_get("/hello", hello)
+    pool = SlabPool(budget="16MiB", name="history", decay=None)
+    setup(app, pool=pool, admin=AdminConfig(token=TOKEN, history_interval=1.0))
+    server = await aiohttp_server(app)
+    origin = f"http://127.0.0.1:{server.port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            for _ in range(3):
+                async with session.post(origin + "/upload", data=b"x" * 300_000) as resp:
+                    assert 200 == resp.status
+                async with session.get(origin + "/hello") as resp:
+                    assert 200 == resp.status
+
+            async def twenty_seconds() -> bool:
+                headers = {"Authorization": f"Bearer {TOKEN}"}
+                async with session.get(origin + "/_arenapool/history", headers=headers) as resp:
+                    doc = await resp.json()
+                return bool(doc["time"]) and doc["time"][-1] - doc["time"][0] >= 20
+
+            await poll_until(twenty_seconds, timeout=60, interval=0.5, what="20 s of history")
+        async with chromium(f"{origin}/_arenapool/?token={TOKEN}") as cdp:
+
+            async def drawn() -> dict[str, Any] | None:
+                state = await cdp.evaluate(
+                    "(() => { const b = document.getElementById('chart-breakdown');"
+                    " if (!b) return null;"  # the page is still loading
+                    " return {history: +b.dataset.points,"
+                    " rss: +document.getElementById('chart-rss').dataset.points,"
+                    " polls: +(document.body.dataset.polls || 0),"
+                    " routes: [...document.querySelectorAll('#routes tbody tr')]"
+                    ".map(tr => tr.cells[0].textContent)}; })()"
+                )
+                return state if state and state["history"] > 0 else None
+
+            state, _ = await poll_until(drawn, timeout=30, interval=0.1, what="history drawn")
+    finally:
+        pool.close()
+    assert state["history"] >= 15, state
+    assert state["rss"] >= 15, state
+    assert state["polls"] < 15, "the points must come from the server's history"
+    assert ["POST /upload", "GET /hello"] == state["routes"]

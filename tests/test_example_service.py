@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 import random
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
+from _example import load_example
 from aiohttp.test_utils import TestClient
 
 from harness.workload import make_body
 
-# the service is a script users copy, not a package: load it from its file
-_SPEC = importlib.util.spec_from_file_location(
-    "example_service_app",
-    Path(__file__).resolve().parents[1] / "integrations" / "example_service" / "app.py",
-)
-assert _SPEC is not None
-assert _SPEC.loader is not None
-example = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(example)
+example = load_example()
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
@@ -50,3 +41,21 @@ async def test_every_mode_refuses_a_bad_body_with_400(
     response = await client.post("/ingest", data=data)
     assert 400 == response.status
     assert {"error", "detail"} <= set(await response.json())
+
+
+async def test_trim_loop_and_governor_options_keep_the_answers(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """The malloc_trim loop (orjson+trim) and the governor's busy-trim and mmap options
+    install without changing what the service answers."""
+    body = make_body(50_000, random.Random(5))
+    apps = [
+        example.make_app("orjson", trim_interval=0.05),
+        example.make_app("arenapool", busy_trim=None, mmap_threshold="1MiB"),
+    ]
+    plain = example.make_app("orjson")
+    assert len(plain.cleanup_ctx) + 1 == len(apps[0].cleanup_ctx)
+    for app in apps:
+        client = await aiohttp_client(app)
+        response = await client.post("/ingest", data=body.data)
+        assert (200, body.expected()) == (response.status, await response.json())

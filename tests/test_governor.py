@@ -78,10 +78,17 @@ async def test_lifecycle_and_repr() -> None:
 
 
 async def test_busy_server_is_not_trimmed_until_idle(caplog: pytest.LogCaptureFixture) -> None:
-    """Reclaimable heap is left alone while a request is in flight, then trimmed and logged."""
+    """With busy trims off (``busy_trim_threshold=None``), reclaimable heap is left alone
+    while a request is in flight, then trimmed and logged."""
     caplog.set_level(logging.INFO, logger="arenapool.governor")
     governor = Governor(
-        GovernorConfig(interval=1, idle_after=0, trim_threshold="8MiB", use_cgroup=False)
+        GovernorConfig(
+            interval=1,
+            idle_after=0,
+            trim_threshold="8MiB",
+            use_cgroup=False,
+            busy_trim_threshold=None,
+        )
     )
     await governor.trim()  # start from a trimmed heap: the reclaim floor is set
     governor.note_request_start()

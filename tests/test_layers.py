@@ -36,6 +36,7 @@ LAYERS: dict[str, int] = {
     "arenapool._registry": 1,
     "arenapool._counter": 1,
     "arenapool._container": 1,
+    "arenapool._ext": 1,
     # 2. slabs, and the JSON codec (a leaf over errors that Arena.json calls)
     "arenapool._sizeclasses": 2,
     "arenapool._slab": 2,
@@ -57,6 +58,7 @@ LAYERS: dict[str, int] = {
     "arenapool._verdict": 6,
     "arenapool._monitor": 6,
     "arenapool._governor": 6,
+    "arenapool._trimpolicy": 6,
     "arenapool._census": 6,
     "arenapool.memory": 6,
     # 7. adapters

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import math
+import mmap
+import os
 import random
-from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from _example import load_example
 from aiohttp import web
 
 from harness.loadgen import LoadResult, percentile, run_load
+from harness.modes import baseline_of
+from harness.procstat import read_stat
+from harness.soak import percentile_of
 from harness.workload import (
     MIN_BODY,
     WORKLOADS,
@@ -25,18 +29,7 @@ from harness.workload import (
     make_body,
     summarize_body,
 )
-
-EXAMPLE = Path(__file__).resolve().parents[1] / "integrations" / "example_service" / "app.py"
-
-
-def load_example() -> Any:
-    spec = importlib.util.spec_from_file_location("example_service_app", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
+from harness.wrk import deck_files, parse_wrk_output, run_wrk
 
 # --- bodies ------------------------------------------------------------------------
 
@@ -287,3 +280,81 @@ def test_body_type_is_frozen() -> None:
     body = Body(b"{}", 0, 0, "")
     with pytest.raises(AttributeError):
         body.count = 1  # type: ignore[misc]
+
+
+# --- wrk, /proc counters, soak statistics ----------------------------------------------
+
+
+async def test_wrk_posts_every_body_of_the_deck_and_reports_counts(
+    aiohttp_server: Any,
+) -> None:
+    """run_wrk posts the deck's bodies (read by the Lua script from files) to /ingest with
+    the given connections for a bounded time; every request it counts got a 200 here."""
+    example = load_example()
+    app = example.make_app("msgspec")
+    seen: set[int] = set()
+
+    @web.middleware
+    async def sizes(request: web.Request, handler: Any) -> web.StreamResponse:
+        seen.add(request.content_length or 0)
+        return await handler(request)
+
+    app.middlewares.append(sizes)
+    server = await aiohttp_server(app)
+    deck = [make_body(size, random.Random(size)) for size in (200, 3000, 70_000)]
+    with deck_files(deck) as (script, bodies):
+        result = await run_wrk(server.port, script, bodies, duration=1, connections=2)
+    assert (0, 0) == (result.status_errors, result.socket_errors)
+    assert result.requests > 0
+    assert {200, 3000, 70_000} == seen
+    assert result.percentiles_ms[50] <= result.percentiles_ms[99]
+
+
+def test_wrk_output_without_the_result_line_is_an_error() -> None:
+    """wrk output that lacks the script's result line raises, quoting the output."""
+    with pytest.raises(RuntimeError, match="no result line"):
+        parse_wrk_output("unable to connect to 127.0.0.1:1 Connection refused\n")
+
+
+def test_wrk_result_goes_into_a_load_result() -> None:
+    """A wrk result fills the bench's LoadResult: ok, errors, elapsed and percentiles."""
+    line = (
+        'ARENAPOOL-WRK {"requests":100,"duration_us":2000000,"bytes":5,"status_errors":3,'
+        '"connect":0,"read":1,"write":0,"timeout":1,"p50_us":1500,"p90_us":2000,'
+        '"p99_us":9000,"max_us":12000}'
+    )
+    result = parse_wrk_output("Running 2s test\n" + line + "\n").into(LoadResult())
+    assert (97, 5, 2.0, 48.5) == (result.ok, result.errors, result.elapsed, result.rps)
+    assert (1.5, 9.0) == (result.percentile_ms(50), result.percentile_ms(99))
+
+
+def test_proc_stat_counts_this_process_faults_and_cpu() -> None:
+    """read_stat reads this process's minor faults and CPU time; touching fresh memory
+    adds faults, and the counters only grow."""
+    before = read_stat(os.getpid())
+    with mmap.mmap(-1, 8 * 1024 * 1024) as block:  # a fresh mapping: every page faults in
+        for i in range(0, len(block), mmap.PAGESIZE):
+            block[i] = 1
+    delta = read_stat(os.getpid()) - before
+    assert delta.minflt > 0
+    assert delta.cpu >= 0
+
+
+def test_soak_percentiles_by_nearest_rank() -> None:
+    """percentile_of gives the nearest-rank percentile; None for no readings."""
+    values = list(range(1, 101))
+    assert (50, 95, 100, None) == (
+        percentile_of(values, 50),
+        percentile_of(values, 95),
+        percentile_of(values, 100),
+        percentile_of([], 50),
+    )
+
+
+def test_every_arenapool_mode_has_a_like_for_like_baseline() -> None:
+    """arenapool is compared with orjson, arenapool-msgspec with msgspec, and the trim
+    variants with their decoder's plain mode."""
+    assert ["orjson", "msgspec", "orjson", "msgspec", "orjson"] == [
+        baseline_of(m)
+        for m in ("arenapool", "arenapool-msgspec", "orjson+trim", "msgspec+trim", "plain")
+    ]

@@ -18,8 +18,8 @@ RunPython = Callable[..., Any]  # conftest's run_python fixture
 #: Touching 100 MiB must move RSS by 100 MiB within this much (page tables, the
 #: interpreter's own allocations while measuring, a noisy shared machine).
 RSS_TOLERANCE = 8 * MiB
-#: ...and must leave `unaccounted` within this much when an allocator reports it.
-UNACCOUNTED_TOLERANCE = 8 * MiB
+#: ...and must leave the breakdown's `unexplained` part within this much.
+UNEXPLAINED_TOLERANCE = 8 * MiB
 
 
 PRELUDE = """
@@ -29,7 +29,8 @@ MiB = 1024 * 1024
 N = 100 * MiB
 def reading():
     s = snapshot()
-    return {"rss": s.rss, "in_use": s.heap_in_use, "unaccounted": s.unaccounted,
+    assert sum(s.breakdown.values()) == s.rss
+    return {"rss": s.rss, "in_use": s.heap_in_use, "parts": dict(s.breakdown),
             "lent": s.slab_lent_bytes}
 before = reading()
 """
@@ -59,7 +60,8 @@ def test_heap_info_reads_glibc() -> None:
 
 
 def test_rss_and_heap_track_a_touched_bytearray(run_python: RunPython) -> None:
-    """Writing a 100 MiB bytearray moves RSS and C heap in use by ~100 MiB, not unaccounted."""
+    """Writing a 100 MiB bytearray moves RSS, C heap in use and the breakdown's
+    c_heap_in_use by ~100 MiB, and unexplained not at all."""
     out = run_python(
         PRELUDE
         + """
@@ -73,14 +75,17 @@ print(json.dumps({"before": before, "after": after}))
     before, after = out["before"], out["after"]
     rss_delta = after["rss"] - before["rss"]
     heap_delta = after["in_use"] - before["in_use"]
-    drift = after["unaccounted"] - before["unaccounted"]
+    part_delta = after["parts"]["c_heap_in_use"] - before["parts"]["c_heap_in_use"]
+    drift = after["parts"]["unexplained"] - before["parts"]["unexplained"]
     assert abs(rss_delta - 100 * MiB) <= RSS_TOLERANCE, f"RSS moved {rss_delta / MiB:.1f} MiB"
     assert abs(heap_delta - 100 * MiB) <= RSS_TOLERANCE, f"heap moved {heap_delta / MiB:.1f} MiB"
-    assert abs(drift) <= UNACCOUNTED_TOLERANCE, f"unaccounted moved {drift / MiB:.1f} MiB"
+    assert abs(part_delta - 100 * MiB) <= RSS_TOLERANCE, f"part moved {part_delta / MiB:.1f} MiB"
+    assert abs(drift) <= UNEXPLAINED_TOLERANCE, f"unexplained moved {drift / MiB:.1f} MiB"
 
 
-def test_unaccounted_catches_memory_no_allocator_reports(run_python: RunPython) -> None:
-    """100 MiB of anonymous mmap written by hand shows up in RSS and in unaccounted."""
+def test_anonymous_shared_memory_is_its_own_part(run_python: RunPython) -> None:
+    """100 MiB of anonymous shared mmap (Python's mmap.mmap(-1, n)) written by hand
+    shows up in RSS and in anon_other: memory no allocator reports, but named."""
     out = run_python(
         PRELUDE
         + """
@@ -93,15 +98,14 @@ print(json.dumps({"before": before, "after": after}))
     )
     before, after = out["before"], out["after"]
     rss_delta = after["rss"] - before["rss"]
-    drift = after["unaccounted"] - before["unaccounted"]
+    other = after["parts"]["anon_other"] - before["parts"]["anon_other"]
     assert abs(rss_delta - 100 * MiB) <= RSS_TOLERANCE, f"RSS moved {rss_delta / MiB:.1f} MiB"
-    assert abs(drift - 100 * MiB) <= UNACCOUNTED_TOLERANCE, (
-        f"unaccounted moved {drift / MiB:.1f} MiB"
-    )
+    assert abs(other - 100 * MiB) <= UNEXPLAINED_TOLERANCE, f"anon_other moved {other / MiB:.1f}"
 
 
 def test_slab_lent_bytes_are_accounted(run_python: RunPython) -> None:
-    """100 MiB written into an arena is lent by the pool and so not unaccounted."""
+    """100 MiB written into an arena is in slabs_lent (resident pages, read with
+    mincore), not in unexplained."""
     out = run_python(
         PRELUDE
         + """
@@ -118,14 +122,21 @@ print(json.dumps({"before": before, "after": after}))
     )
     before, after = out["before"], out["after"]
     rss_delta = after["rss"] - before["rss"]
-    lent = after["lent"]
-    drift = after["unaccounted"] - before["unaccounted"]
-    assert lent >= 100 * MiB
+    lent = after["parts"]["slabs_lent"] - before["parts"]["slabs_lent"]
+    drift = after["parts"]["unexplained"] - before["parts"]["unexplained"]
+    assert after["lent"] >= 100 * MiB
     assert abs(rss_delta - 100 * MiB) <= RSS_TOLERANCE, f"RSS moved {rss_delta / MiB:.1f} MiB"
-    # lent counts whole blocks; the untouched tail of each block is the only slack
-    assert abs(drift + (lent - 100 * MiB)) <= UNACCOUNTED_TOLERANCE, (
-        f"unaccounted moved {drift / MiB:.1f} MiB with {lent / MiB:.1f} MiB lent"
-    )
+    assert abs(lent - 100 * MiB) <= RSS_TOLERANCE, f"slabs_lent moved {lent / MiB:.1f} MiB"
+    assert abs(drift) <= UNEXPLAINED_TOLERANCE, f"unexplained moved {drift / MiB:.1f} MiB"
+
+
+def test_a_reading_without_the_breakdown_is_cheap_and_empty() -> None:
+    """snapshot(breakdown=False) skips the smaps walk: no parts, RSS from statm."""
+    reading = memory.snapshot(breakdown=False)
+    assert {} == dict(reading.breakdown)
+    assert reading.rss > 0
+    full = memory.snapshot()
+    assert full.rss == sum(full.breakdown.values())
 
 
 def test_malloc_trim_returns_freed_heap_to_the_os(run_python: RunPython) -> None:

@@ -8,11 +8,15 @@ handler returns or raises, on every path: normal return, exception, cancellation
 client disconnect. It refuses a declared ``Content-Length`` above the limit with 413
 before a byte of the body is read.
 
-:func:`read_body` reads the body straight into the arena: one allocation when the
-length is declared; for chunked bodies a block that doubles as it fills (the old
-block goes back to the pool at once), cut off with 413 at the limit. Waiting for
-budget is FIFO and bounded by ``queue_timeout``, then 503 with ``Retry-After``; a
-client that leaves while waiting gives its place up.
+:func:`read_body` reads the body straight into the arena: one allocation when the whole
+body has arrived by the time it is read (the usual case for a declared body up to what
+aiohttp buffers ahead), else an allocation sized to what has arrived that grows as
+bytes arrive (``Arena.realloc``; the old block goes back to the pool at once), so a
+connection holds budget only for what it has sent. Every way a handler reads a body
+is cut off with 413 at the limit (inflated bytes, for a content-coded body), and
+``Expect: 100-continue`` over the limit gets 413 instead of 100. Waiting for budget is
+FIFO and bounded by ``queue_timeout``, then 503 with ``Retry-After``; a client that
+leaves while waiting gives its place up.
 
 Responses never carry arena memory: aiohttp writes the response after the middleware
 has returned (and the transport may keep a reference to the buffer), so
@@ -21,25 +25,26 @@ has returned (and the transport may keep a reference to the buffer), so
 
 Errors from arenapool (:class:`~arenapool.InvalidJSON`, limits, budget ...) that
 escape a handler become JSON error responses in one shape:
-``{"error": code, "detail": message, ...}`` (see :mod:`arenapool.aiohttp._responses`).
+``{"error": code, "detail": message, ...}``, with the code and the HTTP status each
+error class carries (``code``, ``status_hint``; see :mod:`arenapool.aiohttp._responses`).
 
 :func:`add_admin_routes` (or ``setup(admin=AdminConfig(...))``) serves the admin routes
 and the dashboard; :func:`governor_middleware` feeds a governor in apps that do not use
 ``setup``.
 
 Where each part lives: ``_config`` (settings, route stats, app keys), ``_request`` (the
-per-request state), ``_middleware`` (setup, middleware, decorator), ``_body`` (reading
-bodies and JSON), ``_responses`` (JSON and error responses), ``_admin`` (admin routes,
-dashboard, load shedding).
+per-request state), ``_middleware`` (setup, middleware, decorator), ``_hotpath`` (the
+per-request work and the body dispatcher, compiled when built), ``_body`` (the body
+API), ``_expect`` (the ``Expect`` guard), ``_admit`` (admission under the governor),
+``_responses`` (JSON and error responses), ``_admin`` (admin routes, dashboard, load
+shedding).
 """
 
 from __future__ import annotations
 
 from ._admin import AdminConfig, add_admin_routes, governor_middleware
-from ._body import CHUNKED_FIRST as CHUNKED_FIRST  # the body path's tunables: importable
-from ._body import DISCONNECT_POLL as DISCONNECT_POLL  # here as before, not in __all__
-from ._body import EAGER_RESERVE as EAGER_RESERVE
-from ._body import GROWTH as GROWTH
+from ._body import DISCONNECT_POLL as DISCONNECT_POLL  # the body path's tunables: importable
+from ._body import FIRST_STEP as FIRST_STEP  # here, not in __all__
 from ._body import read_body, read_json
 from ._config import (
     CONFIG_KEY,

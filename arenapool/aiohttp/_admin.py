@@ -2,13 +2,28 @@
 
 Theory of operation
 -------------------
-``add_admin_routes`` mounts five routes under ``prefix`` (default ``/_arenapool``)::
+``add_admin_routes`` mounts seven routes under ``prefix`` (default ``/_arenapool``)::
 
-    GET  {prefix}/         the dashboard (static HTML that polls /stats)
-    GET  {prefix}/stats    JSON: a snapshot, the governor's stats, the last census
+    GET  {prefix}/         the dashboard (static HTML that polls /stats and /history)
+    GET  {prefix}/stats    JSON: a snapshot with its breakdown, the governor's stats,
+                           the verdict, the last census and the last trace window
+    GET  {prefix}/history  JSON: the breakdown history (?since=<unix time>) and the
+                           verdict (?window=<seconds>)
     GET  {prefix}/metrics  Prometheus text from a private CollectorRegistry
     POST {prefix}/census   run a heap census (rate limited, never stalls the loop)
+    POST {prefix}/trace    tracemalloc for ?seconds=N with ?frames=K, then off again
+                           (rate limited); answers the top growth sites
     POST {prefix}/trim     give free memory back to the OS now
+
+A :class:`~arenapool._monitor.MemoryMonitor` samples the breakdown every
+``history_interval`` seconds in its own thread while the app runs (started and
+stopped through ``app.cleanup_ctx``), so the history is there when the dashboard
+opens. ``/stats`` takes its snapshot in a worker thread: the breakdown's ``smaps``
+walk never runs on the loop.
+
+:func:`shed_response` logs one WARNING per shedding episode (the first request shed
+in it) with the breakdown and the routes with the most arena memory, so the log says
+what the memory was made of when the server started turning work away.
 
 Every admin handler passes the same gate, in this order: the socket peer must be in
 ``allowed_networks`` (loopback by default; ``allow_remote=True`` lifts it) or the
@@ -24,13 +39,15 @@ polling every second must not keep the server from ever looking idle).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import ipaddress
+import logging
 import re
-from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from functools import lru_cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -39,11 +56,18 @@ import orjson
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from .._adminconfig import LOOPBACK, AdminConfig, AdminConfigError
+from .._breakdown import read_breakdown
 from .._census import Census
-from .._errors import ArenaPoolError, CensusFailed, CensusRateLimited
+from .._errors import CensusFailed, CensusRateLimited
 from .._governor import Governor, trim_now
 from .._memory import RoutesSource, snapshot
+from .._monitor import MemoryMonitor
+from .._registry import slab_pools as all_slab_pools
+from .._trace import Tracer, TraceRateLimited, TraceUnavailable
 from .._units import format_size
+from ._admit import admit
+from ._config import ROUTE_STATS_KEY
 from ._responses import ADMIN_MARK, error_response
 
 if TYPE_CHECKING:
@@ -59,47 +83,7 @@ __all__ = [
 ]
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-LOOPBACK: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
-
-
-class AdminConfigError(ArenaPoolError, ValueError):
-    """The admin configuration is unsafe or malformed."""
-
-
-@dataclass(frozen=True)
-class AdminConfig:
-    """How the admin routes are exposed.
-
-    ``token=None`` serves without a token, which is allowed only for loopback peers
-    (``allow_remote=True`` then raises). ``allowed_networks`` lists the peers served
-    while ``allow_remote`` is off (loopback by default).
-    """
-
-    token: str | None
-    allow_remote: bool = False
-    prefix: str = "/_arenapool"
-    census_min_interval: float = 30.0
-    census_top: int = 25
-    census_timeout: float = 120.0
-    allowed_networks: Sequence[str] = LOOPBACK
-
-    def __post_init__(self) -> None:
-        if not self.prefix.startswith("/") or self.prefix == "/":
-            msg = f"prefix must be a path like '/_arenapool', got {self.prefix!r}"
-            raise AdminConfigError(msg)
-        object.__setattr__(self, "prefix", self.prefix.rstrip("/"))
-        if self.token is not None and not self.token:
-            msg = "token must be a non-empty string, or None for no token (loopback only)"
-            raise AdminConfigError(msg)
-        if self.allow_remote and self.token is None:
-            msg = "allow_remote=True needs a token: remote admin access without one is refused"
-            raise AdminConfigError(msg)
-        try:
-            nets = tuple(ipaddress.ip_network(n) for n in self.allowed_networks)
-        except ValueError as exc:
-            msg = f"allowed_networks has a bad network: {exc}"
-            raise AdminConfigError(msg) from None
-        object.__setattr__(self, "allowed_networks", tuple(str(n) for n in nets))
+log = logging.getLogger("arenapool")
 
 
 def peer_allowed(peer: str | None, networks: Iterable[str] = LOOPBACK) -> bool:
@@ -177,6 +161,24 @@ def _json(data: Any, status: int = 200) -> web.Response:
     )
 
 
+async def _json_of_limited_run(
+    run: Awaitable[Any],
+    limited: type[TraceRateLimited | CensusRateLimited],
+    failed: type[TraceUnavailable | CensusFailed],
+    failed_code: str,
+    failed_status: int,
+) -> web.Response:
+    """``run``'s result as JSON; 429 ``rate_limited`` (with Retry-After) when it raises
+    ``limited``, ``failed_status`` ``failed_code`` when it raises ``failed``."""
+    try:
+        result = await run
+    except limited as exc:
+        return error_response("rate_limited", exc.message, status=429, retry_after=exc.retry_after)
+    except failed as exc:
+        return error_response(failed_code, exc.message, status=failed_status)
+    return _json(result)
+
+
 @lru_cache(maxsize=1)
 def _dashboard() -> tuple[bytes, str]:
     """The dashboard page and a Content-Security-Policy allowing only its own code."""
@@ -218,7 +220,33 @@ class _Admin:
             top=config.census_top,
             timeout=config.census_timeout,
         )
+        self.monitor = MemoryMonitor(
+            interval=config.history_interval,
+            pools=self._monitor_pools,
+            window=config.verdict_window,
+            fine_points=config.history_points,
+        )
+        self.tracer = Tracer(
+            min_interval=config.trace_min_interval,
+            max_seconds=config.trace_max_seconds,
+            max_frames=config.trace_max_frames,
+        )
         self._registry: Any = None
+
+    def _monitor_pools(self) -> list[SlabPool]:
+        pools = self._slab_pools()
+        return all_slab_pools() if pools is None else pools
+
+    async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        """Sample memory while the app runs (``app.cleanup_ctx``); one reading at once,
+        off the loop, so the history is never empty once the server is up."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, self.monitor.sample)
+        self.monitor.start()
+        try:
+            yield
+        finally:
+            await loop.run_in_executor(None, self.monitor.stop)
 
     def _slab_pools(self) -> list[SlabPool] | None:
         if self.pools is None:
@@ -257,6 +285,7 @@ class _Admin:
         raise web.HTTPPermanentRedirect(location)
 
     def stats_body(self) -> dict[str, Any]:
+        """The /stats document; takes a snapshot with its breakdown (call off the loop)."""
         reading = snapshot(slab_pools=self._slab_pools(), routes=self.routes)
         body = reading.as_dict()
         body["governor"] = None if self.governor is None else self.governor.stats()
@@ -265,10 +294,56 @@ class _Admin:
             "min_interval": self.census.min_interval,
             "last": self.census.last,
         }
+        monitor = self.monitor.stats()
+        monitor.pop("breakdown", None)  # the snapshot's own is fresher
+        body["monitor"] = monitor
+        body["trace"] = {
+            "running": self.tracer.running,
+            "min_interval": self.tracer.min_interval,
+            "last": self.tracer.last,
+        }
         return body
 
     async def stats(self, request: web.Request) -> web.StreamResponse:
-        return _json(self.stats_body())
+        # the breakdown walks /proc/self/smaps (milliseconds): not on the loop
+        body = await asyncio.get_running_loop().run_in_executor(None, self.stats_body)
+        return _json(body)
+
+    async def history(self, request: web.Request) -> web.StreamResponse:
+        try:
+            since = float(request.query["since"]) if "since" in request.query else None
+            window = float(request.query.get("window", self.monitor.window))
+        except ValueError:
+            return error_response(
+                "invalid_parameter",
+                "since= is a Unix time and window= seconds, both numbers; got "
+                f"since={request.query.get('since')!r} window={request.query.get('window')!r}",
+                status=400,
+            )
+        body = self.monitor.history.query(since=since)
+        body["interval"] = self.monitor.interval
+        body["verdict"] = self.monitor.verdict(window).as_dict()
+        return _json(body)
+
+    async def trace(self, request: web.Request) -> web.StreamResponse:
+        try:
+            seconds = float(request.query.get("seconds", "10"))
+            frames = int(request.query.get("frames", "1"))
+        except ValueError:
+            return error_response(
+                "invalid_parameter",
+                "seconds= and frames= are numbers (a trace window of ?seconds=10&frames=5); "
+                f"got seconds={request.query.get('seconds')!r} "
+                f"frames={request.query.get('frames')!r}",
+                status=400,
+            )
+        return await _json_of_limited_run(
+            self.tracer.run(seconds, frames),
+            TraceRateLimited,
+            TraceUnavailable,
+            "trace_unavailable",
+            409,
+        )
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -286,23 +361,21 @@ class _Admin:
                 slab_pools=self.pools,
                 governor=self.governor,
                 routes=self.routes,
+                monitor=self.monitor,
+                census=self.census,
             )
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        # a scrape takes a snapshot with its breakdown (milliseconds): not on the loop
+        body = await asyncio.get_running_loop().run_in_executor(None, encoder, self._registry)
         return web.Response(
-            body=encoder(self._registry),
+            body=body,
             headers={"Content-Type": content_type, "Cache-Control": "no-store"},
         )
 
     async def run_census(self, request: web.Request) -> web.StreamResponse:
-        try:
-            result = await self.census.run()
-        except CensusRateLimited as exc:
-            return error_response(
-                "rate_limited", exc.message, status=429, retry_after=exc.retry_after
-            )
-        except CensusFailed as exc:
-            return error_response("census_failed", exc.message, status=500)
-        return _json(result)
+        return await _json_of_limited_run(
+            self.census.run(), CensusRateLimited, CensusFailed, "census_failed", 500
+        )
 
     async def trim(self, request: web.Request) -> web.StreamResponse:
         if self.governor is not None:
@@ -331,22 +404,66 @@ def add_admin_routes(
     app.router.add_get(prefix, admin.guard(admin.to_dashboard), allow_head=False)
     app.router.add_get(prefix + "/", admin.guard(admin.dashboard))
     app.router.add_get(prefix + "/stats", admin.guard(admin.stats))
+    app.router.add_get(prefix + "/history", admin.guard(admin.history))
     app.router.add_get(prefix + "/metrics", admin.guard(admin.metrics))
     app.router.add_post(prefix + "/census", admin.guard(admin.run_census))
+    app.router.add_post(prefix + "/trace", admin.guard(admin.trace))
     app.router.add_post(prefix + "/trim", admin.guard(admin.trim))
+    app.cleanup_ctx.append(admin.lifecycle)
 
 
-def has_body(request: web.Request) -> bool:
-    """True if ``request`` carries a body (``Content-Length > 0`` or chunked)."""
-    length = request.content_length
-    if length is not None:
-        return length > 0
-    return "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+#: governor -> the shedding episode already dumped to the log
+_dumped: weakref.WeakKeyDictionary[Governor, int] = weakref.WeakKeyDictionary()
 
 
-def shed_response(governor: Governor) -> web.Response:
-    """The 503 ``overloaded`` answer while ``governor.shedding`` (counts the shed)."""
+def _episode(governor: Governor) -> int:
+    episodes = getattr(governor, "shed_episodes", None)
+    if episodes is None:
+        episodes = governor.stats().get("shed_episodes", 0)
+    return int(episodes)
+
+
+def top_routes(routes: Any, *, top: int = 5) -> list[tuple[str, int, int]]:
+    """``[(route, arena high water, requests)]``: the routes with the most arena memory."""
+    if routes is None:
+        return []
+    table = routes() if callable(routes) else routes
+    ranked = sorted(table.items(), key=lambda kv: (-int(kv[1].get("arena_high_water", 0)), kv[0]))
+    return [
+        (name, int(row.get("arena_high_water", 0)), int(row.get("requests", 0)))
+        for name, row in ranked[:top]
+    ]
+
+
+def dump_shedding(governor: Governor, routes: Any) -> None:
+    """One WARNING: RSS, the breakdown, and the routes with the most arena memory."""
+    reading = read_breakdown(all_slab_pools())
+    parts = ", ".join(f"{k} {format_size(v)}" for k, v in reading.parts.items() if v)
+    busiest = "; ".join(
+        f"{name} high water {format_size(high)} over {n} requests"
+        for name, high, n in top_routes(routes)
+    )
+    log.warning(
+        "arenapool: shedding (episode %d): RSS %s = %s; top routes by arena memory: %s",
+        _episode(governor),
+        format_size(reading.rss),
+        parts,
+        busiest or "none recorded",
+    )
+
+
+def shed_response(governor: Governor, request: web.Request | None = None) -> web.Response:
+    """The 503 ``overloaded`` answer while ``governor.shedding`` (counts the shed).
+
+    The first shed of each episode also logs :func:`dump_shedding`'s line (the
+    breakdown costs a few milliseconds, once per episode).
+    """
     governor.note_shed()
+    episode = _episode(governor)
+    if _dumped.get(governor) != episode:
+        _dumped[governor] = episode
+        stats = request.app.get(ROUTE_STATS_KEY) if request is not None else None
+        dump_shedding(governor, None if stats is None else stats.snapshot)
     rss = governor.last_rss
     hard = governor.hard_limit
     where = (
@@ -376,9 +493,8 @@ def governor_middleware(governor: Governor) -> Middleware:
     async def arenapool_governor(request: web.Request, handler: Handler) -> web.StreamResponse:
         if is_admin_request(request):
             return await handler(request)
-        if governor.shedding and has_body(request):
-            return shed_response(governor)
-        governor.note_request_start()
+        if not admit(governor, request):  # the one admission policy (_admit)
+            return shed_response(governor, request)
         try:
             return await handler(request)
         finally:

@@ -8,6 +8,7 @@ them.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,9 @@ from aiohttp import web
 from .._governor import Governor
 from .._slabpool import SlabPool
 from .._units import parse_size
+from ._responses import ADMIN_MARK
+
+_ResourceRoute = web.ResourceRoute
 
 
 @dataclass
@@ -25,18 +29,32 @@ class ArenaConfig:
 
     pool: SlabPool
     limit: int
-    queue_timeout: float | None = 1.0
+    queue_timeout: float | None = 30.0  # a deadline admission plans against (_admission)
     decoder: str = "orjson"
     strict_content_type: bool = False
     scrub: bool | None = None
     body_timeout: float | None = 60.0
     inline_max: int = 64 * 1024
     governor: Governor | None = None
+    #: a body read slower than this on average (bytes/s) after ``body_grace`` seconds
+    #: is cut off with 408 (0: no minimum rate)
+    body_min_rate: int = 1024
+    body_grace: float = 10.0
+
+
+#: Upper bounds (bytes) of the per-route arena-bytes histogram: 4 KiB to 64 MiB by
+#: fours, then everything above.
+ARENA_BUCKETS: tuple[int, ...] = tuple(4096 * 4**i for i in range(8))
 
 
 @dataclass
 class RouteCounters:
-    """One route's counts; :meth:`RouteStats.snapshot` reports them as they are named."""
+    """One route's counts; :meth:`RouteStats.snapshot` reports them as they are named.
+
+    ``arena_buckets`` counts requests by arena high water (:data:`ARENA_BUCKETS`, the
+    last slot above them all); the snapshot reports it cumulatively as
+    ``arena_bytes_le_<bound>`` and ``arena_bytes_le_inf``.
+    """
 
     requests: int = 0
     in_flight: int = 0
@@ -49,6 +67,18 @@ class RouteCounters:
     status_415: int = 0
     status_503: int = 0
     escapes: int = 0
+    arena_bytes_sum: int = 0
+    arena_bytes_count: int = 0
+    arena_buckets: list[int] = field(
+        default_factory=lambda: [0] * (len(ARENA_BUCKETS) + 1), repr=False
+    )
+
+    def observe_arena(self, nbytes: int) -> None:
+        """One request's arena high water: the route's peak and its histogram."""
+        self.arena_high_water = max(self.arena_high_water, nbytes)
+        self.arena_bytes_sum += nbytes
+        self.arena_bytes_count += 1
+        self.arena_buckets[bisect.bisect_left(ARENA_BUCKETS, nbytes)] += 1
 
 
 RouteEntry = tuple[str, RouteCounters, "int | None", bool]
@@ -63,6 +93,25 @@ class RouteStats:
     # as their app, and naming one costs more than the rest of the middleware
     _resolved: dict[object, RouteEntry] = field(default_factory=dict, repr=False)
 
+    def resolve(self, request: web.Request) -> RouteEntry:
+        """(route name, its counters, a handler's own limit, whether it is an admin
+        route) for ``request``, cached per route object."""
+        route = request.match_info.route
+        if type(route) is _ResourceRoute:  # SystemRoutes (404, 405) are per request
+            entry = self._resolved.get(route)
+            if entry is None:
+                entry = self._resolved[route] = self._entry(request)
+            return entry
+        return self._entry(request)
+
+    def _entry(self, request: web.Request) -> RouteEntry:
+        route = request.match_info.route
+        handler = getattr(route, "handler", None)
+        limit = getattr(handler, "__arenapool_limit__", None)
+        admin = bool(getattr(handler, ADMIN_MARK, False))
+        name = route_name(request)
+        return (name, self.route(name), limit if isinstance(limit, int) else None, admin)
+
     def route(self, name: str) -> RouteCounters:
         counters = self.routes.get(name)
         if counters is None:
@@ -71,7 +120,28 @@ class RouteStats:
 
     def snapshot(self) -> dict[str, dict[str, int]]:
         """``{route: {"requests": ..., "bytes_read": ..., ...}}`` (JSON-serialisable)."""
-        return {name: dict(vars(c)) for name, c in sorted(self.routes.items())}
+        out: dict[str, dict[str, int]] = {}
+        for name, c in sorted(self.routes.items()):
+            row = {k: v for k, v in vars(c).items() if k != "arena_buckets"}
+            total = 0
+            for bound, n in zip((*ARENA_BUCKETS, "inf"), c.arena_buckets, strict=True):
+                total += n
+                row[f"arena_bytes_le_{bound}"] = total
+            out[name] = row
+        return out
+
+
+def route_name(request: web.Request) -> str:
+    """The route's name, else ``METHOD canonical-path``, else ``METHOD <unmatched>``."""
+    match_info = request.match_info
+    route = getattr(match_info, "route", None)
+    if route is not None:
+        if route.name:
+            return str(route.name)
+        resource = route.resource
+        if resource is not None:
+            return f"{route.method} {resource.canonical}"
+    return f"{request.method} <unmatched>"
 
 
 POOL_KEY = web.AppKey("arenapool.pool", SlabPool)

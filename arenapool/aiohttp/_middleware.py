@@ -2,13 +2,11 @@
 
 Theory of operation
 -------------------
-:func:`_serve` is the one path every served request takes, whether it came through the
-middleware (:func:`arena_middleware`, installed by :func:`setup`) or through
-:func:`with_arena`. It names the route (cached per route object), refuses a declared
-body above the limit with 413 before reading it, sheds bodies while the governor says
-so, makes the request's state, runs the handler, turns arenapool errors into JSON error
-responses, copies a ``memoryview`` response body out of the arena, and in ``finally``
-releases the arena and resets the context, on every path.
+:func:`setup` installs the middleware (:func:`arena_middleware`), the readiness route,
+the admin routes and the governor when asked, and, when the app starts, the
+``Expect: 100-continue`` guard on every route (``_expect``). The middleware and
+:func:`with_arena` are both ``_hotpath.serve``: the one path every served request
+takes (see that module for what it does per request).
 """
 
 from __future__ import annotations
@@ -19,45 +17,31 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar, cast
 
-from aiohttp import payload, web
+from aiohttp import web
 from aiohttp.typedefs import Middleware
 
-from .. import _arena
-from .._arena import Arena
-from .._errors import (
-    ArenaLimitExceeded,
-    ArenaPoolError,
-    BodyTimeout,
-    BudgetExhausted,
-    IncompleteBody,
-    InvalidJSON,
-    UnsupportedMediaType,
-)
 from .._governor import Governor, GovernorConfig
 from .._slabpool import SlabPool
 from .._units import format_size, parse_size
-from ._admin import AdminConfig, add_admin_routes, has_body, shed_response
-from ._body import too_large
+from ._admin import AdminConfig, add_admin_routes
 from ._config import (
     CONFIG_KEY,
     POOL_KEY,
     ROUTE_STATS_KEY,
     ArenaConfig,
-    RouteCounters,
-    RouteEntry,
     RouteStats,
     config_for,
     default_pool,
 )
-from ._request import ARENA_KEY, RequestState, find_state, get_arena
-from ._responses import ADMIN_MARK, error_response
+from ._expect import guard_expect, install_expect_guards
+from ._hotpath import serve
+from ._ready import install as install_ready
+from ._request import find_state, get_arena
 
 log = logging.getLogger("arenapool")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 F = TypeVar("F", bound=Callable[..., Awaitable[web.StreamResponse]])
-
-_ResourceRoute = web.ResourceRoute
 
 
 def setup(
@@ -66,12 +50,14 @@ def setup(
     *,
     limit: int | str = "8MiB",
     budget: int | str = "256MiB",
-    queue_timeout: float | None = 1.0,
+    queue_timeout: float | None = 30.0,
     max_waiters: int | None = None,
     decoder: str = "orjson",
     strict_content_type: bool = False,
     scrub: bool | None = None,
     body_timeout: float | None = 60.0,
+    body_min_rate: int = 1024,
+    body_grace: float = 10.0,
     inline_max: int | str = "64KiB",
     close_pool: bool | None = None,
     admin: AdminConfig | bool = False,
@@ -84,13 +70,19 @@ def setup(
         limit: the most body (and arena) bytes per request; declared bodies above it
             get 413 before they are read. A handler can override it with
             ``@with_arena(limit=...)``.
-        queue_timeout: seconds a request may wait for budget before 503.
+        queue_timeout: seconds a request may wait for budget before 503 (30). A request
+            predicted not to get it in time is refused at once instead, so a long
+            deadline costs the refused nothing (see docs/scaling.md); a proxy's
+            ``x-envoy-expected-rq-timeout-ms`` lowers it per request.
         max_waiters: most requests waiting for budget; beyond it they get 503 at once.
         decoder: ``"orjson"`` or ``"msgspec"`` for :func:`read_json`.
         strict_content_type: :func:`read_json` answers 415 unless the body is JSON.
         scrub: zero arena memory on release (default: the pool's setting).
         body_timeout: seconds a request may take to deliver its body (408 after);
-            with incremental reservation it bounds how long a slow sender holds budget.
+            a body read holds budget only for what has arrived (see ``read_body``).
+        body_min_rate, body_grace: a body arriving slower than ``body_min_rate``
+            bytes/s on average, once ``body_grace`` seconds have passed, is cut off with
+            408 (``0``: no minimum rate), as nginx and Envoy bound a stalled sender.
         inline_max: :func:`read_json` decodes declared bodies up to this size from the
             ``bytes`` aiohttp received them in, without copying them into the arena
             (``0``: always use the arena). Those bytes are aiohttp's, not the budget's.
@@ -111,6 +103,8 @@ def setup(
         strict_content_type=strict_content_type,
         scrub=scrub,
         body_timeout=body_timeout,
+        body_min_rate=body_min_rate,
+        body_grace=body_grace,
         inline_max=parse_size(inline_max, name="inline_max", allow_zero=True),
     )
     if config.limit > pool.budget:
@@ -125,11 +119,13 @@ def setup(
     app[ROUTE_STATS_KEY] = RouteStats()
     gov = config.governor = _make_governor(pool, governor)
     app.middlewares.append(arena_middleware(config, app[ROUTE_STATS_KEY]))
+    install_ready(app, config)  # GET /_arenapool/ready, admin routes or not (issue 13)
     if admin:
         _setup_admin(app, pool, admin, gov)
     should_close = owned if close_pool is None else close_pool
 
     async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+        install_expect_guards(app, config.limit)  # routes are fixed once the app runs
         if gov is not None:
             gov.start()
         yield
@@ -163,7 +159,7 @@ def arena_middleware(
 
     # A partial of _serve, not a closure around it: one coroutine frame per request
     # instead of two (aiohttp adds its own layer once an app has any middleware).
-    middleware = functools.partial(_serve, config, stats, None)
+    middleware = functools.partial(serve, config, stats, None)
     middleware.__middleware_version__ = 1  # type: ignore[attr-defined] # what @web.middleware sets
     return middleware
 
@@ -194,153 +190,14 @@ def with_arena(
             if find_state(request) is not None:
                 return await call(request)
             config = config_for(request, pool, parsed_limit, options)
+            guard_expect(request.match_info.route, config.limit)  # from the next request
             stats = request.app.get(ROUTE_STATS_KEY) or RouteStats()
-            return await _serve(config, stats, parsed_limit, request, call)
+            return await serve(config, stats, parsed_limit, request, call)
 
         wrapper.__arenapool_limit__ = parsed_limit  # type: ignore[attr-defined]
         return cast(F, wrapper)
 
     return decorate
-
-
-async def _serve(
-    config: ArenaConfig,
-    stats: RouteStats,
-    limit_override: int | None,
-    request: web.Request,
-    handler: Handler,
-) -> web.StreamResponse:
-    """The middleware: give the request an arena, run the handler, release the arena."""
-    outer = _arena._current.get()  # an outer app's middleware runs in this same task
-    if type(outer) is RequestState and outer.request is request:
-        return await handler(request)
-    route, counters, handler_limit, admin = _resolve_route(request, stats)
-    counters.requests += 1
-    if limit_override is None:
-        limit_override = handler_limit
-    limit = config.limit if limit_override is None else limit_override
-    declared = request.content_length
-    if declared is not None and declared > limit:
-        counters.status_413 += 1
-        return _refuse(request, too_large(declared, None, declared=True, limit=limit))
-    governor = None if admin else config.governor
-    if governor is not None:
-        if governor.shedding and has_body(request):
-            return shed_response(governor)
-        governor.note_request_start()
-    state = RequestState(
-        request, config, counters=counters, route=route, limit=limit, declared=declared
-    )
-    request[ARENA_KEY] = state
-    token = _arena._current.set(state)
-    counters.in_flight += 1
-    try:
-        try:
-            response = await handler(request)
-        except ArenaPoolError as exc:
-            response = _error_for(request, exc, counters)
-        _detach_body(response, route)
-        return response
-    finally:
-        state.request = None  # the request holds the state: break the cycle (and: served)
-        counters.in_flight -= 1
-        if governor is not None:
-            governor.note_request_end()
-        try:
-            arena = state._arena
-            if arena is not None:
-                _release(arena, counters)
-        finally:
-            try:  # noqa: SIM105 - per request; contextlib.suppress costs an object
-                _arena._current.reset(token)
-            except ValueError:  # finished in another context than it started in
-                pass
-
-
-def _release(arena: Arena, counters: RouteCounters) -> None:
-    counters.arena_high_water = max(counters.arena_high_water, arena.high_water)
-    escapes_before = arena.escapes
-    try:
-        arena.release()
-    finally:
-        counters.escapes += arena.escapes - escapes_before
-
-
-def _resolve_route(request: web.Request, stats: RouteStats) -> RouteEntry:
-    """(route name, its counters, a handler's own limit, whether it is an admin route)."""
-    route = request.match_info.route
-    cacheable = type(route) is _ResourceRoute  # SystemRoutes (404, 405) are per request
-    if cacheable:
-        entry = stats._resolved.get(route)
-        if entry is not None:
-            return entry
-    name = _route_name(request)
-    handler = getattr(route, "handler", None)
-    limit = getattr(handler, "__arenapool_limit__", None)
-    admin = bool(getattr(handler, ADMIN_MARK, False))
-    entry = (name, stats.route(name), limit if isinstance(limit, int) else None, admin)
-    if cacheable:
-        stats._resolved[route] = entry
-    return entry
-
-
-def _error_for(
-    request: web.Request, exc: ArenaPoolError, counters: RouteCounters
-) -> web.StreamResponse:
-    if isinstance(exc, InvalidJSON):
-        counters.status_400 += 1
-        return error_response(
-            "invalid_json",
-            exc.message,
-            position=exc.position,
-            line=exc.line,
-            column=exc.column,
-        )
-    if isinstance(exc, IncompleteBody):
-        counters.status_400 += 1
-        return error_response(
-            "incomplete_body", exc.message, received=exc.received, expected=exc.expected
-        )
-    if isinstance(exc, BodyTimeout):
-        counters.status_408 += 1
-        response = error_response("body_timeout", exc.message)
-        response.force_close()
-        return response
-    if isinstance(exc, ArenaLimitExceeded):
-        counters.status_413 += 1
-        return _refuse(request, exc)
-    if isinstance(exc, BudgetExhausted):
-        counters.status_503 += 1
-        return error_response("budget_exhausted", exc.message, retry_after=exc.retry_after)
-    if isinstance(exc, UnsupportedMediaType):
-        counters.status_415 += 1
-        return error_response("unsupported_media_type", exc.message)
-    raise exc
-
-
-def _refuse(request: web.Request, exc: ArenaLimitExceeded) -> web.StreamResponse:
-    response = error_response("body_too_large", exc.message, limit=exc.limit)
-    if request.body_exists:
-        # The body is not read; do not keep the connection for another request.
-        response.force_close()
-    return response
-
-
-def _detach_body(response: web.StreamResponse, route: str) -> None:
-    """Copy a memoryview response body out of the arena before it is released."""
-    if not isinstance(response, web.Response):
-        return
-    body = response.body
-    if type(body) is bytes or body is None:  # the common cases, before any ABC check
-        return
-    value = getattr(body, "_value", None) if isinstance(body, payload.Payload) else None
-    if isinstance(value, memoryview):
-        log.warning(
-            "arenapool: route %s returned a memoryview body; copied it out of the arena. "
-            "Return bytes (json_response does) to avoid the copy.",
-            route,
-        )
-        response.body = value.tobytes()
 
 
 def _find_request(args: tuple[Any, ...]) -> web.Request:
@@ -351,18 +208,6 @@ def _find_request(args: tuple[Any, ...]) -> web.Request:
             return arg.request
     msg = "@with_arena needs a handler that takes the request (or a web.View method)"
     raise TypeError(msg)
-
-
-def _route_name(request: web.Request) -> str:
-    match_info = request.match_info
-    route = getattr(match_info, "route", None)
-    if route is not None:
-        if route.name:
-            return str(route.name)
-        resource = route.resource
-        if resource is not None:
-            return f"{route.method} {resource.canonical}"
-    return f"{request.method} <unmatched>"
 
 
 def _make_governor(

@@ -38,13 +38,14 @@ class RequestState:
         self,
         request: web.Request,
         config: ArenaConfig,
-        *,
         counters: RouteCounters,
         route: str,
         limit: int,
-        declared: int | None,
+        *,
+        declared: int | None = None,
     ) -> None:
         self.request: web.Request | None = request  # None once served: no cycle
+        #: the body's size as declared (None: chunked, content-coded, or no body)
         self.declared = declared
         self.config = config
         self.counters = counters
@@ -53,6 +54,16 @@ class RequestState:
         self._arena: Arena | None = None
         self.body: memoryview | None = None
         self.inline: bytes | None = None
+
+    def release(self, arena: Arena) -> None:
+        """Release the request's arena, with the route's arena accounting."""
+        counters = self.counters
+        counters.observe_arena(arena.high_water)
+        escapes_before = arena.escapes
+        try:
+            arena.release()
+        finally:
+            counters.escapes += arena.escapes - escapes_before
 
     @property
     def arena(self) -> Arena:

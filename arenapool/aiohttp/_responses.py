@@ -7,42 +7,78 @@ Every error answer has the shape
 ``{"error": "<code>", "detail": "<what happened and what to do>", ...}``, with extra
 fields per code (``position`` for ``invalid_json``, ``limit`` for ``body_too_large``,
 ``retry_after`` for ``budget_exhausted`` and ``overloaded``). Codes are stable strings
-clients may switch on; ``detail`` is for humans. :data:`ERROR_CODES` maps each code to
-its HTTP status.
+clients may switch on; ``detail`` is for humans. Each error class carries its ``code``
+and its HTTP ``status_hint`` (``arenapool._errors``): :func:`answer_error` answers from
+those two, and :data:`ERROR_CODES` is derived from them.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import payload, web
 
+from .._errors import (
+    ArenaLimitExceeded,
+    ArenaPoolError,
+    BodyTimeout,
+    BudgetExhausted,
+    CensusFailed,
+    CensusRateLimited,
+    IncompleteBody,
+    InvalidContentEncoding,
+    InvalidJSON,
+    JSONTooDeep,
+    PoolClosedError,
+    PoolTimeout,
+    UnsupportedMediaType,
+)
 from .._json import encode
 
-__all__ = ["ADMIN_MARK", "ERROR_CODES", "error_response", "json_response"]
+__all__ = [
+    "ADMIN_MARK",
+    "ERROR_CODES",
+    "answer_error",
+    "detach_body",
+    "error_response",
+    "json_response",
+]
+
+log = logging.getLogger("arenapool")
 
 #: The attribute that marks a handler as one of the admin routes (set by ``_admin``,
 #: read by the admin guard and by the arena middleware, which neither sheds nor
 #: counts admin requests for the governor).
 ADMIN_MARK = "_arenapool_admin"
 
-#: code -> HTTP status
+#: Errors whose answer the adapter gives (their ``code`` and ``status_hint``; see
+#: ``arenapool._errors``): every one that is not a bug (a 500 is).
+ANSWERED: tuple[type[ArenaPoolError], ...] = (
+    InvalidJSON,
+    IncompleteBody,
+    InvalidContentEncoding,
+    BodyTimeout,
+    ArenaLimitExceeded,
+    UnsupportedMediaType,
+    CensusRateLimited,
+    BudgetExhausted,
+    PoolClosedError,
+    PoolTimeout,
+    CensusFailed,
+)
+
+#: code -> HTTP status: the errors' own ``status_hint`` by their ``code``, and the
+#: answers that are not errors of the library (admin access, shedding, metrics).
 ERROR_CODES: dict[str, int] = {
-    "invalid_json": 400,
-    "incomplete_body": 400,
+    **{cls.code: cls.status_hint for cls in ANSWERED},
     "unauthorized": 401,
     "forbidden": 403,
-    "body_timeout": 408,
-    "body_too_large": 413,
-    "rate_limited": 429,
-    "unsupported_media_type": 415,
     "internal_error": 500,
-    "census_failed": 500,
     "metrics_unavailable": 501,
-    "budget_exhausted": 503,
     "overloaded": 503,
 }
 
@@ -91,3 +127,66 @@ def json_response(
         headers=headers,
         content_type="application/json",
     )
+
+
+def answer_error(request: web.Request, exc: ArenaPoolError, counters: Any) -> web.StreamResponse:
+    """The JSON answer to an arenapool error that escaped a handler (``exc.code`` and
+    ``exc.status_hint``); a 500 (a bug, not the client's doing) is raised again, for
+    aiohttp to log and answer."""
+    status = exc.status_hint
+    if status == 500:
+        raise exc
+    field = f"status_{status}"
+    if hasattr(counters, field):
+        setattr(counters, field, getattr(counters, field) + 1)
+    extra: dict[str, Any] = {}
+    retry_after = None
+    if isinstance(exc, InvalidJSON):
+        extra = {
+            "position": exc.position,
+            "line": exc.line,
+            "column": exc.column,
+            "reason": exc.reason,
+        }
+        if isinstance(exc, JSONTooDeep):
+            extra["limit"] = exc.limit
+    elif isinstance(exc, IncompleteBody):
+        extra = {"received": exc.received, "expected": exc.expected}
+    elif isinstance(exc, ArenaLimitExceeded):
+        extra = {"limit": exc.limit}
+    elif status in (429, 503):
+        retry_after = getattr(exc, "retry_after", None) or 1.0
+    response = error_response(
+        exc.code, exc.message, status=status, retry_after=retry_after, **extra
+    )
+    unread = status == 408 or isinstance(exc, InvalidContentEncoding)
+    if status == 503 and request.body_exists and not request.content.at_eof():
+        unread = True  # a refused burst: reading the rest would cost the served ones CPU
+    if unread or (status == 413 and request.body_exists):
+        # the body is not read to its end: do not keep the connection for another request
+        response.force_close()
+        if request.content.exception() is not None:
+            # the stream failed (limit, deadline, bad coding): aiohttp's lingering read
+            # of the unread rest would raise that again and log it as unhandled; closing
+            # after the answer is what it would do at the end of the lingering anyway
+            protocol = request.protocol
+            if protocol is not None and hasattr(protocol, "_force_close"):
+                protocol._force_close = True
+    return response
+
+
+def detach_body(response: web.StreamResponse, route: str) -> None:
+    """Copy a memoryview response body out of the arena before it is released."""
+    if not isinstance(response, web.Response):
+        return
+    body = response.body
+    if type(body) is bytes or body is None:  # the common cases, before any ABC check
+        return
+    value = getattr(body, "_value", None) if isinstance(body, payload.Payload) else None
+    if isinstance(value, memoryview):
+        log.warning(
+            "arenapool: route %s returned a memoryview body; copied it out of the arena. "
+            "Return bytes (json_response does) to avoid the copy.",
+            route,
+        )
+        response.body = value.tobytes()

@@ -12,9 +12,16 @@ Modes (the only difference between them is how the body is read and the answer b
 - ``arenapool``: the body is read into a request-scoped arena from a budgeted
   ``SlabPool`` and decoded from there with orjson (``read_json``); the answer is built
   with ``json_response``.
-- ``arenapool-msgspec``: the same, decoding with msgspec into typed records
-  (``read_json(request, type=Ingest)``): msgspec checks in C what the other handlers
-  check by hand, and a record is a small ``Struct`` instead of a dict.
+- ``msgspec``: plain aiohttp plus ``msgspec.json.Decoder(Ingest).decode(await
+  request.read())``: msgspec decodes into typed records (small ``Struct``s) and checks
+  their shape in C; the answer is built with ``orjson.dumps``. The baseline for
+  ``arenapool-msgspec``.
+- ``arenapool-msgspec``: arenapool's body path decoding with the same ``Ingest`` Struct
+  (``read_json(request, type=Ingest)``).
+
+``--trim-interval SECONDS`` (any mode) adds what users write by hand against a growing
+C heap (aiohttp issue #11043): a task that calls glibc's ``malloc_trim(0)`` every
+``SECONDS``, busy or idle. The benchmarks call ``orjson`` with it ``orjson+trim``.
 
 Run it::
 
@@ -28,16 +35,21 @@ aiohttp and orjson (plus arenapool and msgspec for those modes), so it can be co
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import os
 import re
 import sys
+from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-MODES = ("plain", "orjson", "arenapool", "arenapool-msgspec")
+MODES = ("plain", "orjson", "msgspec", "arenapool", "arenapool-msgspec")
 MODE_KEY = web.AppKey("example_mode", str)
 
 
@@ -88,6 +100,43 @@ async def ingest_orjson(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type="application/json")
 
 
+def ingest_type() -> Any:
+    """The ``Ingest`` Struct both msgspec modes decode into (msgspec imported here, so
+    the other modes run without it). Other fields of a record are ignored; a missing or
+    mistyped one is a 400."""
+    import msgspec  # noqa: PLC0415
+
+    record = msgspec.defstruct("Record", [("value", int), ("tag", str)])
+    return msgspec.defstruct("Ingest", [("records", list[record])])  # type: ignore[valid-type]
+
+
+def summarize_typed(records: list[Any]) -> dict[str, Any]:
+    """:func:`summarize` for ``Record`` Structs."""
+    digest = hashlib.blake2b(digest_size=8)
+    total = 0
+    for record in records:
+        total += record.value
+        digest.update(record.tag.encode())
+    return {"count": len(records), "sum": total, "digest": digest.hexdigest()}
+
+
+def msgspec_handler() -> Any:
+    """Plain aiohttp with msgspec: ``request.read()`` then a typed decode."""
+    import msgspec  # noqa: PLC0415
+
+    decoder = msgspec.json.Decoder(ingest_type())
+
+    async def ingest_msgspec(request: web.Request) -> web.Response:
+        try:
+            records = decoder.decode(await request.read()).records
+        except (msgspec.DecodeError, RecursionError) as exc:  # ValidationError is one
+            raise bad_request("invalid_json", str(exc)) from None
+        body = orjson.dumps(summarize_typed(records))
+        return web.Response(body=body, content_type="application/json")
+
+    return ingest_msgspec
+
+
 def arenapool_handler(typed: bool) -> Any:
     """The arenapool handler (imported here, so the other modes run without arenapool)."""
     from arenapool.aiohttp import json_response, read_json  # noqa: PLC0415
@@ -101,22 +150,41 @@ def arenapool_handler(typed: bool) -> Any:
 
     if not typed:
         return ingest_arenapool
-    import msgspec  # noqa: PLC0415
-
-    # other fields of a record are ignored; a missing or mistyped one is a 400
-    record = msgspec.defstruct("Record", [("value", int), ("tag", str)])
-    ingest = msgspec.defstruct("Ingest", [("records", list[record])])  # type: ignore[valid-type]
+    ingest = ingest_type()
 
     async def ingest_typed(request: web.Request) -> web.Response:
         # decoded and validated by msgspec in one pass; a wrong shape is a 400
         records = (await read_json(request, type=ingest)).records
-        digest = hashlib.blake2b(digest_size=8)
-        for record in records:
-            digest.update(record.tag.encode())
-        total = sum(record.value for record in records)
-        return json_response({"count": len(records), "sum": total, "digest": digest.hexdigest()})
+        return json_response(summarize_typed(records))
 
     return ingest_typed
+
+
+def add_trim_loop(app: web.Application, interval: float) -> None:
+    """Call glibc's ``malloc_trim(0)`` every ``interval`` seconds while the app runs.
+
+    The hand-written remedy of aiohttp issue #11043: it returns the C heap's free pages
+    to the OS whatever the load, on the event loop (the call holds the GIL). Does
+    nothing where the C library has no ``malloc_trim`` (not glibc).
+    """
+    libc_name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(libc_name), "malloc_trim", None) if libc_name else None
+    if trim is None:
+        return
+
+    async def trim_forever() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            trim(0)
+
+    async def trim_context(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.get_running_loop().create_task(trim_forever())
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    app.cleanup_ctx.append(trim_context)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -132,6 +200,9 @@ def make_app(
     retain: str | None = "8MiB",  # the SlabPool default
     governor: bool = True,
     admin_token: str | None = None,
+    trim_interval: float = 0.0,
+    busy_trim: str | None = "8MiB",
+    mmap_threshold: str | None = None,
 ) -> web.Application:
     """The ingest service in ``mode`` (one of :data:`MODES`).
 
@@ -139,7 +210,11 @@ def make_app(
     ``plain``/``orjson``, the arena limit for arenapool); ``budget`` and ``decay`` size
     arenapool's ``SlabPool``; ``governor`` runs arenapool's memory governor (it gives
     freed C heap back to the OS when the server goes idle); ``admin_token`` turns on
-    arenapool's admin routes (``/_arenapool/stats`` and the dashboard).
+    arenapool's admin routes (``/_arenapool/stats`` and the dashboard);
+    ``trim_interval`` > 0 runs the ``malloc_trim(0)`` loop (:func:`add_trim_loop`).
+    The governor trims under load when ``busy_trim`` of freed C heap is worth it
+    (``None``: only when idle), and pins glibc's mmap threshold at ``mmap_threshold``
+    when given (large buffers then get mappings of their own, returned on free).
     """
     if mode not in MODES:
         msg = f"unknown mode {mode!r}; choose from {', '.join(MODES)}"
@@ -152,20 +227,29 @@ def make_app(
         app.router.add_post("/ingest", ingest_plain)
     elif mode == "orjson":
         app.router.add_post("/ingest", ingest_orjson)
+    elif mode == "msgspec":
+        app.router.add_post("/ingest", msgspec_handler())
     else:
         # Imported here so the plain and orjson modes run without arenapool loaded.
         import arenapool  # noqa: PLC0415
         import arenapool.aiohttp  # noqa: PLC0415
 
         pool = arenapool.SlabPool(budget=budget, max_class="16MiB", decay=decay, retain=retain)
+        governor_config = (
+            arenapool.GovernorConfig(busy_trim_threshold=busy_trim, mmap_threshold=mmap_threshold)
+            if governor
+            else None
+        )
         arenapool.aiohttp.setup(
             app,
             pool=pool,
             limit=limit,
-            governor=governor or None,
+            governor=governor_config,
             admin=_admin(admin_token),
         )
         app.router.add_post("/ingest", arenapool_handler(typed=mode == "arenapool-msgspec"))
+    if trim_interval > 0:
+        add_trim_loop(app, trim_interval)
     return app
 
 
@@ -214,6 +298,23 @@ def main(argv: list[str] | None = None) -> None:
         default=os.environ.get("ARENAPOOL_ADMIN_TOKEN"),
         help="enable /_arenapool/ admin routes with this token (env ARENAPOOL_ADMIN_TOKEN)",
     )
+    parser.add_argument(
+        "--trim-interval",
+        type=float,
+        default=0.0,
+        help="call malloc_trim(0) every this many seconds (default: 0, never)",
+    )
+    parser.add_argument(
+        "--busy-trim",
+        default="8MiB",
+        help="arenapool modes: freed C heap that makes the governor trim under load "
+        "(8MiB; 'none': only when idle)",
+    )
+    parser.add_argument(
+        "--mmap-threshold",
+        default=None,
+        help="arenapool modes: pin glibc's mmap threshold at this size (default: leave it)",
+    )
     args = parser.parse_args(argv)
     app = make_app(
         args.mode,
@@ -223,6 +324,9 @@ def main(argv: list[str] | None = None) -> None:
         retain=None if args.retain.lower() == "none" else args.retain,
         governor=args.governor,
         admin_token=args.admin_token,
+        trim_interval=args.trim_interval,
+        busy_trim=None if args.busy_trim.lower() == "none" else args.busy_trim,
+        mmap_threshold=args.mmap_threshold,
     )
     ready = f"example service ({args.mode}) on http://{args.host}:{args.port} pid {os.getpid()}"
     web.run_app(

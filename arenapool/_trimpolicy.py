@@ -1,0 +1,95 @@
+"""When the governor trims under load: a threshold, each trim's yield, and a back-off.
+
+Theory of operation
+-------------------
+A busy server frees C heap all the time (a JSON decoder's work buffers, response
+bytes), and glibc keeps those pages resident until something calls ``malloc_trim``.
+Trimming only when idle leaves them in RSS for as long as the load lasts; trimming on a
+fixed clock (the once-a-second loop of aiohttp issue #11043) pays for trims that free
+nothing. :class:`TrimPolicy` trims when it is worth it, busy or idle:
+
+- **worth it**: the free-but-held C heap plus idle slab bytes has grown by at least
+  ``threshold`` since the last trim (the governor's *reclaimable*, read from
+  ``mallinfo2``);
+- **paid**: a trim *pays* when it returned at least ``min_yield`` bytes (the RSS drop
+  the OS saw) and took at most ``max_duty`` of the current interval;
+- **back-off**: after a trim that paid, the next may come ``min_interval`` seconds
+  later; after one that did not, the interval doubles, up to ``max_interval``. One
+  paying trim brings it back to ``min_interval``.
+
+The policy holds no clock and does no I/O: the governor passes ``now`` and the
+measurements in, so the rules are tested without timing. Its counters (trims, paid,
+bytes, seconds, the current interval) go into the governor's stats.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["TrimPolicy"]
+
+
+@dataclass
+class TrimPolicy:
+    """The busy-trim rule and its back-off (see the module docstring)."""
+
+    threshold: int
+    min_interval: float = 1.0
+    max_interval: float = 32.0
+    min_yield: int = 1024 * 1024
+    max_duty: float = 0.05
+    interval: float = field(init=False)
+    next_at: float = field(init=False, default=float("-inf"))
+    trims: int = field(init=False, default=0)
+    paid: int = field(init=False, default=0)
+    freed_bytes: int = field(init=False, default=0)
+    seconds: float = field(init=False, default=0.0)
+    last_yield: int | None = field(init=False, default=None)
+    last_seconds: float | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        if self.threshold < 0 or self.min_yield < 0:
+            msg = f"threshold and min_yield must be >= 0, got {self.threshold}, {self.min_yield}"
+            raise ValueError(msg)
+        if not 0 < self.min_interval <= self.max_interval:
+            msg = (
+                f"need 0 < min_interval <= max_interval, got {self.min_interval} and "
+                f"{self.max_interval}"
+            )
+            raise ValueError(msg)
+        if not 0 < self.max_duty <= 1:
+            msg = f"max_duty must be in (0, 1], got {self.max_duty}"
+            raise ValueError(msg)
+        self.interval = self.min_interval
+
+    def due(self, now: float, reclaimable: int) -> bool:
+        """True when a trim is worth it now: enough reclaimable, and not backed off."""
+        return reclaimable >= self.threshold and now >= self.next_at
+
+    def record(self, now: float, freed: int, seconds: float) -> bool:
+        """Record a trim that ended at ``now``; True when it paid. Sets the next slot."""
+        paid = freed >= self.min_yield and seconds <= self.max_duty * self.interval
+        self.trims += 1
+        self.freed_bytes += max(0, freed)
+        self.seconds += seconds
+        self.last_yield, self.last_seconds = freed, seconds
+        if paid:
+            self.paid += 1
+            self.interval = self.min_interval
+        else:
+            self.interval = min(self.max_interval, self.interval * 2)
+        self.next_at = now + self.interval
+        return paid
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "threshold": self.threshold,
+            "interval": self.interval,
+            "trims": self.trims,
+            "paid": self.paid,
+            "freed_bytes": self.freed_bytes,
+            "seconds": round(self.seconds, 6),
+            "last_yield": self.last_yield,
+            "last_seconds": None if self.last_seconds is None else round(self.last_seconds, 6),
+        }

@@ -1,0 +1,580 @@
+"""The per-request work of the aiohttp adapter, in one module (compiled when built).
+
+Theory of operation
+-------------------
+:func:`serve` is the one path every served request takes, whether it came through the
+middleware or through ``with_arena``. What it does for every request is kept to what
+cannot wait: name the route (cached per route object), refuse a declared body above
+the limit with 413 before reading it (only when no content coding is declared: a coded
+body's ``Content-Length`` is its compressed size), ask the governor, make the
+request's state (its arena is made on first use), run the handler, and in ``finally``
+release the arena if one was made. A body that aiohttp's parser does not bound by its
+``Content-Length`` (chunked, or content-coded) gets a stream that refuses bytes past
+the limit as they arrive (:func:`limit_stream`), so every read a handler makes is cut
+off: ``read()``, ``text()``, ``post()``, ``multipart()``, ``request.content``.
+
+:func:`read_into_arena` is the one body dispatcher behind ``read_body`` and
+``read_json``. It allocates from the request's arena through the arena's public API:
+one allocation the size of what has arrived (all of a declared body that is already
+buffered, else at least :data:`FIRST_STEP`), grown with ``Arena.realloc_async`` as
+bytes arrive (to twice the size, or to what is buffered if that is more, never past
+the declared size or the limit). A connection therefore holds budget for at most
+twice what it has sent, plus :data:`FIRST_STEP`: slow senders cannot hold the budget.
+Chunks aiohttp has already buffered are copied without an ``await`` each; the loop
+awaits only when the buffer is empty. Every read is bounded by :class:`BodyClock`:
+a deadline (``body_timeout``) and a minimum rate after a grace period
+(``body_min_rate`` bytes/s after ``body_grace`` s, as nginx's ``client_body_timeout``
+and Envoy's idle timeouts bound a stalled sender).
+
+:func:`read_inline` serves ``read_json`` for small declared bodies: the ``bytes``
+aiohttp holds, decoded where they are, no arena at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from aiohttp.http_exceptions import ContentEncodingError
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestPayloadError
+
+from .. import _arena, _ext
+from .._admission import Ticket, current_ticket
+from .._errors import (
+    ArenaPoolError,
+    BodyTimeout,
+    BodyTooLarge,
+    BudgetExhausted,
+    IncompleteBody,
+    InvalidContentEncoding,
+    UnsupportedMediaType,
+)
+from .._json import decode
+from .._units import format_size
+from ._admit import admit
+from ._config import ArenaConfig, RouteStats
+from ._request import ARENA_KEY, RequestState, require_state
+from ._responses import answer_error, detach_body
+
+_current = _arena._current
+_loads = orjson.loads
+_JSONDecodeError = orjson.JSONDecodeError
+type_ = type
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: the least a body read allocates before bytes arrive: what a slow sender may hold
+FIRST_STEP = 16 * 1024
+#: how often a budget wait checks whether its client is still there (seconds)
+DISCONNECT_POLL = 0.05
+
+# aiohttp's StreamReader keeps its chunks in ``_buffer`` and hands them out one at a
+# time with ``_read_nowait_chunk`` (which also does the flow control: it resumes the
+# transport below the low-water mark). Where those exist, buffered chunks are copied
+# without an await each; elsewhere every chunk goes through ``readchunk()``.
+_SYNC_DRAIN = hasattr(StreamReader, "_read_nowait_chunk") and "_buffer" in getattr(
+    StreamReader, "__slots__", ()
+)
+
+
+async def serve(
+    config: ArenaConfig,
+    stats: RouteStats,
+    limit_override: int | None,
+    request: web.Request,
+    handler: Handler,
+) -> web.StreamResponse:
+    """The middleware: give the request an arena, run the handler, release the arena."""
+    outer = _current.get()  # an outer app's middleware runs in this same task
+    if type(outer) is RequestState and outer.request is request:
+        return await handler(request)
+    entry = stats._resolved.get(request.match_info.route)  # the per-route cache
+    if entry is None:
+        entry = stats.resolve(request)
+    route, counters, handler_limit, admin = entry
+    counters.requests += 1
+    limit = config.limit
+    if limit_override is not None:
+        limit = limit_override
+    elif handler_limit is not None:
+        limit = handler_limit
+    limited = False
+    declared = None
+    if request.body_exists:
+        declared = request.content_length
+        if declared is None or "Content-Encoding" in request.headers:
+            limited = limit_stream(request, limit)  # the parser does not bound it: we do
+            declared = None  # a coded body's Content-Length is not its size
+        elif declared > limit:
+            return answer_error(request, too_large(declared, limit, declared=True), counters)
+    governor = None if admin else config.governor
+    if governor is not None and not admit(governor, request):
+        from ._admin import shed_response  # noqa: PLC0415 - only when shedding
+
+        return shed_response(governor, request)
+    state = RequestState(request, config, counters, route, limit, declared=declared)
+    # for code that runs after us (on_response_prepare ...): request[ARENA_KEY] = state,
+    # without the Python-level __setitem__ (which only checks the key's type)
+    request._state[ARENA_KEY] = state
+    token = _current.set(state)
+    counters.in_flight += 1
+    try:
+        try:
+            response = await handler(request)
+        except ArenaPoolError as exc:
+            response = answer_error(request, exc, counters)
+        except (ContentEncodingError, RequestPayloadError) as exc:
+            response = answer_error(request, bad_payload(request, exc), counters)
+        if type(response) is not web.Response or type(response._body) is not bytes:
+            detach_body(response, route)
+        if limited and not request.content.is_eof():
+            unread_rest(request, response)
+        return response
+    finally:
+        state.request = None  # the request holds the state: break the cycle (and: served)
+        counters.in_flight -= 1
+        if governor is not None:
+            governor.note_request_end()
+        try:
+            arena = state._arena
+            if arena is not None:
+                state.release(arena)
+        finally:
+            try:  # noqa: SIM105 - per request; contextlib.suppress costs an object
+                _current.reset(token)
+            except ValueError:  # finished in another context than it started in
+                pass
+
+
+# -- the limit on every read --------------------------------------------------------
+
+_LIMITED: dict[int, type[StreamReader]] = {}
+
+
+def limit_stream(request: web.Request, limit: int) -> bool:
+    """Cut the request's body stream off at ``limit`` bytes (inflated, when coded).
+
+    The stream becomes an instance of a subclass (no new fields, so the change of class
+    is allowed) whose ``feed_data`` refuses what would pass the limit: the read that
+    comes to it raises :class:`BodyTooLarge` (413), whichever API the handler reads
+    with, and the bytes past the limit are never buffered (a decompression bomb is cut
+    off at the limit as it inflates).
+    """
+    content = request.content
+    if type(content) is not StreamReader:
+        return False
+    cls = _LIMITED.get(limit)
+    if cls is None:
+        cls = _LIMITED[limit] = _limited_class(limit)
+    content.__class__ = cls
+    return True
+
+
+def unread_rest(request: web.Request, response: web.StreamResponse) -> None:
+    """The handler answered without reading a chunked or coded body to its end: close
+    the connection after the answer instead of letting aiohttp read and discard the
+    rest (its lingering read would meet the limit or a bad coding and log that as an
+    unhandled error; and a connection whose body was not read cannot go on anyway)."""
+    response.force_close()
+    protocol = request.protocol
+    if protocol is not None and hasattr(protocol, "_force_close"):
+        protocol._force_close = True
+
+
+def _limited_class(limit: int) -> type[StreamReader]:
+    def feed_data(self: StreamReader, data: bytes, size: int = 0) -> bool:
+        if self.total_bytes + len(data) > limit:
+            if self.exception() is None:
+                self.set_exception(too_large(self.total_bytes + len(data), limit, declared=False))
+            return False
+        return StreamReader.feed_data(self, data, size)
+
+    return type(
+        f"LimitedStreamReader{limit}", (StreamReader,), {"__slots__": (), "feed_data": feed_data}
+    )
+
+
+# -- reading a body ------------------------------------------------------------------
+
+
+async def read_body(request: web.Request) -> memoryview:
+    """Read the request body into the request's arena; returns a view of it.
+
+    One allocation when the whole body has arrived by the time it is read (a declared
+    body up to the size aiohttp buffers ahead); otherwise an allocation that grows as
+    bytes arrive (see ``arenapool.aiohttp._body``). Raises :class:`BodyTooLarge` (413)
+    past the limit, :class:`BudgetExhausted` (503) when budget does not free up within
+    ``queue_timeout``, :class:`IncompleteBody` (400) if the body ends early,
+    :class:`BodyTimeout` (408) when it arrives too slowly,
+    :class:`InvalidContentEncoding` (400) when it cannot be decoded. The view dies
+    when the request ends: copy what you keep (``bytes(view)``). Calling it again
+    returns the same view.
+    """
+    state = require_state(request)
+    body = state.body
+    if body is None:
+        if state.inline is not None:  # read_json decoded it where aiohttp had it: copy it in
+            body = state.arena.copy(state.inline)
+        else:
+            body = await read_into_arena(request, state)
+        state.body = body
+    return body
+
+
+async def read_json(request: web.Request, *, decoder: str | None = None, type: Any = None) -> Any:
+    """Read the body and decode JSON from it, without a copy.
+
+    ``decoder`` overrides the app's (``"orjson"`` or ``"msgspec"``); ``type`` decodes
+    into a ``msgspec.Struct`` (or any type msgspec validates). Malformed JSON raises
+    :class:`InvalidJSON`, answered with 400, the byte position and a ``reason``.
+
+    Bodies with a declared length up to ``inline_max`` (64 KiB by default) are decoded
+    from the ``bytes`` aiohttp received them in: that buffer exists anyway, and copying
+    it into the arena would only cost time. Larger, chunked and content-coded bodies,
+    and every body while the pool's budget has no room for it, are read into the arena
+    (:func:`read_body`, which waits for budget or answers 503) and decoded from there.
+    """
+    value = _current.get()
+    if type_(value) is RequestState and value.request is request:
+        state: RequestState = value
+    else:
+        state = require_state(request)
+    config = state.config
+    if config.strict_content_type:
+        check_json_type(request)
+    if decoder is None:
+        decoder = config.decoder
+    data: bytes | memoryview | None = state.inline
+    if data is None and state.body is None:
+        declared = state.declared
+        if (
+            declared is not None
+            and 0 < declared <= config.inline_max
+            and declared <= config.pool.available  # under pressure: queue like the rest
+        ):
+            content = request.content
+            if (
+                _SYNC_DRAIN
+                and content._eof
+                and len(content._buffer) == 1
+                and content._exception is None
+                and content._waiter is None
+            ):
+                data = content._read_nowait_chunk(-1)  # all of it is buffered: that chunk
+                if len(data) != declared:
+                    raise incomplete(len(data), declared)
+                state.inline = data
+                state.counters.bytes_read += declared
+            else:
+                data = await read_inline(request, state, declared)
+    if data is None:
+        data = await read_body(request)
+    if type is None and decoder == "orjson":
+        try:
+            return _loads(data)
+        except _JSONDecodeError:
+            pass  # decode() below says where and why
+    return decode(data, decoder=decoder, type=type)
+
+
+def check_json_type(request: web.Request) -> None:
+    """:class:`UnsupportedMediaType` (415) unless the request says it is JSON."""
+    content_type = request.content_type
+    if content_type == "application/json" or content_type.endswith("+json"):
+        return
+    msg = (
+        f"expected a JSON body (Content-Type: application/json), got "
+        f"{content_type!r}; send JSON with that content type"
+    )
+    raise UnsupportedMediaType(msg, content_type=content_type)
+
+
+async def read_inline(request: web.Request, state: RequestState, declared: int) -> bytes:
+    """A small declared body as the ``bytes`` aiohttp holds (no copy when it is whole)."""
+    content = request.content
+    if content.is_eof() and content.exception() is None:
+        data = content.read_nowait(-1)  # all of it is buffered: one chunk comes as it is
+    else:
+        chunks: list[bytes] = []
+        received = 0
+        clock = BodyClock(request, state.config)
+        try:
+            while received < declared:
+                chunk = await content.readany()
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                received += len(chunk)
+        except ConnectionError as exc:
+            raise disconnected(request, declared) from exc
+        except (ContentEncodingError, RequestPayloadError) as exc:
+            raise bad_payload(request, exc) from exc
+        finally:
+            clock.stop()
+        data = b"".join(chunks)  # one chunk: that same object
+    if len(data) != declared:
+        raise incomplete(len(data), declared)
+    state.inline = data
+    state.counters.bytes_read += declared
+    return data
+
+
+async def read_into_arena(request: web.Request, state: RequestState) -> memoryview:
+    """The body in the request's arena: the one dispatcher of ``read_body``."""
+    arena = state.arena
+    if not request.body_exists:
+        return memoryview(b"")
+    declared = state.declared
+    if declared == 0:
+        return memoryview(b"")
+    room = arena.limit - arena.used
+    if declared is not None and declared > room:
+        raise too_large(declared, arena.limit, declared=True, used=arena.used)
+    cap = room if declared is None else declared
+    content = request.content
+    clock = BodyClock(request, state.config)
+    view: memoryview | None = None
+    filled = 0
+    ticket = token = None
+    try:
+        buffered = getattr(content, "_size", 0)
+        size = cap if buffered >= cap else min(cap, max(FIRST_STEP, buffered))
+        if declared is not None and declared > size and arena.pool.admitting():
+            # bodies already queue for admission: this one joins them before its first
+            # step, so it is judged (and refused, if hopeless) at once (issue 13)
+            clock.stop()  # waiting to be admitted is not the sender being slow
+            ticket = await _budget(request, state, _admit(request, arena), declared)
+            token = current_ticket.set(ticket)
+            clock = BodyClock(request, state.config)
+        view = await _budget(request, state, arena.alloc_async, size)
+        while True:
+            if _SYNC_DRAIN and content._buffer:
+                chunk = content._read_nowait_chunk(-1)
+            else:
+                chunk, _ = await content.readchunk()
+                if not chunk:
+                    if content.at_eof():
+                        break
+                    continue  # the end of an HTTP chunk: nothing to copy
+            end = filled + len(chunk)
+            if end > size:
+                if end > cap:
+                    # (a declared body past its length: the parser bounds it; be sure)
+                    raise too_large(end, arena.limit, declared=False, used=arena.used)
+                if ticket is None and declared is not None:
+                    # admit the whole declared body before it grows past its first step:
+                    # an admitted read can always finish (no hold-and-wait), and its
+                    # steps lend under the ticket (arenapool._admission; issue 13)
+                    clock.stop()  # waiting to be admitted is not the sender being slow
+                    ticket = await _budget(request, state, _admit(request, arena), declared)
+                    token = current_ticket.set(ticket)
+                    clock = BodyClock(request, state.config)
+                size = min(cap, max(size * 2, end + getattr(content, "_size", 0)))
+                # realloc gives the old block back at once
+                view = await _budget(request, state, arena.realloc_async, size, view)
+            view[filled:end] = chunk
+            filled = end
+    except ConnectionError as exc:
+        raise disconnected(request, declared) from exc
+    except (ContentEncodingError, RequestPayloadError) as exc:
+        raise bad_payload(request, exc) from exc
+    finally:
+        clock.stop()
+        if token is not None:
+            current_ticket.reset(token)
+        if ticket is not None:
+            arena.pool.finish(ticket)
+    if declared is not None and filled < declared:
+        raise incomplete(filled, declared)
+    if filled == 0:
+        return memoryview(b"")
+    if filled < size:
+        view = arena.realloc(view, filled)  # in place: gives the tail back to the arena
+    state.counters.bytes_read += filled
+    return view
+
+
+T = TypeVar("T")
+
+
+async def _budget(
+    request: web.Request,
+    state: RequestState,
+    alloc: Callable[..., Awaitable[T]],
+    nbytes: int,
+    view: memoryview | None = None,
+) -> T:
+    """``alloc(nbytes)`` (or ``alloc(view, nbytes)``, a realloc) with FIFO waiting for
+    budget, giving the place up if the client leaves."""
+    args = (nbytes,) if view is None else (view, nbytes)
+    timeout = _queue_deadline(request, state.config.queue_timeout)
+    try:
+        return await alloc(*args, timeout=0)
+    except BudgetExhausted:
+        if timeout is not None and timeout <= 0:
+            raise
+    state.counters.waits += 1
+    task = asyncio.ensure_future(alloc(*args, timeout=timeout))
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL)
+            if done:
+                return task.result()
+            failed = request.content.exception()
+            if isinstance(failed, ArenaPoolError):  # the body clock ran out meanwhile
+                raise failed
+            if _client_gone(request):
+                msg = "client disconnected while waiting for memory budget"
+                raise ConnectionResetError(msg)
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ArenaPoolError):
+                await task
+
+
+def _admit(request: web.Request, arena: _arena.Arena) -> Callable[..., Awaitable[Ticket]]:
+    """``pool.admit``, told the proxy's deadline for the whole request if there is one."""
+    hint = request.headers.get("x-envoy-expected-rq-timeout-ms", "")
+    if not hint.isdigit():
+        return arena.pool.admit
+    return functools.partial(arena.pool.admit, within=int(hint) / 1000.0)
+
+
+def _queue_deadline(request: web.Request, timeout: float | None) -> float | None:
+    """``queue_timeout``, lowered by a proxy's own timeout: Envoy tells upstreams its
+    route timeout in ``x-envoy-expected-rq-timeout-ms``; waiting past it is pointless
+    (the proxy has answered the client already). Issue 13."""
+    hint = request.headers.get("x-envoy-expected-rq-timeout-ms", "")
+    if hint.isdigit():
+        seconds = int(hint) / 1000.0
+        return seconds if timeout is None else min(timeout, seconds)
+    return timeout
+
+
+def _client_gone(request: web.Request) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing() or request.content.exception() is not None
+
+
+class BodyClock:
+    """Bounds one body read: ``body_timeout`` in all, and ``body_min_rate`` bytes per
+    second on average once ``body_grace`` seconds have passed.
+
+    It is a timer, not a task-cancelling timeout: when it fires it fails the body
+    stream with :class:`BodyTimeout`, which the read then raises (408).
+    """
+
+    __slots__ = ("content", "deadline", "handle", "loop", "min_rate", "start", "start_bytes")
+
+    def __init__(self, request: web.Request, config: ArenaConfig) -> None:
+        self.content = request.content
+        self.handle: asyncio.TimerHandle | None = None
+        timeout = config.body_timeout
+        self.min_rate = config.body_min_rate
+        if timeout is None and not self.min_rate:
+            return
+        loop = self.loop = asyncio.get_running_loop()
+        self.start = now = loop.time()
+        self.start_bytes = self.content.total_bytes
+        self.deadline = None if timeout is None else now + timeout
+        grace = config.body_grace
+        first = grace if self.min_rate else None
+        if self.deadline is not None and (first is None or now + first > self.deadline):
+            first = timeout
+        if first is not None:
+            self.handle = loop.call_later(first, self._check)
+
+    def _check(self) -> None:
+        content = self.content
+        if content.is_eof() or content.exception() is not None:
+            return
+        now = self.loop.time()
+        elapsed = now - self.start
+        if self.deadline is not None and now >= self.deadline:
+            content.set_exception(body_timeout(elapsed, None))
+            return
+        received = content.total_bytes - self.start_bytes
+        if received < self.min_rate * elapsed:
+            content.set_exception(body_timeout(elapsed, received / elapsed))
+            return
+        step = 1.0 if self.deadline is None else min(1.0, self.deadline - now)
+        self.handle = self.loop.call_later(step, self._check)
+
+    def stop(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.handle = None
+
+
+# -- the errors of a body read ---------------------------------------------------------
+
+
+def body_timeout(elapsed: float, rate: float | None) -> BodyTimeout:
+    if rate is None:
+        msg = (
+            f"request body took longer than {elapsed:g}s to arrive; "
+            "send it faster or raise body_timeout="
+        )
+    else:
+        msg = (
+            f"request body arrived at {rate:.0f} bytes/s after {elapsed:.1f}s, below the "
+            "minimum rate; send it faster or lower body_min_rate="
+        )
+    return BodyTimeout(msg, timeout=elapsed)
+
+
+def disconnected(request: web.Request, declared: int | None) -> IncompleteBody:
+    # aiohttp fails the body stream with ConnectionResetError when the client leaves
+    # mid-body; that is an incomplete body (400), not a server error (500)
+    received = getattr(request.content, "total_bytes", 0)
+    msg = f"client disconnected after {received} bytes of the request body; send the whole body"
+    return IncompleteBody(msg, received=received, expected=declared)
+
+
+def incomplete(received: int, declared: int) -> IncompleteBody:
+    msg = (
+        f"request body ended after {received} of its declared {declared} bytes; "
+        "send the whole body or a correct Content-Length"
+    )
+    return IncompleteBody(msg, received=received, expected=declared)
+
+
+def bad_payload(request: web.Request, exc: BaseException) -> ArenaPoolError:
+    """aiohttp's parser failed the body: a coding it cannot decode (400
+    ``invalid_content_encoding``), or broken framing (400 ``incomplete_body``)."""
+    text = str(exc)
+    if isinstance(exc, ContentEncodingError) or "content-encoding" in text.lower():
+        return bad_coding(request, exc)
+    received = getattr(request.content, "total_bytes", 0)
+    msg = f"request body is malformed ({text.strip()}); send a well-framed body"
+    return IncompleteBody(msg, received=received, expected=request.content_length)
+
+
+def bad_coding(request: web.Request, exc: BaseException) -> InvalidContentEncoding:
+    encoding = request.headers.get("Content-Encoding", "")
+    msg = (
+        f"request body could not be decoded from its Content-Encoding {encoding!r} "
+        f"({exc}); send a correctly encoded body or none"
+    )
+    return InvalidContentEncoding(msg, encoding=encoding)
+
+
+def too_large(size: int, limit: int, *, declared: bool, used: int = 0) -> BodyTooLarge:
+    what = "declares" if declared else "has passed"
+    msg = (
+        f"request body {what} {format_size(size)} ({size} bytes), over the "
+        f"{format_size(limit)} limit for this route; send a smaller body or raise limit="
+    )
+    return BodyTooLarge(msg, requested=size, used=used, limit=limit)
+
+
+# The compiled build of this very file, when the install made one (see arenapool/_ext.py):
+# from here on every name above that it defines is its compiled twin.
+_ext.load_compiled(__name__, globals())

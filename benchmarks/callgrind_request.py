@@ -1,0 +1,251 @@
+"""Instructions per request: arenapool's middleware against a do-nothing one, by callgrind.
+
+    python benchmarks/callgrind_request.py                       # both pairs, ~3 min
+    python benchmarks/callgrind_request.py --pairs orjson --requests 1000   # quicker
+    python benchmarks/callgrind_request.py --size 64KiB          # another body size
+
+Wall-clock times on a shared 2-core machine swing by +-15%; instruction counts do not.
+Each variant is the example service (``integrations/example_service/app.py``) in its own
+process under ``valgrind --tool=callgrind``, on 127.0.0.1:
+
+- pair ``orjson``: ``orjson+noop`` (the ``orjson`` mode with one do-nothing
+  ``@web.middleware`` appended) against ``arenapool`` (``read_json`` under arenapool's
+  middleware, orjson decoding);
+- pair ``msgspec``: ``msgspec+noop`` against ``arenapool-msgspec`` (the same ``Ingest``
+  Struct, decoded by msgspec).
+
+Method: start the server under callgrind (collection on from the start), send
+``--warmup`` requests from this process (outside valgrind), zero the counters with
+``callgrind_control --zero``, send exactly ``--requests`` requests of ``--size`` (the
+same seeded body every time), dump with ``callgrind_control --dump``, stop the server,
+and read the dump's ``PROGRAM TOTALS`` with ``callgrind_annotate``. Ir per request is
+those totals over ``--requests``: everything the server process executed meanwhile,
+in every thread (event loop, parser, handler, arenapool's decay thread and governor),
+idle polling included. The client keeps ``--concurrency`` requests in flight (1 by
+default, so the per-request event-loop work does not depend on how requests batch).
+The ratio ``arenapool / noop`` is the overhead; issue 11's target is <= 1.02 at 1 KiB.
+
+The dumps are kept in ``--out`` (default: a new temporary directory), so
+``callgrind_annotate --inclusive=yes <dump> | head -60`` shows where the instructions went.
+The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import IO, Any
+
+# The checkout's root: harness/ (and arenapool, when the checkout is not installed).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import arenapool
+from arenapool import parse_size
+from harness.benchkit import EXAMPLE_SERVE
+from harness.loadgen import run_load
+from harness.server import find_example_service, free_port, service_env
+from harness.workload import Plan, Workload
+
+PAIRS = {"orjson": ("orjson+noop", "arenapool"), "msgspec": ("msgspec+noop", "arenapool-msgspec")}
+
+
+def need_tools() -> None:
+    missing = [
+        t for t in ("valgrind", "callgrind_control", "callgrind_annotate") if not shutil.which(t)
+    ]
+    if missing:
+        msg = f"missing {', '.join(missing)} (Debian/Ubuntu: apt-get install valgrind)"
+        raise SystemExit(msg)
+
+
+def program_totals(dump: Path) -> int:
+    """Ir of a callgrind dump, from ``callgrind_annotate``'s ``PROGRAM TOTALS`` line."""
+    out = subprocess.run(
+        ["callgrind_annotate", "--threshold=100", str(dump)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    match = re.search(r"^\s*([\d,]+)\s.*PROGRAM TOTALS", out, re.MULTILINE)
+    if match is None:
+        msg = f"no PROGRAM TOTALS in callgrind_annotate's output for {dump}"
+        raise RuntimeError(msg)
+    return int(match[1].replace(",", ""))
+
+
+async def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            msg = f"server exited with status {proc.returncode} before listening"
+            raise RuntimeError(msg)
+        try:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)  # startup polling, bounded by the deadline
+            continue
+        writer.close()
+        return
+
+
+def start_server(
+    mode: str, noop: str, port: int, out: Path, stem: str
+) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
+    """The example service in ``mode`` under callgrind; its output goes to a log file."""
+    log = (out / f"{stem}.valgrind.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            "valgrind", "--tool=callgrind", f"--callgrind-out-file={out / stem}.%p.out",
+            sys.executable, "-c", EXAMPLE_SERVE, str(find_example_service()), mode, noop, str(port),
+        ],
+        env=service_env(),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    return proc, log
+
+
+def find_dumps(out: Path, pattern: str) -> list[Path]:
+    return sorted(out.glob(pattern))
+
+
+def control(*args: str) -> None:
+    subprocess.run(["callgrind_control", *args], check=True, capture_output=True, timeout=60)
+
+
+async def measure(variant: str, args: argparse.Namespace, out: Path, round_: int) -> dict[str, Any]:
+    """Ir per request of one variant: warm up, zero, ``--requests`` requests, dump."""
+    mode = variant.removesuffix("+noop")
+    noop = "1" if variant.endswith("+noop") else "0"
+    port = free_port()
+    stem = f"{variant}.r{round_}"
+    proc, log = start_server(mode, noop, port, out, stem)
+    try:
+        await wait_listening(port, proc, args.startup_timeout)
+        size = parse_size(args.size)
+        workload = Workload("callgrind", size, size, "fixed", args.concurrency)
+        plan = Plan(workload.deck(args.seed), args.seed)
+        common: dict[str, Any] = {
+            "concurrency": args.concurrency,
+            "duration": 900.0,
+            "timeout": 120.0,
+        }
+        warm = await run_load("127.0.0.1", port, plan, requests=args.warmup, **common)
+        control("--zero", str(proc.pid))
+        result = await run_load("127.0.0.1", port, plan, requests=args.requests, **common)
+        control(f"--dump={stem}", str(proc.pid))
+        if warm.ok != args.warmup or result.ok != args.requests:
+            msg = (
+                f"{variant}: {warm.ok}/{args.warmup} warm-up and {result.ok}/{args.requests} "
+                f"measured requests answered correctly"
+            )
+            raise RuntimeError(msg)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        log.close()
+    dumps = find_dumps(out, f"{stem}.{proc.pid}.out.*")
+    if not dumps:
+        msg = f"{variant}: callgrind wrote no dump into {out}"
+        raise RuntimeError(msg)
+    total = program_totals(dumps[0])
+    return {
+        "variant": variant,
+        "ir": total,
+        "ir_per_request": total / args.requests,
+        "dump": str(dumps[0]),
+    }
+
+
+async def main_async(args: argparse.Namespace, out: Path) -> dict[str, Any]:
+    runs: dict[str, list[float]] = {}
+    dumps: dict[str, list[str]] = {}
+    for round_ in range(args.rounds):
+        for pair in args.pairs:
+            baseline, candidate = PAIRS[pair]
+            order = (baseline, candidate) if round_ % 2 == 0 else (candidate, baseline)
+            for variant in order:
+                m = await measure(variant, args, out, round_)
+                runs.setdefault(variant, []).append(m["ir_per_request"])
+                dumps.setdefault(variant, []).append(m["dump"])
+                print(
+                    f"  round {round_ + 1} {variant:<18} {m['ir_per_request']:12,.0f} Ir/request",
+                    flush=True,
+                )
+    medians = {v: statistics.median(r) for v, r in runs.items()}
+    ratios = {pair: medians[PAIRS[pair][1]] / medians[PAIRS[pair][0]] for pair in args.pairs}
+    return {
+        "benchmark": "callgrind_request",
+        "arenapool": arenapool.__version__,
+        "extensions": os.environ.get("ARENAPOOL_NO_EXTENSIONS", "") != "1",
+        "size": args.size,
+        "requests": args.requests,
+        "warmup": args.warmup,
+        "concurrency": args.concurrency,
+        "rounds": args.rounds,
+        "ir_per_request": runs,
+        "median_ir_per_request": medians,
+        "ratio": ratios,
+        "target": "<= 1.02",
+        "dumps": dumps,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--pairs",
+        type=lambda s: [p for p in s.split(",") if p],
+        default=list(PAIRS),
+        help="comma-separated: orjson (arenapool vs orjson+noop), msgspec "
+        "(arenapool-msgspec vs msgspec+noop); default: both",
+    )
+    parser.add_argument("--requests", type=int, default=2000, help="measured requests (2000)")
+    parser.add_argument("--warmup", type=int, default=300, help="requests before zeroing (300)")
+    parser.add_argument("--size", default="1KiB", help="body size (1KiB)")
+    parser.add_argument("--concurrency", type=int, default=1, help="requests in flight (1)")
+    parser.add_argument("--rounds", type=int, default=1, help="runs of each variant (1)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the body (1)")
+    parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds (300)")
+    parser.add_argument("--out", default=None, help="directory for the dumps (default: a temp dir)")
+    args = parser.parse_args(argv)
+    unknown = [p for p in args.pairs if p not in PAIRS]
+    if unknown:
+        parser.error(f"unknown pair(s) {', '.join(unknown)}; choose from {', '.join(PAIRS)}")
+    need_tools()
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="arenapool-callgrind-"))
+    out.mkdir(parents=True, exist_ok=True)
+    print(
+        f"callgrind: {args.requests} requests of {args.size} per variant, {args.rounds} round(s), "
+        f"dumps in {out}",
+        flush=True,
+    )
+    record = asyncio.run(main_async(args, out))
+    print(f"{'variant':<20} {'median Ir/request':>18}")
+    for variant, value in record["median_ir_per_request"].items():
+        print(f"{variant:<20} {value:18,.0f}")
+    for pair, value in record["ratio"].items():
+        baseline, candidate = PAIRS[pair]
+        print(f"{candidate} / {baseline}: {value:.4f}x (target <= 1.02)")
+    print(json.dumps(record))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

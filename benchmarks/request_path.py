@@ -1,0 +1,495 @@
+"""Issue 11's table: arenapool against the same decoder without it, by body size, with wrk.
+
+    python benchmarks/request_path.py                      # 4 sizes x 3 rounds, ~7 min
+    python benchmarks/request_path.py --sizes 64KiB --rounds 5 --duration 8
+    python benchmarks/request_path.py --modes orjson,arenapool --no-floor   # one pair
+
+For every body size (1 KiB, 64 KiB, 1 MiB, 4 MiB by default; ``mixed`` is the 1 KiB-4 MiB
+log-uniform deck), each mode runs the example service alone in its own process on
+127.0.0.1 (one worker) and is driven by Debian's ``wrk`` (outside Python) with 32
+keep-alive connections posting that size for ``--duration`` seconds. Servers start fresh
+for each size, answer every body of the deck correctly once (checked by the Python
+client), get a ``--warmup`` wrk run, then ``--rounds`` measured rounds in a rotating
+order, so no mode always runs first. Each measured run follows ``--rewarm`` seconds of
+unmeasured load on the same server: a server idles while the others are measured
+(arenapool's pool decays idle blocks after 10 s), and the run should see steady state.
+Per run, from wrk and from the server's
+``/proc/PID/stat``: requests/s, minor page faults per request, CPU (user + system) per
+request. The ratios ``arenapool / orjson`` and ``arenapool-msgspec / msgspec`` are taken
+within each round (the same minute of the same machine), and the table gives their
+median.
+
+The floor (``--floor``, on by default): how much of the baseline's CPU per request
+aiohttp's ``request.read()`` spends copying and faulting, the most an arena can save.
+Method: an extra server per decoder (``orjson-floor``, ``msgspec-floor``) runs the same
+handler with aiohttp 3.14's ``read()`` loop written out (``readany()`` chunks
+``extend``ed into a ``bytearray``, then ``bytes(body)``), and times with
+``time.thread_time_ns`` (this thread's CPU time) only its synchronous copying steps: each
+``extend``, the ``bytes()`` copy with the ``bytearray``'s release, and the release of
+the ``bytes`` after decoding. Page faults taken in those steps are in that time (and
+counted with ``getrusage(RUSAGE_THREAD)``). The cost of one empty timing pair is
+calibrated at startup and subtracted. The floor is that copy time per request over the
+CPU per request of the plain baseline server in the same round.
+
+Targets (issue 11; reported, not enforced): throughput >= 0.98x at 1 KiB, >= 1.00x at
+64 KiB, >= 1.05x at 1 MiB and 4 MiB; minor faults per request <= the baseline's. The
+last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The checkout's root: harness/ (and arenapool, when the checkout is not installed).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import arenapool
+from arenapool import format_size, parse_size
+from harness.benchkit import check_answers, print_json_line
+from harness.modes import Mode, baseline_of, resolve_modes
+from harness.procstat import read_stat
+from harness.report import machine_info
+from harness.server import Server, sigterm_interrupts
+from harness.workload import Workload, get_workload
+from harness.wrk import deck_files, need_wrk, run_wrk
+
+MODES = ["orjson", "arenapool", "msgspec", "arenapool-msgspec"]
+SIZES = ["1KiB", "64KiB", "1MiB", "4MiB"]
+TARGETS = {"1KiB": 0.98, "64KiB": 1.00, "1MiB": 1.05, "4MiB": 1.05}
+
+# The floor server: the baseline handler with aiohttp's read() written out and timed.
+SERVE_FLOOR = r"""
+import importlib.util, resource, sys, time
+import orjson
+from aiohttp import web
+
+spec = importlib.util.spec_from_file_location("example_app", sys.argv[1])
+app_module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(app_module)
+decoder, port, limit = sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+
+if decoder == "msgspec":
+    import msgspec
+    typed = msgspec.json.Decoder(app_module.ingest_type())
+    def summarize(data):
+        return app_module.summarize_typed(typed.decode(data).records)
+else:
+    def summarize(data):
+        return app_module.summarize(app_module.records_of(orjson.loads(data)))
+
+clock = time.thread_time_ns
+def faults():
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+
+def calibrate():
+    samples = []
+    for _ in range(20001):
+        t = clock()
+        samples.append(clock() - t)
+    samples.sort()
+    return samples[len(samples) // 2]
+
+OVERHEAD = calibrate()
+stats = {"requests": 0, "copy_ns": 0, "copy_faults": 0, "segments": 0,
+         "overhead_ns": OVERHEAD}
+
+async def read_timed(request):
+    # aiohttp 3.14.5's BaseRequest.read(), with its copying steps timed
+    payload = request.content
+    payload.set_read_chunk_size(limit)
+    body = bytearray()
+    spent = nfaults = segments = 0
+    while True:
+        chunk = await payload.readany()
+        f = faults(); t = clock()
+        body.extend(chunk)
+        spent += clock() - t; nfaults += faults() - f; segments += 1
+        if len(body) > limit:
+            raise web.HTTPRequestEntityTooLarge(limit, len(body))
+        if not chunk:
+            break
+    f = faults(); t = clock()
+    data = bytes(body)
+    del body
+    spent += clock() - t; nfaults += faults() - f; segments += 1
+    return data, spent, nfaults, segments
+
+async def ingest(request):
+    data, spent, nfaults, segments = await read_timed(request)
+    summary = summarize(data)
+    f = faults(); t = clock()
+    del data
+    spent += clock() - t; nfaults += faults() - f; segments += 1
+    stats["requests"] += 1
+    stats["copy_ns"] += spent
+    stats["copy_faults"] += nfaults
+    stats["segments"] += segments
+    return web.Response(body=orjson.dumps(summary), content_type="application/json")
+
+async def health(request):
+    return web.json_response({"status": "ok"})
+
+async def floor(request):
+    return web.json_response(stats)
+
+app = web.Application(client_max_size=limit)
+app.router.add_post("/ingest", ingest)
+app.router.add_get("/health", health)
+app.router.add_get("/floor", floor)
+web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+"""
+
+
+class FloorServer(Server):
+    """The floor server for one decoder (``orjson`` or ``msgspec``)."""
+
+    def __init__(self, decoder: str, **kwargs: Any) -> None:
+        super().__init__(Mode(f"{decoder}-floor", decoder, "read() timed"), **kwargs)
+        self.decoder = decoder
+
+    def command(self, app: Path) -> list[str]:
+        limit = str(parse_size(self.limit))
+        return [sys.executable, "-c", SERVE_FLOOR, str(app), self.decoder, str(self.port), limit]
+
+    def floor_stats(self) -> dict[str, int]:
+        with urllib.request.urlopen(f"{self.url}/floor", timeout=10) as response:
+            doc: dict[str, int] = json.loads(response.read())
+        return doc
+
+
+@dataclass
+class Run:
+    """One wrk run against one server."""
+
+    mode: str
+    size: str
+    round: int
+    rps: float
+    requests: int
+    errors: int
+    faults_per_request: float
+    cpu_us_per_request: float
+    p99_ms: float | None
+    copy_us_per_request: float | None = None
+    copy_faults_per_request: float | None = None
+
+
+@dataclass
+class SizeResult:
+    size: str
+    runs: list[Run] = field(default_factory=list)
+
+
+def workload_for(size: str) -> Workload:
+    if size == "mixed":
+        return get_workload("mixed")
+    n = parse_size(size)
+    return Workload(size, n, n, "fixed", 32)
+
+
+async def measure_size(
+    size: str, modes: list[Mode], args: argparse.Namespace, floors: list[str]
+) -> SizeResult:
+    workload = workload_for(size)
+    servers: dict[str, Server] = {}
+    out = SizeResult(size)
+    try:
+        for mode in modes:
+            servers[mode.name] = Server(mode, limit=args.limit).start()
+        for decoder in floors:
+            servers[f"{decoder}-floor"] = FloorServer(decoder, limit=args.limit).start()
+        names = list(servers)
+        with deck_files(workload.deck(args.seed)) as (script, bodies):
+            for name in names:
+                await check_answers(servers[name], workload.deck(args.seed), args.seed)
+                await run_wrk(
+                    servers[name].port,
+                    script,
+                    bodies,
+                    duration=args.warmup,
+                    connections=args.connections,
+                )
+            for round_ in range(args.rounds):
+                shift = round_ % len(names)
+                for name in names[shift:] + names[:shift]:
+                    out.runs.append(
+                        await one_run(
+                            servers[name],
+                            name,
+                            size=size,
+                            round_=round_,
+                            script=script,
+                            bodies=bodies,
+                            args=args,
+                        )
+                    )
+                    r = out.runs[-1]
+                    print(
+                        f"  {size:>6} round {round_ + 1} {name:<18} {r.rps:9.1f} req/s "
+                        f"{r.faults_per_request:8.1f} faults/req "
+                        f"{r.cpu_us_per_request:9.1f} us CPU/req"
+                        + (
+                            f"  copy {r.copy_us_per_request:.1f} us/req"
+                            if r.copy_us_per_request is not None
+                            else ""
+                        ),
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    finally:
+        for server in servers.values():
+            await asyncio.to_thread(server.stop)
+    return out
+
+
+async def one_run(
+    server: Server,
+    name: str,
+    *,
+    size: str,
+    round_: int,
+    script: Path,
+    bodies: list[Path],
+    args: argparse.Namespace,
+) -> Run:
+    assert server.proc is not None
+    pid = server.proc.pid
+    if args.rewarm > 0:  # back to steady state after idling while the others ran
+        await run_wrk(
+            server.port, script, bodies, duration=args.rewarm, connections=args.connections
+        )
+    floor_before = server.floor_stats() if isinstance(server, FloorServer) else None
+    before = read_stat(pid)
+    result = await run_wrk(
+        server.port, script, bodies, duration=args.duration, connections=args.connections
+    )
+    delta = read_stat(pid) - before
+    n = max(1, result.requests)
+    run = Run(
+        mode=name,
+        size=size,
+        round=round_,
+        rps=result.rps,
+        requests=result.requests,
+        errors=result.status_errors + result.socket_errors,
+        faults_per_request=delta.minflt / n,
+        cpu_us_per_request=delta.cpu * 1e6 / n,
+        p99_ms=result.percentiles_ms.get(99),
+    )
+    if isinstance(server, FloorServer) and floor_before is not None:
+        after = server.floor_stats()
+        served = max(1, after["requests"] - floor_before["requests"])
+        segments = after["segments"] - floor_before["segments"]
+        copy_ns = after["copy_ns"] - floor_before["copy_ns"] - segments * after["overhead_ns"]
+        run.copy_us_per_request = max(0.0, copy_ns) / served / 1000
+        run.copy_faults_per_request = (after["copy_faults"] - floor_before["copy_faults"]) / served
+    return run
+
+
+def med(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def summarize(
+    results: list[SizeResult], modes: list[str], floors: list[str]
+) -> list[dict[str, Any]]:
+    rows = []
+    for sr in results:
+        by_mode: dict[str, list[Run]] = {}
+        for r in sr.runs:
+            by_mode.setdefault(r.mode, []).append(r)
+        row: dict[str, Any] = {"size": sr.size, "modes": {}}
+        for mode, runs in by_mode.items():
+            row["modes"][mode] = {
+                "rps": med([r.rps for r in runs]),
+                "faults_per_request": med([r.faults_per_request for r in runs]),
+                "cpu_us_per_request": med([r.cpu_us_per_request for r in runs]),
+                "p99_ms": med([r.p99_ms for r in runs if r.p99_ms is not None]),
+                "errors": sum(r.errors for r in runs),
+                "rounds": len(runs),
+            }
+        ratios: dict[str, Any] = {}
+        for mode in modes:
+            base = baseline_of(mode)
+            if mode == base or mode not in by_mode or base not in by_mode:
+                continue
+            per_round = []
+            for r in by_mode[mode]:
+                b = next((x for x in by_mode[base] if x.round == r.round), None)
+                if b is not None and b.rps > 0:
+                    per_round.append(r.rps / b.rps)
+            ratios[f"{mode}/{base}"] = {
+                "median": med(per_round),
+                "per_round": [round(x, 3) for x in per_round],
+            }
+        row["ratios"] = ratios
+        floor: dict[str, Any] = {}
+        for decoder in floors:
+            runs = by_mode.get(f"{decoder}-floor", [])
+            shares = []
+            for r in runs:
+                b = next((x for x in by_mode.get(decoder, []) if x.round == r.round), None)
+                if b is not None and r.copy_us_per_request is not None and b.cpu_us_per_request > 0:
+                    shares.append(r.copy_us_per_request / b.cpu_us_per_request)
+            floor[decoder] = {
+                "copy_us_per_request": med(
+                    [r.copy_us_per_request for r in runs if r.copy_us_per_request is not None]
+                ),
+                "copy_faults_per_request": med(
+                    [
+                        r.copy_faults_per_request
+                        for r in runs
+                        if r.copy_faults_per_request is not None
+                    ]
+                ),
+                "share_of_baseline_cpu": med(shares),
+            }
+        row["floor"] = floor
+        rows.append(row)
+    return rows
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def print_tables(rows: list[dict[str, Any]]) -> None:
+    print("\nThroughput (wrk, medians; ratios taken within each round, then the median):")
+    print(
+        "| body | orjson req/s | arenapool req/s | arenapool / orjson | msgspec req/s "
+        "| arenapool-msgspec req/s | arenapool-msgspec / msgspec | target |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows:
+        m, r = row["modes"], row["ratios"]
+        cells = [row["size"]]
+        for base, mode in (("orjson", "arenapool"), ("msgspec", "arenapool-msgspec")):
+            cells.append(fmt(m.get(base, {}).get("rps"), ".0f"))
+            cells.append(fmt(m.get(mode, {}).get("rps"), ".0f"))
+            cells.append(fmt(r.get(f"{mode}/{base}", {}).get("median"), ".3f") + "x")
+        target = TARGETS.get(row["size"])
+        cells.append(f">= {target:.2f}x" if target else "-")
+        print("| " + " | ".join(cells) + " |")
+    extra = sorted(
+        {k for row in rows for k in row["ratios"]}
+        - {"arenapool/orjson", "arenapool-msgspec/msgspec"}
+    )
+    if extra:
+        print("\nOther modes against the same decoder without arenapool (median of rounds):")
+        print("| body | " + " | ".join(extra) + " |")
+        print("|---|" + "---|" * len(extra))
+        for row in rows:
+            cells = [fmt(row["ratios"].get(k, {}).get("median"), ".3f") + "x" for k in extra]
+            print(f"| {row['size']} | " + " | ".join(cells) + " |")
+    print("\nPer request (medians): minor page faults, CPU us (user+system), from /proc/PID/stat:")
+    names = sorted({k for row in rows for k in row["modes"]})
+    print("| body | " + " | ".join(f"{n} faults | {n} CPU us" for n in names) + " |")
+    print("|---|" + "---|---|" * len(names))
+    for row in rows:
+        cells = [row["size"]]
+        for n in names:
+            v = row["modes"].get(n, {})
+            cells += [
+                fmt(v.get("faults_per_request"), ".1f"),
+                fmt(v.get("cpu_us_per_request"), ".1f"),
+            ]
+        print("| " + " | ".join(cells) + " |")
+    if any(row["floor"] for row in rows):
+        print(
+            "\nThe floor: read()'s copying and faulting per request, and its share of the "
+            "baseline's CPU:"
+        )
+        print("| body | decoder | copy us/req | faults in copies/req | share of baseline CPU |")
+        print("|---|---|---|---|---|")
+        for row in rows:
+            for decoder, f in row["floor"].items():
+                share = f["share_of_baseline_cpu"]
+                print(
+                    f"| {row['size']} | {decoder} | {fmt(f['copy_us_per_request'], '.1f')} | "
+                    f"{fmt(f['copy_faults_per_request'], '.1f')} | "
+                    f"{'-' if share is None else f'{share * 100:.1f}%'} |"
+                )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--sizes", default=",".join(SIZES), help=f"comma-separated ({','.join(SIZES)}; or mixed)"
+    )
+    parser.add_argument(
+        "--modes", default=",".join(MODES), help=f"comma-separated ({','.join(MODES)})"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="measured rounds per size (3)")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (5)")
+    parser.add_argument(
+        "--warmup", type=float, default=2.0, help="seconds of wrk warm-up per server (2)"
+    )
+    parser.add_argument(
+        "--rewarm",
+        type=float,
+        default=1.0,
+        help="seconds of unmeasured wrk load right before each measured run (1)",
+    )
+    parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
+    parser.add_argument("--limit", default="8MiB", help="largest body (8MiB)")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the bodies (1)")
+    parser.add_argument(
+        "--no-floor", dest="floor", action="store_false", help="skip the floor servers"
+    )
+    parser.add_argument("--out", default=None, help="also write the JSON to this file")
+    args = parser.parse_args(argv)
+    need_wrk()
+    modes, notes = resolve_modes(args.modes.split(","))
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    names = [m.name for m in modes]
+    floors: list[str] = [d for d in ("orjson", "msgspec") if args.floor and d in names]
+    sizes = [s for s in args.sizes.split(",") if s]
+    print(
+        f"request_path: {', '.join(names)} (+ floor: {', '.join(floors) or 'none'}) x "
+        f"{', '.join(sizes)}, {args.rounds} rounds x {args.duration:g} s, wrk -c{args.connections}",
+        file=sys.stderr,
+    )
+    started = time.time()
+    results = []
+    with sigterm_interrupts():
+        for size in sizes:
+            results.append(asyncio.run(measure_size(size, modes, args, floors)))
+    rows = summarize(results, names, floors)
+    print_tables(rows)
+    doc = {
+        "benchmark": "request_path",
+        "arenapool": arenapool.__version__,
+        "elapsed_s": round(time.time() - started, 1),
+        "settings": {
+            "sizes": sizes,
+            "modes": names,
+            "rounds": args.rounds,
+            "duration_s": args.duration,
+            "warmup_s": args.warmup,
+            "rewarm_s": args.rewarm,
+            "connections": args.connections,
+            "client": "wrk",
+            "seed": args.seed,
+        },
+        "machine": machine_info(),
+        "rows": rows,
+        "runs": [r.__dict__ for sr in results for r in sr.runs],
+        "sizes_bytes": {s: (None if s == "mixed" else parse_size(s)) for s in sizes},
+        "note": f"bodies up to {format_size(parse_size(args.limit))}",
+    }
+    print_json_line(doc, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,102 @@
+"""The governor's trims under load: worth it, paid, backed off (issue 11)."""
+
+from __future__ import annotations
+
+import pytest
+from _memhelpers import MiB, allocate
+
+from arenapool._errors import InvalidSize
+from arenapool._governor import Governor, GovernorConfig
+from arenapool._trimpolicy import TrimPolicy
+
+
+def test_a_trim_is_due_only_past_the_threshold() -> None:
+    """Below the threshold nothing is due; at it, a trim is due at once (no back-off yet)."""
+    policy = TrimPolicy(8 * MiB)
+    assert (False, True) == (policy.due(0.0, 8 * MiB - 1), policy.due(0.0, 8 * MiB))
+
+
+def test_a_trim_that_pays_keeps_the_shortest_interval() -> None:
+    """A trim that returned at least min_yield, quickly, lets the next come min_interval later."""
+    policy = TrimPolicy(MiB, min_interval=1.0, max_interval=8.0, min_yield=MiB)
+    assert policy.record(100.0, freed=4 * MiB, seconds=0.002) is True
+    assert (1.0, False, True) == (
+        policy.interval,
+        policy.due(100.5, 10 * MiB),
+        policy.due(101.0, 10 * MiB),
+    )
+
+
+def test_trims_that_do_not_pay_double_the_wait_up_to_the_cap() -> None:
+    """Each trim that frees too little doubles the interval, up to max_interval; one that
+    pays brings it back to min_interval."""
+    policy = TrimPolicy(MiB, min_interval=1.0, max_interval=8.0, min_yield=MiB)
+    intervals = []
+    for i in range(5):
+        policy.record(float(i), freed=1000, seconds=0.001)
+        intervals.append(policy.interval)
+    assert [2.0, 4.0, 8.0, 8.0, 8.0] == intervals
+    assert policy.due(4.0 + 7.9, 10 * MiB) is False
+    policy.record(20.0, freed=2 * MiB, seconds=0.001)
+    assert (1.0, 1, 6) == (policy.interval, policy.paid, policy.trims)
+
+
+def test_a_slow_trim_does_not_pay_even_when_it_frees_enough() -> None:
+    """A trim that takes more than max_duty of the interval backs off like a fruitless one."""
+    policy = TrimPolicy(MiB, min_interval=1.0, max_duty=0.05, min_yield=MiB)
+    assert policy.record(0.0, freed=64 * MiB, seconds=0.2) is False
+    assert 2.0 == policy.interval
+
+
+def test_policy_rejects_nonsense() -> None:
+    """Negative sizes, an empty interval range and a duty outside (0, 1] are refused."""
+    for kwargs in (
+        {"threshold": -1},
+        {"threshold": 1, "min_interval": 0.0},
+        {"threshold": 1, "min_interval": 2.0, "max_interval": 1.0},
+        {"threshold": 1, "max_duty": 0.0},
+    ):
+        with pytest.raises(ValueError):
+            TrimPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_config_rejects_a_busy_interval_above_its_cap() -> None:
+    """busy_trim_interval must be positive and at most busy_trim_max_interval."""
+    with pytest.raises(InvalidSize):
+        GovernorConfig(busy_trim_interval=10.0, busy_trim_max_interval=5.0, use_cgroup=False)
+
+
+async def test_busy_server_is_trimmed_when_the_free_heap_is_worth_it() -> None:
+    """With a request in flight, free heap past busy_trim_threshold is trimmed (reason
+    "busy"), its yield and time recorded; the next busy trim waits for the interval."""
+    governor = Governor(
+        GovernorConfig(
+            interval=1,
+            idle_after=3600,
+            use_cgroup=False,
+            busy_trim_threshold="8MiB",
+            busy_trim_interval=3600,
+            busy_trim_max_interval=3600,
+        )
+    )
+    governor.note_request_start()
+    allocate(64 * MiB)  # freed at once, the pins keep the holes in the heap
+    await governor.check()
+    stats = governor.stats()
+    assert (1, "busy") == (stats["trims"], stats["actions"][-1]["reason"])
+    busy = stats["busy_trim"]
+    assert (1, busy["last_yield"]) == (busy["trims"], stats["actions"][-1]["freed"])
+    allocate(64 * MiB)
+    await governor.check()  # worth it again, but inside the interval: no trim
+    assert 1 == governor.stats()["trims"]
+    governor.note_request_end()
+
+
+async def test_busy_trims_off_means_idle_only() -> None:
+    """busy_trim_threshold=None: no busy trims and no busy_trim stats."""
+    governor = Governor(GovernorConfig(idle_after=3600, use_cgroup=False, busy_trim_threshold=None))
+    governor.note_request_start()
+    allocate(64 * MiB)
+    await governor.check()
+    assert (0, None) == (governor.stats()["trims"], governor.stats()["busy_trim"])
+    governor.note_request_end()

@@ -1,0 +1,113 @@
+"""Hot blocks stay hot: reuse is LIFO, committed, and nothing decommits on the request path.
+
+Page faults are read from ``resource.getrusage(RUSAGE_SELF).ru_minflt`` (the kernel's
+count of minor faults of this process). A warm cycle touches no new page: any fault in
+it would be a block whose pages were given back between two requests.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import resource
+import threading
+import time
+
+from arenapool import SlabPool, _decay
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def minor_faults() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def touch(pool: SlabPool, nbytes: int) -> None:
+    """One request's worth: lend a block, write all of it, give it back."""
+    block = pool.lend(nbytes)
+    assert block.view is not None
+    ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(block.view)), 0xAB, nbytes)
+    pool.give_back([block])
+
+
+def test_a_warm_64k_cycle_causes_no_minor_fault() -> None:
+    """Lending, filling and giving back a 64 KiB block, once warm, faults no page in:
+    the same block comes back (LIFO) with its pages still committed."""
+    with SlabPool("64MiB") as pool:  # the defaults: decay 10 s, retain 8 MiB
+        for _ in range(20):
+            touch(pool, 64 * KiB)
+        first = pool.lend(64 * KiB)
+        pool.give_back([first])
+        before = minor_faults()
+        for _ in range(200):
+            touch(pool, 64 * KiB)
+        faults = minor_faults() - before
+        again = pool.lend(64 * KiB)
+        pool.give_back([again])
+
+    assert (0, True) == (faults, first is again)
+
+
+def test_give_back_never_decommits_even_past_retain() -> None:
+    """Past the retain cap, give_back leaves the block committed and only wakes the
+    maintenance thread, which decommits it off the request path. (Here that thread is
+    kept from starting, so what give_back itself did is what the test sees.)"""
+    with SlabPool("64MiB", decay=None, retain=0) as pool:
+        pool._decay_thread = threading.current_thread()  # any thread: none is started
+        block = pool.lend(64 * KiB)
+        assert block.view is not None
+        block.view[:] = b"\xcd" * (64 * KiB)
+        pool.give_back([block])
+        seen = (block.committed, pool._maintenance.is_set(), pool.stats()["returned_bytes"])
+        _decay.maintain(pool, time.monotonic(), tick=False)  # what the thread then does
+
+        assert (True, True, 0) == seen
+        assert (False, 64 * KiB) == (block.committed, pool.stats()["returned_bytes"])
+
+
+def test_the_reserve_follows_the_traffic_not_the_burst() -> None:
+    """Each class's warm reserve is the (upper) median of its recent window peaks: one
+    burst of 20 blocks does not keep 20 warm once the traffic needs 2, and retain then
+    decommits the rest while the 2 stay committed."""
+    with SlabPool("64MiB", decay=None, retain=0) as pool:
+        cls = pool._classes[pool._sizes.index(64 * KiB)]
+        burst = [pool.lend(64 * KiB) for _ in range(20)]
+        pool.give_back(burst)
+        _decay.maintain(pool, time.monotonic())  # window 1: peak 20
+        reserves = [cls.reserve]
+        for _ in range(4):  # windows 2-5: two at a time
+            pair = [pool.lend(64 * KiB), pool.lend(64 * KiB)]
+            pool.give_back(pair)
+            _decay.maintain(pool, time.monotonic())
+            reserves.append(cls.reserve)
+        with pool._lock:
+            committed = sum(1 for b in cls.free if b.committed)
+
+    assert ([20, 20, 2, 2, 2], 2) == (reserves, committed)
+
+
+def test_a_reserve_keeps_a_warm_cycle_fault_free_under_retain_zero() -> None:
+    """With retain=0 (keep nothing idle committed), a calibrated class still keeps the
+    block its traffic uses warm: after one maintenance pass, cycles fault nothing."""
+    with SlabPool("64MiB", decay=None, retain=0) as pool:
+        touch(pool, 64 * KiB)
+        _decay.maintain(pool, time.monotonic())  # calibrates: this class needs 1 block
+        touch(pool, 64 * KiB)
+        _decay.maintain(pool, time.monotonic(), tick=False)  # retain keeps the reserve
+        before = minor_faults()
+        for _ in range(100):
+            touch(pool, 64 * KiB)
+        faults = minor_faults() - before
+
+    assert 0 == faults
+
+
+def test_prealloc_is_a_floor_for_the_calibrated_reserve() -> None:
+    """A class preallocated with 8 blocks keeps a reserve of 8 however little it is used."""
+    with SlabPool("64MiB", decay=None, retain=0, prealloc={"64KiB": 8}) as pool:
+        cls = pool._classes[pool._sizes.index(64 * KiB)]
+        for _ in range(3):
+            touch(pool, 64 * KiB)
+            _decay.maintain(pool, time.monotonic())
+
+    assert (8, 8) == (cls.base_reserve, cls.reserve)
