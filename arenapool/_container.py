@@ -365,6 +365,23 @@ def _locate(root: Path, mount: _Mount | None, default: str, cgroup_path: str) ->
     return path, top
 
 
+def parse_proc_cgroup(text: str) -> tuple[str | None, str | None]:
+    """The cgroup paths in a ``/proc/PID/cgroup`` text: v2's (the ``0::/path`` line) and
+    v1's memory controller's, each ``None`` when absent."""
+    v2: str | None = None
+    v1: str | None = None
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, path = parts
+        if hierarchy == "0" and controllers == "":
+            v2 = path
+        elif "memory" in controllers.split(","):
+            v1 = path
+    return v2, v1
+
+
 def find_cgroup(root: str | os.PathLike[str] = "/", *, pid: str = "self") -> Cgroup | None:
     """The memory cgroup of process ``pid`` (default: this one), or ``None`` if none.
 
@@ -375,17 +392,7 @@ def find_cgroup(root: str | os.PathLike[str] = "/", *, pid: str = "self") -> Cgr
     text = _read_text(base / "proc" / pid / "cgroup")
     if text is None:
         return None
-    v2_path: str | None = None
-    v1_path: str | None = None
-    for line in text.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        hierarchy, names, where = parts
-        if hierarchy == "0" and names == "":
-            v2_path = where
-        elif "memory" in names.split(","):
-            v1_path = where
+    v2_path, v1_path = parse_proc_cgroup(text)
     mounts = _mounts(base, pid)
     v2_mount = v1_mount = None
     if mounts is not None:

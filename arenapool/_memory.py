@@ -45,6 +45,7 @@ import psutil  # type: ignore[import-untyped]  # psutil ships no type informatio
 
 from . import _registry
 from ._breakdown import _bind_mallinfo2, _Mallinfo2, read_breakdown
+from ._container import parse_proc_cgroup
 from ._units import format_size
 
 if TYPE_CHECKING:
@@ -209,22 +210,11 @@ def _read_limit(path: Path) -> int | None:
 
 def _own_cgroup_paths(proc_cgroup: Path) -> tuple[str | None, str | None]:
     """This process's cgroup path for v2 (``0::/path``) and v1's memory controller."""
-    v2: str | None = None
-    v1: str | None = None
     try:
-        lines = proc_cgroup.read_text().splitlines()
+        text = proc_cgroup.read_text()
     except (OSError, UnicodeDecodeError):
         return None, None
-    for line in lines:
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        hierarchy, controllers, path = parts
-        if hierarchy == "0" and controllers == "":
-            v2 = path
-        elif "memory" in controllers.split(","):
-            v1 = path
-    return v2, v1
+    return parse_proc_cgroup(text)
 
 
 def _limits_up(base: Path, rel: str | None, filename: str) -> list[int]:
