@@ -1,8 +1,10 @@
 """Hot blocks stay hot: reuse is LIFO, committed, and nothing decommits on the request path.
 
 Page faults are read from ``resource.getrusage(RUSAGE_SELF).ru_minflt`` (the kernel's
-count of minor faults of this process). A warm cycle touches no new page: any fault in
-it would be a block whose pages were given back between two requests.
+count of minor faults of this process). A warm cycle touches none of its block's pages
+anew: a block given back between two requests would fault all of them on the next fill.
+The count is the whole process's, so a stray fault of the interpreter's own heap is
+allowed for; a full block's worth is not.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ KiB = 1024
 MiB = 1024 * KiB
 
 
+PAGES_PER_64K = 64 * KiB // resource.getpagesize()
+
+
 def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
@@ -31,7 +36,7 @@ def touch(pool: SlabPool, nbytes: int) -> None:
 
 
 def test_a_warm_64k_cycle_causes_no_minor_fault() -> None:
-    """Lending, filling and giving back a 64 KiB block, once warm, faults no page in:
+    """Lending, filling and giving back a 64 KiB block, once warm, faults none of its pages:
     the same block comes back (LIFO) with its pages still committed."""
     with SlabPool("64MiB") as pool:  # the defaults: decay 10 s, retain 8 MiB
         for _ in range(20):
@@ -44,8 +49,13 @@ def test_a_warm_64k_cycle_causes_no_minor_fault() -> None:
         faults = minor_faults() - before
         again = pool.lend(64 * KiB)
         pool.give_back([again])
+        returned = pool.stats()["returned_bytes"]
 
-    assert (0, True) == (faults, first is again)
+    # The fault count is the whole process's: the interpreter's own heap may fault a page
+    # in now and then. A block given back to the OS even once would fault all its pages
+    # (16 at 4 KiB) on the next fill, so fewer than that means the block stayed committed;
+    # the pool's own counter says no byte was returned either.
+    assert (True, 0, True) == (faults < PAGES_PER_64K, returned, first is again), faults
 
 
 def test_give_back_never_decommits_even_past_retain() -> None:
@@ -88,18 +98,22 @@ def test_the_reserve_follows_the_traffic_not_the_burst() -> None:
 
 def test_a_reserve_keeps_a_warm_cycle_fault_free_under_retain_zero() -> None:
     """With retain=0 (keep nothing idle committed), a calibrated class still keeps the
-    block its traffic uses warm: after one maintenance pass, cycles fault nothing."""
+    block its traffic uses warm: after one maintenance pass, cycles fault none of its pages."""
     with SlabPool("64MiB", decay=None, retain=0) as pool:
         touch(pool, 64 * KiB)
         _decay.maintain(pool, time.monotonic())  # calibrates: this class needs 1 block
         touch(pool, 64 * KiB)
         _decay.maintain(pool, time.monotonic(), tick=False)  # retain keeps the reserve
+        returned_before = pool.stats()["returned_bytes"]
         before = minor_faults()
         for _ in range(100):
             touch(pool, 64 * KiB)
         faults = minor_faults() - before
+        returned = pool.stats()["returned_bytes"] - returned_before
 
-    assert 0 == faults
+    # As above: fewer faults than one block's pages (any other page fault is the
+    # interpreter's), and the pool returned nothing to the OS while the cycles ran.
+    assert (True, 0) == (faults < PAGES_PER_64K, returned), faults
 
 
 def test_prealloc_is_a_floor_for_the_calibrated_reserve() -> None:
