@@ -5,7 +5,9 @@ Theory of operation
 An idle block carries the time it went idle, and each class's free stack has the blocks
 idle longest at its bottom (hot blocks are reused LIFO from the top and stay committed).
 Nothing here runs on the request path: ``give_back`` only counts, and when the idle
-committed bytes pass ``retain`` it wakes the pool's maintenance thread
+committed bytes pass ``retain`` (or, if more, what the last pass had to keep committed
+for the warm reserves: blocks kept warm on purpose must not wake the thread at every
+return, each wake a GIL hand-off) it wakes the pool's maintenance thread
 (:func:`start_decay_thread`, one daemon thread per pool, started with its first slab
 when ``decay`` or ``retain`` is set). With the pool's lock held, the thread:
 
@@ -51,6 +53,9 @@ __all__ = [
 
 #: Seconds between ticks of a pool that has ``retain`` but no ``decay``.
 RETAIN_TICK = 1.0
+#: Windows without a lend after which a class's reserve falls back to its floor (about
+#: ``decay``, with the maintenance thread's ``decay / 4`` ticks).
+QUIET_WINDOWS = 4
 
 
 class Reservoir(Protocol):
@@ -62,6 +67,7 @@ class Reservoir(Protocol):
     retain: int | None
     _classes: list[ClassState]
     _idle_committed: int
+    _wake_above: int | None
     _returned_bytes: int
     _lock: threading.Lock
 
@@ -132,14 +138,27 @@ def enforce_retain(pool: Reservoir) -> int:
 
 def calibrate_locked(pool: Reservoir) -> None:
     """Close a calibration window: each class's reserve becomes the median of its recent
-    window peaks, never below its ``base_reserve`` (lock held)."""
+    active window peaks, never below its ``base_reserve`` (lock held).
+
+    A window without a lend is no sample of what the traffic needs: it leaves the median
+    alone (a server that pauses for a few seconds finds its blocks warm when the traffic
+    comes back, instead of faulting them in again while the median recovers). After
+    ``QUIET_WINDOWS`` of them in a row (about ``decay``) the reserve falls back to its
+    floor and the history is forgotten, so an idle pool does give its memory back, and
+    the first active window after sets the reserve on its own.
+    """
     for cls in pool._classes:
         peak = cls.window_peak
         peaks = cls.peaks
-        peaks.append(peak)
         cls.window_peak = cls.lent  # the next window starts with what is out now
-        if not peak and cls.reserve == cls.base_reserve:
-            continue  # a quiet class at its floor stays there (a 0 only lowers the median)
+        if not peak:
+            cls.quiet += 1
+            if cls.quiet >= QUIET_WINDOWS and peaks:
+                peaks.clear()
+                cls.reserve = cls.base_reserve
+            continue
+        cls.quiet = 0
+        peaks.append(peak)
         ordered = sorted(peaks)
         median = ordered[len(ordered) // 2]
         cls.reserve = median if median > cls.base_reserve else cls.base_reserve
@@ -163,6 +182,11 @@ def maintain(pool: Reservoir, now: float, *, tick: bool = True) -> int:
                 returned += trim_locked(pool, now - decay, keep_reserve=True)
         if pool.backing == "mmap":  # a bytearray's pages cannot be given back
             returned += enforce_retain(pool)
+        retain = pool.retain
+        if retain is not None:
+            # what is still committed now is the reserves' (or retain's): returns up to
+            # it need not wake this thread again before the next tick
+            pool._wake_above = max(retain, pool._idle_committed)
         pool._returned_bytes += returned
     return returned
 

@@ -27,7 +27,11 @@ the limit; read on the container, all of them see the same level and shed togeth
     reclaimable >= busy threshold
       and the back-off allows      -> trim, busy or idle (arenapool._trimpolicy: each
                                       trim's yield and time; one that does not pay
-                                      doubles the wait, up to busy_trim_max_interval)
+                                      doubles the wait, up to busy_trim_max_interval).
+                                      Busy (requests in flight), only the free C heap
+                                      counts and the pools give back only blocks idle
+                                      past their decay: the blocks the traffic reuses
+                                      stay committed.
 
 With the limit from the cgroup, it is read again at every tick, so the watermarks follow
 a container resized in place.
@@ -243,24 +247,33 @@ def _resolve_pools(source: PoolsSource) -> list[SlabPool]:
     return [p for p in pools if not p.closed]
 
 
-def _trim_blocking(pools: list[SlabPool]) -> tuple[dict[str, int], bool]:
+def _trim_blocking(pools: list[SlabPool], busy: bool) -> tuple[dict[str, int], bool]:
     """Return idle slab memory and free C heap to the OS; runs in a worker thread."""
-    returned = {pool.name: pool.trim() for pool in pools}
+    if busy:  # only what the pool's own decay would return: its hot blocks stay hot
+        returned = {
+            pool.name: 0 if pool.decay is None else pool.trim(older_than=pool.decay)
+            for pool in pools
+        }
+    else:
+        returned = {pool.name: pool.trim() for pool in pools}
     return returned, malloc_trim(0)
 
 
-async def trim_now(pools: PoolsSource = None) -> TrimResult:
+async def trim_now(pools: PoolsSource = None, *, busy: bool = False) -> TrimResult:
     """Trim now, off the event loop: every pool's idle memory, then ``malloc_trim(0)``.
 
-    Returns ``{"rss_before", "rss_after", "freed", "seconds", "malloc_trim", "pools"}``
-    where ``freed`` is the RSS drop (what the OS saw) and ``pools`` the bytes each pool
-    says it returned.
+    With ``busy`` (requests are being served), a pool gives back only blocks idle for
+    longer than its ``decay``, as its maintenance thread would: the blocks its traffic
+    reuses stay committed (decommitting them under load only makes the next requests
+    fault their pages back in). Returns ``{"rss_before", "rss_after", "freed",
+    "seconds", "malloc_trim", "pools"}`` where ``freed`` is the RSS drop (what the OS
+    saw) and ``pools`` the bytes each pool says it returned.
     """
     targets = _resolve_pools(pools)
     loop = asyncio.get_running_loop()
     before = current_rss()
     started = time.perf_counter()
-    returned, trimmed = await loop.run_in_executor(None, _trim_blocking, targets)
+    returned, trimmed = await loop.run_in_executor(None, _trim_blocking, targets, busy)
     seconds = time.perf_counter() - started
     after = current_rss()
     return {
@@ -321,6 +334,7 @@ class Governor:
         self._last_activity = time.monotonic()
         self._shedding = False
         self._floor = 0  # nothing trimmed yet: all free memory counts as reclaimable
+        self._heap_floor = 0  # the same, of the free C heap alone (busy trims)
         self._last_trim = float("-inf")
         self._last_rss: int | None = None
         self._last_check: float | None = None
@@ -444,9 +458,14 @@ class Governor:
         self._checks += 1
         self._last_rss = rss
         self._last_check = time.time()
-        held = (reading.heap_free or 0) + reading.slab_idle_bytes
+        heap_free = reading.heap_free or 0
+        held = heap_free + reading.slab_idle_bytes
         self._floor = min(self._floor, held)
         reclaimable = held - self._floor
+        # under load, only the C heap counts: idle slab blocks are the pool's to keep
+        # warm for the traffic (its decay and retain return them, off the request path)
+        self._heap_floor = min(self._heap_floor, heap_free)
+        heap_reclaimable = heap_free - self._heap_floor
 
         level = self._level(rss)
         what = "RSS" if self.watch == "process" else "container working set"
@@ -505,7 +524,11 @@ class Governor:
             and reclaimable > self._trim_threshold
         ):
             await self.trim(reason="idle")
-        elif self._busy is not None and self._busy.due(now, reclaimable):
+        elif self._busy is not None and (
+            self._busy.due(now, heap_reclaimable)
+            if self._in_flight
+            else self._busy.due(now, reclaimable)
+        ):
             # under load too: the free heap is worth a trim, and trims have paid lately
             await self.trim(reason="busy" if self._in_flight else "idle")
 
@@ -549,14 +572,15 @@ class Governor:
         if self._trim_lock is None:
             self._trim_lock = asyncio.Lock()
         async with self._trim_lock:
-            result = await trim_now(self._pools)
+            result = await trim_now(self._pools, busy=reason == "busy")
             self._last_trim = time.monotonic()
             if self._busy is not None:
                 self._busy.record(self._last_trim, result["freed"], result["seconds"])
             reading = snapshot(
                 slab_pools=_resolve_pools(self._pools), object_pools=(), breakdown=False
             )
-            self._floor = (reading.heap_free or 0) + reading.slab_idle_bytes
+            self._heap_floor = reading.heap_free or 0
+            self._floor = self._heap_floor + reading.slab_idle_bytes
             self._last_rss = reading.rss
             self._trims += 1
             self._trimmed_bytes += result["freed"]

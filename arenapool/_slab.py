@@ -101,8 +101,9 @@ class ClassState:
 
     ``reserve`` is the class's warm reserve: idle blocks decay and retain keep
     committed. It is recalibrated from the traffic (``_decay.calibrate_locked``): the
-    median of the most blocks lent at once over recent windows (``peaks``), never below
-    ``base_reserve`` (what ``reserve=``/``prealloc=`` asked for).
+    median of the most blocks lent at once over recent active windows (``peaks``), never
+    below ``base_reserve`` (what ``reserve=``/``prealloc=`` asked for). Windows without
+    a lend are counted in ``quiet``, not in the median.
     """
 
     __slots__ = (
@@ -113,6 +114,7 @@ class ClassState:
         "lent",
         "peaks",
         "quarantined",
+        "quiet",
         "reserve",
         "size",
         "window_peak",
@@ -129,6 +131,7 @@ class ClassState:
         self.base_reserve = reserve
         self.window_peak = 0  # the most lent at once since the last calibration
         self.peaks: deque[int] = deque(maxlen=CALIBRATION_WINDOWS)
+        self.quiet = 0  # windows in a row without a lend
 
 
 class Slab:

@@ -174,6 +174,10 @@ class SlabPool:
         self._escapes = 0
         self._huge_lent = 0
         self._idle_committed = 0  # bytes of idle blocks whose pages may be resident
+        # give_back wakes the maintenance thread above this many idle committed bytes:
+        # ``retain``, or what the last pass had to keep (the warm reserves) if more, so
+        # blocks the reserves keep warm do not wake it at every return (_decay.maintain)
+        self._wake_above = self.retain
         # arenas opened and closed: next() on a counter is atomic, so arenas come and
         # go without the lock; _arena_counts() reads them
         self._opened = counter()
@@ -421,8 +425,8 @@ class SlabPool:
                 else:
                     cls.lent -= 1
                 self._make_idle(block, now)
-            retain = self.retain
-            if retain is not None and self._idle_committed > retain:
+            wake_above = self._wake_above
+            if wake_above is not None and self._idle_committed > wake_above:
                 # off the request path: the maintenance thread decommits (see _decay)
                 maintenance = self._maintenance
                 if not maintenance.is_set():

@@ -12,7 +12,10 @@ for each size, answer every body of the deck correctly once (checked by the Pyth
 client), get a ``--warmup`` wrk run, then ``--rounds`` measured rounds in a rotating
 order, so no mode always runs first. Each measured run follows ``--rewarm`` seconds of
 unmeasured load on the same server: a server idles while the others are measured
-(arenapool's pool decays idle blocks after 10 s), and the run should see steady state.
+(arenapool's pool decays idle blocks after 10 s and, after 10 s without a lend, resets
+its warm reserves), and the run should see steady state: the default 3 s spans one of
+the pool's calibration ticks (every ``decay / 4`` = 2.5 s), after which the reserve
+follows the traffic again.
 Per run, from wrk and from the server's
 ``/proc/PID/stat``: requests/s, minor page faults per request, CPU (user + system) per
 request. The ratios ``arenapool / orjson`` and ``arenapool-msgspec / msgspec`` are taken
@@ -436,8 +439,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--rewarm",
         type=float,
-        default=1.0,
-        help="seconds of unmeasured wrk load right before each measured run (1)",
+        default=3.0,
+        help="seconds of unmeasured wrk load right before each measured run (3: past one "
+        "of the pool's 2.5 s calibration ticks)",
     )
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
     parser.add_argument("--limit", default="8MiB", help="largest body (8MiB)")

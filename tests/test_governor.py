@@ -15,6 +15,7 @@ from _memhelpers import MiB, ServerProcess, allocate, poll_until
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
+from arenapool import SlabPool
 from arenapool._errors import InvalidSize
 from arenapool._governor import Governor, GovernorConfig
 from arenapool._units import format_size
@@ -104,6 +105,44 @@ async def test_busy_server_is_not_trimmed_until_idle(caplog: pytest.LogCaptureFi
     assert any("trim (idle)" in r.getMessage() for r in caplog.records)
     await governor.check()  # nothing new to reclaim: no further trim
     assert 2 == governor.stats()["trims"]
+
+
+async def test_a_busy_trim_leaves_the_pools_warm_blocks_committed() -> None:
+    """Under load a trim returns freed C heap but not the idle blocks the traffic reuses
+    (their pages would only fault back in on the next requests); once idle, a trim
+    returns those too. The pool's own counter says what it gave back."""
+    governor = Governor(
+        GovernorConfig(
+            interval=1,
+            idle_after=0,
+            use_cgroup=False,
+            busy_trim_threshold=0,  # always worth it: this test is about what it does
+            busy_trim_interval=1e-6,  # no back-off to wait out after the first trim
+        )
+    )
+    with SlabPool("64MiB", decay=10.0, retain=None) as pool:
+        governor._pools = [pool]
+        blocks = [pool.lend(1 * MiB) for _ in range(8)]
+        for block in blocks:
+            assert block.view is not None
+            block.view[:] = b"\x5a" * MiB  # commit every page
+        pool.give_back(blocks)
+        await governor.trim()  # start from a trimmed heap and a decommitted pool
+        blocks = [pool.lend(1 * MiB) for _ in range(8)]
+        for block in blocks:
+            assert block.view is not None
+            block.view[:] = b"\x5a" * MiB
+        pool.give_back(blocks)
+        returned_before = pool.stats()["returned_bytes"]
+        governor.note_request_start()
+        await governor.check()
+        busy = governor.stats()["actions"][-1]["reason"]
+        returned_busy = pool.stats()["returned_bytes"] - returned_before
+        governor.note_request_end()
+        await governor.trim(reason="idle")
+        returned_idle = pool.stats()["returned_bytes"] - returned_before
+
+    assert ("busy", 0, 8 * MiB) == (busy, returned_busy, returned_idle)
 
 
 def shedding_app(governor: Governor, wiring: str = "middleware") -> web.Application:

@@ -328,26 +328,26 @@ async def test_slowloris_connections_hold_one_small_step_each() -> None:
         await srv.healthy()
 
 
-async def test_slow_sender_holds_at_most_twice_what_it_sent() -> None:
-    """A sender of a declared 4 MiB body never holds more than the block for twice
-    what it has sent (or FIRST_STEP) as its body arrives, and the body at the end."""
+async def test_slow_sender_holds_one_step_until_it_has_sent_one() -> None:
+    """A sender of a declared 4 MiB body holds one FIRST_STEP block and no admission
+    while it has sent less than that step; once it has, its whole body is admitted
+    (a ticket keeps room for it, so it can always finish) and read into one block of
+    its declared size, filled in place; at the end the body is all there."""
     async with hostile_server(limit="8MiB", body_timeout=30.0) as srv:
         declared = 4 * MiB
+        step = srv.pool.block_size(FIRST_STEP)
         conn = await srv.connect()
         await conn.send(build_request("/raw", b"", content_length=declared))
-        sent = 0
-        for target in (10 * KiB, 100 * KiB, 300 * KiB, 1200 * KiB):
-            await conn.send(b"y" * (target - sent))
-            sent = target
-
-            def caught_up(sent: int = sent) -> bool:
-                lent = srv.pool.lent_bytes
-                assert lent <= srv.pool.block_size(max(FIRST_STEP, 2 * sent)), (lent, sent)
-                return lent >= sent
-
-            await until(caught_up, what=f"{sent} bytes read")
-        await conn.send(b"y" * (declared - sent))
+        await conn.send(b"y" * (10 * KiB))
+        await until(lambda: srv.pool.lent_bytes == step, what="a first step")
+        before = (srv.pool.lent_bytes, srv.pool.stats()["admission"]["admitted_bytes"])
+        await conn.send(b"y" * (100 * KiB))
+        await until(lambda: srv.pool.lent_bytes == declared, what="the body admitted")
+        after = (srv.pool.lent_bytes, srv.pool.stats()["admission"]["admitted_bytes"] > 0)
+        await conn.send(b"y" * (declared - 110 * KiB))
         response = await conn.response()
+        assert (step, 0) == before
+        assert (declared, True) == after
         assert (200, declared) == (response.status, response.json()["nbytes"])
         await srv.healthy()
 

@@ -125,3 +125,46 @@ def test_prealloc_is_a_floor_for_the_calibrated_reserve() -> None:
             _decay.maintain(pool, time.monotonic())
 
     assert (8, 8) == (cls.base_reserve, cls.reserve)
+
+
+def test_returns_the_reserve_keeps_warm_do_not_wake_the_maintenance_thread() -> None:
+    """Once a maintenance pass has kept a class's reserve committed past ``retain``,
+    returning blocks the reserve covers does not wake the thread again (each wake is a
+    GIL hand-off on the request path); a block beyond the reserve does."""
+    with SlabPool("64MiB", decay=None, retain=0) as pool:
+        pool._decay_thread = threading.current_thread()  # any thread: none is started
+        touch(pool, 64 * KiB)
+        woke_first = pool._maintenance.is_set()
+        _decay.maintain(pool, time.monotonic())  # calibrates: 1 block kept warm
+        pool._maintenance.clear()
+        for _ in range(10):
+            touch(pool, 64 * KiB)
+        woke_within = pool._maintenance.is_set()
+        pair = [pool.lend(64 * KiB), pool.lend(64 * KiB)]
+        for block in pair:
+            assert block.view is not None
+            block.view[:] = b"\x01" * (64 * KiB)
+        pool.give_back(pair)
+        woke_beyond = pool._maintenance.is_set()
+
+    assert (True, False, True) == (woke_first, woke_within, woke_beyond)
+
+
+def test_a_pause_keeps_the_reserve_and_a_long_idle_resets_it() -> None:
+    """Windows without a lend leave the reserve alone (a short pause finds the blocks
+    warm); QUIET_WINDOWS of them in a row reset it to its floor and forget the history,
+    so the first active window after sets it on its own."""
+    with SlabPool("64MiB", decay=None, retain=0) as pool:
+        cls = pool._classes[pool._sizes.index(64 * KiB)]
+
+        def window(lends: int) -> int:
+            blocks = [pool.lend(64 * KiB) for _ in range(lends)]
+            pool.give_back(blocks)
+            _decay.maintain(pool, time.monotonic())
+            return cls.reserve
+
+        busy = [window(3) for _ in range(3)]
+        paused = [window(0) for _ in range(_decay.QUIET_WINDOWS)]
+        back = window(2)
+
+    assert ([3, 3, 3], [3] * (_decay.QUIET_WINDOWS - 1) + [0], 2) == (busy, paused, back)
