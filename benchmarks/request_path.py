@@ -1,6 +1,6 @@
 """Issue 11's table: arenapool against the same decoder without it, by body size, with wrk.
 
-    python benchmarks/request_path.py                      # 4 sizes x 3 rounds, ~7 min
+    python benchmarks/request_path.py                      # 4 sizes x 3 rounds, ~11 min
     python benchmarks/request_path.py --sizes 64KiB --rounds 5 --duration 8
     python benchmarks/request_path.py --modes orjson,arenapool --no-floor   # one pair
 

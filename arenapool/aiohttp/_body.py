@@ -9,11 +9,13 @@ declared bodies ``_hotpath.read_inline``), which uses the arena's public API onl
   before a byte is read (not for a content-coded body: its length is the compressed
   size; it is cut off at the limit as it inflates);
 - the body is read into one allocation sized to what has arrived: all of a declared
-  body already buffered (the usual case up to a few hundred KiB: one allocation, one
-  copy), else :data:`FIRST_STEP`, grown with ``Arena.realloc_async`` as bytes arrive
-  (doubling, or to what is buffered; the old block goes back at once). A connection
-  holds budget for at most twice what it has sent plus ``FIRST_STEP``, so slow senders
-  cannot hold the budget (cf. fasthttp PR #2408);
+  body already buffered (one allocation, one copy); a declared body that has sent
+  :data:`FIRST_STEP` is admitted as a whole and read into one allocation of its
+  declared size (filled in place, no copy but the one from aiohttp's chunks); else
+  :data:`FIRST_STEP`, grown with ``Arena.realloc_async`` as bytes arrive (to the
+  declared size once admitted; doubling, or to what is buffered, without one). A
+  connection that has sent less than ``FIRST_STEP`` holds that step and no admission,
+  so slow senders cannot hold the budget (cf. fasthttp PR #2408);
 - every wait for budget is FIFO, bounded by ``queue_timeout`` and given up when the
   client leaves; every read is bounded by ``body_timeout`` and ``body_min_rate`` (408).
 

@@ -15,11 +15,14 @@ off: ``read()``, ``text()``, ``post()``, ``multipart()``, ``request.content``.
 
 :func:`read_into_arena` is the one body dispatcher behind ``read_body`` and
 ``read_json``. It allocates from the request's arena through the arena's public API:
-one allocation the size of what has arrived (all of a declared body that is already
-buffered, else at least :data:`FIRST_STEP`), grown with ``Arena.realloc_async`` as
-bytes arrive (to twice the size, or to what is buffered if that is more, never past
-the declared size or the limit). A connection therefore holds budget for at most
-twice what it has sent, plus :data:`FIRST_STEP`: slow senders cannot hold the budget.
+all of a declared body that is already buffered in one allocation; a declared body
+that has sent :data:`FIRST_STEP` (or arrives while bodies queue for memory) admitted as
+a whole (``SlabPool.admit``) and read into one allocation of its declared size, filled
+in place; otherwise :data:`FIRST_STEP`, grown with ``Arena.realloc_async`` as bytes
+arrive: once, to the declared size, after admission; for a body of no declared size,
+to twice the size or to what is buffered if that is more, never past the limit. A
+connection that has sent less than :data:`FIRST_STEP` holds that step and no
+admission: slow senders cannot hold the budget.
 Chunks aiohttp has already buffered are copied without an ``await`` each; the loop
 awaits only when the buffer is empty. Every read is bounded by :class:`BodyClock`:
 a deadline (``body_timeout``) and a minimum rate after a grace period
