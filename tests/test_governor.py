@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,8 @@ async def test_a_busy_trim_leaves_the_pools_warm_blocks_committed() -> None:
         )
     )
     with SlabPool("64MiB", decay=10.0, retain=None) as pool:
+        # no maintenance thread: its calibration would make the blocks a warm reserve
+        pool._decay_thread = threading.current_thread()
         governor._pools = [pool]
         blocks = [pool.lend(1 * MiB) for _ in range(8)]
         for block in blocks:

@@ -80,6 +80,7 @@ def test_the_reserve_follows_the_traffic_not_the_burst() -> None:
     burst of 20 blocks does not keep 20 warm once the traffic needs 2, and retain then
     decommits the rest while the 2 stay committed."""
     with SlabPool("64MiB", decay=None, retain=0) as pool:
+        pool._decay_thread = threading.current_thread()  # only these windows, no thread's
         cls = pool._classes[pool._sizes.index(64 * KiB)]
         burst = [pool.lend(64 * KiB) for _ in range(20)]
         pool.give_back(burst)
@@ -155,6 +156,7 @@ def test_a_pause_keeps_the_reserve_and_a_long_idle_resets_it() -> None:
     warm); QUIET_WINDOWS of them in a row reset it to its floor and forget the history,
     so the first active window after sets it on its own."""
     with SlabPool("64MiB", decay=None, retain=0) as pool:
+        pool._decay_thread = threading.current_thread()  # only these windows, no thread's
         cls = pool._classes[pool._sizes.index(64 * KiB)]
 
         def window(lends: int) -> int:
