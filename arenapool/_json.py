@@ -51,7 +51,7 @@ import orjson
 
 from ._errors import ArenaPoolError, InvalidJSON, JSONTooDeep
 
-__all__ = ["DECODERS", "ORJSON_MAX_DEPTH", "Decoder", "decode", "encode"]
+__all__ = ["DECODERS", "ORJSON_MAX_DEPTH", "Decoder", "decode", "encode", "msgspec_decoder"]
 
 Decoder = Literal["orjson", "msgspec"]
 DECODERS: tuple[Decoder, ...] = ("orjson", "msgspec")
@@ -158,7 +158,7 @@ def _decode_msgspec(data: Any, type: Any) -> Any:
     if msgspec is None:
         msg = "the msgspec decoder needs msgspec: pip install 'arenapool[msgspec]'"
         raise ArenaPoolError(msg)
-    dec = _msgspec_decoder(type if type is not None else Any)
+    dec = msgspec_decoder(type if type is not None else Any)
     try:
         return dec.decode(data)
     except msgspec.ValidationError as exc:
@@ -205,7 +205,7 @@ def _msgspec_validation_error(view: memoryview, dec: Any, type: Any, text: str) 
     objects (it does not check UTF-8 inside strings, so that is checked too).
     """
     msgspec = _msgspec()
-    raw = _msgspec_decoder(msgspec.Raw)
+    raw = msgspec_decoder(msgspec.Raw)
     try:
         raw.decode(view)
     except msgspec.DecodeError as exc:
@@ -275,7 +275,7 @@ def _msgspec_too_deep(view: memoryview, dec: Any, failed: Any) -> JSONTooDeep:
     """
     kind: Callable[[bytes], Any] = memoryview if isinstance(failed, memoryview) else bytes
     limit = _array_depth(kind) + _FRAMES_BELOW_CALL * _frame_cost()
-    raw = _msgspec_decoder(_msgspec().Raw)
+    raw = msgspec_decoder(_msgspec().Raw)
     start = _recursion_point(view, raw) if _recurses(view, raw) else _recursion_point(failed, dec)
     position = _deeper(view, start, limit + 1 - _depth_at(view, start))
     return _too_deep(view, position, limit, "msgspec")
@@ -318,7 +318,7 @@ def _recursion_point(data: Any, dec: Any) -> int:
 
 def _array_depth(kind: Callable[[bytes], Any] = bytes) -> int:
     """The deepest plain array msgspec decodes when called from this frame."""
-    probe = _msgspec_decoder(Any)
+    probe = msgspec_decoder(Any)
     low, high = 0, max(sys.getrecursionlimit(), _DEPTH_CEILING) + 1  # low decodes, high not
     while high - low > 1:
         middle = (low + high) // 2
@@ -481,5 +481,10 @@ def _msgspec() -> Any:
 
 
 @lru_cache(maxsize=256)
-def _msgspec_decoder(type: Any) -> Any:
+def msgspec_decoder(type: Any) -> Any:
+    """The ``msgspec.json.Decoder`` for ``type`` (``Any``: untyped), made once.
+
+    Raises ``AttributeError`` without msgspec, ``TypeError`` for an unhashable type:
+    :func:`decode` says what to do about either.
+    """
     return _msgspec().json.Decoder(type)

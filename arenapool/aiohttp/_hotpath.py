@@ -58,7 +58,7 @@ from .._errors import (
     InvalidContentEncoding,
     UnsupportedMediaType,
 )
-from .._json import decode
+from .._json import decode, msgspec_decoder
 from .._units import format_size
 from ._admit import admit
 from ._config import ArenaConfig, RouteStats
@@ -290,6 +290,11 @@ async def read_json(request: web.Request, *, decoder: str | None = None, type: A
             return _loads(data)
         except _JSONDecodeError:
             pass  # decode() below says where and why
+    elif type is not None or decoder == "msgspec":
+        try:
+            return msgspec_decoder(Any if type is None else type).decode(data)
+        except Exception:  # decode() below says where and why
+            pass
     return decode(data, decoder=decoder, type=type)
 
 
