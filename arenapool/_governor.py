@@ -36,7 +36,9 @@ the limit; read on the container, all of them see the same level and shed togeth
 With the limit from the cgroup, it is read again at every tick, so the watermarks follow
 a container resized in place.
 
-where *idle* means nothing in flight for ``idle_after`` seconds and *reclaimable* is
+where *idle* means nothing in flight for ``idle_after`` seconds (timed from the reading
+that first sees the last request's end: the request path reads no clock, so idleness is
+known to within one ``interval``) and *reclaimable* is
 how far free heap plus idle slab bytes have grown above the floor (zero before the
 first trim, so memory already free at start counts). Measuring growth
 instead of the level matters: ``malloc_trim`` returns free pages with
@@ -120,7 +122,8 @@ class GovernorConfig:
     interval: float = 1.0
     """Seconds between readings."""
     idle_after: float = 2.0
-    """Seconds with nothing in flight before the server counts as idle."""
+    """Seconds with nothing in flight before the server counts as idle (timed from the
+    reading that first sees the last request end, so up to one ``interval`` more)."""
     trim_threshold: int | str = "16MiB"
     """Reclaimable growth (free C heap + idle slabs) that makes an idle trim worth it."""
     soft_limit: int | str | None = None
@@ -331,8 +334,13 @@ class Governor:
         self._task: asyncio.Task[None] | None = None
         self._trim_lock: asyncio.Lock | None = None
         self._in_flight = 0
+        self._ended = 0  # requests ended, ever: the loop dates the last one (check())
+        self._ended_seen = 0
         self._last_activity = time.monotonic()
-        self._shedding = False
+        #: True while RSS (or the container's level) went past the hard watermark and is
+        #: not yet back under soft; read by the adapters once per request (an attribute,
+        #: not a property: that read is on every request's path). Only the governor sets it.
+        self.shedding = False
         self._floor = 0  # nothing trimmed yet: all free memory counts as reclaimable
         self._heap_floor = 0  # the same, of the free C heap alone (busy trims)
         self._last_trim = float("-inf")
@@ -350,11 +358,6 @@ class Governor:
         self._actions: deque[dict[str, Any]] = deque(maxlen=self.config.history)
 
     # -- what adapters call --------------------------------------------------------
-
-    @property
-    def shedding(self) -> bool:
-        """True while RSS went past the hard watermark and is not yet back under soft."""
-        return self._shedding
 
     @property
     def shed_episodes(self) -> int:
@@ -388,8 +391,10 @@ class Governor:
 
     def note_request_end(self) -> None:
         """A request ended, on every path (return, error, cancellation)."""
-        self._in_flight = max(0, self._in_flight - 1)
-        self._last_activity = time.monotonic()
+        # per request: no clock read here; check() dates the activity it sees
+        if self._in_flight > 0:
+            self._in_flight -= 1
+        self._ended += 1
 
     def note_shed(self) -> None:
         """An adapter turned a request away because :attr:`shedding` was set."""
@@ -458,6 +463,9 @@ class Governor:
         self._checks += 1
         self._last_rss = rss
         self._last_check = time.time()
+        if self._ended != self._ended_seen:  # requests ended since the last check
+            self._ended_seen = self._ended
+            self._last_activity = now
         heap_free = reading.heap_free or 0
         held = heap_free + reading.slab_idle_bytes
         self._floor = min(self._floor, held)
@@ -476,8 +484,8 @@ class Governor:
             and config.pressure_shed is not None
             and pressure.full_avg10 >= config.pressure_shed
         )
-        if self.hard_limit is not None and level >= self.hard_limit and not self._shedding:
-            self._shedding = True
+        if self.hard_limit is not None and level >= self.hard_limit and not self.shedding:
+            self.shedding = True
             self._shed_episodes += 1
             self._record("shed_on", "hard", rss_before=rss, level=level, watch=self.watch)
             log.warning(
@@ -486,9 +494,9 @@ class Governor:
                 format_size(level),
                 format_size(self.hard_limit),
             )
-        elif stalled and not self._shedding:
+        elif stalled and not self.shedding:
             assert pressure is not None
-            self._shedding = True
+            self.shedding = True
             self._shed_episodes += 1
             self._pressure_sheds += 1
             self._record(
@@ -501,7 +509,7 @@ class Governor:
                 config.pressure_shed,
             )
         elif (
-            self._shedding and not stalled and (self.soft_limit is None or level < self.soft_limit)
+            self.shedding and not stalled and (self.soft_limit is None or level < self.soft_limit)
         ):
             self._stop_shedding(level)
 
@@ -559,7 +567,7 @@ class Governor:
         return container.working_set if self.watch == "container" else rss
 
     def _stop_shedding(self, level: int) -> None:
-        self._shedding = False
+        self.shedding = False
         self._record("shed_off", "soft", rss_before=level, watch=self.watch)
         what = "RSS" if self.watch == "process" else "container working set"
         log.warning("%s %s is back under the soft watermark: no longer shedding", what, _fmt(level))
@@ -605,7 +613,7 @@ class Governor:
             # A trim that brought the level under soft ends shedding now, not a tick later.
             level = self._level(reading.rss)
             if (
-                self._shedding
+                self.shedding
                 and not self._stalled
                 and (self.soft_limit is None or level < self.soft_limit)
             ):
@@ -624,7 +632,7 @@ class Governor:
             idle = round(time.monotonic() - self._last_activity, 3)
         return {
             "running": self.running,
-            "shedding": self._shedding,
+            "shedding": self.shedding,
             "in_flight": self._in_flight,
             "idle_seconds": idle,
             "soft_limit": self.soft_limit,
@@ -653,7 +661,7 @@ class Governor:
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"
-        if self._shedding:
+        if self.shedding:
             state += ", shedding"
         parts = [
             state,
