@@ -91,6 +91,12 @@ def _modes(recycle_after: int) -> list[Mode]:
         Mode("plain", "plain", "await request.json() + web.json_response"),
         Mode("orjson", "orjson", "orjson.loads(await request.read()) + orjson.dumps"),
         _trim_mode("orjson", "orjson handler + malloc_trim(0) every second (aiohttp #11043)"),
+        Mode(
+            "orjson+noop",
+            "orjson",
+            "orjson handler behind one do-nothing @web.middleware (aiohttp's middleware cost)",
+            args=("--noop-middleware",),
+        ),
         Mode("msgspec", "msgspec", "msgspec.json.Decoder(Ingest).decode(await request.read())"),
         _trim_mode("msgspec", "msgspec handler + malloc_trim(0) every second"),
         Mode("arenapool", "arenapool", "arenapool read_json (orjson) + json_response"),

@@ -46,15 +46,18 @@ async def test_every_mode_refuses_a_bad_body_with_400(
 async def test_trim_loop_and_governor_options_keep_the_answers(
     aiohttp_client: ClientFactory,
 ) -> None:
-    """The malloc_trim loop (orjson+trim) and the governor's busy-trim and mmap options
-    install without changing what the service answers."""
+    """The malloc_trim loop (orjson+trim), the governor's busy-trim and mmap options and
+    the do-nothing middleware (orjson+noop) install without changing what the service
+    answers."""
     body = make_body(50_000, random.Random(5))
     apps = [
         example.make_app("orjson", trim_interval=0.05),
         example.make_app("arenapool", busy_trim=None, mmap_threshold="1MiB"),
+        example.make_app("orjson", noop_middleware=True),
     ]
     plain = example.make_app("orjson")
     assert len(plain.cleanup_ctx) + 1 == len(apps[0].cleanup_ctx)
+    assert [example.do_nothing] == list(apps[2].middlewares)
     for app in apps:
         client = await aiohttp_client(app)
         response = await client.post("/ingest", data=body.data)

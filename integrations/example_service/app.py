@@ -203,6 +203,7 @@ def make_app(
     trim_interval: float = 0.0,
     busy_trim: str | None = "8MiB",
     mmap_threshold: str | None = None,
+    noop_middleware: bool = False,
 ) -> web.Application:
     """The ingest service in ``mode`` (one of :data:`MODES`).
 
@@ -215,6 +216,8 @@ def make_app(
     The governor trims under load when ``busy_trim`` of freed C heap is worth it
     (``None``: only when idle), and pins glibc's mmap threshold at ``mmap_threshold``
     when given (large buffers then get mappings of their own, returned on free).
+    ``noop_middleware`` appends one middleware that does nothing: what aiohttp's
+    middleware machinery alone costs a request (arenapool's own runs as one).
     """
     if mode not in MODES:
         msg = f"unknown mode {mode!r}; choose from {', '.join(MODES)}"
@@ -250,7 +253,16 @@ def make_app(
         app.router.add_post("/ingest", arenapool_handler(typed=mode == "arenapool-msgspec"))
     if trim_interval > 0:
         add_trim_loop(app, trim_interval)
+    if noop_middleware:
+        app.middlewares.append(do_nothing)
     return app
+
+
+@web.middleware
+async def do_nothing(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A middleware that only calls the handler (see ``make_app(noop_middleware=)``)."""
+    response: web.StreamResponse = await handler(request)
+    return response
 
 
 def _admin(token: str | None) -> Any:
@@ -315,6 +327,11 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="arenapool modes: pin glibc's mmap threshold at this size (default: leave it)",
     )
+    parser.add_argument(
+        "--noop-middleware",
+        action="store_true",
+        help="append one do-nothing middleware (measures aiohttp's middleware cost)",
+    )
     args = parser.parse_args(argv)
     app = make_app(
         args.mode,
@@ -327,6 +344,7 @@ def main(argv: list[str] | None = None) -> None:
         trim_interval=args.trim_interval,
         busy_trim=None if args.busy_trim.lower() == "none" else args.busy_trim,
         mmap_threshold=args.mmap_threshold,
+        noop_middleware=args.noop_middleware,
     )
     ready = f"example service ({args.mode}) on http://{args.host}:{args.port} pid {os.getpid()}"
     web.run_app(
