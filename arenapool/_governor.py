@@ -508,9 +508,7 @@ class Governor:
                 pressure.full_avg10,
                 config.pressure_shed,
             )
-        elif (
-            self.shedding and not stalled and (self.soft_limit is None or level < self.soft_limit)
-        ):
+        elif self.shedding and not stalled and (self.soft_limit is None or level < self.soft_limit):
             self._stop_shedding(level)
 
         pressed = (
