@@ -20,8 +20,9 @@ when ``decay`` or ``retain`` is set). With the pool's lock held, the thread:
   as the class keeps its reserve). ``SlabPool.trim`` runs the same function on demand.
 - *Calibrate* (:func:`calibrate_locked`), every tick: each class's warm reserve becomes
   the median of the most blocks lent at once over the last ``CALIBRATION_WINDOWS``
-  ticks, never below what ``reserve=``/``prealloc=`` asked for. So the pool keeps warm
-  what the traffic needs now, and one burst does not pin its peak for good
+  ticks that lent anything, never below what ``reserve=``/``prealloc=`` asked for. So
+  the pool keeps warm what the traffic needs now, one burst does not pin its peak for
+  good, and a pause does not cool it; ``QUIET_WINDOWS`` ticks without a lend reset it
   (bytebufferpool recalibrates its sizes every 42,000 calls from a histogram of the
   sizes seen; Netty 4.2's adaptive allocator sizes its chunks from histograms).
 
