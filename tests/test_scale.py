@@ -215,3 +215,14 @@ async def test_multiprocess_metrics_sum_to_per_worker_figures(tmp_path: Path) ->
         checked += 1
     assert checked >= 20, sorted(per_worker)
     assert {"arenapool_container_limit_bytes", "arenapool_slab_lent_bytes"} <= set(families)
+    # every worker's slab pool carries the example service's name, so its figures add up
+    # per pool across workers (an unnamed pool would get a per-process "pool-<id>")
+    slab_pools = {
+        (s.labels["pool"], s.labels["pid"])
+        for n, f in per_worker.items()
+        if n.startswith(WORKER_PREFIX + "slab_")
+        for s in f.samples
+        if "pool" in s.labels
+    }
+    assert {"ingest"} == {pool for pool, _pid in slab_pools}
+    assert WORKERS == len(slab_pools)

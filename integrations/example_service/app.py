@@ -237,7 +237,11 @@ def make_app(
         import arenapool  # noqa: PLC0415
         import arenapool.aiohttp  # noqa: PLC0415
 
-        pool = arenapool.SlabPool(budget=budget, max_class="16MiB", decay=decay, retain=retain)
+        # named, so that every worker's pool carries the same label in the metrics
+        # (under gunicorn with PROMETHEUS_MULTIPROC_DIR they add up per pool)
+        pool = arenapool.SlabPool(
+            budget=budget, max_class="16MiB", decay=decay, retain=retain, name="ingest"
+        )
         governor_config = (
             arenapool.GovernorConfig(busy_trim_threshold=busy_trim, mmap_threshold=mmap_threshold)
             if governor
