@@ -366,12 +366,9 @@ async def read_into_arena(request: web.Request, state: RequestState) -> memoryvi
             # admission, and this one joins them before its first step, so it is judged
             # and refused, if hopeless, at once: issue 13): admit the whole declared
             # body and give it one allocation of its size, filled in place, no copy.
-            clock.stop()  # waiting to be admitted is not the sender being slow
-            ticket = await _budget(request, state, _admit(request, arena), declared)
+            ticket, clock = await _admit_whole(request, state, arena, clock, declared)
             token = current_ticket.set(ticket)
-            clock = BodyClock(request, state.config)
             size = cap
-            widen_read_ahead(content)
         else:
             size = min(cap, max(FIRST_STEP, buffered))
         view = await _budget(request, state, arena.alloc_async, size)
@@ -394,12 +391,9 @@ async def read_into_arena(request: web.Request, state: RequestState) -> memoryvi
                     # an admitted read can always finish (no hold-and-wait), and it then
                     # grows once, to its declared size, under the ticket
                     # (arenapool._admission; issue 13)
-                    clock.stop()  # waiting to be admitted is not the sender being slow
-                    ticket = await _budget(request, state, _admit(request, arena), declared)
+                    ticket, clock = await _admit_whole(request, state, arena, clock, declared)
                     token = current_ticket.set(ticket)
-                    clock = BodyClock(request, state.config)
                     size = cap
-                    widen_read_ahead(content)
                 else:  # no declared size: double (or take what is buffered, if more)
                     size = min(cap, max(size * 2, end + getattr(content, "_size", 0)))
                 # realloc gives the old block back at once
@@ -424,6 +418,26 @@ async def read_into_arena(request: web.Request, state: RequestState) -> memoryvi
         view = arena.realloc(view, filled)  # in place: gives the tail back to the arena
     state.counters.bytes_read += filled
     return view
+
+
+async def _admit_whole(
+    request: web.Request,
+    state: RequestState,
+    arena: _arena.Arena,
+    clock: BodyClock,
+    declared: int,
+) -> tuple[Ticket, BodyClock]:
+    """Admit a declared body as a whole (``SlabPool.admit``): the ticket, and the clock
+    that times the rest of its read.
+
+    ``clock`` is stopped while it waits (waiting to be admitted is not the sender being
+    slow) and a new one starts after; the admitted body's stream may then read ahead as
+    far as aiohttp's default (:func:`widen_read_ahead`).
+    """
+    clock.stop()
+    ticket = await _budget(request, state, _admit(request, arena), declared)
+    widen_read_ahead(request.content)
+    return ticket, BodyClock(request, state.config)
 
 
 def widen_read_ahead(content: StreamReader) -> None:
