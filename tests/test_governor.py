@@ -112,29 +112,22 @@ async def test_a_busy_trim_leaves_the_pools_warm_blocks_committed() -> None:
     """Under load a trim returns freed C heap but not the idle blocks the traffic reuses
     (their pages would only fault back in on the next requests); once idle, a trim
     returns those too. The pool's own counter says what it gave back."""
-    governor = Governor(
-        GovernorConfig(
-            interval=1,
-            idle_after=0,
-            use_cgroup=False,
-            busy_trim_threshold=0,  # always worth it: this test is about what it does
-            busy_trim_interval=1e-6,  # no back-off to wait out after the first trim
-        )
+    config = GovernorConfig(
+        interval=1,
+        idle_after=0,
+        use_cgroup=False,
+        busy_trim_threshold=0,  # always worth it: this test is about what it does
+        busy_trim_interval=1e-6,  # no back-off to wait out after the first trim
     )
     with SlabPool("64MiB", decay=10.0, retain=None) as pool:
         # no maintenance thread: its calibration would make the blocks a warm reserve
         pool._decay_thread = threading.current_thread()
-        governor._pools = [pool]
+        governor = Governor(config, pools=[pool])
+        await governor.trim()  # start from a trimmed heap
         blocks = [pool.lend(1 * MiB) for _ in range(8)]
         for block in blocks:
             assert block.view is not None
             block.view[:] = b"\x5a" * MiB  # commit every page
-        pool.give_back(blocks)
-        await governor.trim()  # start from a trimmed heap and a decommitted pool
-        blocks = [pool.lend(1 * MiB) for _ in range(8)]
-        for block in blocks:
-            assert block.view is not None
-            block.view[:] = b"\x5a" * MiB
         pool.give_back(blocks)
         returned_before = pool.stats()["returned_bytes"]
         governor.note_request_start()
