@@ -4,7 +4,8 @@
 - :func:`callgrind_map_next`: instructions a Python child runs inside ``map_next`` (the
   code under ``list(map(op, ...))``), counted by valgrind's callgrind;
 - :data:`EXAMPLE_SERVE`: a script that serves the example service in one handler mode,
-  with a no-op middleware added on request (for the "+noop" variants);
+  with its do-nothing middleware on request (``make_app(noop_middleware=True)``, for
+  the "+noop" variants);
 - :func:`check_answers`: every body of a deck once through the Python client, which must
   answer each one right;
 - :func:`print_json_line`: a result document as one compact JSON line, printed and
@@ -43,12 +44,7 @@ spec = importlib.util.spec_from_file_location("example_app", sys.argv[1])
 app_module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(app_module)
 mode, noop, port = sys.argv[2], sys.argv[3] == "1", int(sys.argv[4])
-app = app_module.make_app(mode)
-if noop:
-    @web.middleware
-    async def do_nothing(request, handler):
-        return await handler(request)
-    app.middlewares.append(do_nothing)
+app = app_module.make_app(mode, noop_middleware=noop)
 web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 """
 
