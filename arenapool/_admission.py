@@ -223,6 +223,9 @@ class Admission:
         self.admitted = 0
         self.unlent = 0
         self.queued = 0
+        #: the needs of declared bodies judged on arrival (:meth:`judge`) that have not
+        #: asked for their ticket yet: they will queue ahead of anything arriving now
+        self.pending = 0
         self.queue: deque[Ticket] = deque()
         self.shedding = False
         self._first_above: float | None = None
@@ -289,6 +292,30 @@ class Admission:
         self.queued += need
         self.waits += 1
         return ticket
+
+    def judge(self, need: int, timeout: float | None, within: float | None = None) -> Ticket | None:
+        """Judge a declared body on arrival, before it has sent enough to ask for its
+        ticket: the refused ticket if it cannot make its deadline, else ``None`` (the
+        caller then adds ``need`` to :attr:`pending` until it asks :meth:`offer`).
+
+        What is ahead of it is everything queued and everything judged before it and
+        not yet queued (``pending``): those bodies ask for their tickets first. Nothing
+        is reserved, so a slow sender judged here holds no budget; a burst's hopeless
+        tail is refused as its heads arrive, not after a round of reading every body's
+        first step (measured on 2,048 x 4 MiB: refusals came 1.4 s after arrival).
+        """
+        now = self.clock()
+        ticket = Ticket(need, math.inf if timeout is None else now + max(0.0, timeout), now)
+        if within is not None:
+            ticket.done_by = now + max(0.0, within)
+        if need > self.budget:
+            return self._refuse(ticket, "too-large", now)
+        self._update_codel(now)
+        if self.shedding:
+            return self._refuse(ticket, "standing-queue", now)
+        if self._hopeless(ticket, self.queued + self.pending + need, now):
+            return self._refuse(ticket, "predicted", now)
+        return None
 
     def predict(self, bytes_needed: int) -> float | None:
         """Seconds until ``bytes_needed`` bytes fit (``None``: no rate known yet)."""
@@ -393,6 +420,7 @@ class Admission:
             "reserved_bytes": self.unlent,
             "queued": len(self.queue),
             "queued_bytes": self.queued,
+            "pending_bytes": self.pending,
             "return_rate": self.rate.value,
             "rate_samples": self.rate.samples,
             "shedding": self.shedding,

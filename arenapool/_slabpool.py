@@ -323,6 +323,30 @@ class SlabPool:
         self._check_open()  # cancelled by close()
         raise self._refused(ticket, nbytes)
 
+    def expect(
+        self, nbytes: int, *, timeout: float | None = None, within: float | None = None
+    ) -> int:
+        """Judge a declared body of ``nbytes`` as it arrives, before its first step.
+
+        Raises :class:`BudgetExhausted` at once when it could not be admitted in time
+        (``Admission.judge``: everything queued and everything expected before it goes
+        first); else counts it as expected, and returns the amount to hand back to
+        :meth:`unexpect` when it asks :meth:`admit` or ends. Reserves nothing.
+        """
+        size = self._check_request(nbytes)
+        need = min(self.budget, size + size // 2)  # as admit() will ask
+        with self._lock:
+            refused = self._admission.judge(need, timeout, within)
+            if refused is None:
+                self._admission.pending += need
+                return need
+        raise self._refused(refused, nbytes)
+
+    def unexpect(self, need: int) -> None:
+        """An expected body (:meth:`expect`) asked for its ticket, or ended."""
+        with self._lock:
+            self._admission.pending -= need
+
     def finish(self, ticket: Ticket) -> None:
         """End ``ticket`` (its body is read, or its client left); idempotent."""
         with self._lock:

@@ -15,15 +15,21 @@ Two scenarios of issue 13, each against a fresh example service (one process, on
   second, and MiB/s). Run twice: ``shed`` as is (the server plans against its own 30 s
   ``queue_timeout``), and ``shed-deadline`` with the client's 10 s announced the way
   Envoy announces its route timeout (``x-envoy-expected-rq-timeout-ms: 10000``).
+  Beside them runs ``refuse-floor`` (``benchmarks/refuser.py``): aiohttp answering every
+  POST with 503 without looking at it. 2,048 heads that arrive together are answered
+  one after another by one event loop, so its 503 latency is the least any aiohttp
+  server reaches here; arenapool's is reported against it (``refusal_vs_floor``).
 
-The client is this process (raw asyncio sockets, :mod:`harness.burst`); each server
-runs in its own process. The baseline is the orjson service without a budget, the same
+The client is this process (raw non-blocking sockets, :mod:`harness.burst`); the
+latency is from the head handed to the kernel to the answer's arrival in the client's
+socket (kernel receive timestamps), so a client busy sending does not inflate it. Each
+server runs in its own process. The baseline is the orjson service without a budget, the same
 decoder without arenapool. Without a budget, 2,048 bodies of 4 MiB grow past 10 GiB, so
 every server runs in a memory cgroup of ``--cap`` (4 GiB; root only, else uncapped) and
 its OOM kills are reported.
 
 Usage: python benchmarks/burst.py [--runs 3] [--scenario all|serve|shed|shed-deadline]
-       [--modes arenapool,orjson]
+       [--modes arenapool,orjson,refuse-floor]
 Prints a table and one JSON line per scenario.
 """
 
@@ -46,7 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from arenapool import parse_size
 from harness import cgroup
 from harness.burst import burst, summarize
-from harness.modes import resolve_modes
+from harness.modes import Mode, resolve_modes
 from harness.rss import RssSampler
 from harness.server import Server
 from harness.workload import make_body
@@ -57,6 +63,13 @@ BUDGET = "256MiB"
 SERVE = {"count": 256, "timeout": 60.0}
 SHED = {"count": 2048, "timeout": 10.0}
 DEADLINE = (("x-envoy-expected-rq-timeout-ms", "10000"),)
+#: the floor of a refusal's latency: aiohttp answering every POST 503 without looking
+FLOOR = Mode(
+    "refuse-floor",
+    "refuse",
+    "aiohttp answering every POST with 503 unread (benchmarks/refuser.py)",
+    app="benchmarks/refuser.py",
+)
 
 
 def _raise_fd_limit(need: int) -> None:
@@ -93,7 +106,10 @@ async def _scenario(server: Server, name: str) -> dict[str, Any]:
 
 
 def _run(mode_name: str, scenario: str, cap: int) -> dict[str, Any]:
-    (mode,), _notes = resolve_modes([mode_name])
+    if mode_name == FLOOR.name:
+        mode = FLOOR
+    else:
+        (mode,), _notes = resolve_modes([mode_name])
     group = cgroup.MemoryCgroup(cap) if cgroup.unavailable() is None else None
     try:
         with Server(mode, budget=BUDGET, limit="8MiB", startup_timeout=60.0) as server:
@@ -155,6 +171,12 @@ def _table(scenario: str, results: dict[str, list[dict[str, Any]]]) -> dict[str,
             summary["peak_rss_ratio"] = round(ours["rss_peak_mib"] / base["rss_peak_mib"], 3)
         if base["goodput_rps"] and ours["goodput_rps"]:
             summary["goodput_ratio"] = round(ours["goodput_rps"] / base["goodput_rps"], 3)
+    if FLOOR.name in summary["runs"] and "arenapool" in summary["runs"]:
+        floor = summary["runs"][FLOOR.name]["median"]["p50_503"]
+        ours_503 = summary["runs"]["arenapool"]["median"]["p50_503"]
+        if floor and ours_503:
+            summary["refusal_vs_floor"] = round(ours_503 / floor, 3)
+            print(f"arenapool's 503 p50 / the floor's: {summary['refusal_vs_floor']}x")
     return summary
 
 
@@ -164,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--scenario", choices=("all", "serve", "shed", "shed-deadline"), default="all"
     )
-    parser.add_argument("--modes", default="arenapool,orjson")
+    parser.add_argument("--modes", default=f"arenapool,orjson,{FLOOR.name}")
     parser.add_argument("--cap", default="4GiB", help="memory cgroup limit per server")
     args = parser.parse_args(argv)
     _raise_fd_limit(2 * SHED["count"] + 256)
@@ -172,9 +194,11 @@ def main(argv: list[str] | None = None) -> int:
     modes = [m for m in args.modes.split(",") if m]
     started = time.monotonic()
     for scenario in scenarios:
-        results: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+        # the floor refuses everything: it has nothing to say about serving a burst
+        here = [m for m in modes if not (scenario == "serve" and m == FLOOR.name)]
+        results: dict[str, list[dict[str, Any]]] = {m: [] for m in here}
         for _ in range(args.runs):
-            for mode in modes:  # interleaved, so drift in machine load hits both
+            for mode in here:  # interleaved, so drift in machine load hits both
                 results[mode].append(_run(mode, scenario, parse_size(args.cap)))
         summary = _table(scenario, results)
         summary["seconds"] = round(time.monotonic() - started, 1)

@@ -79,6 +79,7 @@ class Mode:
     args: tuple[str, ...] = ()  # extra options for the example service
     gunicorn_max_requests: int | None = None  # run under gunicorn, recycling workers
     unavailable: str | None = None  # why it cannot run here, or None
+    app: str | None = None  # another app than the example service (path from the root)
 
 
 def _trim_mode(service: str, description: str) -> Mode:

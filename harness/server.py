@@ -188,7 +188,7 @@ class Server:
         return cmd
 
     def start(self) -> Server:
-        app = find_example_service()
+        app = ROOT / self.mode.app if self.mode.app else find_example_service()
         env = service_env(self.mode.env)
         env.pop("ARENAPOOL_ADMIN_TOKEN", None)
         log_dir = self._log_dir or Path(tempfile.gettempdir())

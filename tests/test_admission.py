@@ -157,6 +157,39 @@ def test_whole_request_deadline_counts_everything_ahead() -> None:
     assert [0.8, 1.2] == [pytest.approx(v.predicted_wait) for v in verdicts[:2]]  # admitted
 
 
+def test_arrivals_are_judged_behind_the_bodies_expected_before_them() -> None:
+    """A declared body judged as it arrives (``judge``) counts the bodies judged before
+    it that have not asked for their tickets yet (``pending``): a burst's tail is refused
+    as its heads arrive. Nothing is reserved by a judgement."""
+    sim = Sim(16 * MiB)
+    sim.warm(every=0.4)  # 10 MiB/s
+    admission = sim.admission
+    verdicts = []
+    for _ in range(6):
+        refused = admission.judge(4 * MiB, 1.0)
+        verdicts.append(refused)
+        if refused is None:
+            admission.pending += 4 * MiB
+    # 16 MiB free: the first four fit; the fifth and sixth are 4 and 8 MiB short, at
+    # 10 MiB/s 0.4 s and 0.8 s, inside the 1 s timeout; the seventh is 12 MiB short: 1.2 s
+    assert [None] * 6 == verdicts
+    seventh = admission.judge(4 * MiB, 1.0)
+    assert seventh is not None
+    assert (TicketState.REFUSED, "predicted") == (seventh.state, seventh.reason)
+    assert (0, 0) == (admission.unlent, admission.queued)  # judged, nothing reserved
+
+
+def test_judging_without_a_rate_refuses_only_the_impossible() -> None:
+    """A cold pool knows no rate: every arrival goes on to its first step, except one
+    larger than the whole budget."""
+    admission = Admission(16 * MiB, clock=lambda: 100.0)
+    admission.pending = 1024 * MiB
+    assert admission.judge(4 * MiB, 1.0) is None
+    too_large = admission.judge(32 * MiB, 1.0)
+    assert too_large is not None
+    assert "too-large" == too_large.reason
+
+
 def test_refused_ticket_carries_retry_after_of_the_drain() -> None:
     """Retry-After is when the queue ahead of it should have drained, at least 1 s."""
     sim = Sim(16 * MiB)
@@ -349,6 +382,20 @@ async def test_burst_of_growing_bodies_all_finish(make_pool: Callable[..., SlabP
         stats["admission"]["reserved_bytes"],
         stats["admission"]["queued"],
     )
+
+
+async def test_expect_counts_until_unexpected(make_pool: Callable[..., SlabPool]) -> None:
+    """``SlabPool.expect`` counts a judged body as pending (what ``admit`` will ask for
+    it) until ``unexpect``; one larger than the budget is refused at once."""
+    pool = make_pool("32MiB")
+    need = pool.expect(4 * MiB, timeout=1.0)
+    assert need >= 4 * MiB
+    assert need == pool.stats()["admission"]["pending_bytes"]
+    pool.unexpect(need)
+    assert 0 == pool.stats()["admission"]["pending_bytes"]
+    with pytest.raises(BudgetExhausted):
+        pool.expect(64 * MiB, timeout=1.0)
+    assert 0 == pool.stats()["admission"]["pending_bytes"]
 
 
 async def test_room_kept_for_a_ticket_is_not_lent_to_others(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -163,6 +164,77 @@ async def test_declared_oversize_is_413_before_the_handler_runs(
     assert [] == calls
     assert 0 == pool.stats()["high_water_lent_bytes"]
     assert 1 == app[ROUTE_STATS_KEY].snapshot()["POST /up"]["status_413"]
+
+
+def _post_whole_then_read(port: int, path: str, body_size: int) -> tuple[bytes, int]:
+    """What ``requests`` does: send the head and the whole body, then read the answer.
+    Blocking, in a thread; (the answer's head and body, bytes sent)."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {body_size}\r\n\r\n"
+    ).encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(head)
+        sock.sendall(b" " * body_size)  # would stall for ever if the server stopped reading
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        head_end = answer.index(b"\r\n\r\n") + 4
+        length = int(re.search(rb"(?i)content-length: *(\d+)", answer[:head_end]).group(1))
+        while len(answer) < head_end + length:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            answer += chunk
+        return answer, len(head) + body_size
+
+
+async def test_a_refused_body_sent_whole_still_gets_its_answer(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """A client that sends all of a refused body before reading (``requests`` does) gets
+    the 413, not a reset: the rest is read and dropped unparsed (no lingering parse),
+    and the connection is not kept for another request."""
+    app = web.Application()
+    setup(app, pool, limit="64KiB")
+    app.router.add_post("/raw", _raw_handler)
+    client = await aiohttp_client(app)
+    port = client.server.port
+    assert port is not None
+    answer, _sent = await asyncio.to_thread(_post_whole_then_read, port, "/raw", 8 * 1024 * 1024)
+    assert answer.startswith(b"HTTP/1.1 413 ")
+    assert b"connection: close" in answer.lower()
+    assert b'"body_too_large"' in answer
+
+
+async def test_a_body_larger_than_the_budget_is_refused_before_it_is_sent(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """A declared body that could never be admitted (larger than the whole budget, within
+    the limit) is refused on its head: the client that has sent nothing else gets 503
+    at once, not after its first step of body (issue 13: judged as it arrives)."""
+    with SlabPool("256KiB", max_class="256KiB", decay=None) as small:
+        app = web.Application()
+        setup(app, small, limit="1MiB")
+        app.router.add_post("/raw", _raw_handler)
+        client = await aiohttp_client(app)
+        port = client.server.port
+        assert port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /raw HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 524288\r\n\r\n"
+        )  # the head only: a server that waits for body bytes never answers
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 30)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        writer.close()
+        assert status_line.startswith(b"HTTP/1.1 503 ")
+        assert b"retry-after:" in head.lower()
+        assert 0 == small.stats()["high_water_lent_bytes"]
 
 
 async def test_chunked_overflow_is_413(aiohttp_client: ClientFactory, pool: SlabPool) -> None:

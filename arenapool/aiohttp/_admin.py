@@ -68,7 +68,7 @@ from .._trace import Tracer, TraceRateLimited, TraceUnavailable
 from .._units import format_size
 from ._admit import admit
 from ._config import ROUTE_STATS_KEY
-from ._responses import ADMIN_MARK, error_response
+from ._responses import ADMIN_MARK, close_unread, error_response
 
 if TYPE_CHECKING:
     from .._slabpool import SlabPool
@@ -455,6 +455,9 @@ def dump_shedding(governor: Governor, routes: Any) -> None:
 def shed_response(governor: Governor, request: web.Request | None = None) -> web.Response:
     """The 503 ``overloaded`` answer while ``governor.shedding`` (counts the shed).
 
+    A request whose body is not read yet is answered without reading it
+    (:func:`~arenapool.aiohttp._responses.close_unread`).
+
     The first shed of each episode also logs :func:`dump_shedding`'s line (the
     breakdown costs a few milliseconds, once per episode).
     """
@@ -471,12 +474,15 @@ def shed_response(governor: Governor, request: web.Request | None = None) -> web
         if rss is not None and hard is not None
         else ""
     )
-    return error_response(
+    response = error_response(
         "overloaded",
         f"the server is shedding load while its memory is high{where}; "
         f"retry after {governor.retry_after:g} s",
         retry_after=governor.retry_after,
     )
+    if request is not None and request.body_exists and not request.content.at_eof():
+        close_unread(request, response)  # refused unread: do not read the rest
+    return response
 
 
 def governor_middleware(governor: Governor) -> Middleware:

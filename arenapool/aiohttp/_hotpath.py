@@ -22,7 +22,9 @@ in place; otherwise :data:`FIRST_STEP`, grown with ``Arena.realloc_async`` as by
 arrive: once, to the declared size, after admission; for a body of no declared size,
 to twice the size or to what is buffered if that is more, never past the limit. A
 connection that has sent less than :data:`FIRST_STEP` holds that step and no
-admission: slow senders cannot hold the budget.
+admission: slow senders cannot hold the budget. Before that step a declared body is
+judged (``SlabPool.expect``): behind what is queued and what arrived before it, if it
+cannot make its deadline it is refused on its head, before a byte of it is read.
 Chunks aiohttp has already buffered are copied without an ``await`` each; the loop
 awaits only when the buffer is empty. Every read is bounded by :class:`BodyClock`:
 a deadline (``body_timeout``) and a minimum rate after a grace period
@@ -63,7 +65,7 @@ from .._units import format_size
 from ._admit import admit
 from ._config import ArenaConfig, RouteStats
 from ._request import ARENA_KEY, RequestState, require_state
-from ._responses import answer_error, detach_body
+from ._responses import answer_error, close_unread, detach_body
 
 _current = _arena._current
 _loads = orjson.loads
@@ -144,7 +146,7 @@ async def serve(
         if type(response) is not web.Response or type(response._body) is not bytes:
             detach_body(response, route)
         if limited and not request.content.is_eof():
-            unread_rest(request, response)
+            close_unread(request, response)
         return response
     finally:
         state.request = None  # the request holds the state: break the cycle (and: served)
@@ -184,17 +186,6 @@ def limit_stream(request: web.Request, limit: int) -> bool:
         cls = _LIMITED[limit] = _limited_class(limit)
     content.__class__ = cls
     return True
-
-
-def unread_rest(request: web.Request, response: web.StreamResponse) -> None:
-    """The handler answered without reading a chunked or coded body to its end: close
-    the connection after the answer instead of letting aiohttp read and discard the
-    rest (its lingering read would meet the limit or a bad coding and log that as an
-    unhandled error; and a connection whose body was not read cannot go on anyway)."""
-    response.force_close()
-    protocol = request.protocol
-    if protocol is not None and hasattr(protocol, "_force_close"):
-        protocol._force_close = True
 
 
 def _limited_class(limit: int) -> type[StreamReader]:
@@ -357,6 +348,7 @@ async def read_into_arena(request: web.Request, state: RequestState) -> memoryvi
     view: memoryview | None = None
     filled = 0
     ticket = token = None
+    expected = 0
     try:
         buffered = getattr(content, "_size", 0)
         if buffered >= cap:
@@ -371,6 +363,11 @@ async def read_into_arena(request: web.Request, state: RequestState) -> memoryvi
             size = cap
         else:
             size = min(cap, max(FIRST_STEP, buffered))
+            if size < cap:
+                # judged as it arrives (it will ask for its ticket when it outgrows the
+                # step): one that cannot make its deadline behind the bodies queued and
+                # expected before it is refused now, before a byte of it is read
+                expected = _expect(request, state, arena, cap)
         view = await _budget(request, state, arena.alloc_async, size)
         while True:
             if _SYNC_DRAIN and content._buffer:
@@ -387,6 +384,9 @@ async def read_into_arena(request: web.Request, state: RequestState) -> memoryvi
                     # (a declared body past its length: the parser bounds it; be sure)
                     raise too_large(end, arena.limit, declared=False, used=arena.used)
                 if declared is not None:
+                    if expected:
+                        arena.pool.unexpect(expected)
+                        expected = 0
                     # admit the whole declared body before it grows past its first step:
                     # an admitted read can always finish (no hold-and-wait), and it then
                     # grows once, to its declared size, under the ticket
@@ -406,6 +406,8 @@ async def read_into_arena(request: web.Request, state: RequestState) -> memoryvi
         raise bad_payload(request, exc) from exc
     finally:
         clock.stop()
+        if expected:
+            arena.pool.unexpect(expected)
         if token is not None:
             current_ticket.reset(token)
         if ticket is not None:
@@ -492,6 +494,15 @@ async def _budget(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, ArenaPoolError):
                 await task
+
+
+def _expect(request: web.Request, state: RequestState, arena: _arena.Arena, declared: int) -> int:
+    """``pool.expect`` for a declared body about to take its first step, with the
+    request's deadlines (``queue_timeout``, a proxy's own timeout)."""
+    hint = request.headers.get("x-envoy-expected-rq-timeout-ms", "")
+    within = int(hint) / 1000.0 if hint.isdigit() else None
+    timeout = _queue_deadline(request, state.config.queue_timeout)
+    return arena.pool.expect(declared, timeout=timeout, within=within)
 
 
 def _admit(request: web.Request, arena: _arena.Arena) -> Callable[..., Awaitable[Ticket]]:

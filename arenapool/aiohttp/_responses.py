@@ -14,6 +14,7 @@ those two, and :data:`ERROR_CODES` is derived from them.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from collections.abc import Mapping
@@ -43,6 +44,7 @@ __all__ = [
     "ADMIN_MARK",
     "ERROR_CODES",
     "answer_error",
+    "close_unread",
     "detach_body",
     "error_response",
     "json_response",
@@ -163,16 +165,38 @@ def answer_error(request: web.Request, exc: ArenaPoolError, counters: Any) -> we
     if status == 503 and request.body_exists and not request.content.at_eof():
         unread = True  # a refused burst: reading the rest would cost the served ones CPU
     if unread or (status == 413 and request.body_exists):
-        # the body is not read to its end: do not keep the connection for another request
-        response.force_close()
-        if request.content.exception() is not None:
-            # the stream failed (limit, deadline, bad coding): aiohttp's lingering read
-            # of the unread rest would raise that again and log it as unhandled; closing
-            # after the answer is what it would do at the end of the lingering anyway
-            protocol = request.protocol
-            if protocol is not None and hasattr(protocol, "_force_close"):
-                protocol._force_close = True
+        close_unread(request, response)
     return response
+
+
+def close_unread(request: web.Request, response: web.StreamResponse) -> None:
+    """The answer was given without reading the body to its end: close the connection
+    after it, discarding the rest of the body as it comes, unparsed.
+
+    aiohttp's lingering close would read the rest through its HTTP parser and body
+    stream for up to ``lingering_time`` (10 s): 4 MiB per refused body, parsed and
+    copied, the CPU a burst's served bodies need (issue 13). Instead the protocol is
+    told to close (its ``data_received`` then drops what arrives, one ``recv`` and no
+    parsing), the answer goes out with ``Connection: close``, and the connection ends
+    when the client closes it, or after ``lingering_time`` at the latest. A client that
+    sends its whole body before reading the answer (``requests`` does) still gets the
+    answer: the socket is read, so the send finishes, and nothing resets it first.
+    """
+    response.force_close()
+    protocol = request.protocol
+    if protocol is None or not hasattr(protocol, "_force_close"):
+        return
+    protocol._force_close = True  # no lingering read; arriving bytes are dropped
+    transport = request.transport
+    if transport is None or transport.is_closing():
+        return
+    # the body stream may have paused the socket (its buffer at the high-water mark);
+    # nobody reads that stream now, so nothing else would resume it
+    resume = getattr(protocol, "resume_reading", None)
+    if resume is not None:
+        resume()
+    linger = getattr(protocol, "_lingering_time", 10.0) or 10.0
+    asyncio.get_running_loop().call_later(linger, transport.close)
 
 
 def detach_body(response: web.StreamResponse, route: str) -> None:
