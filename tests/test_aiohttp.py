@@ -192,18 +192,25 @@ def _post_whole_then_read(port: int, path: str, body_size: int) -> tuple[bytes, 
         return answer, len(head) + body_size
 
 
+async def _raw_server(aiohttp_client: ClientFactory, pool: SlabPool, limit: str) -> int:
+    """A server with arenapool's ``setup(limit=)`` and POST /raw (echoes the body read
+    into the arena); its port."""
+    app = web.Application()
+    setup(app, pool, limit=limit)
+    app.router.add_post("/raw", _raw_handler)
+    client = await aiohttp_client(app)
+    port = client.server.port
+    assert port is not None
+    return port
+
+
 async def test_a_refused_body_sent_whole_still_gets_its_answer(
     aiohttp_client: ClientFactory, pool: SlabPool
 ) -> None:
     """A client that sends all of a refused body before reading (``requests`` does) gets
     the 413, not a reset: the rest is read and dropped unparsed (no lingering parse),
     and the connection is not kept for another request."""
-    app = web.Application()
-    setup(app, pool, limit="64KiB")
-    app.router.add_post("/raw", _raw_handler)
-    client = await aiohttp_client(app)
-    port = client.server.port
-    assert port is not None
+    port = await _raw_server(aiohttp_client, pool, "64KiB")
     answer, _sent = await asyncio.to_thread(_post_whole_then_read, port, "/raw", 8 * 1024 * 1024)
     assert answer.startswith(b"HTTP/1.1 413 ")
     assert b"connection: close" in answer.lower()
@@ -217,12 +224,7 @@ async def test_a_body_larger_than_the_budget_is_refused_before_it_is_sent(
     the limit) is refused on its head: the client that has sent nothing else gets 503
     at once, not after its first step of body (issue 13: judged as it arrives)."""
     with SlabPool("256KiB", max_class="256KiB", decay=None) as small:
-        app = web.Application()
-        setup(app, small, limit="1MiB")
-        app.router.add_post("/raw", _raw_handler)
-        client = await aiohttp_client(app)
-        port = client.server.port
-        assert port is not None
+        port = await _raw_server(aiohttp_client, small, "1MiB")
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(
             b"POST /raw HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
