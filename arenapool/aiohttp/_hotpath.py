@@ -41,7 +41,7 @@ import asyncio
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from aiohttp import web
@@ -66,6 +66,9 @@ from ._admit import admit
 from ._config import ArenaConfig, RouteStats
 from ._request import ARENA_KEY, RequestState, require_state
 from ._responses import answer_error, close_unread, detach_body
+
+if TYPE_CHECKING:
+    from .._slabpool import SlabPool
 
 _current = _arena._current
 _loads = orjson.loads
@@ -333,22 +336,38 @@ async def read_inline(request: web.Request, state: RequestState, declared: int) 
 
 async def read_into_arena(request: web.Request, state: RequestState) -> memoryview:
     """The body in the request's arena: the one dispatcher of ``read_body``."""
-    arena = state.arena
     if not request.body_exists:
         return memoryview(b"")
     declared = state.declared
     if declared == 0:
         return memoryview(b"")
-    room = arena.limit - arena.used
-    if declared is not None and declared > room:
-        raise too_large(declared, arena.limit, declared=True, used=arena.used)
-    cap = room if declared is None else declared
     content = request.content
+    expected = 0
+    if (
+        declared is not None
+        and FIRST_STEP < declared <= state.limit
+        and state._arena is None
+        and getattr(content, "_size", 0) < FIRST_STEP
+        and not state.config.pool.admitting()
+    ):
+        # it will take a first step and ask for its ticket when it outgrows it: judged
+        # now, from its head, one that cannot make its deadline behind the bodies queued
+        # and expected before it is refused before its arena, its clock or a byte of it
+        expected = _expect(request, state, state.config.pool, declared)
+    try:
+        arena = state.arena
+        room = arena.limit - arena.used
+        if declared is not None and declared > room:
+            raise too_large(declared, arena.limit, declared=True, used=arena.used)
+    except BaseException:
+        if expected:
+            state.config.pool.unexpect(expected)
+        raise
+    cap = room if declared is None else declared
     clock = BodyClock(request, state.config)
     view: memoryview | None = None
     filled = 0
     ticket = token = None
-    expected = 0
     try:
         buffered = getattr(content, "_size", 0)
         if buffered >= cap:
@@ -363,11 +382,8 @@ async def read_into_arena(request: web.Request, state: RequestState) -> memoryvi
             size = cap
         else:
             size = min(cap, max(FIRST_STEP, buffered))
-            if size < cap:
-                # judged as it arrives (it will ask for its ticket when it outgrows the
-                # step): one that cannot make its deadline behind the bodies queued and
-                # expected before it is refused now, before a byte of it is read
-                expected = _expect(request, state, arena, cap)
+            if size < cap and not expected and declared is not None:
+                expected = _expect(request, state, arena.pool, cap)  # judged above if fresh
         view = await _budget(request, state, arena.alloc_async, size)
         while True:
             if _SYNC_DRAIN and content._buffer:
@@ -496,13 +512,13 @@ async def _budget(
                 await task
 
 
-def _expect(request: web.Request, state: RequestState, arena: _arena.Arena, declared: int) -> int:
+def _expect(request: web.Request, state: RequestState, pool: SlabPool, declared: int) -> int:
     """``pool.expect`` for a declared body about to take its first step, with the
     request's deadlines (``queue_timeout``, a proxy's own timeout)."""
     hint = request.headers.get("x-envoy-expected-rq-timeout-ms", "")
     within = int(hint) / 1000.0 if hint.isdigit() else None
     timeout = _queue_deadline(request, state.config.queue_timeout)
-    return arena.pool.expect(declared, timeout=timeout, within=within)
+    return pool.expect(declared, timeout=timeout, within=within)
 
 
 def _admit(request: web.Request, arena: _arena.Arena) -> Callable[..., Awaitable[Ticket]]:
