@@ -171,12 +171,22 @@ def _table(scenario: str, results: dict[str, list[dict[str, Any]]]) -> dict[str,
             summary["peak_rss_ratio"] = round(ours["rss_peak_mib"] / base["rss_peak_mib"], 3)
         if base["goodput_rps"] and ours["goodput_rps"]:
             summary["goodput_ratio"] = round(ours["goodput_rps"] / base["goodput_rps"], 3)
-    if FLOOR.name in summary["runs"] and "arenapool" in summary["runs"]:
-        floor = summary["runs"][FLOOR.name]["median"]["p50_503"]
-        ours_503 = summary["runs"]["arenapool"]["median"]["p50_503"]
-        if floor and ours_503:
-            summary["refusal_vs_floor"] = round(ours_503 / floor, 3)
-            print(f"arenapool's 503 p50 / the floor's: {summary['refusal_vs_floor']}x")
+    if FLOOR.name in results and "arenapool" in results:
+        # runs are interleaved: run i of each mode shared the machine's state of round i,
+        # so the ratio is taken within each round, then the median (as request_path does)
+        per_round = []
+        for ours_row, floor_row in zip(results["arenapool"], results[FLOOR.name], strict=True):
+            ours_503 = ours_row["outcomes"].get("503", {}).get("p50_ms")
+            floor_503 = floor_row["outcomes"].get("503", {}).get("p50_ms")
+            if ours_503 and floor_503:
+                per_round.append(round(ours_503 / floor_503, 3))
+        if per_round:
+            summary["refusal_vs_floor"] = round(statistics.median(per_round), 3)
+            summary["refusal_vs_floor_per_round"] = per_round
+            print(
+                f"arenapool's 503 p50 / the floor's, within each round: {per_round};"
+                f" median {summary['refusal_vs_floor']}x"
+            )
     return summary
 
 
