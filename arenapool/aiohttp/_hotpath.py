@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -494,22 +495,79 @@ async def _budget(
             raise
     state.counters.waits += 1
     task = asyncio.ensure_future(alloc(*args, timeout=timeout))
+    gone: asyncio.Future[None] = task.get_loop().create_future()
+    watch = _watch_for(task.get_loop())
+    watch.add(gone, request)
     try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL)
-            if done:
-                return task.result()
-            failed = request.content.exception()
-            if isinstance(failed, ArenaPoolError):  # the body clock ran out meanwhile
-                raise failed
-            if _client_gone(request):
-                msg = "client disconnected while waiting for memory budget"
-                raise ConnectionResetError(msg)
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        gone.result()  # raises why the wait ended: the body clock, or the client left
+        msg = "the wait for memory budget ended without a result"  # pragma: no cover
+        raise RuntimeError(msg)  # pragma: no cover
     finally:
+        watch.remove(gone)
+        if not gone.done():
+            gone.cancel()
+        elif not gone.cancelled():
+            gone.exception()  # retrieved: no "never retrieved" warning when both ended
         if not task.done():
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, ArenaPoolError):
                 await task
+
+
+class _DisconnectWatch:
+    """One timer for every request of a loop that waits for budget.
+
+    Each wait used to poll on its own every :data:`DISCONNECT_POLL` seconds, a timer
+    and a wake-up each: with hundreds queued in a burst, thousands of wake-ups a second
+    on the loop that must also read the admitted bodies and answer the refused ones.
+    Here one timer runs while anything waits, and fails the wait of a request whose
+    client has left (``ConnectionResetError``) or whose body clock ran out.
+    """
+
+    __slots__ = ("handle", "loop", "waiting")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.waiting: dict[asyncio.Future[None], web.Request] = {}
+        self.handle: asyncio.TimerHandle | None = None
+
+    def add(self, gone: asyncio.Future[None], request: web.Request) -> None:
+        self.waiting[gone] = request
+        if self.handle is None:
+            self.handle = self.loop.call_later(DISCONNECT_POLL, self._tick)
+
+    def remove(self, gone: asyncio.Future[None]) -> None:
+        self.waiting.pop(gone, None)
+
+    def _tick(self) -> None:
+        self.handle = None
+        for gone, request in list(self.waiting.items()):
+            if gone.done():
+                del self.waiting[gone]
+                continue
+            failed = request.content.exception()
+            if isinstance(failed, ArenaPoolError):  # the body clock ran out meanwhile
+                gone.set_exception(failed)
+            elif _client_gone(request):
+                msg = "client disconnected while waiting for memory budget"
+                gone.set_exception(ConnectionResetError(msg))
+        if self.waiting:
+            self.handle = self.loop.call_later(DISCONNECT_POLL, self._tick)
+
+
+_WATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _DisconnectWatch] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _watch_for(loop: asyncio.AbstractEventLoop) -> _DisconnectWatch:
+    watch = _WATCHES.get(loop)
+    if watch is None:
+        watch = _WATCHES[loop] = _DisconnectWatch(loop)
+    return watch
 
 
 def _expect(request: web.Request, state: RequestState, pool: SlabPool, declared: int) -> int:
