@@ -80,7 +80,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 #: the least a body read allocates before bytes arrive: what a slow sender may hold
 FIRST_STEP = 16 * 1024
-#: how often a budget wait checks whether its client is still there (seconds)
+#: how often the watch over budget waits checks that their clients are still there (s)
 DISCONNECT_POLL = 0.05
 
 #: aiohttp 3.14's own read-ahead (its ``read_bufsize`` default): what the stream of a
