@@ -15,9 +15,11 @@ those two, and :data:`ERROR_CODES` is derived from them.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -196,7 +198,21 @@ def close_unread(request: web.Request, response: web.StreamResponse) -> None:
     if resume is not None:
         resume()
     linger = getattr(protocol, "_lingering_time", 10.0) or 10.0
-    asyncio.get_running_loop().call_later(linger, transport.close)
+    try:  # the timer must not keep a closed connection alive for `linger` seconds
+        ref: Callable[[], asyncio.BaseTransport | None] = weakref.ref(transport)
+    except TypeError:  # a transport without weak references (uvloop's)
+        ref = functools.partial(_same, transport)
+    asyncio.get_running_loop().call_later(linger, _close_if_open, ref)
+
+
+def _same(transport: asyncio.BaseTransport) -> asyncio.BaseTransport:
+    return transport
+
+
+def _close_if_open(ref: Callable[[], asyncio.BaseTransport | None]) -> None:
+    transport = ref()
+    if transport is not None and not transport.is_closing():
+        transport.close()
 
 
 def detach_body(response: web.StreamResponse, route: str) -> None:
