@@ -342,27 +342,29 @@ async def read_into_arena(request: web.Request, state: RequestState) -> memoryvi
     declared = state.declared
     if declared == 0:
         return memoryview(b"")
+    made = state._arena  # the arena is made below, after the judgement, with this limit
+    used = 0 if made is None else made.used
+    room = state.limit - used
+    if declared is not None and declared > room:
+        raise too_large(declared, state.limit, declared=True, used=used)
     content = request.content
+    pool = state.config.pool
     expected = 0
     if (
         declared is not None
-        and FIRST_STEP < declared <= state.limit
-        and state._arena is None
+        and declared > FIRST_STEP
         and getattr(content, "_size", 0) < FIRST_STEP
-        and not state.config.pool.admitting()
+        and not pool.admitting()
     ):
         # it will take a first step and ask for its ticket when it outgrows it: judged
         # now, from its head, one that cannot make its deadline behind the bodies queued
         # and expected before it is refused before its arena, its clock or a byte of it
-        expected = _expect(request, state, state.config.pool, declared)
+        expected = _expect(request, state, pool, declared)
     try:
         arena = state.arena
-        room = arena.limit - arena.used
-        if declared is not None and declared > room:
-            raise too_large(declared, arena.limit, declared=True, used=arena.used)
     except BaseException:
         if expected:
-            state.config.pool.unexpect(expected)
+            pool.unexpect(expected)
         raise
     cap = room if declared is None else declared
     clock = BodyClock(request, state.config)
@@ -382,9 +384,7 @@ async def read_into_arena(request: web.Request, state: RequestState) -> memoryvi
             token = current_ticket.set(ticket)
             size = cap
         else:
-            size = min(cap, max(FIRST_STEP, buffered))
-            if size < cap and not expected and declared is not None:
-                expected = _expect(request, state, arena.pool, cap)  # judged above if fresh
+            size = min(cap, max(FIRST_STEP, buffered))  # (a declared one was judged above)
         view = await _budget(request, state, arena.alloc_async, size)
         while True:
             if _SYNC_DRAIN and content._buffer:
@@ -495,8 +495,9 @@ async def _budget(
             raise
     state.counters.waits += 1
     task = asyncio.ensure_future(alloc(*args, timeout=timeout))
-    gone: asyncio.Future[None] = task.get_loop().create_future()
-    watch = _watch_for(task.get_loop())
+    loop = task.get_loop()
+    gone: asyncio.Future[None] = loop.create_future()
+    watch = _watch_for(loop)
     watch.add(gone, request)
     try:
         await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
@@ -573,29 +574,32 @@ def _watch_for(loop: asyncio.AbstractEventLoop) -> _DisconnectWatch:
 def _expect(request: web.Request, state: RequestState, pool: SlabPool, declared: int) -> int:
     """``pool.expect`` for a declared body about to take its first step, with the
     request's deadlines (``queue_timeout``, a proxy's own timeout)."""
-    hint = request.headers.get("x-envoy-expected-rq-timeout-ms", "")
-    within = int(hint) / 1000.0 if hint.isdigit() else None
     timeout = _queue_deadline(request, state.config.queue_timeout)
-    return pool.expect(declared, timeout=timeout, within=within)
+    return pool.expect(declared, timeout=timeout, within=_proxy_timeout(request))
 
 
 def _admit(request: web.Request, arena: _arena.Arena) -> Callable[..., Awaitable[Ticket]]:
     """``pool.admit``, told the proxy's deadline for the whole request if there is one."""
-    hint = request.headers.get("x-envoy-expected-rq-timeout-ms", "")
-    if not hint.isdigit():
+    within = _proxy_timeout(request)
+    if within is None:
         return arena.pool.admit
-    return functools.partial(arena.pool.admit, within=int(hint) / 1000.0)
+    return functools.partial(arena.pool.admit, within=within)
 
 
 def _queue_deadline(request: web.Request, timeout: float | None) -> float | None:
-    """``queue_timeout``, lowered by a proxy's own timeout: Envoy tells upstreams its
-    route timeout in ``x-envoy-expected-rq-timeout-ms``; waiting past it is pointless
-    (the proxy has answered the client already). Issue 13."""
+    """``queue_timeout``, lowered by a proxy's own timeout (:func:`_proxy_timeout`):
+    waiting past it is pointless (the proxy has answered the client already)."""
+    seconds = _proxy_timeout(request)
+    if seconds is None:
+        return timeout
+    return seconds if timeout is None else min(timeout, seconds)
+
+
+def _proxy_timeout(request: web.Request) -> float | None:
+    """The proxy's timeout for the whole request, in seconds, if it sent one: Envoy
+    tells upstreams its route timeout in ``x-envoy-expected-rq-timeout-ms``. Issue 13."""
     hint = request.headers.get("x-envoy-expected-rq-timeout-ms", "")
-    if hint.isdigit():
-        seconds = int(hint) / 1000.0
-        return seconds if timeout is None else min(timeout, seconds)
-    return timeout
+    return int(hint) / 1000.0 if hint.isdigit() else None
 
 
 def _client_gone(request: web.Request) -> bool:
