@@ -290,11 +290,7 @@ class SlabPool:
         not likely to be done within that many seconds (a proxy's deadline for the whole
         request). Call :meth:`finish` on every path.
         """
-        size = self._check_request(nbytes)
-        # room for the body's last step while it still holds the one before (a growing
-        # block is copied, then the old one given back): up to half its size more, or
-        # admitted bodies all at their last step would wait for each other for ever
-        need = min(self.budget, size + size // 2)
+        need = self._admission_need(nbytes)
         loop = asyncio.get_running_loop()
         with self._lock:
             self._drain_pending()
@@ -333,8 +329,7 @@ class SlabPool:
         first); else counts it as expected, and returns the amount to hand back to
         :meth:`unexpect` when it asks :meth:`admit` or ends. Reserves nothing.
         """
-        size = self._check_request(nbytes)
-        need = min(self.budget, size + size // 2)  # as admit() will ask
+        need = self._admission_need(nbytes)  # as admit() will ask
         with self._lock:
             refused = self._admission.judge(need, timeout, within)
             if refused is None:
@@ -632,6 +627,14 @@ class SlabPool:
         return opened - closed, opened
 
     # -- internals (the lock is held where a name ends in _locked or says so) -----
+
+    def _admission_need(self, nbytes: int) -> int:
+        """What admitting a body of ``nbytes`` asks of the budget: its block, and room
+        for its last step while it still holds the one before (a growing block is
+        copied, then the old one given back): up to half its size more, or admitted
+        bodies all at their last step would wait for each other for ever."""
+        size = self._check_request(nbytes)
+        return min(self.budget, size + size // 2)
 
     def _check_request(self, nbytes: int) -> int:
         if isinstance(nbytes, bool) or not isinstance(nbytes, int):
