@@ -254,14 +254,18 @@ async def test_chunked_overflow_is_413(aiohttp_client: ClientFactory, pool: Slab
 
 
 async def hold_budget(
-    aiohttp_client: ClientFactory, pool: SlabPool, *, queue_timeout: float
+    aiohttp_client: ClientFactory,
+    pool: SlabPool,
+    *,
+    queue_timeout: float,
+    body_timeout: float | None = 60.0,
 ) -> tuple[web.Application, TestClient[Any, Any], asyncio.Event, asyncio.Task[Any]]:
     """An app whose /hold request keeps most of a 256 KiB budget until ``gate`` is set.
 
     Returns once the holder has read its body; /raw echoes a body read into the arena.
     """
     app = web.Application()
-    setup(app, pool, limit="256KiB", queue_timeout=queue_timeout)
+    setup(app, pool, limit="256KiB", queue_timeout=queue_timeout, body_timeout=body_timeout)
     gate = asyncio.Event()
     entered = asyncio.Event()
 
@@ -416,6 +420,31 @@ async def test_client_disconnect_while_waiting_for_budget(aiohttp_client: Client
         gate.set()
         assert 200 == (await holder).status
         await wait_idle(pool)
+
+
+async def test_body_clock_ends_a_wait_for_budget(aiohttp_client: ClientFactory) -> None:
+    """A sender that stalls while its first step waits for budget is cut off by its body
+    clock (408), not kept queued until queue_timeout: the one disconnect watch of the
+    loop ends the wait; the queue empties and the pool goes idle."""
+    with SlabPool("256KiB", max_class="256KiB", decay=None) as pool:
+        _app, client, gate, holder = await hold_budget(
+            aiohttp_client, pool, queue_timeout=30, body_timeout=0.3
+        )
+        reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+        writer.write(
+            b"POST /raw HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"q" * 1_000
+        )  # less than a first step, then nothing
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 30)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+        writer.close()
+        assert status_line.startswith(b"HTTP/1.1 408 ")
+        assert b"connection: close" in head.lower()
+        assert 0 == pool.stats()["waiting"]
+        gate.set()
+        assert 200 == (await holder).status
+        stats = await wait_idle(pool)
+        assert 0 == stats["admission"]["pending_bytes"]
 
 
 async def test_decorator_without_middleware(aiohttp_client: ClientFactory) -> None:
