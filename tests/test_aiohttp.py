@@ -192,6 +192,20 @@ def _post_whole_then_read(port: int, path: str, body_size: int) -> tuple[bytes, 
         return answer, len(head) + body_size
 
 
+async def _send_then_stall(port: int, data: bytes) -> tuple[bytes, bytes]:
+    """Send ``data`` (a head, perhaps part of its body), then nothing more; the answer's
+    status line and the rest of its head."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 30)
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+    finally:
+        writer.close()
+    return status_line, head
+
+
 async def _raw_server(aiohttp_client: ClientFactory, pool: SlabPool, limit: str) -> int:
     """A server with arenapool's ``setup(limit=)`` and POST /raw (echoes the body read
     into the arena); its port."""
@@ -225,15 +239,11 @@ async def test_a_body_larger_than_the_budget_is_refused_before_it_is_sent(
     at once, not after its first step of body (issue 13: judged as it arrives)."""
     with SlabPool("256KiB", max_class="256KiB", decay=None) as small:
         port = await _raw_server(aiohttp_client, small, "1MiB")
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(
+        status_line, head = await _send_then_stall(
+            port,
             b"POST /raw HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            b"Content-Length: 524288\r\n\r\n"
+            b"Content-Length: 524288\r\n\r\n",
         )  # the head only: a server that waits for body bytes never answers
-        await writer.drain()
-        status_line = await asyncio.wait_for(reader.readline(), 30)
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-        writer.close()
         assert status_line.startswith(b"HTTP/1.1 503 ")
         assert b"retry-after:" in head.lower()
         assert 0 == small.stats()["high_water_lent_bytes"]
@@ -430,14 +440,11 @@ async def test_body_clock_ends_a_wait_for_budget(aiohttp_client: ClientFactory) 
         _app, client, gate, holder = await hold_budget(
             aiohttp_client, pool, queue_timeout=30, body_timeout=0.3
         )
-        reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
-        writer.write(
-            b"POST /raw HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"q" * 1_000
+        assert client.server.port is not None
+        status_line, head = await _send_then_stall(
+            client.server.port,
+            b"POST /raw HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n" + b"q" * 1_000,
         )  # less than a first step, then nothing
-        await writer.drain()
-        status_line = await asyncio.wait_for(reader.readline(), 30)
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
-        writer.close()
         assert status_line.startswith(b"HTTP/1.1 408 ")
         assert b"connection: close" in head.lower()
         assert 0 == pool.stats()["waiting"]
