@@ -84,11 +84,13 @@ class _Receiver:
             self.stop()
             self.reader.set_exception(exc)
             return
-        for level, kind, raw in ancillary:
-            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= 16:
-                seconds, nanoseconds = _STAMP.unpack_from(raw)
-                self.arrived = seconds + nanoseconds / 1e9
         if data:
+            # the arrival of the answer's bytes; not of the FIN after them, which a server
+            # that closes seconds later sends (read late, it would stamp the answer late)
+            for level, kind, raw in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(raw) >= 16:
+                    seconds, nanoseconds = _STAMP.unpack_from(raw)
+                    self.arrived = seconds + nanoseconds / 1e9
             self.reader.feed_data(data)
         else:
             self.stop()

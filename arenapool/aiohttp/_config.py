@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiohttp import web
 
@@ -40,6 +40,34 @@ class ArenaConfig:
     #: is cut off with 408 (0: no minimum rate)
     body_min_rate: int = 1024
     body_grace: float = 10.0
+    #: (method, raw path) -> its route, for each route whose handler was seen reading
+    #: a large declared body through arenapool: those heads are judged on arrival by
+    #: their connection (``_heads``)
+    heads: dict[tuple[str, str], HeadRoute] = field(default_factory=dict, repr=False)
+
+
+#: the most (method, path) pairs an app remembers as read through arenapool; paths
+#: past it (an API of unbounded dynamic paths) are judged by the body read, as before
+KNOWN_PATHS = 1024
+
+
+class HeadRoute(NamedTuple):
+    """What a connection needs to judge a head for a route read through arenapool."""
+
+    limit: int
+    counters: RouteCounters
+    route: str
+
+
+def learn(
+    config: ArenaConfig, request: web.Request, limit: int, counters: RouteCounters, route: str
+) -> None:
+    """Note that the handler of ``request``'s method and path reads its body through
+    arenapool, with ``limit`` (``_heads`` judges those heads on arrival)."""
+    heads = config.heads
+    key = (request.method, request.rel_url.raw_path)
+    if key not in heads and len(heads) < KNOWN_PATHS:
+        heads[key] = HeadRoute(limit, counters, route)
 
 
 #: Upper bounds (bytes) of the per-route arena-bytes histogram: 4 KiB to 64 MiB by

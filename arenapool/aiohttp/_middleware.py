@@ -34,6 +34,7 @@ from ._config import (
     default_pool,
 )
 from ._expect import guard_expect, install_expect_guards
+from ._heads import install as install_heads
 from ._hotpath import serve
 from ._ready import install as install_ready
 from ._request import find_state, get_arena
@@ -62,6 +63,7 @@ def setup(
     close_pool: bool | None = None,
     admin: AdminConfig | bool = False,
     governor: Governor | GovernorConfig | bool | None = None,
+    refuse_on_head: bool = True,
 ) -> SlabPool:
     """Install arenapool in ``app`` and return its pool.
 
@@ -89,6 +91,11 @@ def setup(
         close_pool: close the pool on app cleanup (default: only a pool made here).
         admin: ``False``, or an ``AdminConfig`` to serve ``/_arenapool/`` routes.
         governor: ``None``, or a ``GovernorConfig``/``Governor`` to run with the app.
+        refuse_on_head: let the connection answer 413/503 for a large declared body on
+            a route known to read its body through arenapool as soon as its head
+            arrives, before aiohttp makes a request of it (``_heads``; a burst's
+            refusals then wait for no round of reading). Only for the app that is run,
+            not for a sub-app.
     """
     owned = pool is None
     if pool is None:
@@ -120,6 +127,8 @@ def setup(
     gov = config.governor = _make_governor(pool, governor)
     app.middlewares.append(arena_middleware(config, app[ROUTE_STATS_KEY]))
     install_ready(app, config)  # GET /_arenapool/ready, admin routes or not (issue 13)
+    if refuse_on_head:
+        install_heads(app, config)
     if admin:
         _setup_admin(app, pool, admin, gov)
     should_close = owned if close_pool is None else close_pool

@@ -28,6 +28,7 @@ class RequestState:
         "config",
         "counters",
         "declared",
+        "expected",
         "inline",
         "limit",
         "request",
@@ -54,6 +55,10 @@ class RequestState:
         self._arena: Arena | None = None
         self.body: memoryview | None = None
         self.inline: bytes | None = None
+        #: the body's need counted as expected when its head was judged (``SlabPool.
+        #: expect``, by the connection: ``_heads``), handed back by the body's read or
+        #: when the request ends
+        self.expected = 0
 
     def release(self, arena: Arena) -> None:
         """Release the request's arena, with the route's arena accounting."""

@@ -47,7 +47,10 @@ __all__ = [
     "ERROR_CODES",
     "answer_error",
     "close_unread",
+    "count_status",
     "detach_body",
+    "drop_unread",
+    "error_answer",
     "error_response",
     "json_response",
 ]
@@ -140,9 +143,27 @@ def answer_error(request: web.Request, exc: ArenaPoolError, counters: Any) -> we
     status = exc.status_hint
     if status == 500:
         raise exc
+    count_status(counters, status)
+    response = error_answer(exc)
+    unread = status == 408 or isinstance(exc, InvalidContentEncoding)
+    if status == 503 and request.body_exists and not request.content.at_eof():
+        unread = True  # a refused burst: reading the rest would cost the served ones CPU
+    if unread or (status == 413 and request.body_exists):
+        close_unread(request, response)
+    return response
+
+
+def count_status(counters: Any, status: int) -> None:
+    """Count an answer of ``status`` in a route's counters (``status_<code>``)."""
     field = f"status_{status}"
     if hasattr(counters, field):
         setattr(counters, field, getattr(counters, field) + 1)
+
+
+def error_answer(exc: ArenaPoolError) -> web.Response:
+    """The documented error shape for ``exc``: its code and status, and the fields of
+    its kind (``position`` ..., ``limit``, ``received``/``expected``, ``retry_after``)."""
+    status = exc.status_hint
     extra: dict[str, Any] = {}
     retry_after = None
     if isinstance(exc, InvalidJSON):
@@ -160,15 +181,7 @@ def answer_error(request: web.Request, exc: ArenaPoolError, counters: Any) -> we
         extra = {"limit": exc.limit}
     elif status in (429, 503):
         retry_after = getattr(exc, "retry_after", None) or 1.0
-    response = error_response(
-        exc.code, exc.message, status=status, retry_after=retry_after, **extra
-    )
-    unread = status == 408 or isinstance(exc, InvalidContentEncoding)
-    if status == 503 and request.body_exists and not request.content.at_eof():
-        unread = True  # a refused burst: reading the rest would cost the served ones CPU
-    if unread or (status == 413 and request.body_exists):
-        close_unread(request, response)
-    return response
+    return error_response(exc.code, exc.message, status=status, retry_after=retry_after, **extra)
 
 
 def close_unread(request: web.Request, response: web.StreamResponse) -> None:
@@ -188,8 +201,14 @@ def close_unread(request: web.Request, response: web.StreamResponse) -> None:
     protocol = request.protocol
     if protocol is None or not hasattr(protocol, "_force_close"):
         return
+    drop_unread(protocol, request.transport)
+
+
+def drop_unread(protocol: Any, transport: asyncio.BaseTransport | None) -> None:
+    """Have aiohttp's ``protocol`` drop what arrives, unparsed, and close ``transport``
+    when the client does or after ``lingering_time`` at the latest (:func:`close_unread`;
+    also the end of a connection refused on its head, ``arenapool.aiohttp._heads``)."""
     protocol._force_close = True  # no lingering read; arriving bytes are dropped
-    transport = request.transport
     if transport is None or transport.is_closing():
         return
     # the body stream may have paused the socket (its buffer at the high-water mark);

@@ -1,0 +1,216 @@
+"""Refusal on the head: a body that cannot be served is answered by its connection,
+before aiohttp makes a request of it.
+
+Theory of operation
+-------------------
+aiohttp reads every socket that is ready in one turn of the event loop, parsing each
+head and feeding the first piece of each body to its stream, and only in the next turn
+runs the handlers of those requests. A burst of 2,048 large bodies arriving at once
+therefore waits a whole round of reading before the first of them is answered, even by
+a handler that refuses without looking (measured: a median 503 of 150-320 ms on this
+machine's two cores, ``benchmarks/burst.py``'s ``refuse-floor``). The connection knows
+enough before that: the head.
+
+:func:`install` (called by ``setup(app)``, ``refuse_on_head=True``) has the app's server
+make :class:`HeadJudgingHandler` connections instead of aiohttp's ``RequestHandler``.
+When a head arrives on an idle connection (no request before it still queued or being
+served, so answers stay in order), and it declares a body larger than
+``FIRST_STEP`` (no chunking, no content coding) for a route whose handler is known to
+read its body through arenapool, the connection judges it at once, as the body read
+would (``SlabPool.expect``, the same deadlines): a body over the route's limit is
+answered 413, one that cannot be admitted in time 503 with ``Retry-After``, in the
+documented JSON shape, with ``Connection: close``; the rest of its body is dropped
+unread and the connection closed when the client does, or after ``lingering_time``
+(``_responses.drop_unread``). No request object, middleware or handler runs for it; the
+route's counters and the pool's refusals count it all the same.
+
+A body judged and found admissible is counted as expected (the pool's ``pending``), so
+the heads behind it in the same burst see it ahead of them; the request takes that
+count over when the middleware makes its state (``RequestState.expected``), and gives
+it back when its body asks for admission or the request ends. If no middleware takes
+it (an earlier middleware answered), the connection gives it back when its next head
+arrives or when it closes.
+
+"Known to read its body through arenapool": the body reader (``read_into_arena``)
+notes the method, path and limit of each route it reads a large declared body for
+(:data:`KNOWN_PATHS` per app, at most). A path never read that way is never judged on
+its head: a handler that streams its body elsewhere is not refused for a budget it
+does not use.
+"""
+
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_server import Server
+
+from .._errors import ArenaPoolError, BudgetExhausted
+from ._config import KNOWN_PATHS, HeadRoute, learn
+from ._hotpath import FIRST_STEP, expect_body, too_large
+from ._responses import count_status, drop_unread, error_answer
+
+if TYPE_CHECKING:
+    from .._slabpool import SlabPool
+    from ._config import ArenaConfig, RouteCounters
+
+__all__ = ["KNOWN_PATHS", "HeadJudgingHandler", "HeadRoute", "install", "learn"]
+
+
+class HeadJudgingHandler(RequestHandler):
+    """aiohttp's connection, judging large declared bodies on their heads (see the
+    module's docstring)."""
+
+    __slots__ = ("_arenapool", "_arenapool_expected")
+
+    def __init__(self, manager: Server, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._arenapool: ArenaConfig = manager._arenapool_config  # type: ignore[attr-defined]
+        #: (pool, need) of the head judged admissible, until its request takes it
+        self._arenapool_expected: tuple[SlabPool, int] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        waiter = self._waiter
+        if (
+            waiter is None  # a request is being served: this one is answered after it
+            or self._messages
+            or self._force_close
+            or not self._arenapool.heads
+        ):
+            super().data_received(data)
+            return
+        self._waiter = None  # parse, but wake the connection's task only if it serves
+        try:
+            super().data_received(data)
+        finally:
+            self._waiter = waiter
+        messages = self._messages
+        if not messages:
+            return
+        if len(messages) == 1 and self._refused(messages[0][0]):
+            messages.clear()  # its task keeps waiting, and ends when the connection does
+            return
+        if not waiter.done():
+            waiter.set_result(None)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._give_back()
+        super().connection_lost(exc)
+
+    def take_expected(self, pool: SlabPool) -> int:
+        """The need judged on this request's head, for its request to give back (0 if
+        none, or if it was judged by another pool: given back here)."""
+        held = self._arenapool_expected
+        if held is None:
+            return 0
+        self._arenapool_expected = None
+        if held[0] is pool:
+            return held[1]
+        held[0].unexpect(held[1])
+        return 0
+
+    def _give_back(self) -> None:
+        held = self._arenapool_expected
+        if held is not None:
+            self._arenapool_expected = None
+            held[0].unexpect(held[1])
+
+    def _refused(self, message: Any) -> bool:
+        """Judge ``message``'s head; True when it was answered here."""
+        self._give_back()  # a head before it that no request took
+        headers = getattr(message, "headers", None)  # None: a parse error's stand-in
+        if headers is None or message.chunked:
+            return False
+        length = headers.get("Content-Length")
+        if length is None or not length.isdigit() or "Content-Encoding" in headers:
+            return False
+        declared = int(length)
+        if declared <= FIRST_STEP:
+            return False
+        config = self._arenapool
+        route = config.heads.get((message.method, message.url.raw_path))
+        if route is None:
+            return False
+        error: ArenaPoolError
+        if declared > route.limit:
+            error = too_large(declared, route.limit, declared=True)
+        else:
+            pool = config.pool
+            try:
+                need = expect_body(pool, declared, config.queue_timeout, headers)
+            except BudgetExhausted as exc:
+                error = exc
+            else:
+                self._arenapool_expected = (pool, need)
+                return False
+        self._answer(error, route.counters)
+        return True
+
+    def _answer(self, error: ArenaPoolError, counters: RouteCounters) -> None:
+        counters.requests += 1
+        count_status(counters, error.status_hint)
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        transport.write(raw_answer(error_answer(error)))
+        drop_unread(self, transport)
+
+
+def raw_answer(response: web.Response) -> bytes:
+    """``response`` (bytes body) as HTTP/1.1 bytes, closing the connection."""
+    body = response.body
+    assert isinstance(body, bytes)
+    lines = [f"HTTP/1.1 {response.status} {response.reason}"]
+    lines.extend(f"{name}: {value}" for name, value in response.headers.items())
+    lines.append(f"Content-Length: {len(body)}")
+    lines.append(f"Date: {_date()}")
+    lines.append(f"Server: {SERVER_SOFTWARE}")
+    lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+_DATE: list[Any] = [0, ""]
+
+
+def _date() -> str:
+    now = int(time.time())
+    if _DATE[0] != now:
+        _DATE[0] = now
+        _DATE[1] = formatdate(now, usegmt=True)
+    return str(_DATE[1])
+
+
+class _HeadJudgingServer(Server):
+    """aiohttp's ``Server`` (the protocol factory), making :class:`HeadJudgingHandler`."""
+
+    def __call__(self) -> RequestHandler:
+        try:
+            return HeadJudgingHandler(self, loop=self._loop, **self._kwargs)
+        except TypeError:  # handler_args it does not take: aiohttp's own fallback
+            return super().__call__()
+
+
+def install(app: web.Application, config: ArenaConfig) -> None:
+    """Have the server that runs ``app`` (``AppRunner``, ``run_app``, gunicorn's
+    worker, the test server) make head-judging connections.
+
+    aiohttp has no setting for its connection class: the app's server factory
+    (``Application._make_handler``) is wrapped, on this app only, and the server it
+    makes gets this module's subclass, which changes nothing but the class it makes.
+    A sub-app's setup does not reach its parent's server: there the body read judges.
+    """
+    make = app._make_handler
+
+    def make_handler(**kwargs: Any) -> Server:
+        server = make(**kwargs)
+        if type(server) is Server:
+            server.__class__ = _HeadJudgingServer
+            server._arenapool_config = config  # type: ignore[attr-defined]
+        return server
+
+    # object.__setattr__: aiohttp's debug mode warns on attributes it does not list
+    object.__setattr__(app, "_make_handler", make_handler)

@@ -1,0 +1,265 @@
+"""Refusal on the head (``arenapool.aiohttp._heads``) and one large body per turn of the
+event loop (``_hotpath._Turns``), against real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from arenapool import SlabPool
+from arenapool.aiohttp import ROUTE_STATS_KEY, read_body, setup
+from arenapool.aiohttp._hotpath import TURN_MIN, _Turns
+from harness.http import read_body as read_answer_body
+from harness.http import read_head
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+KiB = 1024
+MiB = 1024 * KiB
+
+
+Gates = tuple[asyncio.Event, asyncio.Event]
+
+
+def head_app(pool: SlabPool, seen: list[str], **options: Any) -> tuple[web.Application, Gates]:
+    """An app whose first middleware notes every request aiohttp makes (``seen``), then
+    arenapool's; POST /raw reads its body through arenapool, POST /stream reads it
+    itself, POST /maybe reads it through arenapool only with ``?read=1``, after it has
+    set the first returned event and the second has been set."""
+    app = web.Application()
+    entered, proceed = asyncio.Event(), asyncio.Event()
+
+    @web.middleware
+    async def witness(request: web.Request, handler: Any) -> web.StreamResponse:
+        seen.append(request.path)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    app.middlewares.append(witness)
+    setup(app, pool, **options)
+
+    async def raw(request: web.Request) -> web.Response:
+        return web.json_response({"nbytes": len(await read_body(request))})
+
+    async def stream(request: web.Request) -> web.Response:
+        total = 0
+        async for chunk in request.content.iter_any():
+            total += len(chunk)
+        return web.json_response({"nbytes": total})
+
+    async def maybe(request: web.Request) -> web.Response:
+        entered.set()
+        await proceed.wait()
+        if request.query.get("read"):
+            return web.json_response({"nbytes": len(await read_body(request))})
+        return web.json_response({"nbytes": None})
+
+    app.router.add_post("/raw", raw)
+    app.router.add_post("/stream", stream)
+    app.router.add_post("/maybe", maybe)
+    return app, (entered, proceed)
+
+
+def request_head(path: str, length: int) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+async def answer_to_head(port: int, path: str, length: int) -> tuple[int, dict[str, str], Any]:
+    """Send a head declaring ``length`` body bytes and none of them; the answer (a server
+    that waits for the body never gives one: the test times out)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request_head(path, length))
+        await writer.drain()
+        status, headers = await asyncio.wait_for(read_head(reader), 30)
+        body = await asyncio.wait_for(read_answer_body(reader, headers), 30)
+    finally:
+        writer.close()
+    return status, headers, orjson.loads(body)
+
+
+def send_whole_then_read(port: int, path: str, length: int) -> bytes:
+    """Blocking, as ``requests`` does: the head and all of the body, then the answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request_head(path, length))
+        sock.sendall(b" " * length)  # stalls for ever if the server stops reading
+        answer = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return answer
+            answer += chunk
+            match = re.search(rb"(?i)content-length: *(\d+)\r\n", answer)
+            end = answer.find(b"\r\n\r\n")
+            if match and end >= 0 and len(answer) >= end + 4 + int(match.group(1)):
+                return answer
+
+
+def route(app: web.Application, name: str) -> dict[str, int]:
+    return app[ROUTE_STATS_KEY].snapshot()[name]
+
+
+async def test_a_hopeless_body_is_refused_by_its_connection_once_its_route_is_known(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """A declared body larger than the whole budget gets 503 + Retry-After either way;
+    the first time from the body read (the route's middlewares and handler run), and
+    from then on from its connection, on its head: no request is made of it, nothing
+    is lent, and the route still counts it."""
+    seen: list[str] = []
+    with SlabPool("256KiB", max_class="256KiB", decay=None) as pool:
+        app, _ = head_app(pool, seen, limit="1MiB")
+        client = await aiohttp_client(app)
+        port = client.server.port
+        first = await answer_to_head(port, "/raw", 512 * KiB)
+        second = await answer_to_head(port, "/raw", 512 * KiB)
+        for status, headers, payload in (first, second):
+            assert (503, "budget_exhausted") == (status, payload["error"])
+            assert int(headers["retry-after"]) >= 1
+            assert payload["retry_after"] == int(headers["retry-after"])
+        assert "close" == second[1]["connection"].lower()
+        assert ["/raw"] == seen  # the second never became a request
+        counts = route(app, "POST /raw")
+        assert (2, 2) == (counts["requests"], counts["status_503"])
+        stats = pool.stats()
+        assert (0, 0) == (stats["high_water_lent_bytes"], stats["admission"]["pending_bytes"])
+        response = await client.post("/raw", data=b"x" * 100_000)  # the route still serves
+        assert 100_000 == (await response.json())["nbytes"]
+
+
+async def test_a_route_that_reads_its_own_body_is_never_judged_on_its_head(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """A handler that streams its body elsewhere uses no budget: its bodies, larger than
+    the whole budget, are served, after another route has been refused on its head."""
+    seen: list[str] = []
+    with SlabPool("256KiB", max_class="256KiB", decay=None) as pool:
+        app, _ = head_app(pool, seen, limit="1MiB")
+        client = await aiohttp_client(app)
+        for _ in range(2):
+            assert 503 == (await answer_to_head(client.server.port, "/raw", 512 * KiB))[0]
+        for _ in range(2):
+            response = await client.post("/stream", data=b"s" * (512 * KiB))
+            assert (200, 512 * KiB) == (response.status, (await response.json())["nbytes"])
+        assert ["/raw", "/stream", "/stream"] == seen
+
+
+async def test_a_body_over_the_limit_is_413_on_its_head_even_sent_whole(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """Over the route's limit, once the route is known: 413 with the limit, from the
+    connection, to a client that sends all 8 MiB before it reads (the rest is read and
+    dropped, so its send finishes and it gets the answer, not a reset)."""
+    seen: list[str] = []
+    app, _ = head_app(pool, seen, limit="64KiB")
+    client = await aiohttp_client(app)
+    response = await client.post("/raw", data=b"x" * 20_000)  # the route becomes known
+    assert 20_000 == (await response.json())["nbytes"]
+    answer = await asyncio.to_thread(send_whole_then_read, client.server.port, "/raw", 8 * MiB)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 413 ")
+    assert b"connection: close" in head.lower()
+    payload = orjson.loads(body)
+    assert ("body_too_large", 64 * KiB) == (payload["error"], payload["limit"])
+    assert ["/raw"] == seen
+    assert 1 == route(app, "POST /raw")["status_413"]
+
+
+async def test_an_admissible_head_stays_expected_until_its_body_is_read_or_its_request_ends(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """A head judged admissible on its connection is counted as expected (so the heads
+    behind it see it), its request takes that count over, and gives it back when its
+    body is read, or when the handler ends without reading it."""
+    seen: list[str] = []
+    with SlabPool("4MiB", decay=None) as pool:
+        app, (entered, proceed) = head_app(pool, seen, limit="2MiB")
+        client = await aiohttp_client(app)
+        port = client.server.port
+        proceed.set()
+        response = await client.post("/maybe?read=1", data=b"x" * 100_000)
+        assert 100_000 == (await response.json())["nbytes"]  # the route becomes known
+        entered.clear()
+        proceed.clear()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(request_head("/maybe?read=1", MiB))
+            await writer.drain()
+            await entered.wait()  # its handler has started, and not read yet
+            waiting = pool.stats()["admission"]["pending_bytes"]
+            proceed.set()
+            writer.write(b"y" * MiB)
+            await writer.drain()
+            status, headers = await read_head(reader)
+            nbytes = orjson.loads(await read_answer_body(reader, headers))["nbytes"]
+        finally:
+            writer.close()
+        assert waiting >= MiB  # expected from its head on, before its body read
+        assert (200, MiB) == (status, nbytes)
+        assert 0 == pool.stats()["admission"]["pending_bytes"]
+        response = await client.post("/maybe", data=b"z" * MiB)  # judged, never read
+        assert (200, None) == (response.status, (await response.json())["nbytes"])
+        assert 0 == pool.stats()["admission"]["pending_bytes"]
+        assert 3 == len(seen)
+
+
+async def test_refuse_on_head_off_leaves_every_judgement_to_the_body_read(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """``setup(refuse_on_head=False)``: every hopeless body becomes a request, and is
+    refused by its body read (the same 503)."""
+    seen: list[str] = []
+    with SlabPool("256KiB", max_class="256KiB", decay=None) as pool:
+        app, _ = head_app(pool, seen, limit="1MiB", refuse_on_head=False)
+        client = await aiohttp_client(app)
+        for _ in range(2):
+            assert 503 == (await answer_to_head(client.server.port, "/raw", 512 * KiB))[0]
+        assert ["/raw", "/raw"] == seen
+
+
+async def test_a_large_body_waits_for_a_turn_of_the_loop_after_another() -> None:
+    """The first large body of a turn goes on at once; a second waits until the loop
+    has run what was ready meanwhile (a socket's read, in a server), then goes on, and
+    the turn is free again once nobody waits; a waiter that left is skipped."""
+    loop = asyncio.get_running_loop()
+    turns = _Turns(loop)
+    order: list[str] = []
+    assert turns.take() is None
+    left = turns.take()
+    second = turns.take()
+    assert left is not None
+    assert second is not None
+    left.cancel()
+    loop.call_soon(order.append, "ready meanwhile")
+    await second
+    order.append("second")
+    assert ["ready meanwhile", "second"] == order
+    assert turns.taken
+    await asyncio.sleep(0)  # the turn passes on, with nobody left to take it
+    await asyncio.sleep(0)
+    assert not turns.taken
+    assert turns.take() is None
+    assert TURN_MIN >= 64 * KiB  # (only bodies past inline sizes take turns)
+
+
+async def test_large_bodies_read_together_are_all_served(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """Eight bodies over TURN_MIN at once: each takes its turn, all are answered."""
+    seen: list[str] = []
+    app, _ = head_app(pool, seen, limit="2MiB")
+    client = await aiohttp_client(app)
+    size = TURN_MIN + 1000
+    responses = await asyncio.gather(
+        *(client.post("/raw", data=bytes([i]) * size) for i in range(8))
+    )
+    assert [size] * 8 == [(await r.json())["nbytes"] for r in responses]
