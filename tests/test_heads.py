@@ -4,8 +4,10 @@ event loop (``_hotpath._Turns``), against real servers on 127.0.0.1."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -15,6 +17,7 @@ from aiohttp.test_utils import TestClient
 
 from arenapool import SlabPool
 from arenapool.aiohttp import ROUTE_STATS_KEY, read_body, setup
+from arenapool.aiohttp._heads import GC_HOLD_MAX, GC_QUIET, GcHold
 from arenapool.aiohttp._hotpath import TURN_MIN, _Turns
 from harness.http import read_body as read_answer_body
 from harness.http import read_head
@@ -263,3 +266,45 @@ async def test_large_bodies_read_together_are_all_served(
         *(client.post("/raw", data=bytes([i]) * size) for i in range(8))
     )
     assert [size] * 8 == [(await r.json())["nbytes"] for r in responses]
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.01)
+
+
+async def test_the_cyclic_gc_waits_while_heads_are_refused_and_runs_after() -> None:
+    """A refusal on a head holds the collector; it runs again once refusals have stopped
+    for GC_QUIET, and a hold never outlasts GC_HOLD_MAX even if they do not stop."""
+    await until(gc.isenabled)  # (a hold begun by another test's refusals has ended)
+    hold = GcHold()
+    try:
+        hold.refused()
+        began = time.monotonic()
+        assert not gc.isenabled()
+        assert hold.since is not None
+        await until(gc.isenabled)
+        assert time.monotonic() - began >= GC_QUIET
+        assert (1, None) == (hold.holds, hold.since)
+        hold.refused()
+        while not gc.isenabled():  # refusals that never stop
+            hold.refused()
+            await asyncio.sleep(0.01)
+        assert GC_HOLD_MAX <= time.monotonic() - began
+        assert hold.held >= GC_HOLD_MAX
+    finally:
+        gc.enable()
+
+
+def test_a_collector_turned_off_by_the_process_stays_off() -> None:
+    hold = GcHold()
+    gc.disable()
+    try:
+        hold.refused()
+        assert (0, None) == (hold.holds, hold.since)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
