@@ -136,6 +136,10 @@ class GcHold:
 GC_HOLD = GcHold()
 
 
+_data_received = RequestHandler.data_received
+_STEP_DIGITS = len(str(FIRST_STEP))
+
+
 class HeadJudgingHandler(RequestHandler):
     """aiohttp's connection, judging large declared bodies on their heads (see the
     module's docstring)."""
@@ -156,16 +160,18 @@ class HeadJudgingHandler(RequestHandler):
             or self._force_close
             or not self._arenapool.heads
         ):
-            super().data_received(data)
+            _data_received(self, data)
             return
         self._waiter = None  # parse, but wake the connection's task only if it serves
         try:
-            super().data_received(data)
+            _data_received(self, data)
         finally:
             self._waiter = waiter
         messages = self._messages
         if not messages:
             return
+        if self._arenapool_expected is not None:
+            self._give_back()  # a head before this one that no request took
         if len(messages) == 1 and self._refused(messages[0][0]):
             messages.clear()  # its task keeps waiting, and ends when the connection does
             return
@@ -196,15 +202,15 @@ class HeadJudgingHandler(RequestHandler):
 
     def _refused(self, message: Any) -> bool:
         """Judge ``message``'s head; True when it was answered here."""
-        self._give_back()  # a head before it that no request took
         headers = getattr(message, "headers", None)  # None: a parse error's stand-in
-        if headers is None or message.chunked:
+        if headers is None:
             return False
         length = headers.get("Content-Length")
-        if length is None or not length.isdigit() or "Content-Encoding" in headers:
+        # (fewer digits than FIRST_STEP has: a small body, the common case, ends here)
+        if length is None or len(length) < _STEP_DIGITS or not length.isdigit():
             return False
         declared = int(length)
-        if declared <= FIRST_STEP:
+        if declared <= FIRST_STEP or message.chunked or "Content-Encoding" in headers:
             return False
         config = self._arenapool
         route = config.heads.get((message.method, message.url.raw_path))
