@@ -139,6 +139,30 @@ async def test_a_hopeless_body_is_refused_by_its_connection_once_its_route_is_kn
         assert 100_000 == (await response.json())["nbytes"]
 
 
+async def test_a_connection_opened_before_the_route_was_known_judges_its_next_head(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """An idle keep-alive connection (a proxy's pooled upstream connection) opened
+    before the app had a route to judge judges the heads that come on it after."""
+    seen: list[str] = []
+    with SlabPool("256KiB", max_class="256KiB", decay=None) as pool:
+        app, _ = head_app(pool, seen, limit="1MiB")
+        client = await aiohttp_client(app)
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+        try:
+            writer.write(request_head("/stream", 10) + b"0123456789")  # served, kept open
+            status, headers = await read_head(reader)
+            assert 10 == orjson.loads(await read_answer_body(reader, headers))["nbytes"]
+            assert 503 == (await answer_to_head(client.server.port, "/raw", 512 * KiB))[0]
+            writer.write(request_head("/raw", 512 * KiB))
+            status, headers = await read_head(reader)
+            await read_answer_body(reader, headers)
+        finally:
+            writer.close()
+        assert 503 == status
+        assert ["/stream", "/raw"] == seen  # the pooled connection's head made no request
+
+
 async def test_a_route_that_reads_its_own_body_is_never_judged_on_its_head(
     aiohttp_client: ClientFactory,
 ) -> None:

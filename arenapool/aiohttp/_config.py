@@ -9,7 +9,7 @@ them.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -44,6 +44,9 @@ class ArenaConfig:
     #: a large declared body through arenapool: those heads are judged on arrival by
     #: their connection (``_heads``)
     heads: dict[tuple[str, str], HeadRoute] = field(default_factory=dict, repr=False)
+    #: called once, when ``heads`` gets its first route (``_heads``: the server's idle
+    #: connections start judging)
+    first_head: list[Callable[[], None]] = field(default_factory=list, repr=False)
 
 
 #: the most (method, path) pairs an app remembers as read through arenapool; paths
@@ -67,7 +70,11 @@ def learn(
     heads = config.heads
     key = (request.method, request.rel_url.raw_path)
     if key not in heads and len(heads) < KNOWN_PATHS:
+        first = not heads
         heads[key] = HeadRoute(limit, counters, route)
+        if first:
+            for hook in config.first_head:
+                hook()
 
 
 #: Upper bounds (bytes) of the per-route arena-bytes histogram: 4 KiB to 64 MiB by

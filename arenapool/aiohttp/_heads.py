@@ -12,15 +12,16 @@ machine's two cores, ``benchmarks/burst.py``'s ``refuse-floor``). The connection
 enough before that: the head.
 
 :func:`install` (called by ``setup(app)``, ``refuse_on_head=True``) has the app's server
-make :class:`HeadJudgingHandler` connections instead of aiohttp's ``RequestHandler``.
-When a head arrives on an idle connection (no request before it still queued or being
-served, so answers stay in order), and it declares a body larger than
+give each connection a :class:`HeadJudge` as its queue of parsed requests, once the app
+has a route to judge (before that, nothing changes and nothing is paid). When aiohttp's
+parser appends a head on an idle connection (no request before it still queued or
+being served, so answers stay in order), and it declares a body larger than
 ``FIRST_STEP`` (no chunking, no content coding) for a route whose handler is known to
-read its body through arenapool, the connection judges it at once, as the body read
-would (``SlabPool.expect``, the same deadlines): a body over the route's limit is
-answered 413, one that cannot be admitted in time 503 with ``Retry-After``, in the
-documented JSON shape, with ``Connection: close``; the rest of its body is dropped
-unread and the connection closed when the client does, or after ``lingering_time``
+read its body through arenapool, it is judged at once, as the body read would
+(``SlabPool.expect``, the same deadlines): a body over the route's limit is answered
+413, one that cannot be admitted in time 503 with ``Retry-After``, in the documented
+JSON shape, with ``Connection: close``; the rest of its body is dropped unread and the
+connection closed when the client does, or after ``lingering_time``
 (``_responses.drop_unread``). No request object, middleware or handler runs for it; the
 route's counters and the pool's refusals count it all the same.
 
@@ -48,6 +49,7 @@ does not use.
 
 from __future__ import annotations
 
+import collections
 import gc
 import threading
 import time
@@ -66,13 +68,13 @@ from ._responses import count_status, drop_unread, error_answer
 
 if TYPE_CHECKING:
     from .._slabpool import SlabPool
-    from ._config import ArenaConfig, RouteCounters
+    from ._config import ArenaConfig
 
 __all__ = [
     "GC_HOLD",
     "KNOWN_PATHS",
     "GcHold",
-    "HeadJudgingHandler",
+    "HeadJudge",
     "HeadRoute",
     "install",
     "learn",
@@ -136,71 +138,65 @@ class GcHold:
 GC_HOLD = GcHold()
 
 
-_data_received = RequestHandler.data_received
+_append = collections.deque.append
 _STEP_DIGITS = len(str(FIRST_STEP))
 
 
-class HeadJudgingHandler(RequestHandler):
-    """aiohttp's connection, judging large declared bodies on their heads (see the
-    module's docstring)."""
+class HeadJudge(collections.deque):  # type: ignore[type-arg]
+    """A connection's queue of parsed requests (aiohttp's ``RequestHandler._messages``)
+    that judges a large declared body's head as aiohttp's parser appends it.
 
-    __slots__ = ("_arenapool", "_arenapool_expected")
+    aiohttp parses what a socket brings and appends each request to this queue, then
+    wakes the connection's task, which serves them in order. On an idle connection
+    (nothing queued, its task waiting for a request) a head that :meth:`_refused`
+    answers is not appended: the connection's task is ended (it would wait for a
+    request that never comes) and the connection drops what follows. Anything else is
+    appended as aiohttp would. Costs one Python call per request, and only on the
+    connections of an app that has routes to judge (:func:`install`).
+    """
 
-    def __init__(self, manager: Server, **kwargs: Any) -> None:
-        super().__init__(manager, **kwargs)
-        self._arenapool: ArenaConfig = manager._arenapool_config  # type: ignore[attr-defined]
+    __slots__ = ("config", "expected", "protocol")
+
+    def __init__(self, protocol: RequestHandler, config: ArenaConfig) -> None:
+        super().__init__()
+        self.protocol: RequestHandler | None = protocol  # None once it has closed
+        self.config = config
         #: (pool, need) of the head judged admissible, until its request takes it
-        self._arenapool_expected: tuple[SlabPool, int] | None = None
+        self.expected: tuple[SlabPool, int] | None = None
 
-    def data_received(self, data: bytes) -> None:
-        waiter = self._waiter
-        if (
-            waiter is None  # a request is being served: this one is answered after it
-            or self._messages
-            or self._force_close
-            or not self._arenapool.heads
-        ):
-            _data_received(self, data)
+    def append(self, item: Any) -> None:
+        protocol = self.protocol
+        if self or protocol is None or protocol._waiter is None or protocol._force_close:
+            _append(self, item)  # not idle: answered in order, after what is ahead
             return
-        self._waiter = None  # parse, but wake the connection's task only if it serves
-        try:
-            _data_received(self, data)
-        finally:
-            self._waiter = waiter
-        messages = self._messages
-        if not messages:
+        if self.expected is not None:
+            self.give_back()  # a head before this one that no request took
+        if not self._refused(item[0], protocol):
+            _append(self, item)
             return
-        if self._arenapool_expected is not None:
-            self._give_back()  # a head before this one that no request took
-        if len(messages) == 1 and self._refused(messages[0][0]):
-            messages.clear()  # its task keeps waiting, and ends when the connection does
-            return
-        if not waiter.done():
-            waiter.set_result(None)
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self._give_back()
-        super().connection_lost(exc)
+        waiter = protocol._waiter
+        protocol._waiter = None  # (so aiohttp does not wake the task for it)
+        waiter.cancel()  # the task waits for no request now: it ends
 
     def take_expected(self, pool: SlabPool) -> int:
         """The need judged on this request's head, for its request to give back (0 if
         none, or if it was judged by another pool: given back here)."""
-        held = self._arenapool_expected
+        held = self.expected
         if held is None:
             return 0
-        self._arenapool_expected = None
+        self.expected = None
         if held[0] is pool:
             return held[1]
         held[0].unexpect(held[1])
         return 0
 
-    def _give_back(self) -> None:
-        held = self._arenapool_expected
+    def give_back(self) -> None:
+        held = self.expected
         if held is not None:
-            self._arenapool_expected = None
+            self.expected = None
             held[0].unexpect(held[1])
 
-    def _refused(self, message: Any) -> bool:
+    def _refused(self, message: Any, protocol: RequestHandler) -> bool:
         """Judge ``message``'s head; True when it was answered here."""
         headers = getattr(message, "headers", None)  # None: a parse error's stand-in
         if headers is None:
@@ -212,7 +208,7 @@ class HeadJudgingHandler(RequestHandler):
         declared = int(length)
         if declared <= FIRST_STEP or message.chunked or "Content-Encoding" in headers:
             return False
-        config = self._arenapool
+        config = self.config
         route = config.heads.get((message.method, message.url.raw_path))
         if route is None:
             return False
@@ -226,20 +222,16 @@ class HeadJudgingHandler(RequestHandler):
             except BudgetExhausted as exc:
                 error = exc
             else:
-                self._arenapool_expected = (pool, need)
+                self.expected = (pool, need)
                 return False
-        self._answer(error, route.counters)
-        return True
-
-    def _answer(self, error: ArenaPoolError, counters: RouteCounters) -> None:
-        counters.requests += 1
-        count_status(counters, error.status_hint)
+        route.counters.requests += 1
+        count_status(route.counters, error.status_hint)
         GC_HOLD.refused()
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        transport.write(raw_answer(error_answer(error)))
-        drop_unread(self, transport)
+        transport = protocol.transport
+        if transport is not None and not transport.is_closing():
+            transport.write(raw_answer(error_answer(error)))
+            drop_unread(protocol, transport)
+        return True
 
 
 def raw_answer(response: web.Response) -> bytes:
@@ -267,23 +259,42 @@ def _date() -> str:
 
 
 class _HeadJudgingServer(Server):
-    """aiohttp's ``Server`` (the protocol factory), making :class:`HeadJudgingHandler`."""
+    """aiohttp's ``Server`` (the protocol factory), whose connections judge heads once
+    the app has routes to judge (:func:`install`)."""
 
     def __call__(self) -> RequestHandler:
-        try:
-            return HeadJudgingHandler(self, loop=self._loop, **self._kwargs)
-        except TypeError:  # handler_args it does not take: aiohttp's own fallback
-            return super().__call__()
+        handler = super().__call__()
+        config: ArenaConfig = self._arenapool_config  # type: ignore[attr-defined]
+        if config.heads:
+            handler._messages = HeadJudge(handler, config)
+        return handler
+
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        messages = handler._messages
+        if type(messages) is HeadJudge:
+            messages.give_back()
+            messages.protocol = None  # (the queue and its connection held each other)
+        super().connection_lost(handler, exc)
+
+    def judge_heads(self) -> None:
+        """The app has its first route to judge: its idle connections judge from now."""
+        config: ArenaConfig = self._arenapool_config  # type: ignore[attr-defined]
+        for handler in self.connections:
+            messages = handler._messages
+            if type(messages) is not HeadJudge and not messages:
+                handler._messages = HeadJudge(handler, config)
 
 
 def install(app: web.Application, config: ArenaConfig) -> None:
     """Have the server that runs ``app`` (``AppRunner``, ``run_app``, gunicorn's
-    worker, the test server) make head-judging connections.
+    worker, the test server) judge heads on its connections.
 
-    aiohttp has no setting for its connection class: the app's server factory
+    aiohttp has no setting for this: the app's server factory
     (``Application._make_handler``) is wrapped, on this app only, and the server it
-    makes gets this module's subclass, which changes nothing but the class it makes.
-    A sub-app's setup does not reach its parent's server: there the body read judges.
+    makes gets this module's subclass, which changes nothing until the app has a route
+    to judge (the first large body read through arenapool, ``_config.learn``): from then
+    on each connection's queue of requests is a :class:`HeadJudge`. A sub-app's setup
+    does not reach its parent's server: there the body read judges.
     """
     make = app._make_handler
 
@@ -292,6 +303,7 @@ def install(app: web.Application, config: ArenaConfig) -> None:
         if type(server) is Server:
             server.__class__ = _HeadJudgingServer
             server._arenapool_config = config  # type: ignore[attr-defined]
+            config.first_head.append(server.judge_heads)  # type: ignore[attr-defined]
         return server
 
     # object.__setattr__: aiohttp's debug mode warns on attributes it does not list

@@ -141,7 +141,7 @@ async def serve(
     state = RequestState(request, config, counters, route, limit, declared=declared)
     if declared is not None and declared > FIRST_STEP:
         # its head may have been judged by its connection (_heads): take the count over
-        take = getattr(request._protocol, "take_expected", None)
+        take = getattr(request._protocol._messages, "take_expected", None)
         if take is not None:
             state.expected = take(config.pool)
     # for code that runs after us (on_response_prepare ...): request[ARENA_KEY] = state,
