@@ -545,6 +545,44 @@ async def test_middleware_with_other_middlewares(
     assert ["outer-in", "inner-arena:True", "outer-out"] == order
 
 
+async def test_the_innermost_middleware_becomes_the_routes_own_wrapper(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """With nothing after it, the arena middleware is taken out of the app's middlewares
+    when the app starts and each route's handler is served through it instead (aiohttp
+    then skips its middleware machinery): the handler still has its arena, an outer
+    middleware still wraps it, a handler's own limit still holds; with a middleware
+    after it, it stays a middleware (that one must run inside it)."""
+
+    @web.middleware
+    async def outer(request: web.Request, handler: Any) -> web.StreamResponse:
+        response = await handler(request)
+        response.headers["X-Outer"] = "1"
+        return response
+
+    app = web.Application(middlewares=[outer])
+    setup(app, pool, limit="1MiB")
+
+    @with_arena(limit="1KiB")
+    async def small(request: web.Request) -> web.Response:
+        return json_response({"arena": current_arena() is not None})
+
+    app.router.add_post("/x", small)
+    client = await aiohttp_client(app)
+    assert [outer] == list(app.middlewares)  # ours became the route's wrapper
+    response = await client.post("/x", data=b"{}")
+    assert ("1", {"arena": True}) == (response.headers["X-Outer"], await response.json())
+    assert 413 == (await client.post("/x", data=b" " * 2000)).status  # the handler's limit
+
+    kept = web.Application()
+    setup(kept, pool)
+    kept.middlewares.append(outer)
+    kept.router.add_post("/x", small)
+    client = await aiohttp_client(kept)
+    assert 2 == len(kept.middlewares)  # ours, then outer: ours stays
+    assert {"arena": True} == await (await client.post("/x", data=b"{}")).json()
+
+
 async def test_two_apps_two_pools(aiohttp_client: ClientFactory) -> None:
     """Two apps with their own pools account separately."""
     with SlabPool("4MiB", decay=None) as pool_a, SlabPool("4MiB", decay=None) as pool_b:
