@@ -451,7 +451,9 @@ async def read_into_arena(request: web.Request, state: RequestState) -> memoryvi
     if filled < size:
         view = arena.realloc(view, filled)  # in place: gives the tail back to the arena
     state.counters.bytes_read += filled
-    if filled >= TURN_MIN:  # its handler's work on it waits for its turn of the loop
+    if filled >= TURN_MIN and pool.admitting():
+        # bodies queue for memory: a burst, whose heads must be read (and refused) while
+        # the admitted are served: its handler's work waits for its turn of the loop
         await _take_turn()
     return view
 
@@ -592,7 +594,9 @@ class _Turns:
     behind the admitted bodies' decoding. A body of :data:`TURN_MIN` or more takes a
     turn before it is handed back: the first in a turn goes on at once, the others
     wait, first come first served, one per turn, so the loop reads its sockets (and
-    judges the heads waiting there) between any two.
+    judges the heads waiting there) between any two. Only while bodies queue for
+    memory (``SlabPool.admitting``): in steady state a turn would only add a loop
+    iteration to each large body (measured: 1 MiB requests 3-5% slower).
     """
 
     __slots__ = ("loop", "taken", "waiters")
