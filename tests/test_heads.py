@@ -239,6 +239,45 @@ async def test_an_admissible_head_stays_expected_until_its_body_is_read_or_its_r
         assert 3 == len(seen)
 
 
+async def test_a_head_no_request_took_is_given_back_when_its_connection_closes(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """An admissible head whose request never reaches arenapool (a middleware before it
+    answered) leaves its expected count with its connection, which gives it back when
+    it closes."""
+    with SlabPool("4MiB", decay=None) as pool:
+        app = web.Application()
+
+        @web.middleware
+        async def deny(request: web.Request, handler: Any) -> web.StreamResponse:
+            if request.query.get("deny"):
+                return web.Response(status=401)
+            response: web.StreamResponse = await handler(request)
+            return response
+
+        app.middlewares.append(deny)
+        setup(app, pool, limit="2MiB")
+
+        async def raw(request: web.Request) -> web.Response:
+            return web.json_response({"nbytes": len(await read_body(request))})
+
+        app.router.add_post("/raw", raw)
+        client = await aiohttp_client(app)
+        response = await client.post("/raw", data=b"x" * 100_000)  # the route becomes known
+        assert 100_000 == (await response.json())["nbytes"]
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.server.port)
+        try:
+            writer.write(request_head("/raw?deny=1", MiB) + b"y" * MiB)
+            status, headers = await read_head(reader)
+            await read_answer_body(reader, headers)
+            held = pool.stats()["admission"]["pending_bytes"]
+        finally:
+            writer.close()
+        assert 401 == status
+        assert held >= MiB  # judged on its head, taken by no request
+        await until(lambda: pool.stats()["admission"]["pending_bytes"] == 0)
+
+
 async def test_refuse_on_head_off_leaves_every_judgement_to_the_body_read(
     aiohttp_client: ClientFactory,
 ) -> None:

@@ -7,8 +7,8 @@ aiohttp reads every socket that is ready in one turn of the event loop, parsing 
 head and feeding the first piece of each body to its stream, and only in the next turn
 runs the handlers of those requests. A burst of 2,048 large bodies arriving at once
 therefore waits a whole round of reading before the first of them is answered, even by
-a handler that refuses without looking (measured: a median 503 of 150-320 ms on this
-machine's two cores, ``benchmarks/burst.py``'s ``refuse-floor``). The connection knows
+a handler that refuses without looking (measured: a median 503 of 35-320 ms across
+runs on this machine's two cores, ``benchmarks/burst.py``'s ``refuse-floor``). The connection knows
 enough before that: the head.
 
 :func:`install` (called by ``setup(app)``, ``refuse_on_head=True``) has the app's server
