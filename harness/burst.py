@@ -40,7 +40,7 @@ from typing import Any
 
 import orjson
 
-from .http import HOST, ProtocolError, read_body, read_head
+from .http import HOST, ProtocolError, closes_after, read_body, read_head
 from .loadgen import percentile
 from .workload import Body
 
@@ -180,25 +180,18 @@ async def _connect(port: int, timeout: float, warm: str | None) -> socket.socket
 async def _warm(loop: asyncio.AbstractEventLoop, sock: socket.socket, port: int, path: str) -> None:
     """GET ``path`` on the new connection and read the answer, keeping it open: the
     server has then accepted it and waits on it for the next request."""
-    await loop.sock_sendall(sock, f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode())
-    answer = b""
-    while True:
-        chunk = await loop.sock_recv(sock, 65536)
-        if not chunk:
-            raise ProtocolError("the server closed a warming connection")
-        answer += chunk
-        end = answer.find(b"\r\n\r\n")
-        if end < 0:
-            continue
-        length = 0
-        for line in answer[:end].split(b"\r\n")[1:]:
-            name, _, value = line.partition(b":")
-            if name.strip().lower() == b"content-length":
-                length = int(value)
-        if len(answer) >= end + 4 + length:
-            if b"connection: close" in answer[:end].lower():
-                raise ProtocolError("the server will not keep a warming connection")
-            return
+    request = f"GET {path} HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
+    receiver = _Receiver(sock, loop)
+    try:
+        await loop.sock_sendall(sock, request)
+        _status, headers = await read_head(receiver.reader)
+        await read_body(receiver.reader, headers)
+    except asyncio.IncompleteReadError as exc:
+        raise ProtocolError("the server closed a warming connection") from exc
+    finally:
+        receiver.stop()
+    if closes_after(headers):
+        raise ProtocolError("the server will not keep a warming connection")
 
 
 async def burst(

@@ -59,19 +59,16 @@ class HeadRoute(NamedTuple):
 
     limit: int
     counters: RouteCounters
-    route: str
 
 
-def learn(
-    config: ArenaConfig, request: web.Request, limit: int, counters: RouteCounters, route: str
-) -> None:
+def learn(config: ArenaConfig, request: web.Request, limit: int, counters: RouteCounters) -> None:
     """Note that the handler of ``request``'s method and path reads its body through
     arenapool, with ``limit`` (``_heads`` judges those heads on arrival)."""
     heads = config.heads
     key = (request.method, request.rel_url.raw_path)
     if key not in heads and len(heads) < KNOWN_PATHS:
         first = not heads
-        heads[key] = HeadRoute(limit, counters, route)
+        heads[key] = HeadRoute(limit, counters)
         if first:
             for hook in config.first_head:
                 hook()

@@ -42,7 +42,7 @@ process that turned the collector off itself is left as it is.
 
 "Known to read its body through arenapool": the body reader (``read_into_arena``)
 notes the method, path and limit of each route it reads a large declared body for
-(:data:`KNOWN_PATHS` per app, at most). A path never read that way is never judged on
+(``_config.KNOWN_PATHS`` per app, at most). A path never read that way is never judged on
 its head: a handler that streams its body elsewhere is not refused for a budget it
 does not use.
 """
@@ -62,7 +62,6 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
 from .._errors import ArenaPoolError, BudgetExhausted
-from ._config import KNOWN_PATHS, HeadRoute, learn
 from ._hotpath import FIRST_STEP, expect_body, too_large
 from ._responses import count_status, drop_unread, error_answer
 
@@ -70,15 +69,7 @@ if TYPE_CHECKING:
     from .._slabpool import SlabPool
     from ._config import ArenaConfig
 
-__all__ = [
-    "GC_HOLD",
-    "KNOWN_PATHS",
-    "GcHold",
-    "HeadJudge",
-    "HeadRoute",
-    "install",
-    "learn",
-]
+__all__ = ["GC_HOLD", "GcHold", "HeadJudge", "install"]
 
 
 #: seconds without a refusal on a head before the cyclic GC runs again
@@ -182,12 +173,10 @@ class HeadJudge(collections.deque):  # type: ignore[type-arg]
         """The need judged on this request's head, for its request to give back (0 if
         none, or if it was judged by another pool: given back here)."""
         held = self.expected
-        if held is None:
-            return 0
-        self.expected = None
-        if held[0] is pool:
+        if held is not None and held[0] is pool:
+            self.expected = None
             return held[1]
-        held[0].unexpect(held[1])
+        self.give_back()
         return 0
 
     def give_back(self) -> None:

@@ -369,13 +369,13 @@ async def read_into_arena(request: web.Request, state: RequestState) -> memoryvi
     expected = state.expected  # judged on its head by its connection (_heads)
     state.expected = 0
     if declared is not None and declared > FIRST_STEP:
-        learn(config, request, state.limit, state.counters, state.route)
+        learn(config, request, state.limit, state.counters)
         if not expected and getattr(content, "_size", 0) < FIRST_STEP and not pool.admitting():
             # it will take a first step and ask for its ticket when it outgrows it:
             # judged now, from its head, one that cannot make its deadline behind the
             # bodies queued and expected before it is refused before its arena, its
             # clock or a byte of it
-            expected = _expect(request, state, pool, declared)
+            expected = expect_body(pool, declared, config.queue_timeout, request.headers)
     try:
         arena = state.arena
     except BaseException:
@@ -510,7 +510,7 @@ async def _budget(
     """``alloc(nbytes)`` (or ``alloc(view, nbytes)``, a realloc) with FIFO waiting for
     budget, giving the place up if the client leaves."""
     args = (nbytes,) if view is None else (view, nbytes)
-    timeout = _queue_deadline(request, state.config.queue_timeout)
+    timeout = queue_deadline(proxy_timeout(request.headers), state.config.queue_timeout)
     try:
         return await alloc(*args, timeout=0)
     except BudgetExhausted:
@@ -520,7 +520,7 @@ async def _budget(
     task = asyncio.ensure_future(alloc(*args, timeout=timeout))
     loop = task.get_loop()
     gone: asyncio.Future[None] = loop.create_future()
-    watch = _watch_for(loop)
+    watch = _of_loop(_WATCHES, _DisconnectWatch, loop)
     watch.add(gone, request)
     try:
         await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
@@ -635,24 +635,21 @@ _TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Turns] = weakref.W
 
 
 async def _take_turn() -> None:
-    loop = asyncio.get_running_loop()
-    turns = _TURNS.get(loop)
-    if turns is None:
-        turns = _TURNS[loop] = _Turns(loop)
-    waiter = turns.take()
+    waiter = _of_loop(_TURNS, _Turns, asyncio.get_running_loop()).take()
     if waiter is not None:
         await waiter
 
 
-def _watch_for(loop: asyncio.AbstractEventLoop) -> _DisconnectWatch:
-    watch = _WATCHES.get(loop)
-    if watch is None:
-        watch = _WATCHES[loop] = _DisconnectWatch(loop)
-    return watch
-
-
-def _expect(request: web.Request, state: RequestState, pool: SlabPool, declared: int) -> int:
-    return expect_body(pool, declared, state.config.queue_timeout, request.headers)
+def _of_loop(
+    table: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T],
+    make: Callable[[asyncio.AbstractEventLoop], T],
+    loop: asyncio.AbstractEventLoop,
+) -> T:
+    """``loop``'s one ``make(loop)`` in ``table`` (made on first use)."""
+    made = table.get(loop)
+    if made is None:
+        made = table[loop] = make(loop)
+    return made
 
 
 def expect_body(
@@ -666,14 +663,10 @@ def expect_body(
 
 def _admit(request: web.Request, arena: _arena.Arena) -> Callable[..., Awaitable[Ticket]]:
     """``pool.admit``, told the proxy's deadline for the whole request if there is one."""
-    within = _proxy_timeout(request)
+    within = proxy_timeout(request.headers)
     if within is None:
         return arena.pool.admit
     return functools.partial(arena.pool.admit, within=within)
-
-
-def _queue_deadline(request: web.Request, timeout: float | None) -> float | None:
-    return queue_deadline(_proxy_timeout(request), timeout)
 
 
 def queue_deadline(seconds: float | None, timeout: float | None) -> float | None:
@@ -682,10 +675,6 @@ def queue_deadline(seconds: float | None, timeout: float | None) -> float | None
     if seconds is None:
         return timeout
     return seconds if timeout is None else min(timeout, seconds)
-
-
-def _proxy_timeout(request: web.Request) -> float | None:
-    return proxy_timeout(request.headers)
 
 
 def proxy_timeout(headers: Mapping[str, str]) -> float | None:
