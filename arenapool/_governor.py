@@ -4,7 +4,8 @@ Theory of operation
 -------------------
 State (touched only from the event loop's thread): the number of requests in flight
 and when the last one ended (fed by an adapter through :meth:`Governor.note_request_start`
-and :meth:`Governor.note_request_end`), the ``shedding`` flag, counters, a ring of
+and :meth:`Governor.note_request_end`, or read at each check from the adapter's own
+counters, :meth:`Governor.count_requests`), the ``shedding`` flag, counters, a ring of
 recent actions, and the *reclaim floor*: the C heap's free bytes plus the pools' idle
 bytes right after the last trim, lowered whenever a reading comes in under it.
 
@@ -295,8 +296,9 @@ class Governor:
     ``pools`` are the slab pools to trim (an iterable, a callable returning one, or
     ``None`` for every live pool). Use ``start()`` / ``await stop()`` from a running
     loop, or ``async with Governor(...)``. Adapters call :meth:`note_request_start` /
-    :meth:`note_request_end` around each request, check :attr:`shedding`, and call
-    :meth:`note_shed` for each request they turn away.
+    :meth:`note_request_end` around each request (or hand their own request counts to
+    :meth:`count_requests`, as the aiohttp adapter's ``setup`` does), check
+    :attr:`shedding`, and call :meth:`note_shed` for each request they turn away.
     """
 
     def __init__(self, config: GovernorConfig | None = None, *, pools: PoolsSource = None) -> None:
@@ -336,6 +338,8 @@ class Governor:
         self._in_flight = 0
         self._ended = 0  # requests ended, ever: the loop dates the last one (check())
         self._ended_seen = 0
+        # adapters that count requests themselves: (in flight, ended ever), read per check
+        self._sources: list[Callable[[], tuple[int, int]]] = []
         self._last_activity = time.monotonic()
         #: True while RSS (or the container's level) went past the hard watermark and is
         #: not yet back under soft; read by the adapters once per request (an attribute,
@@ -366,8 +370,9 @@ class Governor:
 
     @property
     def in_flight(self) -> int:
-        """Requests between :meth:`note_request_start` and :meth:`note_request_end`."""
-        return self._in_flight
+        """Requests in flight: between :meth:`note_request_start` and
+        :meth:`note_request_end`, and as the sources of :meth:`count_requests` say."""
+        return self._requests()[0]
 
     @property
     def retry_after(self) -> float:
@@ -395,6 +400,23 @@ class Governor:
         if self._in_flight > 0:
             self._in_flight -= 1
         self._ended += 1
+
+    def count_requests(self, source: Callable[[], tuple[int, int]]) -> None:
+        """Also count the requests ``source()`` reports, as ``(in flight, ended ever)``,
+        read at each check: for an adapter that counts its requests anyway (the aiohttp
+        adapter's route counters), instead of two calls per request. Adding the same
+        source again changes nothing."""
+        if source not in self._sources:
+            self._sources.append(source)
+
+    def _requests(self) -> tuple[int, int]:
+        """(in flight, ended ever): the notes' and every source's."""
+        in_flight, ended = self._in_flight, self._ended
+        for source in self._sources:
+            more_in_flight, more_ended = source()
+            in_flight += more_in_flight
+            ended += more_ended
+        return in_flight, ended
 
     def note_shed(self) -> None:
         """An adapter turned a request away because :attr:`shedding` was set."""
@@ -463,8 +485,9 @@ class Governor:
         self._checks += 1
         self._last_rss = rss
         self._last_check = time.time()
-        if self._ended != self._ended_seen:  # requests ended since the last check
-            self._ended_seen = self._ended
+        in_flight, ended = self._requests()
+        if ended != self._ended_seen:  # requests ended since the last check
+            self._ended_seen = ended
             self._last_activity = now
         heap_free = reading.heap_free or 0
         held = heap_free + reading.slab_idle_bytes
@@ -525,18 +548,16 @@ class Governor:
                     self._pressure_trims += 1
                 await self.trim(reason="soft" if soft else "pressure")
         elif (
-            self._in_flight == 0
+            in_flight == 0
             and now - self._last_activity >= config.idle_after
             and reclaimable > self._trim_threshold
         ):
             await self.trim(reason="idle")
         elif self._busy is not None and (
-            self._busy.due(now, heap_reclaimable)
-            if self._in_flight
-            else self._busy.due(now, reclaimable)
+            self._busy.due(now, heap_reclaimable) if in_flight else self._busy.due(now, reclaimable)
         ):
             # under load too: the free heap is worth a trim, and trims have paid lately
-            await self.trim(reason="busy" if self._in_flight else "idle")
+            await self.trim(reason="busy" if in_flight else "idle")
 
     def _level(self, rss: int) -> int:
         """What the watermarks compare now: RSS, or the container's working set (read
@@ -626,12 +647,13 @@ class Governor:
     def stats(self) -> dict[str, Any]:
         """A JSON-serialisable snapshot of the governor's state, counters and actions."""
         idle = None
-        if self._in_flight == 0:
+        in_flight = self.in_flight
+        if in_flight == 0:
             idle = round(time.monotonic() - self._last_activity, 3)
         return {
             "running": self.running,
             "shedding": self.shedding,
-            "in_flight": self._in_flight,
+            "in_flight": in_flight,
             "idle_seconds": idle,
             "soft_limit": self.soft_limit,
             "hard_limit": self.hard_limit,
@@ -665,7 +687,7 @@ class Governor:
             state,
             f"rss {_fmt(self._last_rss)}, soft {_fmt(self.soft_limit)}, "
             f"hard {_fmt(self.hard_limit)}",
-            f"in flight {self._in_flight}",
+            f"in flight {self.in_flight}",
             f"trims {self._trims} (freed {format_size(self._trimmed_bytes)})",
             f"shed {self._shed_count}",
         ]

@@ -12,7 +12,9 @@ process under ``valgrind --tool=callgrind``, on 127.0.0.1:
   ``@web.middleware`` appended) against ``arenapool`` (``read_json`` under arenapool's
   middleware, orjson decoding);
 - pair ``msgspec``: ``msgspec+noop`` against ``arenapool-msgspec`` (the same ``Ingest``
-  Struct, decoded by msgspec).
+  Struct, decoded by msgspec);
+- and, unless ``--no-plain``, each pair's decoder with no middleware at all (``orjson``,
+  ``msgspec``: the baseline of the throughput benchmarks), reported as a second ratio.
 
 Method: start the server under callgrind (collection on from the start), send
 ``--warmup`` requests from this process (outside valgrind), zero the counters with
@@ -63,6 +65,8 @@ from harness.server import find_example_service, free_port, service_env
 from harness.workload import Plan, Workload
 
 PAIRS = {"orjson": ("orjson+noop", "arenapool"), "msgspec": ("msgspec+noop", "arenapool-msgspec")}
+#: each pair's decoder with no middleware at all: the throughput benchmarks' baseline
+PLAIN = {"orjson": "orjson", "msgspec": "msgspec"}
 
 
 def need_tools() -> None:
@@ -200,7 +204,11 @@ async def main_async(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     for round_ in range(args.rounds):
         for pair in args.pairs:
             baseline, candidate = PAIRS[pair]
-            order = (baseline, candidate) if round_ % 2 == 0 else (candidate, baseline)
+            order: tuple[str, ...] = (baseline, candidate)
+            if args.plain:
+                order = (*order, PLAIN[pair])
+            if round_ % 2:
+                order = order[::-1]
             for variant in order:
                 m = await measure(variant, args, out, round_)
                 runs.setdefault(variant, []).append(m["ir_per_request"])
@@ -218,6 +226,16 @@ async def main_async(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     free_ratios = {
         pair: free_medians[PAIRS[pair][1]] / free_medians[PAIRS[pair][0]] for pair in args.pairs
     }
+    plain_ratios = {
+        pair: medians[PAIRS[pair][1]] / medians[PLAIN[pair]]
+        for pair in args.pairs
+        if PLAIN[pair] in medians
+    }
+    plain_free_ratios = {
+        pair: free_medians[PAIRS[pair][1]] / free_medians[PLAIN[pair]]
+        for pair in args.pairs
+        if PLAIN[pair] in free_medians
+    }
     return {
         "benchmark": "callgrind_request",
         "arenapool": arenapool.__version__,
@@ -232,6 +250,8 @@ async def main_async(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "ratio": ratios,
         "median_clock_free_ir_per_request": free_medians,
         "clock_free_ratio": free_ratios,
+        "ratio_to_plain": plain_ratios,
+        "clock_free_ratio_to_plain": plain_free_ratios,
         "target": "<= 1.02",
         "dumps": dumps,
     }
@@ -257,6 +277,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed of the body (1)")
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds (300)")
     parser.add_argument("--out", default=None, help="directory for the dumps (default: a temp dir)")
+    parser.add_argument(
+        "--no-plain",
+        dest="plain",
+        action="store_false",
+        help="skip the decoder with no middleware at all (orjson, msgspec)",
+    )
     args = parser.parse_args(argv)
     unknown = [p for p in args.pairs if p not in PAIRS]
     if unknown:
@@ -279,6 +305,12 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{candidate} / {baseline}: {value:.4f}x (target <= 1.02); {free:.4f}x without "
             "what each server runs on the clock while idle"
+        )
+    for pair, value in record["ratio_to_plain"].items():
+        free = record["clock_free_ratio_to_plain"][pair]
+        print(
+            f"{PAIRS[pair][1]} / {PLAIN[pair]} (no middleware at all, the throughput "
+            f"baseline): {value:.4f}x; {free:.4f}x clock-free"
         )
     print(json.dumps(record))
     return 0

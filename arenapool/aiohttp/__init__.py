@@ -34,10 +34,10 @@ and the dashboard; :func:`governor_middleware` feeds a governor in apps that do 
 
 Where each part lives: ``_config`` (settings, route stats, app keys), ``_request`` (the
 per-request state), ``_middleware`` (setup, middleware, decorator), ``_hotpath`` (the
-per-request work and the body dispatcher, compiled when built), ``_body`` (the body
-API), ``_expect`` (the ``Expect`` guard), ``_admit`` (admission under the governor),
-``_responses`` (JSON and error responses), ``_admin`` (admin routes, dashboard, load
-shedding).
+per-request work, admission under the governor, the body dispatcher and
+``json_response``, compiled when built), ``_body`` (the body API), ``_expect`` (the
+``Expect`` guard), ``_responses`` (error responses), ``_admin`` (admin routes,
+dashboard, load shedding).
 """
 
 from __future__ import annotations
@@ -54,9 +54,9 @@ from ._config import (
     RouteStats,
     default_pool,
 )
+from ._hotpath import json_response
 from ._middleware import arena_middleware, setup, with_arena
 from ._request import ARENA_KEY, get_arena
-from ._responses import json_response
 
 __all__ = [
     "ARENA_KEY",

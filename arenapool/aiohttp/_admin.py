@@ -66,8 +66,8 @@ from .._monitor import MemoryMonitor
 from .._registry import slab_pools as all_slab_pools
 from .._trace import Tracer, TraceRateLimited, TraceUnavailable
 from .._units import format_size
-from ._admit import admit
 from ._config import ROUTE_STATS_KEY
+from ._hotpath import refused
 from ._responses import ADMIN_MARK, close_unread, error_response
 
 if TYPE_CHECKING:
@@ -499,8 +499,9 @@ def governor_middleware(governor: Governor) -> Middleware:
     async def arenapool_governor(request: web.Request, handler: Handler) -> web.StreamResponse:
         if is_admin_request(request):
             return await handler(request)
-        if not admit(governor, request):  # the one admission policy (_admit)
+        if refused(governor, request):  # the one admission policy (_hotpath.refused)
             return shed_response(governor, request)
+        governor.note_request_start()
         try:
             return await handler(request)
         finally:

@@ -124,6 +124,8 @@ class RouteStats:
     # route object -> (name, counters, handler limit, admin route): routes live as long
     # as their app, and naming one costs more than the rest of the middleware
     _resolved: dict[object, RouteEntry] = field(default_factory=dict, repr=False)
+    # the admin routes' counters, by name: their requests are not the server's load
+    _admin: dict[str, RouteCounters] = field(default_factory=dict, repr=False)
 
     def resolve(self, request: web.Request) -> RouteEntry:
         """(route name, its counters, a handler's own limit, whether it is an admin
@@ -132,17 +134,33 @@ class RouteStats:
         if type(route) is _ResourceRoute:  # SystemRoutes (404, 405) are per request
             entry = self._resolved.get(route)
             if entry is None:
-                entry = self._resolved[route] = self._entry(request)
+                entry = self._resolved[route] = self.entry(route, request.method)
             return entry
-        return self._entry(request)
+        return self.entry(route, request.method)
 
-    def _entry(self, request: web.Request) -> RouteEntry:
-        route = request.match_info.route
+    def entry(self, route: web.AbstractRoute, method: str) -> RouteEntry:
+        """:meth:`resolve`'s answer for ``route`` (``method``: the request's, named when
+        the route has no name and no resource)."""
         handler = getattr(route, "handler", None)
         limit = getattr(handler, "__arenapool_limit__", None)
         admin = bool(getattr(handler, ADMIN_MARK, False))
-        name = route_name(request)
-        return (name, self.route(name), limit if isinstance(limit, int) else None, admin)
+        name = name_of(route, method)
+        counters = self.route(name)
+        if admin:
+            self._admin[name] = counters
+        return (name, counters, limit if isinstance(limit, int) else None, admin)
+
+    def activity(self) -> tuple[int, int]:
+        """(requests in flight, requests ended ever) over every route but the admin
+        routes: what a :class:`~arenapool.Governor` counts (``Governor.count_requests``),
+        read at its checks instead of two calls on every request."""
+        in_flight = ended = 0
+        admin = self._admin
+        for name, counters in list(self.routes.items()):
+            if name not in admin:
+                in_flight += counters.in_flight
+                ended += counters.requests - counters.in_flight
+        return in_flight, ended
 
     def route(self, name: str) -> RouteCounters:
         counters = self.routes.get(name)
@@ -151,10 +169,14 @@ class RouteStats:
         return counters
 
     def snapshot(self) -> dict[str, dict[str, int]]:
-        """``{route: {"requests": ..., "bytes_read": ..., ...}}`` (JSON-serialisable)."""
+        """``{route: {"requests": ..., "bytes_read": ..., ...}}`` (JSON-serialisable), for
+        the routes that have seen a request (the counters of every route are made when
+        the app starts: ``_middleware.serve_in_routes``)."""
         out: dict[str, dict[str, int]] = {}
         for name, c in sorted(self.routes.items()):
             row = {k: v for k, v in vars(c).items() if k != "arena_buckets"}
+            if not any(row.values()):
+                continue
             total = 0
             for bound, n in zip((*ARENA_BUCKETS, "inf"), c.arena_buckets, strict=True):
                 total += n
@@ -165,15 +187,18 @@ class RouteStats:
 
 def route_name(request: web.Request) -> str:
     """The route's name, else ``METHOD canonical-path``, else ``METHOD <unmatched>``."""
-    match_info = request.match_info
-    route = getattr(match_info, "route", None)
+    return name_of(getattr(request.match_info, "route", None), request.method)
+
+
+def name_of(route: web.AbstractRoute | None, method: str) -> str:
+    """:func:`route_name` of a request to ``route`` with ``method``."""
     if route is not None:
         if route.name:
             return str(route.name)
         resource = route.resource
         if resource is not None:
             return f"{route.method} {resource.canonical}"
-    return f"{request.method} <unmatched>"
+    return f"{method} <unmatched>"
 
 
 POOL_KEY = web.AppKey("arenapool.pool", SlabPool)

@@ -46,13 +46,14 @@ import collections
 import contextlib
 import functools
 import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from aiohttp import web
+from aiohttp.hdrs import CONTENT_ENCODING, CONTENT_LENGTH, TRANSFER_ENCODING
 from aiohttp.http_exceptions import ContentEncodingError
-from aiohttp.streams import StreamReader
+from aiohttp.streams import EmptyStreamReader, StreamReader
 from aiohttp.web_protocol import RequestPayloadError
 
 from .. import _arena, _ext
@@ -66,10 +67,10 @@ from .._errors import (
     InvalidContentEncoding,
     UnsupportedMediaType,
 )
-from .._json import decode, msgspec_decoder
+from .._governor import Governor
+from .._json import _default, decode, msgspec_decoder
 from .._units import format_size
-from ._admit import admit
-from ._config import ArenaConfig, RouteStats, learn
+from ._config import ArenaConfig, RouteEntry, RouteStats, learn
 from ._request import ARENA_KEY, RequestState, require_state
 from ._responses import answer_error, close_unread, detach_body
 
@@ -78,6 +79,8 @@ if TYPE_CHECKING:
 
 _current = _arena._current
 _loads = orjson.loads
+_dumps = orjson.dumps
+_Response = web.Response  # a module global: no module attribute lookup per request
 _JSONDecodeError = orjson.JSONDecodeError
 type_ = type
 
@@ -107,20 +110,44 @@ _SYNC_DRAIN = hasattr(StreamReader, "_read_nowait_chunk") and "_buffer" in getat
 _WIDEN = {"_low_water", "_high_water"} <= set(getattr(StreamReader, "__slots__", ()))
 
 
-async def serve(
+def serve(
     config: ArenaConfig,
     stats: RouteStats,
     limit_override: int | None,
     request: web.Request,
     handler: Handler,
-) -> web.StreamResponse:
+) -> Coroutine[Any, Any, web.StreamResponse]:
     """The middleware: give the request an arena, run the handler, release the arena."""
+    return _serve(config, stats, limit_override, request, handler, None)
+
+
+def serve_route(
+    config: ArenaConfig,
+    stats: RouteStats,
+    handler: Handler,
+    entry: RouteEntry,
+    request: web.Request,
+) -> Coroutine[Any, Any, web.StreamResponse]:
+    """:func:`serve` as a route's own handler (``_middleware.serve_in_routes``), with
+    the route's entry in ``stats`` (``RouteStats.entry``) known beforehand."""
+    return _serve(config, stats, None, request, handler, entry)
+
+
+async def _serve(  # noqa: PLR0917 - per request: keywords would cost a dict
+    config: ArenaConfig,
+    stats: RouteStats,
+    limit_override: int | None,
+    request: web.Request,
+    handler: Handler,
+    entry: RouteEntry | None,
+) -> web.StreamResponse:
     outer = _current.get()  # an outer app's middleware runs in this same task
-    if type(outer) is RequestState and outer.request is request:
+    if type_(outer) is RequestState and outer.request is request:
         return await handler(request)
-    entry = stats._resolved.get(request.match_info.route)  # the per-route cache
     if entry is None:
-        entry = stats.resolve(request)
+        entry = stats._resolved.get(request.match_info.route)  # the per-route cache
+        if entry is None:
+            entry = stats.resolve(request)
     route, counters, handler_limit, admin = entry
     counters.requests += 1
     limit = config.limit
@@ -130,19 +157,24 @@ async def serve(
         limit = handler_limit
     limited = False
     declared = None
-    if request.body_exists:
-        declared = request.content_length
-        if declared is None or "Content-Encoding" in request.headers:
+    # request.body_exists, .content_length and .headers, read where they keep them: the
+    # properties are a Python call each, per request
+    if type_(request._payload) is not EmptyStreamReader:
+        headers = request._headers
+        length = headers.get(CONTENT_LENGTH)
+        if length is None or CONTENT_ENCODING in headers:
             limited = limit_stream(request, limit)  # the parser does not bound it: we do
-            declared = None  # a coded body's Content-Length is not its size
-        elif declared > limit:
-            return answer_error(request, too_large(declared, limit, declared=True), counters)
+            # (a coded body's Content-Length is not its size)
+        else:
+            declared = int(length)
+            if declared > limit:
+                return answer_error(request, too_large(declared, limit, declared=True), counters)
     governor = None if admin else config.governor
-    if governor is not None and not admit(governor, request):
+    if governor is not None and refused(governor, request):
         from ._admin import shed_response  # noqa: PLC0415 - only when shedding
 
         return shed_response(governor, request)
-    state = RequestState(request, config, counters, route, limit, declared=declared)
+    state = RequestState(request, config, counters, route, limit, declared)
     if declared is not None and declared > FIRST_STEP:
         # its head may have been judged by its connection (_heads): take the count over
         take = getattr(getattr(request._protocol, "_messages", None), "take_expected", None)
@@ -160,7 +192,7 @@ async def serve(
             response = answer_error(request, exc, counters)
         except (ContentEncodingError, RequestPayloadError) as exc:
             response = answer_error(request, bad_payload(request, exc), counters)
-        if type(response) is not web.Response or type(response._body) is not bytes:
+        if type_(response) is not _Response or type_(response._body) is not bytes:
             detach_body(response, route)
         if limited and not request.content.is_eof():
             close_unread(request, response)
@@ -168,8 +200,6 @@ async def serve(
     finally:
         state.request = None  # the request holds the state: break the cycle (and: served)
         counters.in_flight -= 1
-        if governor is not None:
-            governor.note_request_end()
         if state.expected:  # judged on its head, and its body was never read
             config.pool.unexpect(state.expected)
             state.expected = 0
@@ -182,6 +212,28 @@ async def serve(
                 _current.reset(token)
             except ValueError:  # finished in another context than it started in
                 pass
+
+
+# -- admission under the governor ---------------------------------------------------
+# Written once, here: serve and ``_admin.governor_middleware`` both ask refused().
+
+
+def has_body(request: web.Request) -> bool:
+    """True if ``request`` carries a body (``Content-Length > 0`` or chunked)."""
+    length = request.content_length
+    if length is not None:
+        return length > 0
+    return "chunked" in request.headers.get(TRANSFER_ENCODING, "").lower()
+
+
+def refused(governor: Governor, request: web.Request) -> bool:
+    """Turn ``request`` away? True while the governor sheds (memory past its hard
+    watermark) and the request carries a body: it is answered 503 ``overloaded``
+    (``_admin.shed_response``). Bodiless requests still pass: they cost little and let
+    health checks through. (The governor counts what is admitted from the route
+    counters, ``RouteStats.activity``, or from its ``note_request_*`` calls.)
+    """
+    return governor.shedding and has_body(request)
 
 
 # -- the limit on every read --------------------------------------------------------
@@ -277,9 +329,9 @@ async def read_json(request: web.Request, *, decoder: str | None = None, type: A
         if (
             declared is not None
             and 0 < declared <= config.inline_max
-            and declared <= config.pool.available  # under pressure: queue like the rest
+            and _fits(config.pool, declared)  # under pressure: queue like the rest
         ):
-            content = request.content
+            content = request._payload  # request.content, without the property's call
             if (
                 _SYNC_DRAIN
                 and content._eof
@@ -303,10 +355,42 @@ async def read_json(request: web.Request, *, decoder: str | None = None, type: A
             pass  # decode() below says where and why
     elif type is not None or decoder == "msgspec":
         try:
-            return msgspec_decoder(Any if type is None else type).decode(data)
+            typed = _DECODERS.get(type)
+            if typed is None:
+                if len(_DECODERS) >= 256:  # types made per call: do not keep them all
+                    _DECODERS.clear()
+                typed = _DECODERS[type] = msgspec_decoder(Any if type is None else type)
+            return typed.decode(data)
         except Exception:  # decode() below says where and why
             pass
     return decode(data, decoder=decoder, type=type)
+
+
+#: msgspec decoders by type (``None``: untyped), as ``_json.msgspec_decoder`` makes them
+_DECODERS: dict[Any, Any] = {}
+
+
+def _fits(pool: SlabPool, nbytes: int) -> bool:
+    """``nbytes <= pool.available``, without the property's Python call."""
+    return nbytes <= pool.budget - pool._lent_bytes - pool._quarantined_bytes
+
+
+def json_response(
+    data: Any,
+    *,
+    status: int = 200,
+    reason: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    option: int = 0,
+) -> web.Response:
+    """A JSON response encoded by orjson into fresh ``bytes`` (never arena memory);
+    msgspec Structs are encoded too. ``option`` is orjson's (``orjson.OPT_*``)."""
+    body = _dumps(data, default=_default, option=option)
+    if status == 200 and reason is None and headers is None:  # each keyword costs a call
+        return _Response(body=body, content_type="application/json")
+    return _Response(
+        body=body, status=status, reason=reason, headers=headers, content_type="application/json"
+    )
 
 
 def check_json_type(request: web.Request) -> None:

@@ -35,7 +35,7 @@ from ._config import (
 )
 from ._expect import guard_expect, install_expect_guards
 from ._heads import install as install_heads
-from ._hotpath import serve
+from ._hotpath import serve, serve_route
 from ._ready import install as install_ready
 from ._request import find_state, get_arena
 from ._responses import ADMIN_MARK
@@ -157,10 +157,11 @@ def serve_in_routes(
     when that changes nothing but the cost; True if it did.
 
     The arena middleware is the innermost one when nothing was appended after it, so
-    it is equivalent to wrapping each route's handler (``serve`` with the handler bound),
-    and then aiohttp skips its middleware machinery when the app has no other
-    middleware (a frame and a cache lookup per request, about 4% of a 1 KiB request's
-    instructions: ``benchmarks/callgrind_request.py``), or runs one layer fewer. Not
+    it is equivalent to wrapping each route's handler (``serve_route`` with the handler
+    and the route bound), and then aiohttp skips its middleware machinery when the app
+    has no other middleware (a frame and a cache lookup per request, about 4% of a 1 KiB
+    request's instructions: ``benchmarks/callgrind_request.py``), or runs one layer
+    fewer. Not
     done when a middleware follows ours, when the app has sub-apps (their requests pass
     through our middleware too), or when the app's middlewares are already frozen.
     Requests that match no route (404, 405) then do not pass through ``serve``: they
@@ -178,7 +179,8 @@ def serve_in_routes(
         handler = getattr(route, "_handler", None)
         if handler is None:
             continue
-        served = functools.partial(serve, config, stats, None, handler=handler)
+        entry = stats._resolved[route] = stats.entry(route, route.method)
+        served = functools.partial(serve_route, config, stats, handler, entry)
         for attr in ("__arenapool_limit__", ADMIN_MARK):  # what the route's handler says
             value = getattr(handler, attr, None)
             if value is not None:
@@ -206,6 +208,8 @@ def arena_middleware(
             pool=pool or default_pool(), limit=parse_size(limit, name="limit"), **options
         )
     stats = route_stats if route_stats is not None else RouteStats()
+    if config.governor is not None:  # it counts the requests from the route counters
+        config.governor.count_requests(stats.activity)
 
     # A partial of _serve, not a closure around it: one coroutine frame per request
     # instead of two (aiohttp adds its own layer once an app has any middleware).

@@ -35,14 +35,13 @@ class RequestState:
         "route",
     )
 
-    def __init__(
+    def __init__(  # noqa: PLR0917 - made per request: keywords would cost a dict
         self,
         request: web.Request,
         config: ArenaConfig,
         counters: RouteCounters,
         route: str,
         limit: int,
-        *,
         declared: int | None = None,
     ) -> None:
         self.request: web.Request | None = request  # None once served: no cycle

@@ -1,7 +1,9 @@
 """What arenapool answers with: JSON responses in fresh bytes, and one error shape.
 
-:func:`json_response` encodes with orjson into fresh ``bytes``: a response never carries
-arena memory, because aiohttp writes it after the middleware has released the arena.
+:func:`~arenapool.aiohttp.json_response` (``_hotpath``, compiled when built) encodes with
+orjson into fresh ``bytes``: a response never carries arena memory, because aiohttp
+writes it after the middleware has released the arena; :func:`detach_body` copies what
+would.
 
 Every error answer has the shape
 ``{"error": "<code>", "detail": "<what happened and what to do>", ...}``, with extra
@@ -19,7 +21,7 @@ import functools
 import logging
 import math
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -40,7 +42,6 @@ from .._errors import (
     PoolTimeout,
     UnsupportedMediaType,
 )
-from .._json import encode
 
 __all__ = [
     "ADMIN_MARK",
@@ -52,7 +53,6 @@ __all__ = [
     "drop_unread",
     "error_answer",
     "error_response",
-    "json_response",
 ]
 
 log = logging.getLogger("arenapool")
@@ -115,24 +115,6 @@ def error_response(
         status=status if status is not None else ERROR_CODES.get(code, 500),
         content_type="application/json",
         headers=headers,
-    )
-
-
-def json_response(
-    data: Any,
-    *,
-    status: int = 200,
-    reason: str | None = None,
-    headers: Mapping[str, str] | None = None,
-    option: int = 0,
-) -> web.Response:
-    """A JSON response encoded by orjson into fresh ``bytes`` (never arena memory)."""
-    return web.Response(
-        body=encode(data, option=option),
-        status=status,
-        reason=reason,
-        headers=headers,
-        content_type="application/json",
     )
 
 
