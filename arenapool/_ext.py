@@ -8,7 +8,10 @@ under the name ``<twin>_c``, so the two cannot drift apart. A twin module ends w
     _ext.load_compiled(__name__, globals())
 
 which rebinds every function and class the compiled build defines over the twin's own,
-so everything that imports a name from the twin gets one object, the selected one.
+so everything that imports a name from the twin gets one object, the selected one;
+except the names the twin lists in ``INTERPRETED``: those keep running as written,
+where the interpreter runs them faster than the compiled build does (measured; the twin
+says why).
 
 - ``ARENAPOOL_NO_EXTENSIONS`` set to a non-empty value selects the twins (read once,
   at import), as ``AIOHTTP_NO_EXTENSIONS`` does for aiohttp.
@@ -85,8 +88,14 @@ def load_compiled(name: str, namespace: dict[str, object]) -> bool:
         if getattr(compiled, DIGEST_ATTR, None) != digest:
             STALE.append(name)
             return False
+    interpreted = namespace.get("INTERPRETED", ())
+    assert isinstance(interpreted, tuple)
     for attr, value in vars(compiled).items():
-        if getattr(value, "__module__", None) == compiled_name and attr in namespace:
+        if (
+            getattr(value, "__module__", None) == compiled_name
+            and attr in namespace
+            and attr not in interpreted
+        ):
             namespace[attr] = value
     LOADED[name] = compiled_name
     return True

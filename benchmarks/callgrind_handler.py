@@ -3,6 +3,7 @@ decoder without arenapool and without any middleware: exact, in one process.
 
     python benchmarks/callgrind_handler.py                  # 1 KiB, 2000 requests, ~3 min
     python benchmarks/callgrind_handler.py --size 64KiB --modes msgspec,arenapool-msgspec
+    python benchmarks/callgrind_handler.py --cache-sim      # + simulated cache misses
 
 ``callgrind_request.py`` counts a whole server, event loop and idle timers included, so
 two runs of one variant differ by a few percent. This one counts only what the route
@@ -18,7 +19,9 @@ socket or parser is in the count; every answer is checked to be a 200. Modes:
 ``orjson`` and ``msgspec`` (the throughput benchmarks' baselines: ``request.read()``
 then the decoder), ``arenapool`` and ``arenapool-msgspec``. Exactly reproducible from
 run to run on one build; prints Ir per request and each arenapool mode over its
-baseline, then one JSON line.
+baseline, then one JSON line. ``--cache-sim`` adds callgrind's simulated L1 instruction
+and data cache misses and mispredicted branches per request (this machine's cache
+geometry): what the instruction count does not show of a request's cost.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # harness/ of this checkout
 
 from arenapool import parse_size  # noqa: E402
-from harness.benchkit import callgrind_map_next  # noqa: E402
+from harness.benchkit import callgrind_map_next_events  # noqa: E402
 
 MODES = ("orjson", "arenapool", "msgspec", "arenapool-msgspec")
 BASELINE = {"arenapool": "orjson", "arenapool-msgspec": "msgspec"}
@@ -109,16 +112,25 @@ print("LOADED", sorted(_ext.LOADED))
 """
 
 
-def ir_per_request(mode: str, requests: int, size: int) -> tuple[float, bool]:
-    """Ir per request of ``mode`` (warm-up subtracted), and whether the build was compiled."""
+#: what ``--cache-sim`` reports per request, of callgrind's simulated events
+CACHE_EVENTS = ("I1mr", "D1mr", "D1mw", "Bcm", "Bim")
+
+
+def per_request(
+    mode: str, requests: int, size: int, *, cache_sim: bool = False
+) -> tuple[dict[str, float], bool]:
+    """Events per request of ``mode`` (``Ir``, and with ``cache_sim`` the simulated
+    cache misses and mispredicted branches; the warm-up subtracted), and whether the
+    build was compiled."""
     env = dict(os.environ, PYTHONHASHSEED="0")
     service = str(ROOT / "integrations" / "example_service")
     runs = []
     for n in (0, requests):  # the warm-up alone, then with the measured requests
         code = CHILD.format(root=str(ROOT), service=service, mode=mode, size=size, n=n)
-        total, stdout = callgrind_map_next(code, env)
-        runs.append((total, "LOADED []" not in stdout))
-    return (runs[1][0] - runs[0][0]) / requests, runs[1][1]
+        counts, stdout = callgrind_map_next_events(code, env, cache_sim=cache_sim)
+        runs.append((counts, "LOADED []" not in stdout))
+    (warm, _), (total, compiled) = runs
+    return {name: (total[name] - warm[name]) / requests for name in total}, compiled
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -126,15 +138,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="measured requests (2000)")
     parser.add_argument("--size", default="1KiB", help="body size (1KiB)")
     parser.add_argument("--modes", default=",".join(MODES), help=f"({','.join(MODES)})")
+    parser.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="also simulate the caches and branch predictor (callgrind --cache-sim=yes "
+        "--branch-sim=yes): L1 instruction and data misses, mispredicted branches",
+    )
     args = parser.parse_args(argv)
     size = parse_size(args.size)
     result: dict[str, float] = {}
+    simulated: dict[str, dict[str, float]] = {}
     compiled = False
     for mode in [m for m in args.modes.split(",") if m]:
-        per, built = ir_per_request(mode, args.requests, size)
+        events, built = per_request(mode, args.requests, size, cache_sim=args.cache_sim)
         compiled = compiled or built
+        per = events["Ir"]
         result[mode] = round(per, 1)
-        print(f"{mode:<20} {per:10,.0f} Ir/request", flush=True)
+        line = f"{mode:<20} {per:10,.0f} Ir/request"
+        if args.cache_sim:
+            simulated[mode] = {name: round(events[name], 1) for name in CACHE_EVENTS}
+            line += "".join(f"  {name} {events[name]:7,.0f}" for name in CACHE_EVENTS)
+        print(line, flush=True)
     ratios = {}
     for mode, base in BASELINE.items():
         if mode in result and base in result:
@@ -149,6 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 "requests": args.requests,
                 "compiled": compiled,
                 "ir_per_request": result,
+                "simulated_per_request": simulated,
                 "ratio": ratios,
             }
         )

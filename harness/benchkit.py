@@ -70,12 +70,24 @@ def callgrind_map_next(code: str, env: Mapping[str, str]) -> tuple[int, str]:
     Collection is off at the start and toggled on within ``map_next`` only, so the
     count is the code the child runs under ``map()``. A failing child ends the run.
     """
+    events, stdout = callgrind_map_next_events(code, env)
+    return events["Ir"], stdout
+
+
+def callgrind_map_next_events(
+    code: str, env: Mapping[str, str], *, cache_sim: bool = False
+) -> tuple[dict[str, int], str]:
+    """:func:`callgrind_map_next` with every event callgrind counted, by name (``Ir``;
+    with ``cache_sim`` also its simulated cache and branch events: ``I1mr``, ``D1mr``,
+    ``D1mw``, ``Bcm``, ``Bim``, ...), and the child's stdout."""
+    sim = ["--cache-sim=yes", "--branch-sim=yes"] if cache_sim else []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         proc = subprocess.run(
             [
                 "valgrind",
                 "--tool=callgrind",
+                *sim,
                 "--collect-atstart=no",
                 "--toggle-collect=map_next",
                 f"--callgrind-out-file={out}",
@@ -90,9 +102,13 @@ def callgrind_map_next(code: str, env: Mapping[str, str]) -> tuple[int, str]:
         )
         if proc.returncode:
             raise SystemExit(f"the child failed:\n{proc.stderr[-3000:]}")
-        match = re.search(r"^summary:\s+(\d+)", out.read_text(), re.MULTILINE)
-        assert match is not None, "no summary line in the callgrind output"
-        return int(match.group(1)), proc.stdout
+        text = out.read_text()
+        names = re.search(r"^events:\s+(.+)$", text, re.MULTILINE)
+        values = re.search(r"^summary:\s+(.+)$", text, re.MULTILINE)
+        assert names is not None, "no events line in the callgrind output"
+        assert values is not None, "no summary line in the callgrind output"
+        counts = dict(zip(names[1].split(), map(int, values[1].split()), strict=True))
+        return counts, proc.stdout
 
 
 async def check_answers(

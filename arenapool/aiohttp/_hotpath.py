@@ -329,7 +329,10 @@ async def read_json(request: web.Request, *, decoder: str | None = None, type: A
         if (
             declared is not None
             and 0 < declared <= config.inline_max
-            and _fits(config.pool, declared)  # under pressure: queue like the rest
+            # the pool has room (SlabPool.available, without the property's call); under
+            # pressure small bodies queue like the rest
+            and declared
+            <= (pool := config.pool).budget - pool._lent_bytes - pool._quarantined_bytes
         ):
             content = request._payload  # request.content, without the property's call
             if (
@@ -368,11 +371,6 @@ async def read_json(request: web.Request, *, decoder: str | None = None, type: A
 
 #: msgspec decoders by type (``None``: untyped), as ``_json.msgspec_decoder`` makes them
 _DECODERS: dict[Any, Any] = {}
-
-
-def _fits(pool: SlabPool, nbytes: int) -> bool:
-    """``nbytes <= pool.available``, without the property's Python call."""
-    return nbytes <= pool.budget - pool._lent_bytes - pool._quarantined_bytes
 
 
 def json_response(
@@ -884,6 +882,15 @@ def too_large(size: int, limit: int, *, declared: bool, used: int = 0) -> BodyTo
     )
     return BodyTooLarge(msg, requested=size, used=used, limit=limit)
 
+
+#: The functions that run as written even when the compiled build is loaded
+#: (``_ext.load_compiled``): every request's own path. Their work is reading attributes
+#: of Python objects (the request, the config, the state, the route's counters), which
+#: CPython 3.11's specialising interpreter does in a few instructions and Cython's
+#: generic attribute access in about 200; compiled, this path ran more instructions,
+#: instruction-cache and data-cache misses than interpreted
+#: (``benchmarks/callgrind_handler.py``). The body's reading and copying stays compiled.
+INTERPRETED = ("serve", "serve_route", "_serve", "read_json", "json_response", "refused")
 
 # The compiled build of this very file, when the install made one (see arenapool/_ext.py):
 # from here on every name above that it defines is its compiled twin.
