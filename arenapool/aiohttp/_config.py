@@ -124,8 +124,6 @@ class RouteStats:
     # route object -> (name, counters, handler limit, admin route): routes live as long
     # as their app, and naming one costs more than the rest of the middleware
     _resolved: dict[object, RouteEntry] = field(default_factory=dict, repr=False)
-    # the admin routes' counters, by name: their requests are not the server's load
-    _admin: dict[str, RouteCounters] = field(default_factory=dict, repr=False)
 
     def resolve(self, request: web.Request) -> RouteEntry:
         """(route name, its counters, a handler's own limit, whether it is an admin
@@ -145,17 +143,15 @@ class RouteStats:
         limit = getattr(handler, "__arenapool_limit__", None)
         admin = bool(getattr(handler, ADMIN_MARK, False))
         name = name_of(route, method)
-        counters = self.route(name)
-        if admin:
-            self._admin[name] = counters
-        return (name, counters, limit if isinstance(limit, int) else None, admin)
+        return (name, self.route(name), limit if isinstance(limit, int) else None, admin)
 
     def activity(self) -> tuple[int, int]:
         """(requests in flight, requests ended ever) over every route but the admin
         routes: what a :class:`~arenapool.Governor` counts (``Governor.count_requests``),
-        read at its checks instead of two calls on every request."""
+        read at its checks instead of two calls on every request. Admin routes are named
+        by their cached entries (an admin route is always a resource route, so cached)."""
         in_flight = ended = 0
-        admin = self._admin
+        admin = {entry[0] for entry in list(self._resolved.values()) if entry[3]}
         for name, counters in list(self.routes.items()):
             if name not in admin:
                 in_flight += counters.in_flight

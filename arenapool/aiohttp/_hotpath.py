@@ -384,7 +384,8 @@ def json_response(
     """A JSON response encoded by orjson into fresh ``bytes`` (never arena memory);
     msgspec Structs are encoded too. ``option`` is orjson's (``orjson.OPT_*``)."""
     body = _dumps(data, default=_default, option=option)
-    if status == 200 and reason is None and headers is None:  # each keyword costs a call
+    # the usual answer with two keywords: the type call builds a dict of them
+    if status == 200 and reason is None and headers is None:
         return _Response(body=body, content_type="application/json")
     return _Response(
         body=body, status=status, reason=reason, headers=headers, content_type="application/json"

@@ -161,9 +161,9 @@ def serve_in_routes(
     and the route bound), and then aiohttp skips its middleware machinery when the app
     has no other middleware (a frame and a cache lookup per request, about 4% of a 1 KiB
     request's instructions: ``benchmarks/callgrind_request.py``), or runs one layer
-    fewer. Not
-    done when a middleware follows ours, when the app has sub-apps (their requests pass
-    through our middleware too), or when the app's middlewares are already frozen.
+    fewer. Not done when a middleware follows ours, when the app has sub-apps (their
+    requests pass through our middleware too), or when the app's middlewares are
+    already frozen.
     Requests that match no route (404, 405) then do not pass through ``serve``: they
     read no body.
     """
