@@ -20,11 +20,15 @@ when ``decay`` or ``retain`` is set). With the pool's lock held, the thread:
   as the class keeps its reserve). ``SlabPool.trim`` runs the same function on demand.
 - *Calibrate* (:func:`calibrate_locked`), every tick: each class's warm reserve becomes
   the median of the most blocks lent at once over the last ``CALIBRATION_WINDOWS``
-  ticks that lent anything, never below what ``reserve=``/``prealloc=`` asked for. So
-  the pool keeps warm what the traffic needs now, one burst does not pin its peak for
-  good, and a pause does not cool it; ``QUIET_WINDOWS`` ticks without a lend reset it
-  (bytebufferpool recalibrates its sizes every 42,000 calls from a histogram of the
-  sizes seen; Netty 4.2's adaptive allocator sizes its chunks from histograms).
+  ticks that lent anything, never below what ``reserve=``/``prealloc=`` asked for; the
+  reserves together are then fitted, smallest classes first, into the median of the
+  most bytes the pool had lent at once in those ticks. A reserve counts the blocks
+  lent now (:func:`keep`): a class with 3 out and a reserve of 5 keeps 2 idle blocks
+  warm, not 5. So the pool keeps warm what the traffic needs now, one burst does not
+  pin its peak for good, and a pause does not cool it; ``QUIET_WINDOWS`` ticks without
+  a lend reset it (bytebufferpool recalibrates its sizes every 42,000 calls from a
+  histogram of the sizes seen; Netty 4.2's adaptive allocator sizes its chunks from
+  histograms).
 
 ``decay=0`` alone still returns memory at once, inside ``give_back``: it asks for that.
 
@@ -38,6 +42,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
+from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
@@ -47,6 +52,7 @@ __all__ = [
     "Reservoir",
     "calibrate_locked",
     "enforce_retain",
+    "keep",
     "maintain",
     "start_decay_thread",
     "trim_locked",
@@ -68,6 +74,10 @@ class Reservoir(Protocol):
     retain: int | None
     _classes: list[ClassState]
     _idle_committed: int
+    _lent_bytes: int
+    _quarantined_bytes: int
+    _window_high: int
+    _byte_peaks: deque[int]
     _wake_above: int | None
     _returned_bytes: int
     _lock: threading.Lock
@@ -82,6 +92,14 @@ class Reservoir(Protocol):
     def trim(self, *, older_than: float = 0.0, keep_reserve: bool = True) -> int: ...
 
 
+def keep(cls: ClassState) -> int:
+    """Idle blocks of ``cls`` kept committed through decay and retain: what its warm
+    reserve covers beyond the blocks lent now (a reserve counts lent blocks: it is how
+    many the traffic has out at once), never fewer than ``base_reserve``."""
+    warm = cls.reserve - cls.lent
+    return warm if warm > cls.base_reserve else cls.base_reserve
+
+
 def decommit(pool: Reservoir, block: Block) -> int:
     """Give a committed idle block's pages back; the bytes returned (lock held)."""
     pool._idle_committed -= block.size
@@ -94,8 +112,8 @@ def trim_locked(pool: Reservoir, cutoff: float, keep_reserve: bool) -> int:
     returned = 0
     emptied: set[Slab] = set()
     for cls in pool._classes:
-        keep = cls.reserve if keep_reserve else 0
-        candidates = len(cls.free) - keep
+        kept = keep(cls) if keep_reserve else 0
+        candidates = len(cls.free) - kept
         # the stack's bottom holds the blocks idle longest
         for block in cls.free[: max(candidates, 0)]:
             if block.idle_since > cutoff:
@@ -108,8 +126,8 @@ def trim_locked(pool: Reservoir, cutoff: float, keep_reserve: bool) -> int:
     for slab in emptied:
         owner = slab.cls
         assert owner is not None  # only class slabs sit on free stacks
-        keep = owner.reserve if keep_reserve else 0
-        if owner.idle - slab.nblocks < keep:
+        kept = keep(owner) if keep_reserve else 0
+        if owner.idle - slab.nblocks < kept:
             continue
         if all(b.idle_since <= cutoff for b in slab.blocks):
             returned += sum(b.size for b in slab.blocks if b.committed)
@@ -127,7 +145,7 @@ def enforce_retain(pool: Reservoir) -> int:
     for cls in reversed(pool._classes):
         free = cls.free
         # the stack's bottom holds the blocks idle longest
-        for block in free[: max(len(free) - cls.reserve, 0)]:
+        for block in free[: max(len(free) - keep(cls), 0)]:
             if pool._idle_committed <= retain:
                 break
             if block.committed:
@@ -139,7 +157,8 @@ def enforce_retain(pool: Reservoir) -> int:
 
 def calibrate_locked(pool: Reservoir) -> None:
     """Close a calibration window: each class's reserve becomes the median of its recent
-    active window peaks, never below its ``base_reserve`` (lock held).
+    active window peaks, never below its ``base_reserve``; then the reserves together are
+    fitted into the median of the pool's recent window peaks in bytes (lock held).
 
     A window without a lend is no sample of what the traffic needs: it leaves the median
     alone (a server that pauses for a few seconds finds its blocks warm when the traffic
@@ -147,6 +166,13 @@ def calibrate_locked(pool: Reservoir) -> None:
     ``QUIET_WINDOWS`` of them in a row (about ``decay``) the reserve falls back to its
     floor and the history is forgotten, so an idle pool does give its memory back, and
     the first active window after sets the reserve on its own.
+
+    Why the fit: classes do not peak together. Under a mix of body sizes, each of a dozen
+    classes has its own peak of one to five blocks, and their sum (what per-class medians
+    alone keep warm) is several times the most bytes the pool ever has out at once. The
+    fit keeps the median of those pool-wide peaks, the smallest classes first: for the
+    same bytes, they cover the most requests (every class is hit about equally often by
+    log-spread sizes, and a fault costs per page, so per byte all classes cost the same).
     """
     for cls in pool._classes:
         peak = cls.window_peak
@@ -163,6 +189,24 @@ def calibrate_locked(pool: Reservoir) -> None:
         ordered = sorted(peaks)
         median = ordered[len(ordered) // 2]
         cls.reserve = median if median > cls.base_reserve else cls.base_reserve
+    high = pool._window_high
+    pool._window_high = pool._lent_bytes + pool._quarantined_bytes
+    byte_peaks = pool._byte_peaks
+    if high:
+        byte_peaks.append(high)
+    elif all(not cls.peaks for cls in pool._classes):
+        byte_peaks.clear()  # every class went quiet: so does the pool
+    if not byte_peaks:
+        return
+    room = sorted(byte_peaks)[len(byte_peaks) // 2]
+    for cls in pool._classes:  # smallest first
+        size = cls.size
+        want = cls.reserve
+        fits = room // size if room > 0 else 0
+        if want > fits:
+            want = fits if fits > cls.base_reserve else cls.base_reserve
+        cls.reserve = want
+        room -= want * size
 
 
 def maintain(pool: Reservoir, now: float, *, tick: bool = True) -> int:

@@ -125,8 +125,13 @@ class GovernorConfig:
     idle_after: float = 2.0
     """Seconds with nothing in flight before the server counts as idle (timed from the
     reading that first sees the last request end, so up to one ``interval`` more)."""
-    trim_threshold: int | str = "16MiB"
-    """Reclaimable growth (free C heap + idle slabs) that makes an idle trim worth it."""
+    trim_threshold: int | str = "1MiB"
+    """Growth since the last trim that makes an idle trim worth it: of the reclaimable
+    memory (free C heap + idle slabs), or of RSS itself (free heap that a trim returned
+    and requests touched again is resident once more, but glibc counted it as free all
+    along). Low by default: an idle server has the time, and what a burst's last
+    requests free after the first idle trim would otherwise stay resident until the next
+    burst."""
     soft_limit: int | str | None = None
     """RSS at which the governor trims at once, busy or not."""
     hard_limit: int | str | None = None
@@ -347,6 +352,10 @@ class Governor:
         self.shedding = False
         self._floor = 0  # nothing trimmed yet: all free memory counts as reclaimable
         self._heap_floor = 0  # the same, of the free C heap alone (busy trims)
+        # the lowest RSS since the last trim: freed heap that a trim had returned and
+        # that requests then touched again is resident, yet mallinfo2's free bytes do
+        # not grow (they counted it all along); RSS does
+        self._rss_floor: int | None = None
         self._last_trim = float("-inf")
         self._last_rss: int | None = None
         self._last_check: float | None = None
@@ -497,6 +506,7 @@ class Governor:
         # warm for the traffic (its decay and retain return them, off the request path)
         self._heap_floor = min(self._heap_floor, heap_free)
         heap_reclaimable = heap_free - self._heap_floor
+        rss_floor = self._rss_floor = rss if self._rss_floor is None else min(self._rss_floor, rss)
 
         level = self._level(rss)
         what = "RSS" if self.watch == "process" else "container working set"
@@ -550,7 +560,7 @@ class Governor:
         elif (
             in_flight == 0
             and now - self._last_activity >= config.idle_after
-            and reclaimable > self._trim_threshold
+            and (reclaimable > self._trim_threshold or rss - rss_floor > self._trim_threshold)
         ):
             await self.trim(reason="idle")
         elif self._busy is not None and (
@@ -608,7 +618,7 @@ class Governor:
             )
             self._heap_floor = reading.heap_free or 0
             self._floor = self._heap_floor + reading.slab_idle_bytes
-            self._last_rss = reading.rss
+            self._last_rss = self._rss_floor = reading.rss
             self._trims += 1
             self._trimmed_bytes += result["freed"]
             self._trim_seconds += result["seconds"]

@@ -42,6 +42,7 @@ from ._errors import ArenaPoolError, BudgetExhausted, InvalidSize, PoolClosedErr
 from ._registry import register_slab_pool
 from ._sizeclasses import MIN_CLASS, blocks_per_slab, class_size, size_classes
 from ._slab import (
+    CALIBRATION_WINDOWS,
     IDLE,
     LENT,
     ON_LEND,
@@ -169,6 +170,10 @@ class SlabPool:
         self._quarantined_bytes = 0
         self._mapped_bytes = 0
         self._high_water = 0
+        # the most bytes lent at once since the last calibration, and the recent
+        # active windows' values: the pool's warm reserves together fit in their median
+        self._window_high = 0
+        self._byte_peaks: deque[int] = deque(maxlen=CALIBRATION_WINDOWS)
         self._returned_bytes = 0
         self._trims = 0
         self._escapes = 0
@@ -755,8 +760,10 @@ class SlabPool:
         block.used = 0
         held = self._lent_bytes = self._lent_bytes + size
         held += self._quarantined_bytes
-        if held > self._high_water:  # noqa: PLR1730 - hot path: max() is a call
-            self._high_water = held
+        if held > self._window_high:  # for calibration; _high_water >= _window_high
+            self._window_high = held
+            if held > self._high_water:  # noqa: PLR1730 - hot path: max() is a call
+                self._high_water = held
         carrier = block.carrier
         if carrier is None:
             carrier = arm(block)

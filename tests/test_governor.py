@@ -108,6 +108,22 @@ async def test_busy_server_is_not_trimmed_until_idle(caplog: pytest.LogCaptureFi
     assert 2 == governor.stats()["trims"]
 
 
+async def test_an_idle_server_trims_what_the_last_requests_freed() -> None:
+    """Idle, the default threshold (1 MiB) trims again for a few MiB freed after the
+    last trim (a burst's last requests, connections closing): left alone they would stay
+    resident until the next burst. Below it, nothing happens."""
+    governor = Governor(GovernorConfig(interval=1, idle_after=0, use_cgroup=False))
+    await governor.trim()  # start from a trimmed heap: the reclaim floor is set
+    allocate(4 * MiB)  # freed at once; the pins keep the holes in the heap
+    await governor.check()
+    after_leftover = governor.stats()
+    await governor.check()  # nothing new freed: no further trim
+
+    assert 2 == after_leftover["trims"]
+    assert "idle" == after_leftover["actions"][-1]["reason"]
+    assert 2 == governor.stats()["trims"]
+
+
 async def test_a_busy_trim_leaves_the_pools_warm_blocks_committed() -> None:
     """Under load a trim returns freed C heap but not the idle blocks the traffic reuses
     (their pages would only fault back in on the next requests); once idle, a trim

@@ -170,3 +170,44 @@ def test_a_pause_keeps_the_reserve_and_a_long_idle_resets_it() -> None:
         back = window(2)
 
     assert ([3, 3, 3], [3] * (_decay.QUIET_WINDOWS - 1) + [0], 2) == (busy, paused, back)
+
+
+def test_a_reserve_counts_the_blocks_lent_now() -> None:
+    """A class whose traffic has 3 blocks out at once keeps 3 committed in all: with 2
+    lent, retain keeps 1 idle block warm, not 3 beside the 2 (the reserve is what the
+    traffic has out at once, lent blocks included)."""
+    with SlabPool("64MiB", decay=None, retain=0) as pool:
+        pool._decay_thread = threading.current_thread()  # only these passes, no thread's
+        cls = pool._classes[pool._sizes.index(64 * KiB)]
+        three = [pool.lend(64 * KiB) for _ in range(3)]
+        pool.give_back(three)
+        _decay.maintain(pool, time.monotonic())  # calibrates: reserve 3
+        five = [pool.lend(64 * KiB) for _ in range(5)]
+        pool.give_back(five)  # 5 idle blocks committed, no calibration since
+        held = [pool.lend(64 * KiB) for _ in range(2)]
+        _decay.maintain(pool, time.monotonic(), tick=False)  # retain: keep what the reserve covers
+        with pool._lock:
+            warm = sum(1 for b in cls.free if b.committed)
+        pool.give_back(held)
+
+    assert (3, 1) == (cls.reserve, warm)
+
+
+def test_the_reserves_together_fit_the_most_bytes_lent_at_once() -> None:
+    """Classes that peak at different moments do not each keep their own peak warm: in a
+    window where four 64 KiB blocks were out together and, later, two 256 KiB ones, the
+    pool never had more than 512 KiB out. The reserves fit in that, smallest class
+    first: four 64 KiB blocks (256 KiB) and one 256 KiB block, not two."""
+    with SlabPool("64MiB", decay=None, retain=0) as pool:
+        pool._decay_thread = threading.current_thread()  # only these windows, no thread's
+        small = pool._classes[pool._sizes.index(64 * KiB)]
+        large = pool._classes[pool._sizes.index(256 * KiB)]
+        four = [pool.lend(64 * KiB) for _ in range(4)]
+        pool.give_back(four)
+        two = [pool.lend(256 * KiB) for _ in range(2)]
+        pool.give_back(two)
+        _decay.maintain(pool, time.monotonic())
+        stats = pool.stats()
+
+    assert (4, 1) == (small.reserve, large.reserve)
+    assert 512 * KiB == stats["high_water_lent_bytes"]

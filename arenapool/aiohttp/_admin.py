@@ -58,13 +58,10 @@ from aiohttp.typedefs import Middleware
 
 from .._adminconfig import LOOPBACK, AdminConfig, AdminConfigError
 from .._breakdown import read_breakdown
-from .._census import Census
 from .._errors import CensusFailed, CensusRateLimited
 from .._governor import Governor, trim_now
 from .._memory import RoutesSource, snapshot
-from .._monitor import MemoryMonitor
 from .._registry import slab_pools as all_slab_pools
-from .._trace import Tracer, TraceRateLimited, TraceUnavailable
 from .._units import format_size
 from ._config import ROUTE_STATS_KEY
 from ._hotpath import refused
@@ -72,6 +69,7 @@ from ._responses import ADMIN_MARK, close_unread, error_response
 
 if TYPE_CHECKING:
     from .._slabpool import SlabPool
+    from .._trace import TraceRateLimited, TraceUnavailable
 
 __all__ = [
     "AdminConfig",
@@ -215,6 +213,12 @@ class _Admin:
         self.pools = pools
         self.governor = governor
         self.routes = routes
+        # imported here: a server without admin routes does not load the census, the
+        # monitor and tracemalloc (their code is resident memory too)
+        from .._census import Census  # noqa: PLC0415
+        from .._monitor import MemoryMonitor  # noqa: PLC0415
+        from .._trace import Tracer  # noqa: PLC0415
+
         self.census = Census(
             min_interval=config.census_min_interval,
             top=config.census_top,
@@ -337,6 +341,8 @@ class _Admin:
                 f"frames={request.query.get('frames')!r}",
                 status=400,
             )
+        from .._trace import TraceRateLimited, TraceUnavailable  # noqa: PLC0415
+
         return await _json_of_limited_run(
             self.tracer.run(seconds, frames),
             TraceRateLimited,
