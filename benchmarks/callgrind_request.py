@@ -3,6 +3,8 @@
     python benchmarks/callgrind_request.py                       # both pairs, ~3 min
     python benchmarks/callgrind_request.py --pairs orjson --requests 1000   # quicker
     python benchmarks/callgrind_request.py --size 64KiB          # another body size
+    python benchmarks/callgrind_request.py --size mixed          # the soak's sizes
+    python benchmarks/callgrind_request.py --size 200KiB --concurrency 8 --cache-sim
 
 Wall-clock times on a shared 2-core machine swing by +-15%; instruction counts do not.
 Each variant is the example service (``integrations/example_service/app.py``) in its own
@@ -62,7 +64,7 @@ from arenapool import parse_size
 from harness.benchkit import EXAMPLE_SERVE
 from harness.loadgen import run_load
 from harness.server import find_example_service, free_port, service_env
-from harness.workload import Plan, Workload
+from harness.workload import Plan, Workload, get_workload
 
 PAIRS = {"orjson": ("orjson+noop", "arenapool"), "msgspec": ("msgspec+noop", "arenapool-msgspec")}
 #: each pair's decoder with no middleware at all: the throughput benchmarks' baseline
@@ -76,6 +78,22 @@ def need_tools() -> None:
     if missing:
         msg = f"missing {', '.join(missing)} (Debian/Ubuntu: apt-get install valgrind)"
         raise SystemExit(msg)
+
+
+#: what ``--cache-sim`` reports per request, of callgrind's simulated events
+SIM_EVENTS = ("I1mr", "D1mr", "D1mw", "Bcm", "Bim")
+
+
+def dump_events(dump: Path) -> dict[str, int]:
+    """Every event a callgrind dump counted, by name, from its ``events:`` and
+    ``summary:`` (or ``totals:``) lines."""
+    text = dump.read_text()
+    names = re.search(r"^events:\s+(.+)$", text, re.MULTILINE)
+    values = re.search(r"^(?:summary|totals):\s+(.+)$", text, re.MULTILINE)
+    if names is None or values is None:
+        msg = f"no events/summary lines in {dump}"
+        raise RuntimeError(msg)
+    return dict(zip(names[1].split(), (int(v) for v in values[1].split()), strict=False))
 
 
 def program_totals(dump: Path) -> int:
@@ -111,13 +129,14 @@ async def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: floa
 
 
 def start_server(
-    mode: str, noop: str, port: int, out: Path, stem: str
+    mode: str, noop: str, port: int, out: Path, stem: str, *, cache_sim: bool = False
 ) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
     """The example service in ``mode`` under callgrind; its output goes to a log file."""
     log = (out / f"{stem}.valgrind.log").open("wb")
+    sim = ["--cache-sim=yes", "--branch-sim=yes"] if cache_sim else []
     proc = subprocess.Popen(
         [
-            "valgrind", "--tool=callgrind", f"--callgrind-out-file={out / stem}.%p.out",
+            "valgrind", "--tool=callgrind", *sim, f"--callgrind-out-file={out / stem}.%p.out",
             sys.executable, "-c", EXAMPLE_SERVE, str(find_example_service()), mode, noop, str(port),
         ],
         env=service_env(),
@@ -141,11 +160,17 @@ async def measure(variant: str, args: argparse.Namespace, out: Path, round_: int
     noop = "1" if variant.endswith("+noop") else "0"
     port = free_port()
     stem = f"{variant}.r{round_}"
-    proc, log = start_server(mode, noop, port, out, stem)
+    proc, log = start_server(mode, noop, port, out, stem, cache_sim=args.cache_sim)
     try:
         await wait_listening(port, proc, args.startup_timeout)
-        size = parse_size(args.size)
-        workload = Workload("callgrind", size, size, "fixed", args.concurrency)
+        if args.size == "mixed":  # the soak's sizes, the same seeded sequence per variant
+            mixed = get_workload("mixed")
+            workload = Workload(
+                "callgrind", mixed.min_size, mixed.max_size, mixed.distribution, args.concurrency
+            )
+        else:
+            size = parse_size(args.size)
+            workload = Workload("callgrind", size, size, "fixed", args.concurrency)
         plan = Plan(workload.deck(args.seed), args.seed)
         common: dict[str, Any] = {
             "concurrency": args.concurrency,
@@ -187,8 +212,12 @@ async def measure(variant: str, args: argparse.Namespace, out: Path, round_: int
     total = program_totals(dumps[0])
     idle_rate = program_totals(dumps[1]) / idle_elapsed
     clock_free = max(0.0, total - idle_rate * elapsed)
+    events = dump_events(dumps[0]) if args.cache_sim else {}
     return {
         "variant": variant,
+        "sim_per_request": {
+            name: events[name] / args.requests for name in SIM_EVENTS if name in events
+        },
         "ir": total,
         "ir_per_request": total / args.requests,
         "idle_ir_per_second": idle_rate,
@@ -201,6 +230,7 @@ async def main_async(args: argparse.Namespace, out: Path) -> dict[str, Any]:
     runs: dict[str, list[float]] = {}
     clock_free: dict[str, list[float]] = {}
     dumps: dict[str, list[str]] = {}
+    sims: dict[str, list[dict[str, float]]] = {}
     for round_ in range(args.rounds):
         for pair in args.pairs:
             baseline, candidate = PAIRS[pair]
@@ -214,6 +244,7 @@ async def main_async(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 runs.setdefault(variant, []).append(m["ir_per_request"])
                 clock_free.setdefault(variant, []).append(m["clock_free_ir_per_request"])
                 dumps.setdefault(variant, []).append(m["dump"])
+                sims.setdefault(variant, []).append(m["sim_per_request"])
                 print(
                     f"  round {round_ + 1} {variant:<18} {m['ir_per_request']:12,.0f} Ir/request"
                     f" ({m['clock_free_ir_per_request']:,.0f} without the idle server's"
@@ -253,6 +284,15 @@ async def main_async(args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "ratio_to_plain": plain_ratios,
         "clock_free_ratio_to_plain": plain_free_ratios,
         "target": "<= 1.02",
+        "sim_per_request": {
+            v: {
+                name: statistics.median(r[name] for r in rs)
+                for name in SIM_EVENTS
+                if all(name in r for r in rs)
+            }
+            for v, rs in sims.items()
+            if args.cache_sim
+        },
         "dumps": dumps,
     }
 
@@ -268,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--requests", type=int, default=2000, help="measured requests (2000)")
     parser.add_argument("--warmup", type=int, default=300, help="requests before zeroing (300)")
-    parser.add_argument("--size", default="1KiB", help="body size (1KiB)")
+    parser.add_argument(
+        "--size", default="1KiB", help="body size (1KiB), or mixed (1 KiB-4 MiB log-uniform)"
+    )
     parser.add_argument("--concurrency", type=int, default=1, help="requests in flight (1)")
     parser.add_argument("--rounds", type=int, default=1, help="runs of each variant (1)")
     parser.add_argument(
@@ -277,6 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed of the body (1)")
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds (300)")
     parser.add_argument("--out", default=None, help="directory for the dumps (default: a temp dir)")
+    parser.add_argument(
+        "--cache-sim",
+        action="store_true",
+        help="also simulate the caches and branch predictor (callgrind --cache-sim=yes "
+        "--branch-sim=yes): L1 instruction and data misses, mispredicted branches, per request",
+    )
     parser.add_argument(
         "--no-plain",
         dest="plain",
@@ -299,6 +347,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'variant':<20} {'median Ir/request':>18}")
     for variant, value in record["median_ir_per_request"].items():
         print(f"{variant:<20} {value:18,.0f}")
+    for variant, sim in record["sim_per_request"].items():
+        shown = ", ".join(f"{name} {value:,.0f}" for name, value in sim.items())
+        print(f"{variant:<20} per request: {shown}")
     for pair, value in record["ratio"].items():
         baseline, candidate = PAIRS[pair]
         free = record["clock_free_ratio"][pair]
