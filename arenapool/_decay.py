@@ -161,6 +161,12 @@ def enforce_retain(pool: Reservoir) -> int:
     return returned
 
 
+def _upper_median(values: deque[int]) -> int:
+    """The median of ``values`` (the upper one of an even count)."""
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
 def calibrate_locked(pool: Reservoir) -> None:
     """Close a calibration window: each class's reserve becomes the median of its recent
     active window peaks, never below its ``base_reserve``; then the reserves together are
@@ -192,8 +198,7 @@ def calibrate_locked(pool: Reservoir) -> None:
             continue
         cls.quiet = 0
         peaks.append(peak)
-        ordered = sorted(peaks)
-        median = ordered[len(ordered) // 2]
+        median = _upper_median(peaks)
         cls.reserve = median if median > cls.base_reserve else cls.base_reserve
     high = pool._window_high
     pool._window_high = pool._lent_bytes + pool._quarantined_bytes
@@ -204,7 +209,7 @@ def calibrate_locked(pool: Reservoir) -> None:
         byte_peaks.clear()  # every class went quiet: so does the pool
     if not byte_peaks:
         return
-    room = sorted(byte_peaks)[len(byte_peaks) // 2]
+    room = _upper_median(byte_peaks)
     for cls in pool._classes:  # smallest first
         size = cls.size
         want = cls.reserve

@@ -61,7 +61,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import arenapool
 from arenapool import parse_size
-from harness.benchkit import EXAMPLE_SERVE
+from harness.benchkit import EXAMPLE_SERVE, callgrind_events
 from harness.loadgen import run_load
 from harness.server import find_example_service, free_port, service_env
 from harness.workload import Plan, Workload, get_workload
@@ -82,18 +82,6 @@ def need_tools() -> None:
 
 #: what ``--cache-sim`` reports per request, of callgrind's simulated events
 SIM_EVENTS = ("I1mr", "D1mr", "D1mw", "Bcm", "Bim")
-
-
-def dump_events(dump: Path) -> dict[str, int]:
-    """Every event a callgrind dump counted, by name, from its ``events:`` and
-    ``summary:`` (or ``totals:``) lines."""
-    text = dump.read_text()
-    names = re.search(r"^events:\s+(.+)$", text, re.MULTILINE)
-    values = re.search(r"^(?:summary|totals):\s+(.+)$", text, re.MULTILINE)
-    if names is None or values is None:
-        msg = f"no events/summary lines in {dump}"
-        raise RuntimeError(msg)
-    return dict(zip(names[1].split(), (int(v) for v in values[1].split()), strict=False))
 
 
 def program_totals(dump: Path) -> int:
@@ -212,7 +200,7 @@ async def measure(variant: str, args: argparse.Namespace, out: Path, round_: int
     total = program_totals(dumps[0])
     idle_rate = program_totals(dumps[1]) / idle_elapsed
     clock_free = max(0.0, total - idle_rate * elapsed)
-    events = dump_events(dumps[0]) if args.cache_sim else {}
+    events = callgrind_events(dumps[0]) if args.cache_sim else {}
     return {
         "variant": variant,
         "sim_per_request": {

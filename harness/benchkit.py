@@ -30,6 +30,7 @@ from .workload import Plan
 
 __all__ = [
     "EXAMPLE_SERVE",
+    "callgrind_events",
     "callgrind_map_next",
     "check_answers",
     "per_call_runs",
@@ -102,13 +103,20 @@ def callgrind_map_next_events(
         )
         if proc.returncode:
             raise SystemExit(f"the child failed:\n{proc.stderr[-3000:]}")
-        text = out.read_text()
-        names = re.search(r"^events:\s+(.+)$", text, re.MULTILINE)
-        values = re.search(r"^summary:\s+(.+)$", text, re.MULTILINE)
-        assert names is not None, "no events line in the callgrind output"
-        assert values is not None, "no summary line in the callgrind output"
-        counts = dict(zip(names[1].split(), map(int, values[1].split()), strict=True))
-        return counts, proc.stdout
+        return callgrind_events(out), proc.stdout
+
+
+def callgrind_events(dump: Path) -> dict[str, int]:
+    """Every event a callgrind dump counted, by name (``Ir``, and with its cache and
+    branch simulation ``I1mr``, ``D1mr``, ...), from its ``events:`` and ``summary:``
+    lines."""
+    text = dump.read_text()
+    names = re.search(r"^events:\s+(.+)$", text, re.MULTILINE)
+    values = re.search(r"^summary:\s+(.+)$", text, re.MULTILINE)
+    if names is None or values is None:
+        msg = f"no events/summary lines in the callgrind dump {dump}"
+        raise RuntimeError(msg)
+    return dict(zip(names[1].split(), map(int, values[1].split()), strict=True))
 
 
 async def check_answers(
