@@ -71,6 +71,7 @@ from ._memory import (
     MAX_MMAP_THRESHOLD,
     cgroup_memory_limit,
     current_rss,
+    hold_heap,
     malloc_trim,
     set_mmap_threshold,
     snapshot,
@@ -167,6 +168,12 @@ class GovernorConfig:
     """Most seconds between busy trims: each trim that does not pay doubles the wait."""
     trim_min_yield: int | str = "1MiB"
     """A trim that returns less than this to the OS did not pay (the busy trims back off)."""
+    hold_heap: bool = True
+    """Hold the C heap while the governor trims under load: when it starts (with
+    ``busy_trim_threshold`` set and no ``mmap_threshold``), pin glibc's thresholds so
+    that ``free()`` never gives memory back on the request path and large buffers come
+    from the warm heap; the governor's trims return what is free, on their schedule
+    (see :func:`arenapool.memory.hold_heap`). Process-wide."""
     mmap_threshold: int | str | None = None
     """Pin glibc's mmap threshold here when the governor starts (``None``: leave it).
 
@@ -363,6 +370,7 @@ class Governor:
         self._errors = 0
         self._trims = 0
         self._mmap_threshold: int | None = None  # what start() pinned, if anything
+        self._heap_held = False  # start() pinned glibc's thresholds (hold_heap)
         self._trimmed_bytes = 0
         self._trim_seconds = 0.0
         self._pool_returned_bytes = 0
@@ -438,11 +446,19 @@ class Governor:
         if self.running:
             return
         self._task = asyncio.get_running_loop().create_task(self._run(), name="arenapool-governor")
-        threshold = self.config.mmap_threshold
+        config = self.config
+        threshold = config.mmap_threshold
         if threshold is not None and self._mmap_threshold is None:
             nbytes = parse_size(threshold, name="mmap_threshold", allow_zero=True)
             if set_mmap_threshold(nbytes):
                 self._mmap_threshold = nbytes
+        elif (
+            threshold is None
+            and config.hold_heap
+            and config.busy_trim_threshold is not None
+            and not self._heap_held
+        ):
+            self._heap_held = hold_heap()
         log.info(
             "governor started: interval %.2fs, soft %s, hard %s (%s)",
             self.config.interval,
@@ -670,6 +686,7 @@ class Governor:
             "limit_source": self.limit_source,
             "trim_threshold": self._trim_threshold,
             "mmap_threshold": self._mmap_threshold,
+            "heap_held": self._heap_held,
             "interval": self.config.interval,
             "last_rss": self._last_rss,
             "last_check": self._last_check,

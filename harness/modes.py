@@ -114,6 +114,12 @@ def _modes(recycle_after: int) -> list[Mode]:
             "arenapool, glibc's mmap threshold pinned at 1 MiB by the governor",
             args=("--mmap-threshold", "1MiB"),
         ),
+        Mode(
+            "arenapool-glibc-heap",
+            "arenapool",
+            "arenapool, glibc's heap thresholds left dynamic (GovernorConfig(hold_heap=False))",
+            args=("--glibc-heap",),
+        ),
     ]
     for lib in ("jemalloc", "mimalloc"):
         path = find_library(lib)

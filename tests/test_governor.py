@@ -44,6 +44,45 @@ def test_config_rejects_mmap_threshold_above_glibc_cap() -> None:
         GovernorConfig(mmap_threshold="64MiB")
 
 
+@pytest.mark.parametrize(
+    ("options", "held"),
+    [
+        ({}, True),
+        ({"hold_heap": False}, False),
+        ({"busy_trim_threshold": None}, False),  # nothing would trim the heap under load
+        ({"mmap_threshold": "1MiB"}, False),  # a low threshold, pinned on purpose
+    ],
+)
+def test_a_governor_that_trims_under_load_holds_the_heap(
+    run_python: Callable[..., Any], options: dict[str, Any], held: bool
+) -> None:
+    """By default a running governor holds the C heap (GovernorConfig.hold_heap): an
+    8 MiB buffer then comes from the heap, where a fresh process would map it; not
+    when told not to, without busy trims, or with an mmap threshold of its own."""
+    out = run_python(
+        f"""
+import asyncio, json
+from arenapool import Governor, GovernorConfig
+from arenapool.memory import heap_info
+async def main():
+    governor = Governor(GovernorConfig(use_cgroup=False, **{options!r}))
+    governor.start()
+    before = heap_info().mmapped
+    big = bytearray(8 * 1024 * 1024)
+    mapped = heap_info().mmapped - before
+    held = governor.stats()["heap_held"]
+    await governor.stop()
+    return {{"held": held, "mapped": mapped}}
+print(json.dumps(asyncio.run(main())))
+"""
+    )
+    assert held is out["held"]
+    if held:
+        assert 0 == out["mapped"], "held: the buffer came from the heap"
+    else:
+        assert out["mapped"] >= 8 * MiB, "not held: the first large buffer is mapped"
+
+
 def test_limits_default_from_cgroup(tmp_path: Path) -> None:
     """With no explicit watermarks, soft/hard are 80%/90% of the cgroup limit."""
     (tmp_path / "memory.max").write_text("1073741824\n")

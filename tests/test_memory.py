@@ -232,6 +232,44 @@ print(json.dumps({{"took": took, "grew": heap_info().mmapped - before}}))
         assert 0 == out["grew"], "dynamic: the 2 MiB buffer came from the heap"
 
 
+@pytest.mark.parametrize("held", [False, True])
+def test_a_held_heap_serves_large_buffers_warm_and_keeps_them_for_the_trim(
+    run_python: RunPython, held: bool
+) -> None:
+    """Held (hold_heap), a large buffer comes from the heap, not a fresh mapping, and
+    its memory stays in the heap when freed, until malloc_trim gives it back; left
+    dynamic, a fresh process maps it (glibc's first threshold is 128 KiB)."""
+    out = run_python(
+        f"""
+import json
+from arenapool.memory import current_rss, heap_info, hold_heap, malloc_trim
+MiB = 1024 * 1024
+took = hold_heap() if {held} else None
+before = heap_info()
+big = bytearray(8 * MiB)
+during = heap_info()
+del big
+after = heap_info()
+resident = current_rss()
+malloc_trim(0)
+trimmed = current_rss()
+print(json.dumps({{
+    "took": took,
+    "mapped": during.mmapped - before.mmapped,
+    "kept": after.free - before.free,
+    "returned": resident - trimmed,
+}}))
+"""
+    )
+    if held:
+        assert out["took"] is True
+        assert 0 == out["mapped"], "held: the 8 MiB buffer came from the heap"
+        assert out["kept"] >= 7 * 1024 * 1024, "held: free() kept its memory in the heap"
+        assert out["returned"] >= 7 * 1024 * 1024, "malloc_trim gave it back (RSS)"
+    else:
+        assert out["mapped"] >= 8 * 1024 * 1024, "dynamic: the first large buffer is mapped"
+
+
 def test_set_mmap_threshold_rejects_sizes_glibc_cannot_take() -> None:
     """Above 32 MiB (glibc's cap) or negative: a ValueError that names the range."""
     with pytest.raises(ValueError, match="0 to 32 MiB"):

@@ -203,6 +203,7 @@ def make_app(
     trim_interval: float = 0.0,
     busy_trim: str | None = "8MiB",
     mmap_threshold: str | None = None,
+    hold_heap: bool = True,
     noop_middleware: bool = False,
 ) -> web.Application:
     """The ingest service in ``mode`` (one of :data:`MODES`).
@@ -215,7 +216,9 @@ def make_app(
     ``trim_interval`` > 0 runs the ``malloc_trim(0)`` loop (:func:`add_trim_loop`).
     The governor trims under load when ``busy_trim`` of freed C heap is worth it
     (``None``: only when idle), and pins glibc's mmap threshold at ``mmap_threshold``
-    when given (large buffers then get mappings of their own, returned on free).
+    when given (large buffers then get mappings of their own, returned on free);
+    otherwise it holds the C heap (``GovernorConfig.hold_heap``) unless ``hold_heap``
+    is False.
     ``noop_middleware`` appends one middleware that does nothing: what aiohttp's
     middleware machinery alone costs a request (arenapool's own runs as one).
     """
@@ -243,7 +246,9 @@ def make_app(
             budget=budget, max_class="16MiB", decay=decay, retain=retain, name="ingest"
         )
         governor_config = (
-            arenapool.GovernorConfig(busy_trim_threshold=busy_trim, mmap_threshold=mmap_threshold)
+            arenapool.GovernorConfig(
+                busy_trim_threshold=busy_trim, mmap_threshold=mmap_threshold, hold_heap=hold_heap
+            )
             if governor
             else None
         )
@@ -332,6 +337,11 @@ def main(argv: list[str] | None = None) -> None:
         help="arenapool modes: pin glibc's mmap threshold at this size (default: leave it)",
     )
     parser.add_argument(
+        "--glibc-heap",
+        action="store_true",
+        help="arenapool modes: leave glibc's heap thresholds dynamic (no hold_heap)",
+    )
+    parser.add_argument(
         "--backlog",
         type=int,
         default=2048,
@@ -354,6 +364,7 @@ def main(argv: list[str] | None = None) -> None:
         trim_interval=args.trim_interval,
         busy_trim=None if args.busy_trim.lower() == "none" else args.busy_trim,
         mmap_threshold=args.mmap_threshold,
+        hold_heap=not args.glibc_heap,
         noop_middleware=args.noop_middleware,
     )
     ready = f"example service ({args.mode}) on http://{args.host}:{args.port} pid {os.getpid()}"
