@@ -461,7 +461,7 @@ class Governor:
             self._heap_held = hold_heap()
         log.info(
             "governor started: interval %.2fs, soft %s, hard %s (%s)",
-            self.config.interval,
+            config.interval,
             _fmt(self.soft_limit),
             _fmt(self.hard_limit),
             self.limit_source or "no watermarks",

@@ -219,7 +219,7 @@ def hold_heap() -> bool:
     fn = _libc().mallopt
     if fn is None:
         return False
-    return bool(fn(_M_MMAP_THRESHOLD, MAX_MMAP_THRESHOLD)) and bool(
+    return set_mmap_threshold(MAX_MMAP_THRESHOLD) and bool(
         fn(_M_TRIM_THRESHOLD, HOLD_TRIM_THRESHOLD)
     )
 
