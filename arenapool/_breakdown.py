@@ -86,6 +86,7 @@ __all__ = [
     "SlabSource",
     "pymalloc_stats",
     "read_breakdown",
+    "read_buckets",
 ]
 
 #: The parts of a breakdown, in display order; their values sum to ``rss``.
@@ -140,13 +141,14 @@ class _Vma:
     rss: int
 
 
-def _read_smaps() -> list[_Vma]:
-    with open("/proc/self/smaps", "rb") as f:
+def _read_smaps(pid: int | str = "self") -> list[_Vma]:
+    path = f"/proc/{pid}/smaps"
+    with open(path, "rb") as f:
         text = b"VmFlags:\n" + f.read()
     heads = _SMAPS_HEAD.findall(text)
     rss = _SMAPS_RSS.findall(text)
     if len(heads) != len(rss):  # pragma: no cover - a kernel that omits Rss somewhere
-        msg = f"/proc/self/smaps: {len(heads)} mappings but {len(rss)} Rss lines"
+        msg = f"{path}: {len(heads)} mappings but {len(rss)} Rss lines"
         raise OSError(msg)
     return [
         _Vma(int(a, 16), int(b, 16), perms, path.strip(), int(kb) * 1024)
@@ -203,6 +205,23 @@ def _is_thread_heap(vma: _Vma, nxt: _Vma | None) -> bool:
         and not nxt.path
         and nxt.end == vma.start + _HEAP_MAX
     )
+
+
+def read_buckets(pid: int | None = None) -> dict[str, int]:
+    """Another process's RSS (or this one's) by bucket, from its ``smaps`` alone.
+
+    The buckets of the module docs, in bytes: ``file``, ``heap`` (glibc's heaps),
+    ``stacks``, ``other`` and ``generic`` (pymalloc's arenas, malloc's mmapped chunks,
+    slab mappings...). They sum to the RSS the page tables show at the walk. Without the
+    allocators' counters, which only the process itself can read, nothing is split
+    further (:func:`read_breakdown` does that for this process). Raises ``OSError``
+    when the process is gone or its ``smaps`` cannot be read (not Linux, no permission).
+    """
+    vmas = _read_smaps("self" if pid is None else pid)
+    buckets = {"file": 0, "heap": 0, "stacks": 0, "other": 0, "generic": 0}
+    for vma, bucket in zip(vmas, _bucket_of(vmas), strict=True):
+        buckets[bucket] += vma.rss
+    return buckets
 
 
 # -- glibc -------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ the limit; read on the container, all of them see the same level and shed togeth
                                       reclaimable >= 1 MiB
     PSI some avg10 >= pressure_trim-> the same trim, earlier: reclaim is already
                                       stalling tasks before usage reaches soft
-    idle and reclaimable > thresh  -> trim
+    idle and reclaimable > thresh  -> trim (also when the last trim was a busy one that
+                                      left more than thresh of idle blocks warm)
     reclaimable >= busy threshold
       and the back-off allows      -> trim, busy or idle (arenapool._trimpolicy: each
                                       trim's yield and time; one that does not pay
@@ -363,6 +364,10 @@ class Governor:
         # that requests then touched again is resident, yet mallinfo2's free bytes do
         # not grow (they counted it all along); RSS does
         self._rss_floor: int | None = None
+        # idle slab bytes the last trim left committed because it was a busy one (warm
+        # blocks for the traffic): once idle, they are worth an idle trim whatever the
+        # floors say (they sat under the floor all along)
+        self._kept_warm = 0
         self._last_trim = float("-inf")
         self._last_rss: int | None = None
         self._last_check: float | None = None
@@ -576,7 +581,11 @@ class Governor:
         elif (
             in_flight == 0
             and now - self._last_activity >= config.idle_after
-            and (reclaimable > self._trim_threshold or rss - rss_floor > self._trim_threshold)
+            and (
+                reclaimable > self._trim_threshold
+                or rss - rss_floor > self._trim_threshold
+                or self._kept_warm > self._trim_threshold
+            )
         ):
             await self.trim(reason="idle")
         elif self._busy is not None and (
@@ -634,6 +643,7 @@ class Governor:
             )
             self._heap_floor = reading.heap_free or 0
             self._floor = self._heap_floor + reading.slab_idle_bytes
+            self._kept_warm = reading.slab_idle_bytes if reason == "busy" else 0
             self._last_rss = self._rss_floor = reading.rss
             self._trims += 1
             self._trimmed_bytes += result["freed"]

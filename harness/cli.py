@@ -347,8 +347,8 @@ def _print_soak_table(console: Console, doc: Mapping[str, Any], idle: float) -> 
     modes = doc["modes"]
     table = Table(title="side by side, one run", title_justify="left")
     for column in (
-        "mode", "requests", "req/s", "median RSS", "p95 RSS", "drift",
-        f"RSS {idle:g} s after load", "errors",
+        "mode", "requests", "req/s", "CPU/req", "faults/req", "median RSS", "p95 RSS",
+        "drift", f"RSS {idle:g} s after load", "errors",
     ):  # fmt: skip
         table.add_column(column, justify="left" if column == "mode" else "right")
     for name, m in modes.items():
@@ -357,6 +357,8 @@ def _print_soak_table(console: Console, doc: Mapping[str, Any], idle: float) -> 
             name,
             f"{m['ok']:,}",
             fmt_num(m["rps"], ".0f"),
+            "n/a" if m["cpu_us_per_request"] is None else f"{m['cpu_us_per_request']:,.0f} us",
+            fmt_num(m["faults_per_request"], ".1f"),
             fmt_mib(m["rss_median"]),
             fmt_mib(m["rss_p95"]),
             "n/a" if drift is None else f"{drift:+.2f} MiB/min",
@@ -364,6 +366,7 @@ def _print_soak_table(console: Console, doc: Mapping[str, Any], idle: float) -> 
             str(m["errors"] + m["corrupt"]),
         )
     console.print(table)
+    _print_soak_buckets(console, modes, idle)
     base = modes.get("orjson+trim")
     for name, m in modes.items():
         if base is None or not name.startswith("arenapool"):
@@ -376,7 +379,44 @@ def _print_soak_table(console: Console, doc: Mapping[str, Any], idle: float) -> 
         )
     console.print(
         "RSS: psutil readings of each server's process; median and p95 over the load after "
-        "the warm-up; drift: least-squares slope of those readings."
+        "the warm-up; drift: least-squares slope of those readings. CPU (user + system) "
+        "and minor page faults per request over the load: the server's /proc/PID/stat."
+    )
+
+
+#: the smaps buckets of the soak's second table: (column, buckets added up)
+_SOAK_BUCKETS = (
+    ("C heap", ("heap",)),
+    ("other anonymous", ("generic",)),
+    ("files", ("file",)),
+    ("stacks, shared", ("stacks", "other")),
+)
+
+
+def _print_soak_buckets(console: Console, modes: Mapping[str, Any], idle: float) -> None:
+    """Where each mode's RSS is, under load (medians) and after the idle wait."""
+    if not any(m.get("rss_buckets_median") for m in modes.values()):
+        return
+    table = Table(
+        title=f"where the RSS is (smaps): median under load / {idle:g} s after load",
+        title_justify="left",
+    )
+    table.add_column("mode")
+    for column, _ in _SOAK_BUCKETS:
+        table.add_column(column, justify="right")
+
+    def part(parts: Mapping[str, int] | None, names: tuple[str, ...]) -> str:
+        return "n/a" if parts is None else fmt_mib(sum(parts.get(n, 0) for n in names))
+
+    for name, m in modes.items():
+        load, after = m.get("rss_buckets_median"), m.get("rss_buckets_idle")
+        table.add_row(
+            name, *(f"{part(load, names)} / {part(after, names)}" for _, names in _SOAK_BUCKETS)
+        )
+    console.print(table)
+    console.print(
+        "other anonymous: pymalloc's arenas, malloc's mmapped chunks, arenapool's slabs, "
+        "libraries' .bss (one bucket: only the process itself can tell them apart)."
     )
 
 

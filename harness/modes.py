@@ -115,6 +115,20 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--mmap-threshold", "1MiB"),
         ),
         Mode(
+            "arenapool-retain16",
+            "arenapool",
+            "arenapool, up to 16 MiB of idle slab memory kept committed (SlabPool retain=; "
+            "the default is 8 MiB)",
+            args=("--retain", "16MiB"),
+        ),
+        Mode(
+            "arenapool-warm",
+            "arenapool",
+            "arenapool, idle slab memory not capped (retain=None): idle blocks stay "
+            "committed until their decay",
+            args=("--retain", "none"),
+        ),
+        Mode(
             "arenapool-glibc-heap",
             "arenapool",
             "arenapool, glibc's heap thresholds left dynamic (GovernorConfig(hold_heap=False))",

@@ -258,6 +258,15 @@ class Server:
                 total += int(proc.memory_info().rss)
         return total or None
 
+    def pids(self) -> list[int]:
+        """The server's process and all its children (a gunicorn master's workers)."""
+        if self._ps is None:
+            return []
+        try:
+            return [self._ps.pid, *(child.pid for child in self._ps.children(recursive=True))]
+        except psutil.Error:
+            return []
+
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None
         if proc is None or proc.poll() is not None:

@@ -10,8 +10,12 @@ keep-alive connections each, outside Python), with ``client="python"`` one bound
 :class:`~harness.rss.RssSampler` thread reads every server's RSS every ``interval``
 seconds. Per mode: requests answered, the median and 95th percentile of RSS under load
 after ``warmup``, the drift (least-squares slope of those readings, MiB/min) and the RSS
-``idle`` seconds after the load stopped. Running the modes side by side in one run is
-what makes their numbers comparable on a shared machine: every server sees the same
+``idle`` seconds after the load stopped; the server's CPU time (user + system) and minor
+page faults per request over the load (``/proc/PID/stat``); and where that RSS is: every
+few seconds the sampler also walks each server's ``smaps`` into buckets (C heap, other
+anonymous memory, files, stacks: :func:`~harness.rss.buckets_of`), reported as medians
+under load and as read after the idle wait. Running the modes side by side in one run
+is what makes their numbers comparable on a shared machine: every server sees the same
 minutes of the same noise.
 """
 
@@ -20,15 +24,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .benchkit import check_answers
 from .loadgen import LoadResult
 from .modes import resolve_modes
+from .procstat import ProcStat, read_stat
 from .report import MiB, machine_info
-from .rss import RssSampler, least_squares
+from .rss import RssSampler, buckets_of, least_squares
 from .run import SOAK_SETTINGS, Progress, RunSettings, drive, idle_for
 from .server import Server
 from .workload import Plan, Workload, get_workload
@@ -61,6 +67,19 @@ class SoakResult:
     intercept: float | None
     rss_idle: int | None
     idle_s: float
+    buckets: list[tuple[float, dict[str, int]]] = field(default_factory=list)
+    buckets_idle: dict[str, int] | None = None
+    cpu_us_per_request: float | None = None
+    faults_per_request: float | None = None
+
+    def buckets_under_load(self) -> dict[str, int] | None:
+        """Each ``smaps`` bucket's median over the readings under load after the warm-up."""
+        a, b = self.load_window[0] + self.warmup_s, self.load_window[1]
+        readings = [parts for t, parts in self.buckets if a <= t <= b]
+        if not readings:
+            return None
+        names = sorted({name for parts in readings for name in parts})
+        return {n: int(statistics.median(p.get(n, 0) for p in readings)) for n in names}
 
     def under_load(self) -> list[int]:
         """RSS readings under load after the warm-up."""
@@ -83,7 +102,12 @@ class SoakResult:
             "rss_peak": max((rss for _, rss in self.samples), default=None),
             "rss_idle": self.rss_idle,
             "idle_s": self.idle_s,
+            "cpu_us_per_request": _rounded(self.cpu_us_per_request, 1),
+            "faults_per_request": _rounded(self.faults_per_request, 2),
+            "rss_buckets_median": self.buckets_under_load(),
+            "rss_buckets_idle": self.buckets_idle,
             "rss_samples": [[round(t, 3), rss] for t, rss in self.samples],
+            "rss_bucket_samples": [[round(t, 3), parts] for t, parts in self.buckets],
         }
 
 
@@ -151,11 +175,14 @@ async def run_soak(
             await check_answers(
                 server, deck, seed, what="bodies answered correctly before the soak"
             )
-        sampler = RssSampler(servers, interval=interval)
+        # the smaps walks: one every 5 s, and at least ten over the load
+        every = max(1, min(round(5.0 / interval), int(duration / interval / 10)))
+        sampler = RssSampler(servers, interval=interval, buckets_every=every)
         sampler.start()
         stack.callback(sampler.stop)
         label = f"soak {', '.join(servers)}"
         progress.phase(label, duration)
+        before = {name: _stat(server) for name, server in servers.items()}
         start = sampler.now()
         if client == "wrk":
             files = stack.enter_context(deck_files(deck))
@@ -193,10 +220,13 @@ async def run_soak(
             ]
             await asyncio.gather(*runs)
         window = (start, sampler.now())
+        after = {name: _stat(server) for name, server in servers.items()}
         sampler.sample()
         if idle > 0:
             await idle_for(idle, progress, f"idle {idle:g} s")
         idle_reading = sampler.sample()
+        # read here, not by the sampler's thread: these buckets go with that reading
+        idle_buckets = {name: buckets_of(server) for name, server in servers.items()}
     results = []
     for name in servers:
         samples = sampler.samples[name]
@@ -214,8 +244,14 @@ async def run_soak(
                 intercept=None if fit is None else fit[1],
                 rss_idle=idle_reading.get(name),
                 idle_s=idle,
+                buckets=sampler.buckets[name],
+                buckets_idle=idle_buckets[name],
             )
         )
+        spent, done = _delta(before[name], after[name]), loads[name].completed
+        if spent is not None and done:
+            results[-1].cpu_us_per_request = spent.cpu * 1e6 / done
+            results[-1].faults_per_request = spent.minflt / done
     return SoakRun(
         results,
         {
@@ -235,6 +271,24 @@ async def run_soak(
             "governor": settings.governor,
         },
     )
+
+
+def _rounded(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _stat(server: Server) -> ProcStat | None:
+    """The server process's counters; ``None`` under gunicorn (workers come and go)."""
+    if server.proc is None or server.mode.gunicorn_max_requests is not None:
+        return None
+    try:
+        return read_stat(server.proc.pid)
+    except OSError:
+        return None
+
+
+def _delta(before: ProcStat | None, after: ProcStat | None) -> ProcStat | None:
+    return None if before is None or after is None else after - before
 
 
 async def _tick_until_done(

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
+import psutil  # type: ignore[import-untyped]  # psutil ships no types
 import pytest
 
-from arenapool._breakdown import PARTS, _bucket_of, _Vma, pymalloc_stats, read_breakdown
+from arenapool._breakdown import (
+    PARTS,
+    _bucket_of,
+    _Vma,
+    pymalloc_stats,
+    read_breakdown,
+    read_buckets,
+)
 
 MiB = 1024 * 1024
 
@@ -46,6 +56,29 @@ def test_parts_sum_exactly_to_rss() -> None:
     assert all(value >= 0 for value in reading.parts.values())
     assert reading.rss == sum(reading.parts.values())
     assert reading.rss > 0
+
+
+def test_another_process_is_read_by_bucket() -> None:
+    """read_buckets(pid) walks another process's smaps: a 64 MiB bytearray it fills
+    lands in its generic bucket (malloc maps a block that large on its own)."""
+    script = "import sys; b = bytearray(64 << 20); print(1, flush=True); sys.stdin.read()"
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+    ) as child:
+        try:
+            assert child.stdout is not None
+            assert b"1\n" == child.stdout.readline()  # filled and still alive
+            theirs = read_buckets(child.pid)
+            rss = psutil.Process(child.pid).memory_info().rss
+        finally:
+            child.kill()
+            child.wait()
+    assert {"file", "heap", "stacks", "other", "generic"} == set(read_buckets())
+    assert {"file", "heap", "stacks", "other", "generic"} == set(theirs)
+    assert theirs["generic"] >= 64 * MiB
+    assert abs(sum(theirs.values()) - rss) < rss // 10  # the same pages, read apart
+    with pytest.raises(OSError):
+        read_buckets(child.pid)  # gone
 
 
 def test_unexplained_is_under_a_tenth_at_rest(run_python: Callable[..., Any]) -> None:

@@ -246,6 +246,15 @@ def test_soak_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert mode["rss_median"] <= mode["rss_p95"]
         assert mode["ok"] > 0
         assert 0 == mode["errors"] + mode["corrupt"]
+        assert mode["cpu_us_per_request"] > 0
+        assert mode["faults_per_request"] >= 0
+        # where the RSS is: smaps buckets that add up to an RSS reading
+        under_load, after = mode["rss_buckets_median"], mode["rss_buckets_idle"]
+        assert {"file", "heap", "stacks", "other", "generic"} == set(after)
+        assert under_load["file"] > 0
+        assert under_load["heap"] > 0
+        assert abs(sum(after.values()) - mode["rss_idle"]) < mode["rss_idle"] * 0.2
+    assert "where the RSS is" in out
     assert_png(tmp_path / "arenapool-soak.png")
 
 

@@ -196,6 +196,33 @@ async def test_a_busy_trim_leaves_the_pools_warm_blocks_committed() -> None:
     assert ("busy", 0, 8 * MiB) == (busy, returned_busy, returned_idle)
 
 
+async def test_the_blocks_a_busy_trim_kept_warm_go_back_once_idle() -> None:
+    """A busy trim leaves the idle blocks committed for the traffic; when the load ends,
+    the next reading that finds the server idle trims them, although nothing grew since
+    that busy trim (the blocks sat under its floor all along)."""
+    # busy trims off as a rule, so that only the idle rule can act on the last reading;
+    # the busy trim is asked for by hand
+    config = GovernorConfig(interval=1, idle_after=0, use_cgroup=False, busy_trim_threshold=None)
+    with SlabPool("64MiB", decay=10.0, retain=None) as pool:
+        pool._decay_thread = threading.current_thread()  # no calibration (as above)
+        governor = Governor(config, pools=[pool])
+        await governor.trim()
+        blocks = [pool.lend(1 * MiB) for _ in range(8)]
+        for block in blocks:
+            assert block.view is not None
+            block.view[:] = b"\x5a" * MiB
+        pool.give_back(blocks)
+        returned_before = pool.stats()["returned_bytes"]
+        await governor.trim(reason="busy")  # the 8 blocks stay committed
+        returned_busy = pool.stats()["returned_bytes"] - returned_before
+        await governor.check()  # idle: nothing grew since, yet the warm blocks go
+        actions = [(a["action"], a["reason"]) for a in governor.stats()["actions"]]
+        returned_idle = pool.stats()["returned_bytes"] - returned_before
+
+    assert [("trim", "manual"), ("trim", "busy"), ("trim", "idle")] == actions
+    assert (0, 8 * MiB) == (returned_busy, returned_idle)
+
+
 def shedding_app(governor: Governor, wiring: str = "middleware") -> web.Application:
     """/work under the governor: its own middleware, or fed by setup(governor=...)."""
 
