@@ -27,7 +27,6 @@ from typing import Any
 
 from .loadgen import LoadResult, run_load
 from .modes import Mode, baseline_of
-from .procstat import ProcStat, read_stat
 from .report import BASELINE, median, ratio, rounded
 from .rss import RssSampler, rss_under_load
 from .run import BENCH_SETTINGS, Progress, RunSettings, drive
@@ -125,7 +124,7 @@ async def run_case(
         )
         progress.phase(label, duration)
         t_start = sampler.now()
-        before = _stat(server)
+        before = server.stat()
         if settings.client == "wrk":
             await _drive_wrk(server, body_deck, workload, settings, case.load)
         else:
@@ -135,7 +134,7 @@ async def run_case(
             await drive(
                 server, plan, load_workload, settings, case.load, progress=progress, label=label
             )
-        after = _stat(server)
+        after = server.stat()
         if before is not None and after is not None and case.load.completed > 0:
             delta = after - before
             case.faults_per_request = delta.minflt / case.load.completed
@@ -166,16 +165,6 @@ async def run_case(
         background.append(asyncio.ensure_future(finish()))
     _fill_rss(case, sampler, mode.name)
     return case
-
-
-def _stat(server: Server) -> ProcStat | None:
-    """The server process's counters; ``None`` under gunicorn (workers come and go)."""
-    if server.proc is None or server.mode.gunicorn_max_requests is not None:
-        return None
-    try:
-        return read_stat(server.proc.pid)
-    except OSError:
-        return None
 
 
 def _with(workload: Workload, concurrency: int) -> Workload:

@@ -35,6 +35,7 @@ import arenapool
 
 from .http import HOST
 from .modes import Mode
+from .procstat import ProcStat, read_stat
 
 __all__ = [
     "ROOT",
@@ -257,6 +258,16 @@ class Server:
             with contextlib.suppress(psutil.Error):  # a recycled worker may be gone
                 total += int(proc.memory_info().rss)
         return total or None
+
+    def stat(self) -> ProcStat | None:
+        """The server process's CPU time and page faults (``/proc/PID/stat``); ``None``
+        before it starts and under gunicorn (workers come and go)."""
+        if self.proc is None or self.mode.gunicorn_max_requests is not None:
+            return None
+        try:
+            return read_stat(self.proc.pid)
+        except OSError:
+            return None
 
     def pids(self) -> list[int]:
         """The server's process and all its children (a gunicorn master's workers)."""

@@ -32,7 +32,7 @@ from typing import Any
 from .benchkit import check_answers
 from .loadgen import LoadResult
 from .modes import resolve_modes
-from .procstat import ProcStat, read_stat
+from .procstat import ProcStat
 from .report import MiB, machine_info
 from .rss import RssSampler, buckets_of, least_squares
 from .run import SOAK_SETTINGS, Progress, RunSettings, drive, idle_for
@@ -182,7 +182,7 @@ async def run_soak(
         stack.callback(sampler.stop)
         label = f"soak {', '.join(servers)}"
         progress.phase(label, duration)
-        before = {name: _stat(server) for name, server in servers.items()}
+        before = {name: server.stat() for name, server in servers.items()}
         start = sampler.now()
         if client == "wrk":
             files = stack.enter_context(deck_files(deck))
@@ -220,7 +220,7 @@ async def run_soak(
             ]
             await asyncio.gather(*runs)
         window = (start, sampler.now())
-        after = {name: _stat(server) for name, server in servers.items()}
+        after = {name: server.stat() for name, server in servers.items()}
         sampler.sample()
         if idle > 0:
             await idle_for(idle, progress, f"idle {idle:g} s")
@@ -275,16 +275,6 @@ async def run_soak(
 
 def _rounded(value: float | None, digits: int) -> float | None:
     return None if value is None else round(value, digits)
-
-
-def _stat(server: Server) -> ProcStat | None:
-    """The server process's counters; ``None`` under gunicorn (workers come and go)."""
-    if server.proc is None or server.mode.gunicorn_max_requests is not None:
-        return None
-    try:
-        return read_stat(server.proc.pid)
-    except OSError:
-        return None
 
 
 def _delta(before: ProcStat | None, after: ProcStat | None) -> ProcStat | None:
