@@ -80,6 +80,7 @@ from typing import Any, Final, Protocol
 from ._units import format_size
 
 __all__ = [
+    "BUCKETS",
     "PARTS",
     "Breakdown",
     "PymallocStats",
@@ -207,6 +208,10 @@ def _is_thread_heap(vma: _Vma, nxt: _Vma | None) -> bool:
     )
 
 
+#: the smaps buckets (see the module docs), in the order readings list them
+BUCKETS: Final = ("file", "heap", "stacks", "other", "generic")
+
+
 def read_buckets(pid: int | None = None) -> dict[str, int]:
     """Another process's RSS (or this one's) by bucket, from its ``smaps`` alone.
 
@@ -218,7 +223,7 @@ def read_buckets(pid: int | None = None) -> dict[str, int]:
     when the process is gone or its ``smaps`` cannot be read (not Linux, no permission).
     """
     vmas = _read_smaps("self" if pid is None else pid)
-    buckets = {"file": 0, "heap": 0, "stacks": 0, "other": 0, "generic": 0}
+    buckets = dict.fromkeys(BUCKETS, 0)
     for vma, bucket in zip(vmas, _bucket_of(vmas), strict=True):
         buckets[bucket] += vma.rss
     return buckets
@@ -545,7 +550,7 @@ def read_breakdown(slabs: Iterable[SlabSource] = ()) -> Breakdown:
     except OSError:
         return Breakdown(0, dict.fromkeys(PARTS, 0), {"source": "unavailable"})
     buckets_of = _bucket_of(vmas)
-    buckets = {"file": 0, "heap": 0, "stacks": 0, "other": 0, "generic": 0}
+    buckets = dict.fromkeys(BUCKETS, 0)
     thread_heaps = thread_heap_bytes = 0
     for vma, bucket in zip(vmas, buckets_of, strict=True):
         buckets[bucket] += vma.rss

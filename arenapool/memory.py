@@ -12,7 +12,7 @@ See ``arenapool._memory`` for what each figure of a reading means.
 
 from __future__ import annotations
 
-from ._breakdown import PARTS, Breakdown, read_breakdown
+from ._breakdown import PARTS, Breakdown, read_breakdown, read_buckets
 from ._census import Census
 from ._history import History
 from ._memory import (
@@ -49,6 +49,7 @@ __all__ = [
     "malloc_trim",
     "malloc_trim_available",
     "read_breakdown",
+    "read_buckets",
     "set_mmap_threshold",
     "snapshot",
 ]

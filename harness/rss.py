@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 
-from arenapool._breakdown import read_buckets
+from arenapool.memory import read_buckets
 
 from .server import Server
 
@@ -20,7 +20,7 @@ __all__ = ["RssSampler", "buckets_of", "least_squares", "rss_under_load", "stead
 
 
 def buckets_of(server: Server) -> dict[str, int] | None:
-    """The server's RSS by ``smaps`` bucket (``arenapool._breakdown.read_buckets``),
+    """The server's RSS by ``smaps`` bucket (``arenapool.memory.read_buckets``),
     summed over its process tree; ``None`` when no process could be read."""
     total: dict[str, int] | None = None
     for pid in server.pids():

@@ -245,16 +245,20 @@ class Server:
         text = self.log_path.read_text(errors="replace").splitlines()
         return "\n".join(text[-lines:])
 
+    def _tree(self) -> list[psutil.Process]:
+        """The server's process and all its children (a gunicorn master's workers);
+        empty before it starts or once it is gone."""
+        if self._ps is None:
+            return []
+        try:
+            return [self._ps, *self._ps.children(recursive=True)]
+        except psutil.Error:
+            return []
+
     def rss(self) -> int | None:
         """Resident set size of the server and all its children, in bytes."""
-        if self._ps is None:
-            return None
-        try:
-            procs = [self._ps, *self._ps.children(recursive=True)]
-        except psutil.Error:
-            return None
         total = 0
-        for proc in procs:
+        for proc in self._tree():
             with contextlib.suppress(psutil.Error):  # a recycled worker may be gone
                 total += int(proc.memory_info().rss)
         return total or None
@@ -271,12 +275,7 @@ class Server:
 
     def pids(self) -> list[int]:
         """The server's process and all its children (a gunicorn master's workers)."""
-        if self._ps is None:
-            return []
-        try:
-            return [self._ps.pid, *(child.pid for child in self._ps.children(recursive=True))]
-        except psutil.Error:
-            return []
+        return [proc.pid for proc in self._tree()]
 
     def stop(self, timeout: float = 10.0) -> None:
         proc, self.proc = self.proc, None

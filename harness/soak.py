@@ -33,7 +33,7 @@ from .benchkit import check_answers
 from .loadgen import LoadResult
 from .modes import resolve_modes
 from .procstat import ProcStat
-from .report import MiB, machine_info
+from .report import MiB, machine_info, rounded
 from .rss import RssSampler, buckets_of, least_squares
 from .run import SOAK_SETTINGS, Progress, RunSettings, drive, idle_for
 from .server import Server
@@ -102,8 +102,8 @@ class SoakResult:
             "rss_peak": max((rss for _, rss in self.samples), default=None),
             "rss_idle": self.rss_idle,
             "idle_s": self.idle_s,
-            "cpu_us_per_request": _rounded(self.cpu_us_per_request, 1),
-            "faults_per_request": _rounded(self.faults_per_request, 2),
+            "cpu_us_per_request": rounded(self.cpu_us_per_request, 1),
+            "faults_per_request": rounded(self.faults_per_request, 2),
             "rss_buckets_median": self.buckets_under_load(),
             "rss_buckets_idle": self.buckets_idle,
             "rss_samples": [[round(t, 3), rss] for t, rss in self.samples],
@@ -271,10 +271,6 @@ async def run_soak(
             "governor": settings.governor,
         },
     )
-
-
-def _rounded(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
 
 
 def _delta(before: ProcStat | None, after: ProcStat | None) -> ProcStat | None:
