@@ -9,6 +9,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import aiohttp
 import orjson
 import pytest
 from aiohttp import web
@@ -788,6 +789,31 @@ async def test_small_body_that_stalls_gets_408(
     assert status.startswith(b"HTTP/1.1 408")
     writer.close()
     assert 1 == app[ROUTE_STATS_KEY].snapshot()["POST /echo"]["status_408"]
+
+
+async def test_body_reads_leave_no_timer_behind(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """The body clocks of a loop share one timer: sixty bodies read into the arena leave
+    at most that one in the loop's heap, not a cancelled timer each until its
+    ``body_grace`` (10 s) is up. (Their clocks still cut off a stalled body:
+    test_hostile.py.)"""
+    app = echo_app(pool)
+    client = await aiohttp_client(app)
+    loop = asyncio.get_running_loop()
+    no_timer = aiohttp.ClientTimeout()  # (the client's own would be in the heap too)
+    response = await client.post("/raw", data=b"r" * 1_000, timeout=no_timer)
+    assert 1_000 == len(await response.read())
+    # a server's loop has timers due sooner than a clock's first check (the governor's,
+    # the disconnect watch's): asyncio drops cancelled timers from the heap's head only
+    sooner = loop.call_later(5.0, lambda: None)
+    before = len(loop._scheduled)  # type: ignore[attr-defined]
+    for size in (100_000, 200_000) * 30:
+        response = await client.post("/raw", data=b"r" * size, timeout=no_timer)
+        assert size == len(await response.read())
+    after = len(loop._scheduled)  # type: ignore[attr-defined]
+    sooner.cancel()
+    assert after <= before + 1
 
 
 async def test_arena_is_made_on_first_use_and_released(

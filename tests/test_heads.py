@@ -18,7 +18,8 @@ from aiohttp.test_utils import TestClient
 from arenapool import SlabPool
 from arenapool.aiohttp import ROUTE_STATS_KEY, read_body, setup
 from arenapool.aiohttp._heads import GC_HOLD_MAX, GC_QUIET, GcHold
-from arenapool.aiohttp._hotpath import TURN_MIN, _Turns
+from arenapool.aiohttp._hotpath import TURN_MIN, WIDE_READ_AHEAD, _Turns
+from arenapool.aiohttp._ready import READ_AHEAD
 from harness.http import read_body as read_answer_body
 from harness.http import read_head
 
@@ -276,6 +277,52 @@ async def test_a_head_no_request_took_is_given_back_when_its_connection_closes(
         assert 401 == status
         assert held >= MiB  # judged on its head, taken by no request
         await until(lambda: pool.stats()["admission"]["pending_bytes"] == 0)
+
+
+async def test_an_admissible_head_reads_ahead_at_aiohttps_default_while_the_budget_has_room(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """A head judged admissible while every expected body fits the budget's free room
+    gets aiohttp's own read-ahead before its handler runs; one judged while the room is
+    taken keeps setup()'s 64 KiB, and so does a head that was not judged (its route was
+    not known yet). Each body is still read whole."""
+    marks: list[int] = []
+    entered = asyncio.Event()
+    with SlabPool("1MiB", max_class="1MiB", decay=None) as pool:
+        app = web.Application()
+        setup(app, pool, limit="1MiB")
+
+        async def peek(request: web.Request) -> web.Response:
+            marks.append(request.content._high_water)  # as the head left it
+            entered.set()
+            return web.json_response({"nbytes": len(await read_body(request))})
+
+        app.router.add_post("/peek", peek)
+        client = await aiohttp_client(app)
+        port = client.server.port
+        body = b"x" * (400 * KiB)
+        response = await client.post("/peek", data=body)  # the route becomes known
+        assert 400 * KiB == (await response.json())["nbytes"]
+        answer = await asyncio.to_thread(send_whole_then_read, port, "/peek", 400 * KiB)
+        assert answer.endswith(b'{"nbytes": 409600}')
+        entered.clear()
+        with pool.arena() as held:
+            held.alloc(768 * KiB)  # the free room is less than the next body now
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(request_head("/peek", 400 * KiB))
+            await writer.drain()
+            await entered.wait()  # its handler has run up to its read
+        # the block is back: the body is admitted as it arrives
+        try:
+            writer.write(b"y" * (400 * KiB))
+            await writer.drain()
+            status, headers = await read_head(reader)
+            nbytes = orjson.loads(await read_answer_body(reader, headers))["nbytes"]
+        finally:
+            writer.close()
+        assert (200, 400 * KiB) == (status, nbytes)
+        assert [2 * READ_AHEAD, 2 * WIDE_READ_AHEAD, 2 * READ_AHEAD] == marks
+        assert 0 == pool.stats()["admission"]["pending_bytes"]
 
 
 async def test_refuse_on_head_off_leaves_every_judgement_to_the_body_read(

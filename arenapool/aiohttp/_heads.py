@@ -26,9 +26,14 @@ connection closed when the client does, or after ``lingering_time``
 route's counters and the pool's refusals count it all the same.
 
 A body judged and found admissible is counted as expected (the pool's ``pending``), so
-the heads behind it in the same burst see it ahead of them; the request takes that
-count over when the middleware makes its state (``RequestState.expected``), and gives
-it back when its body asks for admission or the request ends. If no middleware takes
+the heads behind it in the same burst see it ahead of them. If every body expected so
+far, this one included, fits the budget's free room, its stream reads ahead at aiohttp's
+default from its first byte (``_hotpath.widen_read_ahead``; ``setup()`` lowers every
+connection's read-ahead to 64 KiB, for the connections of a burst that has no room):
+what those streams buffer is less than their declared sizes, which the free room bounds.
+The request takes the count over when the middleware makes its state
+(``RequestState.expected``), and gives it back when its body asks for admission or the
+request ends. If no middleware takes
 it (an earlier middleware answered), the connection gives it back when its next head
 arrives or when it closes.
 
@@ -62,7 +67,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
 from .._errors import ArenaPoolError, BudgetExhausted
-from ._hotpath import FIRST_STEP, expect_body, too_large
+from ._hotpath import FIRST_STEP, expect_body, too_large, widen_read_ahead
 from ._responses import count_status, drop_unread, error_answer
 
 if TYPE_CHECKING:
@@ -163,6 +168,13 @@ class HeadJudge(collections.deque):  # type: ignore[type-arg]
         if self.expected is not None:
             self.give_back()  # a head before this one that no request took
         if not self._refused(item[0], protocol):
+            expected = self.expected
+            if expected is not None and expected[0]._admission.pending <= expected[0].available:
+                # judged admissible, and every body expected so far fits the budget's
+                # free room now: it reads ahead at aiohttp's default from its first byte
+                # (what it buffers ahead is less than its own size, and the free room
+                # bounds the sum of those)
+                widen_read_ahead(item[1])
             _append(self, item)
             return
         waiter = protocol._waiter

@@ -776,21 +776,24 @@ class BodyClock:
     """Bounds one body read: ``body_timeout`` in all, and ``body_min_rate`` bytes per
     second on average once ``body_grace`` seconds have passed.
 
-    It is a timer, not a task-cancelling timeout: when it fires it fails the body
-    stream with :class:`BodyTimeout`, which the read then raises (408).
+    It is a timer, not a task-cancelling timeout: when it is due it fails the body
+    stream with :class:`BodyTimeout`, which the read then raises (408). The clocks of a
+    loop share one timer (:class:`_Clocks`): a body read that ends before its first
+    check (nearly all of them) costs a dict entry, not a ``TimerHandle`` that stays in
+    the loop's heap, cancelled, until its time comes.
     """
 
-    __slots__ = ("content", "deadline", "handle", "loop", "min_rate", "start", "start_bytes")
+    __slots__ = ("content", "deadline", "due", "min_rate", "start", "start_bytes", "watch")
 
     def __init__(self, request: web.Request, config: ArenaConfig) -> None:
         self.content = request.content
-        self.handle: asyncio.TimerHandle | None = None
+        self.watch: _Clocks | None = None
         timeout = config.body_timeout
         self.min_rate = config.body_min_rate
         if timeout is None and not self.min_rate:
             return
-        loop = self.loop = asyncio.get_running_loop()
-        self.start = now = loop.time()
+        watch = _of_loop(_CLOCKS, _Clocks, asyncio.get_running_loop())
+        self.start = now = watch.loop.time()
         self.start_bytes = self.content.total_bytes
         self.deadline = None if timeout is None else now + timeout
         grace = config.body_grace
@@ -798,28 +801,77 @@ class BodyClock:
         if self.deadline is not None and (first is None or now + first > self.deadline):
             first = timeout
         if first is not None:
-            self.handle = loop.call_later(first, self._check)
+            self.due = now + first
+            self.watch = watch
+            watch.add(self)
 
-    def _check(self) -> None:
+    def check(self, now: float) -> bool:
+        """At or after ``due``: fail a body that is late or slow; True while it is to be
+        checked again (at the new ``due``)."""
         content = self.content
         if content.is_eof() or content.exception() is not None:
-            return
-        now = self.loop.time()
+            return False
         elapsed = now - self.start
         if self.deadline is not None and now >= self.deadline:
             content.set_exception(body_timeout(elapsed, None))
-            return
+            return False
         received = content.total_bytes - self.start_bytes
         if received < self.min_rate * elapsed:
             content.set_exception(body_timeout(elapsed, received / elapsed))
-            return
-        step = 1.0 if self.deadline is None else min(1.0, self.deadline - now)
-        self.handle = self.loop.call_later(step, self._check)
+            return False
+        self.due = now + (1.0 if self.deadline is None else min(1.0, self.deadline - now))
+        return True
 
     def stop(self) -> None:
-        if self.handle is not None:
-            self.handle.cancel()
-            self.handle = None
+        watch = self.watch
+        if watch is not None:
+            self.watch = None
+            watch.clocks.pop(self, None)
+
+
+class _Clocks:
+    """A loop's running :class:`BodyClock` s and the one timer that checks them, set for
+    the earliest ``due`` among them."""
+
+    __slots__ = ("clocks", "handle", "loop", "when")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.clocks: dict[BodyClock, None] = {}  # (an ordered set)
+        self.handle: asyncio.TimerHandle | None = None
+        self.when = 0.0
+
+    def add(self, clock: BodyClock) -> None:
+        self.clocks[clock] = None
+        due = clock.due
+        handle = self.handle
+        if handle is None or due < self.when:  # (clocks mostly come due in the order made)
+            if handle is not None:
+                handle.cancel()
+            self.when = due
+            self.handle = self.loop.call_at(due, self._tick)
+
+    def _tick(self) -> None:
+        self.handle = None
+        now = self.loop.time()
+        nearest: float | None = None
+        for clock in list(self.clocks):
+            if clock.due <= now + _CLOCK_SLACK and not clock.check(now):
+                self.clocks.pop(clock, None)  # done with: failed, or its body is in
+                clock.watch = None
+                continue
+            if nearest is None or clock.due < nearest:
+                nearest = clock.due
+        if nearest is not None:
+            self.when = nearest
+            self.handle = self.loop.call_at(nearest, self._tick)
+
+
+#: a clock this close to due when the timer runs is checked now (asyncio runs a timer
+#: up to its clock's resolution early)
+_CLOCK_SLACK = 0.001
+
+_CLOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Clocks] = weakref.WeakKeyDictionary()
 
 
 # -- the errors of a body read ---------------------------------------------------------

@@ -24,8 +24,10 @@ among many needs:
   of the handler into the C heap, outside any budget. Under the issue's burst (256
   connections waiting for budget) that was 180 MiB of RSS over the budget, measured;
   at 64 KiB it was 76 MiB. A body admitted whole (its arena block has room for all of
-  it) reads ahead at aiohttp's default again (``_hotpath.widen_read_ahead``): at 64 KiB
-  every recv of a large body paused and resumed the socket's reader.
+  it), or judged on its head while the budget's free room holds every expected body
+  (``_heads``), reads ahead at aiohttp's default again
+  (``_hotpath.widen_read_ahead``): at 64 KiB every recv of a large body paused and
+  resumed the socket's reader.
 """
 
 from __future__ import annotations
