@@ -47,7 +47,7 @@ from .report import (
 from .run import BENCH_SETTINGS, DEMO_SETTINGS, SOAK_SETTINGS, Progress, RunSettings
 from .server import find_example_service, service_env, sigterm_interrupts
 from .soak import CLIENTS, run_soak
-from .workload import WORKLOADS, get_workload
+from .workload import BENCH_WORKLOADS, WORKLOADS, get_workload
 from .wrk import wrk_path
 
 __all__ = ["add_commands", "duration_arg", "list_arg", "size_arg"]
@@ -542,8 +542,11 @@ def _add_bench(sub: Any) -> None:
     bench.add_argument(
         "--workloads",
         type=list_arg(WORKLOAD_NAMES),
-        default=list(WORKLOAD_NAMES),
-        help="comma-separated workloads (default: all): " + ", ".join(WORKLOAD_NAMES),
+        default=list(BENCH_WORKLOADS),
+        help="comma-separated workloads (default: "
+        + ",".join(BENCH_WORKLOADS)
+        + "): "
+        + ", ".join(WORKLOAD_NAMES),
     )
     bench.add_argument(
         "--repeats", type=positive_int, default=3, help="runs per mode and workload (default: 3)"

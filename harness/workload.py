@@ -24,6 +24,7 @@ import orjson
 from arenapool import format_size, parse_size
 
 __all__ = [
+    "BENCH_WORKLOADS",
     "MIN_BODY",
     "WORKLOADS",
     "Body",
@@ -181,7 +182,15 @@ WORKLOADS: dict[str, Workload] = {
     "mixed": Workload(
         "mixed", KiB, 4 * MiB, "log-uniform", 8, description="1 KiB-4 MiB, log-uniform"
     ),
+    # the middle of mixed: past the inline path (64 KiB) and up to aiohttp's read-ahead
+    # and a little past it, where arenapool pays most against the trim loop
+    "medium": Workload(
+        "medium", 64 * KiB, MiB, "log-uniform", 8, description="64 KiB-1 MiB, log-uniform"
+    ),
 }
+
+#: what ``arenapool bench`` runs when not told (``medium`` is asked for by name)
+BENCH_WORKLOADS = ("small", "large", "mixed", "burst")
 
 
 def burst_workload(budget: int | str, *, factor: int = 4, body: int | str = "4MiB") -> Workload:
@@ -201,7 +210,8 @@ def burst_workload(budget: int | str, *, factor: int = 4, body: int | str = "4Mi
 
 
 def get_workload(name: str, *, budget: int | str = "256MiB", scale: float = 1.0) -> Workload:
-    """A named workload (``small``, ``large``, ``mixed``, ``burst``), sizes times ``scale``."""
+    """A named workload (``small``, ``large``, ``mixed``, ``medium``, ``burst``), sizes
+    times ``scale``."""
     if name == "burst":
         # Scale the budget the burst is measured against, not only the body, so a
         # scaled burst keeps its 4x-the-budget shape.

@@ -31,6 +31,9 @@ from harness.workload import (
 )
 from harness.wrk import deck_files, parse_wrk_output, run_wrk
 
+KiB = 1024
+MiB = 1024 * KiB
+
 # --- bodies ------------------------------------------------------------------------
 
 
@@ -75,9 +78,14 @@ def test_workload_sizes_stay_within_bounds(name: str) -> None:
     assert all(workload.min_size <= s <= workload.max_size for s in sizes)
 
 
-def test_mixed_is_log_uniform() -> None:
-    """Each doubling between 1 KiB and 4 MiB gets a share of the mixed sizes."""
-    workload = get_workload("mixed")
+@pytest.mark.parametrize(
+    ("name", "low", "high"), [("mixed", KiB, 4 * MiB), ("medium", 64 * KiB, MiB)]
+)
+def test_mixed_and_medium_are_log_uniform(name: str, low: int, high: int) -> None:
+    """Each doubling between the workload's bounds (mixed: 1 KiB-4 MiB, medium: 64 KiB-
+    1 MiB) gets a share of its sizes."""
+    workload = get_workload(name)
+    assert (low, high) == (workload.min_size, workload.max_size)
     rng = random.Random(5)
     sizes = [workload.sample_size(rng) for _ in range(12_000)]
     doublings = round(math.log2(workload.max_size / workload.min_size))
@@ -122,7 +130,7 @@ def test_burst_is_four_budgets_in_flight() -> None:
 
 def test_unknown_workload() -> None:
     """An unknown workload name says which names exist."""
-    with pytest.raises(ValueError, match="small, large, mixed, burst"):
+    with pytest.raises(ValueError, match="small, large, mixed, medium, burst"):
         get_workload("huge")
 
 
