@@ -284,8 +284,10 @@ async def test_an_admissible_head_reads_ahead_at_aiohttps_default_while_the_budg
 ) -> None:
     """A head judged admissible while every expected body fits the budget's free room
     gets aiohttp's own read-ahead before its handler runs; one judged while the room is
-    taken keeps setup()'s 64 KiB, and so does a head that was not judged (its route was
-    not known yet). Each body is still read whole."""
+    taken gets setup()'s 64 KiB, and so do a head that was not judged because its route
+    was not known yet and a chunked body (never judged on its head), although their
+    connections were opened reading ahead at aiohttp's default. Each body is still read
+    whole."""
     marks: list[int] = []
     entered = asyncio.Event()
     with SlabPool("1MiB", max_class="1MiB", decay=None) as pool:
@@ -321,7 +323,21 @@ async def test_an_admissible_head_reads_ahead_at_aiohttps_default_while_the_budg
         finally:
             writer.close()
         assert (200, 400 * KiB) == (status, nbytes)
-        assert [2 * READ_AHEAD, 2 * WIDE_READ_AHEAD, 2 * READ_AHEAD] == marks
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)  # a new one
+        try:
+            chunk = b"z" * (100 * KiB)
+            writer.write(
+                b"POST /peek HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                + b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(4))
+                + b"0\r\n\r\n"
+            )
+            await writer.drain()
+            status, headers = await read_head(reader)
+            nbytes = orjson.loads(await read_answer_body(reader, headers))["nbytes"]
+        finally:
+            writer.close()
+        assert (200, 400 * KiB) == (status, nbytes)
+        assert [2 * READ_AHEAD, 2 * WIDE_READ_AHEAD, 2 * READ_AHEAD, 2 * READ_AHEAD] == marks
         assert 0 == pool.stats()["admission"]["pending_bytes"]
 
 

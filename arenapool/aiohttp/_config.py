@@ -47,6 +47,9 @@ class ArenaConfig:
     #: called once, when ``heads`` gets its first route (``_heads``: the server's idle
     #: connections start judging)
     first_head: list[Callable[[], None]] = field(default_factory=list, repr=False)
+    #: setup() set aiohttp's read-ahead (``read_bufsize``) to ``_ready.READ_AHEAD``; the
+    #: app did not choose one (``_heads`` then gives each body its own, on its head)
+    read_ahead_capped: bool = False
 
 
 #: the most (method, path) pairs an app remembers as read through arenapool; paths

@@ -28,9 +28,14 @@ route's counters and the pool's refusals count it all the same.
 A body judged and found admissible is counted as expected (the pool's ``pending``), so
 the heads behind it in the same burst see it ahead of them. If every body expected so
 far, this one included, fits the budget's free room, its stream reads ahead at aiohttp's
-default from its first byte (``_hotpath.widen_read_ahead``; ``setup()`` lowers every
-connection's read-ahead to 64 KiB, for the connections of a burst that has no room):
-what those streams buffer is less than their declared sizes, which the free room bounds.
+default (``_hotpath.widen_read_ahead``): what those streams buffer is less than their
+declared sizes, which the free room bounds. Every other head on a judging connection
+(no room, not judged, chunked, queued behind another) is narrowed to ``setup()``'s
+64 KiB as it is appended (:func:`narrow_read_ahead`). A judging connection made after
+the app's first judged route reads ahead at aiohttp's default from its start (when
+``setup()`` set the 64 KiB, not the app), so a body with room never pauses its reader
+for its first recv; what a narrowed head holds is the recv that brought it, as with
+64 KiB from the start.
 The request takes the count over when the middleware makes its state
 (``RequestState.expected``), and gives it back when its body asks for admission or the
 request ends. If no middleware takes
@@ -67,7 +72,8 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_server import Server
 
 from .._errors import ArenaPoolError, BudgetExhausted
-from ._hotpath import FIRST_STEP, expect_body, too_large, widen_read_ahead
+from ._hotpath import _WIDEN, FIRST_STEP, expect_body, too_large, widen_read_ahead
+from ._ready import READ_AHEAD
 from ._responses import count_status, drop_unread, error_answer
 
 if TYPE_CHECKING:
@@ -151,18 +157,25 @@ class HeadJudge(collections.deque):  # type: ignore[type-arg]
     connections of an app that has routes to judge (:func:`install`).
     """
 
-    __slots__ = ("config", "expected", "protocol")
+    __slots__ = ("config", "expected", "protocol", "wide")
 
-    def __init__(self, protocol: RequestHandler, config: ArenaConfig) -> None:
+    def __init__(
+        self, protocol: RequestHandler, config: ArenaConfig, *, wide: bool = False
+    ) -> None:
         super().__init__()
         self.protocol: RequestHandler | None = protocol  # None once it has closed
         self.config = config
         #: (pool, need) of the head judged admissible, until its request takes it
         self.expected: tuple[SlabPool, int] | None = None
+        #: its connection reads ahead at aiohttp's default: each head that is not given
+        #: room is narrowed to setup()'s read-ahead as it is appended
+        self.wide = wide
 
     def append(self, item: Any) -> None:
         protocol = self.protocol
         if self or protocol is None or protocol._waiter is None or protocol._force_close:
+            if self.wide:
+                narrow_read_ahead(item[1])
             _append(self, item)  # not idle: answered in order, after what is ahead
             return
         if self.expected is not None:
@@ -175,6 +188,8 @@ class HeadJudge(collections.deque):  # type: ignore[type-arg]
                 # (what it buffers ahead is less than its own size, and the free room
                 # bounds the sum of those)
                 widen_read_ahead(item[1])
+            elif self.wide:
+                narrow_read_ahead(item[1])
             _append(self, item)
             return
         waiter = protocol._waiter
@@ -235,6 +250,17 @@ class HeadJudge(collections.deque):  # type: ignore[type-arg]
         return True
 
 
+def narrow_read_ahead(content: Any) -> None:
+    """setup()'s read-ahead (``_ready.READ_AHEAD``) for a body that was not given room
+    on its head; its reader pauses now if the recv that brought its head brought more."""
+    if getattr(content, "_low_water", 0) > READ_AHEAD:
+        content._low_water = READ_AHEAD
+        content._high_water = 2 * READ_AHEAD
+        protocol = content._protocol
+        if content._size > content._high_water and not protocol._reading_paused:
+            protocol.pause_reading()
+
+
 def raw_answer(response: web.Response) -> bytes:
     """``response`` (bytes body) as HTTP/1.1 bytes, closing the connection."""
     body = response.body
@@ -264,10 +290,20 @@ class _HeadJudgingServer(Server):
     the app has routes to judge (:func:`install`)."""
 
     def __call__(self) -> RequestHandler:
-        handler = super().__call__()
         config: ArenaConfig = self._arenapool_config  # type: ignore[attr-defined]
-        if config.heads:
-            handler._messages = HeadJudge(handler, config)
+        if not config.heads:
+            return super().__call__()
+        wide: dict[str, Any] | None = self._arenapool_wide  # type: ignore[attr-defined]
+        if wide is None:
+            handler = super().__call__()
+        else:  # without setup()'s read_bufsize: aiohttp's own
+            kwargs = self._kwargs
+            self._kwargs = wide
+            try:
+                handler = super().__call__()
+            finally:
+                self._kwargs = kwargs
+        handler._messages = HeadJudge(handler, config, wide=wide is not None)
         return handler
 
     def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
@@ -304,6 +340,10 @@ def install(app: web.Application, config: ArenaConfig) -> None:
         if type(server) is Server:
             server.__class__ = _HeadJudgingServer
             server._arenapool_config = config  # type: ignore[attr-defined]
+            wide = None
+            if config.read_ahead_capped and _WIDEN:
+                wide = {k: v for k, v in server._kwargs.items() if k != "read_bufsize"}
+            server._arenapool_wide = wide  # type: ignore[attr-defined]
             config.first_head.append(server.judge_heads)  # type: ignore[attr-defined]
         return server
 

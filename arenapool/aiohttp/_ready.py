@@ -23,9 +23,12 @@ among many needs:
   unless the app chose one): aiohttp 3.14 reads up to twice its 256 KiB default ahead
   of the handler into the C heap, outside any budget. Under the issue's burst (256
   connections waiting for budget) that was 180 MiB of RSS over the budget, measured;
-  at 64 KiB it was 76 MiB. A body admitted whole (its arena block has room for all of
-  it), or judged on its head while the budget's free room holds every expected body
-  (``_heads``), reads ahead at aiohttp's default again
+  at 64 KiB it was 76 MiB. Once the app has routes judged on their heads (``_heads``),
+  its new connections read ahead at aiohttp's default, and each head is given its own:
+  the default while the budget's free room holds every body expected so far, 64 KiB
+  otherwise (set as the head is appended, after the recv that brought it; that one
+  recv is what a queued connection holds either way). A body admitted whole (its arena
+  block has room for all of it) reads ahead at aiohttp's default as well
   (``_hotpath.widen_read_ahead``): at 64 KiB every recv of a large body paused and
   resumed the socket's reader.
 """
@@ -88,8 +91,10 @@ def install(app: web.Application, config: ArenaConfig) -> None:
     handler_args = getattr(app, "_handler_args", None)  # web.Application(handler_args=)
     if handler_args is None:
         app._handler_args = {"read_bufsize": READ_AHEAD}
-    elif isinstance(handler_args, dict):
-        handler_args.setdefault("read_bufsize", READ_AHEAD)
+        config.read_ahead_capped = True
+    elif isinstance(handler_args, dict) and "read_bufsize" not in handler_args:
+        handler_args["read_bufsize"] = READ_AHEAD
+        config.read_ahead_capped = True
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         app.cleanup_ctx.append(_publisher(config))
 
