@@ -108,6 +108,20 @@ def send_whole_then_read(port: int, path: str, length: int) -> bytes:
                 return answer
 
 
+async def send_then_answer(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, data: bytes
+) -> tuple[int, Any]:
+    """Write ``data`` on an open connection, then read its answer: the status and the
+    decoded JSON body. The connection is closed after."""
+    try:
+        writer.write(data)
+        await writer.drain()
+        status, headers = await read_head(reader)
+        return status, orjson.loads(await read_answer_body(reader, headers))
+    finally:
+        writer.close()
+
+
 def route(app: web.Application, name: str) -> dict[str, int]:
     return app[ROUTE_STATS_KEY].snapshot()[name]
 
@@ -315,28 +329,17 @@ async def test_an_admissible_head_reads_ahead_at_aiohttps_default_while_the_budg
             await writer.drain()
             await entered.wait()  # its handler has run up to its read
         # the block is back: the body is admitted as it arrives
-        try:
-            writer.write(b"y" * (400 * KiB))
-            await writer.drain()
-            status, headers = await read_head(reader)
-            nbytes = orjson.loads(await read_answer_body(reader, headers))["nbytes"]
-        finally:
-            writer.close()
-        assert (200, 400 * KiB) == (status, nbytes)
+        status, payload = await send_then_answer(reader, writer, b"y" * (400 * KiB))
+        assert (200, 400 * KiB) == (status, payload["nbytes"])
         reader, writer = await asyncio.open_connection("127.0.0.1", port)  # a new one
-        try:
-            chunk = b"z" * (100 * KiB)
-            writer.write(
-                b"POST /peek HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
-                + b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(4))
-                + b"0\r\n\r\n"
-            )
-            await writer.drain()
-            status, headers = await read_head(reader)
-            nbytes = orjson.loads(await read_answer_body(reader, headers))["nbytes"]
-        finally:
-            writer.close()
-        assert (200, 400 * KiB) == (status, nbytes)
+        chunk = b"z" * (100 * KiB)
+        chunked = (
+            b"POST /peek HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            + b"".join(b"%x\r\n%s\r\n" % (len(chunk), chunk) for _ in range(4))
+            + b"0\r\n\r\n"
+        )
+        status, payload = await send_then_answer(reader, writer, chunked)
+        assert (200, 400 * KiB) == (status, payload["nbytes"])
         assert [2 * READ_AHEAD, 2 * WIDE_READ_AHEAD, 2 * READ_AHEAD, 2 * READ_AHEAD] == marks
         assert 0 == pool.stats()["admission"]["pending_bytes"]
 
