@@ -355,6 +355,12 @@ class SlabPool:
                 self._queue.settle(self)  # the room kept for it is free for others now
         _wake_tickets(changed)
 
+    def expected_fit(self) -> bool:
+        """True while every body judged on its head and not yet admitted (``pending``,
+        :meth:`expect`) fits what the budget still allows to be lent (lock-free: a
+        hint)."""
+        return self._admission.pending <= self.available
+
     def admitting(self) -> bool:
         """True while lends or bodies wait for memory (lock-free: a hint). A body that
         arrives then is judged for admission before its first step, not after it."""

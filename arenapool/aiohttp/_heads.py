@@ -182,7 +182,7 @@ class HeadJudge(collections.deque):  # type: ignore[type-arg]
             self.give_back()  # a head before this one that no request took
         if not self._refused(item[0], protocol):
             expected = self.expected
-            if expected is not None and expected[0]._admission.pending <= expected[0].available:
+            if expected is not None and expected[0].expected_fit():
                 # judged admissible, and every body expected so far fits the budget's
                 # free room now: it reads ahead at aiohttp's default from its first byte
                 # (what it buffers ahead is less than its own size, and the free room

@@ -833,22 +833,20 @@ class _Clocks:
     """A loop's running :class:`BodyClock` s and the one timer that checks them, set for
     the earliest ``due`` among them."""
 
-    __slots__ = ("clocks", "handle", "loop", "when")
+    __slots__ = ("clocks", "handle", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.clocks: dict[BodyClock, None] = {}  # (an ordered set)
         self.handle: asyncio.TimerHandle | None = None
-        self.when = 0.0
 
     def add(self, clock: BodyClock) -> None:
         self.clocks[clock] = None
         due = clock.due
         handle = self.handle
-        if handle is None or due < self.when:  # (clocks mostly come due in the order made)
+        if handle is None or due < handle.when():  # (clocks mostly come due in order made)
             if handle is not None:
                 handle.cancel()
-            self.when = due
             self.handle = self.loop.call_at(due, self._tick)
 
     def _tick(self) -> None:
@@ -863,7 +861,6 @@ class _Clocks:
             if nearest is None or clock.due < nearest:
                 nearest = clock.due
         if nearest is not None:
-            self.when = nearest
             self.handle = self.loop.call_at(nearest, self._tick)
 
 
