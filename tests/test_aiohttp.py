@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import gc
+import importlib
 import json
 import re
 import socket
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -21,10 +24,12 @@ from arenapool import (
     PoolTimeout,
     SlabPool,
     ViewEscapedWarning,
+    _ext,
     current_arena,
 )
 from arenapool.aiohttp import (
     ROUTE_STATS_KEY,
+    _hotpath,
     get_arena,
     json_response,
     read_body,
@@ -814,6 +819,63 @@ async def test_body_reads_leave_no_timer_behind(
     after = len(loop._scheduled)  # type: ignore[attr-defined]
     sooner.cancel()
     assert after <= before + 1
+
+
+def test_a_loop_that_served_is_freed_once_closed() -> None:
+    """The body path keeps one helper per event loop (the body clocks' timer, the watch
+    over requests waiting for budget, the turns of large bodies) in tables keyed weakly
+    by the loop. None may hold its loop: a loop that served bodies, waits and turns is
+    gone once closed and dropped, and so are its entries."""
+    seen: dict[str, bool] = {}
+    # the tables the running build uses: the compiled module's own, when it is loaded
+    hot = importlib.import_module(_ext.LOADED.get(_hotpath.__name__, _hotpath.__name__))
+
+    async def serve() -> weakref.ref[asyncio.AbstractEventLoop]:
+        loop = asyncio.get_running_loop()
+        with SlabPool("256KiB", max_class="256KiB", decay=None) as pool:
+            app = web.Application()
+            setup(app, pool, limit="256KiB", queue_timeout=30)
+            gate = asyncio.Event()
+            entered = asyncio.Event()
+
+            async def hold(request: web.Request) -> web.Response:
+                await read_body(request)
+                entered.set()
+                await gate.wait()
+                return web.Response(text="held")
+
+            app.router.add_post("/hold", hold)
+            app.router.add_post("/raw", _raw_handler)
+            runner = web.AppRunner(app)
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            port = runner.addresses[0][1]
+            url = f"http://127.0.0.1:{port}"
+            async with aiohttp.ClientSession() as session:
+                for size in (100_000, 200_000):  # bodies read with a clock running
+                    async with session.post(f"{url}/raw", data=b"r" * size) as response:
+                        assert size == len(await response.read())
+                holder = asyncio.create_task(session.post(f"{url}/hold", data=b"h" * 200_000))
+                await entered.wait()
+                waiter = asyncio.create_task(session.post(f"{url}/raw", data=b"w" * 100_000))
+                await _until(lambda: pool.stats()["waiting"] == 1)
+                await hot._take_turn()
+                seen.update(
+                    clocks=loop in hot._CLOCKS, watch=loop in hot._WATCHES, turns=loop in hot._TURNS
+                )
+                gate.set()
+                for task in (holder, waiter):
+                    async with await task as response:
+                        assert 200 == response.status
+            await runner.cleanup()
+        return weakref.ref(loop)
+
+    ref = asyncio.run(serve())
+    gc.collect()
+    assert {"clocks": True, "watch": True, "turns": True} == seen
+    assert ref() is None
+    assert 0 == len(hot._CLOCKS) + len(hot._WATCHES) + len(hot._TURNS)
 
 
 async def test_arena_is_made_on_first_use_and_released(

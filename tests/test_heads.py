@@ -365,9 +365,9 @@ async def test_a_large_body_waits_for_a_turn_of_the_loop_after_another() -> None
     loop = asyncio.get_running_loop()
     turns = _Turns(loop)
     order: list[str] = []
-    assert turns.take() is None
-    left = turns.take()
-    second = turns.take()
+    assert turns.take(loop) is None
+    left = turns.take(loop)
+    second = turns.take(loop)
     assert left is not None
     assert second is not None
     left.cancel()
@@ -379,7 +379,7 @@ async def test_a_large_body_waits_for_a_turn_of_the_loop_after_another() -> None
     await asyncio.sleep(0)  # the turn passes on, with nobody left to take it
     await asyncio.sleep(0)
     assert not turns.taken
-    assert turns.take() is None
+    assert turns.take(loop) is None
     assert TURN_MIN >= 64 * KiB  # (only bodies past inline sizes take turns)
 
 

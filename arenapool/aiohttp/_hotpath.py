@@ -604,7 +604,7 @@ async def _budget(
     loop = task.get_loop()
     gone: asyncio.Future[None] = loop.create_future()
     watch = _of_loop(_WATCHES, _DisconnectWatch, loop)
-    watch.add(gone, request)
+    watch.add(gone, request, loop)
     try:
         await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
         if task.done():
@@ -632,25 +632,31 @@ class _DisconnectWatch:
     on the loop that must also read the admitted bodies and answer the refused ones.
     Here one timer runs while anything waits, and fails the wait of a request whose
     client has left (``ConnectionResetError``) or whose body clock ran out.
+
+    Like :class:`_Turns` and :class:`_Clocks`, it keeps no reference to its loop (nor
+    to a ``TimerHandle``, which holds one): the table holding it is keyed weakly by the
+    loop, and a value that held its key would keep every loop that ever served alive.
     """
 
-    __slots__ = ("handle", "loop", "waiting")
+    __slots__ = ("armed", "waiting")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
         self.waiting: dict[asyncio.Future[None], web.Request] = {}
-        self.handle: asyncio.TimerHandle | None = None
+        self.armed = False
 
-    def add(self, gone: asyncio.Future[None], request: web.Request) -> None:
+    def add(
+        self, gone: asyncio.Future[None], request: web.Request, loop: asyncio.AbstractEventLoop
+    ) -> None:
         self.waiting[gone] = request
-        if self.handle is None:
-            self.handle = self.loop.call_later(DISCONNECT_POLL, self._tick)
+        if not self.armed:
+            self.armed = True
+            loop.call_later(DISCONNECT_POLL, self._tick)
 
     def remove(self, gone: asyncio.Future[None]) -> None:
         self.waiting.pop(gone, None)
 
     def _tick(self) -> None:
-        self.handle = None
+        self.armed = False
         for gone, request in list(self.waiting.items()):
             if gone.done():
                 del self.waiting[gone]
@@ -662,7 +668,8 @@ class _DisconnectWatch:
                 msg = "client disconnected while waiting for memory budget"
                 gone.set_exception(ConnectionResetError(msg))
         if self.waiting:
-            self.handle = self.loop.call_later(DISCONNECT_POLL, self._tick)
+            self.armed = True
+            asyncio.get_running_loop().call_later(DISCONNECT_POLL, self._tick)
 
 
 _WATCHES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _DisconnectWatch] = (
@@ -686,20 +693,20 @@ class _Turns:
     a turn would only add a loop iteration to each large body.
     """
 
-    __slots__ = ("loop", "taken", "waiters")
+    __slots__ = ("taken", "waiters")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
         self.taken = False
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    def take(self) -> asyncio.Future[None] | None:
-        """``None``: the turn is this caller's; else a future to await for it."""
+    def take(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[None] | None:
+        """``None``: the turn is this caller's (on ``loop``, the running one); else a
+        future to await for it."""
         if not self.taken:
             self.taken = True
-            self.loop.call_soon(self._pass)  # runs next turn, after this one's I/O
+            loop.call_soon(self._pass)  # runs next turn, after this one's I/O
             return None
-        waiter = self.loop.create_future()
+        waiter = loop.create_future()
         self.waiters.append(waiter)
         return waiter
 
@@ -709,7 +716,7 @@ class _Turns:
             waiter = waiters.popleft()
             if not waiter.done():  # (a cancelled one: its request has gone)
                 waiter.set_result(None)
-                self.loop.call_soon(self._pass)
+                waiter.get_loop().call_soon(self._pass)
                 return
         self.taken = False
 
@@ -718,7 +725,8 @@ _TURNS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Turns] = weakref.W
 
 
 async def _take_turn() -> None:
-    waiter = _of_loop(_TURNS, _Turns, asyncio.get_running_loop()).take()
+    loop = asyncio.get_running_loop()
+    waiter = _of_loop(_TURNS, _Turns, loop).take(loop)
     if waiter is not None:
         await waiter
 
@@ -728,7 +736,8 @@ def _of_loop(
     make: Callable[[asyncio.AbstractEventLoop], T],
     loop: asyncio.AbstractEventLoop,
 ) -> T:
-    """``loop``'s one ``make(loop)`` in ``table`` (made on first use)."""
+    """``loop``'s one ``make(loop)`` in ``table`` (made on first use). The tables are
+    keyed weakly by the loop, so what they hold must not refer to it."""
     made = table.get(loop)
     if made is None:
         made = table[loop] = make(loop)
@@ -792,8 +801,9 @@ class BodyClock:
         self.min_rate = config.body_min_rate
         if timeout is None and not self.min_rate:
             return
-        watch = _of_loop(_CLOCKS, _Clocks, asyncio.get_running_loop())
-        self.start = now = watch.loop.time()
+        loop = asyncio.get_running_loop()
+        watch = _of_loop(_CLOCKS, _Clocks, loop)
+        self.start = now = loop.time()
         self.start_bytes = self.content.total_bytes
         self.deadline = None if timeout is None else now + timeout
         grace = config.body_grace
@@ -803,7 +813,7 @@ class BodyClock:
         if first is not None:
             self.due = now + first
             self.watch = watch
-            watch.add(self)
+            watch.add(self, loop)
 
     def check(self, now: float) -> bool:
         """At or after ``due``: fail a body that is late or slow; True while it is to be
@@ -831,27 +841,36 @@ class BodyClock:
 
 class _Clocks:
     """A loop's running :class:`BodyClock` s and the one timer that checks them, set for
-    the earliest ``due`` among them."""
+    the earliest ``due`` among them.
 
-    __slots__ = ("clocks", "handle", "loop")
+    It keeps the time that timer is set for, not its ``TimerHandle`` (a handle holds its
+    loop, and this is a value of a table keyed weakly by the loop). A clock due sooner
+    than the timer sets another for its own time; the one it overtook then finds it is
+    not the timer set (``at`` differs) and does nothing. Clocks mostly come due in the
+    order they were made, so that is rare; a cancelled handle would stay in the loop's
+    heap as long.
+    """
+
+    __slots__ = ("clocks", "when")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
         self.clocks: dict[BodyClock, None] = {}  # (an ordered set)
-        self.handle: asyncio.TimerHandle | None = None
+        self.when: float | None = None  # the loop time the timer is set for
 
-    def add(self, clock: BodyClock) -> None:
+    def add(self, clock: BodyClock, loop: asyncio.AbstractEventLoop) -> None:
         self.clocks[clock] = None
         due = clock.due
-        handle = self.handle
-        if handle is None or due < handle.when():  # (clocks mostly come due in order made)
-            if handle is not None:
-                handle.cancel()
-            self.handle = self.loop.call_at(due, self._tick)
+        when = self.when
+        if when is None or due < when:
+            self.when = due
+            loop.call_at(due, self._tick, due)
 
-    def _tick(self) -> None:
-        self.handle = None
-        now = self.loop.time()
+    def _tick(self, at: float) -> None:
+        if at != self.when:
+            return  # overtaken: the timer set for self.when checks the clocks
+        self.when = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
         nearest: float | None = None
         for clock in list(self.clocks):
             if clock.due <= now + _CLOCK_SLACK and not clock.check(now):
@@ -861,7 +880,8 @@ class _Clocks:
             if nearest is None or clock.due < nearest:
                 nearest = clock.due
         if nearest is not None:
-            self.handle = self.loop.call_at(nearest, self._tick)
+            self.when = nearest
+            loop.call_at(nearest, self._tick, nearest)
 
 
 #: a clock this close to due when the timer runs is checked now (asyncio runs a timer
