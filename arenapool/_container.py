@@ -54,9 +54,7 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
-import psutil  # type: ignore[import-untyped]  # psutil ships no type information
+from typing import Final, Literal
 
 from ._errors import ArenaPoolError
 from ._units import format_size
@@ -440,6 +438,8 @@ def _gunicorn_workers_from_args(args: list[str]) -> int | None:
 def _parent_gunicorn_args() -> list[str] | None:
     """The command line of the parent process when it is a gunicorn master."""
     try:
+        import psutil  # type: ignore[import-untyped]  # noqa: PLC0415 - only here, and rarely
+
         args: list[str] = psutil.Process(os.getppid()).cmdline()
     except Exception:  # the parent may be gone or hidden; then there is none
         return None
@@ -589,9 +589,29 @@ def derive_budget(
 
 
 def current_rss() -> int:
-    """This process's resident set size in bytes (psutil)."""
-    rss: int = psutil.Process().memory_info().rss
-    return rss
+    """This process's resident set size in bytes, from the OS.
+
+    On Linux one read of ``/proc/self/statm`` (the file psutil reads for it); psutil
+    elsewhere. Read directly, a serving process need not import psutil at all (about
+    0.7 MiB of Python objects: ``benchmarks/startup_rss.py``), and the governor reads it
+    at every tick.
+    """
+    try:
+        fd = os.open("/proc/self/statm", os.O_RDONLY)
+    except OSError:
+        import psutil  # noqa: PLC0415 - where there is no /proc
+
+        rss: int = psutil.Process().memory_info().rss
+        return rss
+    try:
+        fields = os.read(fd, 256).split()
+    finally:
+        os.close(fd)
+    return int(fields[1]) * _PAGE_SIZE
+
+
+#: the unit of ``/proc/self/statm``
+_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def auto_budget(

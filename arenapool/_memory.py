@@ -5,9 +5,9 @@ Theory of operation
 A reading (:func:`snapshot`) is a frozen :class:`MemorySnapshot` built from sources
 that are each cheap to ask and each say something the others cannot:
 
-- **RSS** (psutil, which reads ``/proc/self/statm`` on Linux) is what the OS charges
-  the process for, and what an OOM killer or a cgroup limit acts on. The peak comes
-  from ``getrusage(RUSAGE_SELF).ru_maxrss``.
+- **RSS** (``/proc/self/statm`` on Linux, which psutil reads too; psutil elsewhere) is
+  what the OS charges the process for, and what an OOM killer or a cgroup limit acts
+  on. The peak comes from ``getrusage(RUSAGE_SELF).ru_maxrss``.
 - **The C heap** comes from glibc's ``mallinfo2()`` (glibc 2.33+), read through
   ctypes: ``in use = uordblks + hblkhd`` (live chunks plus mmapped blocks),
   ``free = fordblks`` (free chunks the heap still holds), ``mmapped = hblkhd``,
@@ -41,11 +41,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
-import psutil  # type: ignore[import-untyped]  # psutil ships no type information
-
 from . import _registry
 from ._breakdown import _bind_mallinfo2, _Mallinfo2, read_breakdown
-from ._container import parse_proc_cgroup
+from ._container import current_rss, parse_proc_cgroup
 from ._units import format_size
 
 if TYPE_CHECKING:
@@ -285,16 +283,6 @@ def cgroup_memory_limit(
     if not limits:
         limits = _limits_up(base / "memory", v1_rel, "memory.limit_in_bytes")
     return min(limits) if limits else None
-
-
-@lru_cache(maxsize=1)
-def _process(pid: int) -> psutil.Process:
-    return psutil.Process(pid)
-
-
-def current_rss() -> int:
-    """This process's resident set size in bytes (one ``/proc`` read on Linux)."""
-    return int(_process(os.getpid()).memory_info().rss)
 
 
 def _peak_rss(rss: int) -> int | None:

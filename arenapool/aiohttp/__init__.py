@@ -42,7 +42,9 @@ dashboard, load shedding).
 
 from __future__ import annotations
 
-from ._admin import AdminConfig, add_admin_routes, governor_middleware
+from typing import TYPE_CHECKING, Any
+
+from .._adminconfig import AdminConfig
 from ._body import DISCONNECT_POLL as DISCONNECT_POLL  # the body path's tunables: importable
 from ._body import FIRST_STEP as FIRST_STEP  # here, not in __all__
 from ._body import read_body, read_json
@@ -57,6 +59,13 @@ from ._config import (
 from ._hotpath import json_response
 from ._middleware import arena_middleware, setup, with_arena
 from ._request import ARENA_KEY, get_arena
+
+if TYPE_CHECKING:
+    from ._admin import add_admin_routes, governor_middleware
+
+#: Names imported from ``_admin`` on first use: a server that mounts no admin routes
+#: never loads them (``benchmarks/startup_rss.py`` measures what a server holds at rest).
+_ADMIN_NAMES = ("add_admin_routes", "governor_middleware")
 
 __all__ = [
     "ARENA_KEY",
@@ -77,3 +86,14 @@ __all__ = [
     "setup",
     "with_arena",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ADMIN_NAMES:
+        from . import _admin  # noqa: PLC0415 - on first use
+
+        value = getattr(_admin, name)
+        globals()[name] = value
+        return value
+    msg = f"module {__name__!r} has no attribute {name!r}"
+    raise AttributeError(msg)

@@ -20,10 +20,10 @@ from typing import Any, TypeVar, cast
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from .._adminconfig import AdminConfig
 from .._governor import Governor, GovernorConfig
 from .._slabpool import SlabPool
 from .._units import format_size, parse_size
-from ._admin import AdminConfig, add_admin_routes
 from ._config import (
     CONFIG_KEY,
     POOL_KEY,
@@ -282,6 +282,8 @@ def _make_governor(
 def _setup_admin(
     app: web.Application, pool: SlabPool, admin: AdminConfig | bool, governor: Governor | None
 ) -> None:
+    from ._admin import add_admin_routes  # noqa: PLC0415 - only when admin routes are on
+
     config = admin if isinstance(admin, AdminConfig) else AdminConfig(token=None)
     stats = app[ROUTE_STATS_KEY]
     add_admin_routes(app, config, pools=[pool], governor=governor, routes=stats.snapshot)
