@@ -269,17 +269,11 @@ async def test_chunked_overflow_is_413(aiohttp_client: ClientFactory, pool: Slab
     await wait_idle(pool)
 
 
-async def hold_budget(
-    aiohttp_client: ClientFactory,
-    pool: SlabPool,
-    *,
-    queue_timeout: float,
-    body_timeout: float | None = 60.0,
-) -> tuple[web.Application, TestClient[Any, Any], asyncio.Event, asyncio.Task[Any]]:
-    """An app whose /hold request keeps most of a 256 KiB budget until ``gate`` is set.
-
-    Returns once the holder has read its body; /raw echoes a body read into the arena.
-    """
+def holding_app(
+    pool: SlabPool, *, queue_timeout: float, body_timeout: float | None = 60.0
+) -> tuple[web.Application, asyncio.Event, asyncio.Event]:
+    """The app of :func:`hold_budget`, its ``gate`` and the event its /hold handler sets
+    once it has read its body."""
     app = web.Application()
     setup(app, pool, limit="256KiB", queue_timeout=queue_timeout, body_timeout=body_timeout)
     gate = asyncio.Event()
@@ -293,6 +287,21 @@ async def hold_budget(
 
     app.router.add_post("/hold", hold)
     app.router.add_post("/raw", _raw_handler)
+    return app, gate, entered
+
+
+async def hold_budget(
+    aiohttp_client: ClientFactory,
+    pool: SlabPool,
+    *,
+    queue_timeout: float,
+    body_timeout: float | None = 60.0,
+) -> tuple[web.Application, TestClient[Any, Any], asyncio.Event, asyncio.Task[Any]]:
+    """An app whose /hold request keeps most of a 256 KiB budget until ``gate`` is set.
+
+    Returns once the holder has read its body; /raw echoes a body read into the arena.
+    """
+    app, gate, entered = holding_app(pool, queue_timeout=queue_timeout, body_timeout=body_timeout)
     client = await aiohttp_client(app)
     holder = asyncio.create_task(client.post("/hold", data=b"h" * 200_000))
     await entered.wait()
@@ -833,19 +842,7 @@ def test_a_loop_that_served_is_freed_once_closed() -> None:
     async def serve() -> weakref.ref[asyncio.AbstractEventLoop]:
         loop = asyncio.get_running_loop()
         with SlabPool("256KiB", max_class="256KiB", decay=None) as pool:
-            app = web.Application()
-            setup(app, pool, limit="256KiB", queue_timeout=30)
-            gate = asyncio.Event()
-            entered = asyncio.Event()
-
-            async def hold(request: web.Request) -> web.Response:
-                await read_body(request)
-                entered.set()
-                await gate.wait()
-                return web.Response(text="held")
-
-            app.router.add_post("/hold", hold)
-            app.router.add_post("/raw", _raw_handler)
+            app, gate, entered = holding_app(pool, queue_timeout=30)
             runner = web.AppRunner(app)
             await runner.setup()
             site = web.TCPSite(runner, "127.0.0.1", 0)
