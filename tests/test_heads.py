@@ -363,7 +363,7 @@ async def test_a_large_body_waits_for_a_turn_of_the_loop_after_another() -> None
     has run what was ready meanwhile (a socket's read, in a server), then goes on, and
     the turn is free again once nobody waits; a waiter that left is skipped."""
     loop = asyncio.get_running_loop()
-    turns = _Turns(loop)
+    turns = _Turns()
     order: list[str] = []
     assert turns.take(loop) is None
     left = turns.take(loop)

@@ -640,7 +640,7 @@ class _DisconnectWatch:
 
     __slots__ = ("armed", "waiting")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self) -> None:
         self.waiting: dict[asyncio.Future[None], web.Request] = {}
         self.armed = False
 
@@ -695,7 +695,7 @@ class _Turns:
 
     __slots__ = ("taken", "waiters")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self) -> None:
         self.taken = False
         self.waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
@@ -733,14 +733,14 @@ async def _take_turn() -> None:
 
 def _of_loop(
     table: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, T],
-    make: Callable[[asyncio.AbstractEventLoop], T],
+    make: Callable[[], T],
     loop: asyncio.AbstractEventLoop,
 ) -> T:
-    """``loop``'s one ``make(loop)`` in ``table`` (made on first use). The tables are
-    keyed weakly by the loop, so what they hold must not refer to it."""
+    """``loop``'s one ``make()`` in ``table`` (made on first use). The tables are keyed
+    weakly by the loop, so what they hold must not refer to it: it is not given one."""
     made = table.get(loop)
     if made is None:
-        made = table[loop] = make(loop)
+        made = table[loop] = make()
     return made
 
 
@@ -853,7 +853,7 @@ class _Clocks:
 
     __slots__ = ("clocks", "when")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self) -> None:
         self.clocks: dict[BodyClock, None] = {}  # (an ordered set)
         self.when: float | None = None  # the loop time the timer is set for
 
