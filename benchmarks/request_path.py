@@ -1,21 +1,30 @@
 """Issue 11's table: arenapool against the same decoder without it, by body size, with wrk.
 
-    python benchmarks/request_path.py                      # 4 sizes x 3 rounds, ~11 min
+    python benchmarks/request_path.py                      # 4 sizes x 5 rounds, ~20 min
     python benchmarks/request_path.py --sizes 64KiB --rounds 5 --duration 8
     python benchmarks/request_path.py --modes orjson,arenapool --no-floor   # one pair
 
 For every body size (1 KiB, 64 KiB, 1 MiB, 4 MiB by default; ``mixed`` is the 1 KiB-4 MiB
 log-uniform deck), each mode runs the example service alone in its own process on
 127.0.0.1 (one worker) and is driven by Debian's ``wrk`` (outside Python) with 32
-keep-alive connections posting that size for ``--duration`` seconds. Servers start fresh
-for each size, answer every body of the deck correctly once (checked by the Python
-client), get a ``--warmup`` wrk run, then ``--rounds`` measured rounds in a rotating
-order, so no mode always runs first. Each measured run follows ``--rewarm`` seconds of
-unmeasured load on the same server: a server idles while the others are measured
-(arenapool's pool decays idle blocks after 10 s and, after 10 s without a lend, resets
-its warm reserves), and the run should see steady state: the default 3 s spans one of
-the pool's calibration ticks (every ``decay / 4`` = 2.5 s), after which the reserve
-follows the traffic again.
+keep-alive connections posting that size for ``--duration`` seconds.
+
+There are ``--rounds`` measured rounds per size, and each round starts fresh server
+processes (``--same-servers``: one set for all of a size's rounds). Every server first
+answers each body of the deck correctly once (checked by the Python client) and gets a
+``--warmup`` wrk run. Fresh processes, because a process's heap settles into a layout of
+its own in its first seconds and keeps it: the same server measured round after round
+samples that one layout (2026-11-30, 4 MiB orjson bodies: one pair of servers gave
+0.96x-1.04x over five rounds here, another pair 1.00x-1.11x over three in an ad-hoc run).
+In a round each arenapool mode runs right beside its baseline, the pair's order
+swapping every round (A B, B A, ...), and the pairs (and the floor servers) rotate, so
+no server always runs first; a round's ratio comes from two runs seconds apart, not
+minutes (on a shared machine the neighbours' load drifts). Each measured run follows
+``--rewarm`` seconds of unmeasured load on the same server: a server idles while the
+others are measured (arenapool's pool decays idle blocks after 10 s and, after 10 s
+without a lend, resets its warm reserves), and the run should see steady state: the
+default 3 s spans one of the pool's calibration ticks (every ``decay / 4`` = 2.5 s),
+after which the reserve follows the traffic again.
 Per run, from wrk and from the server's
 ``/proc/PID/stat``: requests/s, minor page faults per request, CPU (user + system) per
 request. The ratios ``arenapool / orjson`` and ``arenapool-msgspec / msgspec`` are taken
@@ -58,7 +67,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import arenapool
 from arenapool import format_size, parse_size
 from harness.benchkit import check_answers, print_json_line
-from harness.modes import Mode, baseline_of, resolve_modes
+from harness.modes import Mode, baseline_of, pair_groups, resolve_modes, round_order
 from harness.procstat import read_stat
 from harness.report import machine_info
 from harness.server import Server, sigterm_interrupts
@@ -205,25 +214,21 @@ async def measure_size(
     workload = workload_for(size)
     servers: dict[str, Server] = {}
     out = SizeResult(size)
+    names = [m.name for m in modes] + [f"{d}-floor" for d in floors]
+    groups = pair_groups(names)
     try:
-        for mode in modes:
-            servers[mode.name] = Server(mode, limit=args.limit).start()
-        for decoder in floors:
-            servers[f"{decoder}-floor"] = FloorServer(decoder, limit=args.limit).start()
-        names = list(servers)
         with deck_files(workload.deck(args.seed)) as (script, bodies):
-            for name in names:
-                await check_answers(servers[name], workload.deck(args.seed), args.seed)
-                await run_wrk(
-                    servers[name].port,
-                    script,
-                    bodies,
-                    duration=args.warmup,
-                    connections=args.connections,
-                )
             for round_ in range(args.rounds):
-                shift = round_ % len(names)
-                for name in names[shift:] + names[:shift]:
+                if not servers:
+                    servers = await start_servers(
+                        modes,
+                        floors=floors,
+                        args=args,
+                        workload=workload,
+                        script=script,
+                        bodies=bodies,
+                    )
+                for name in round_order(groups, round_):
                     out.runs.append(
                         await one_run(
                             servers[name],
@@ -248,10 +253,44 @@ async def measure_size(
                         file=sys.stderr,
                         flush=True,
                     )
+                if args.fresh:  # the next round samples new processes
+                    await stop_servers(servers)
+                    servers = {}
     finally:
-        for server in servers.values():
-            await asyncio.to_thread(server.stop)
+        await stop_servers(servers)
     return out
+
+
+async def start_servers(
+    modes: list[Mode],
+    *,
+    floors: list[str],
+    args: argparse.Namespace,
+    workload: Workload,
+    script: Path,
+    bodies: list[Path],
+) -> dict[str, Server]:
+    """Every mode's server (and the floor servers), each checked and warmed up."""
+    servers: dict[str, Server] = {}
+    try:
+        for mode in modes:
+            servers[mode.name] = Server(mode, limit=args.limit).start()
+        for decoder in floors:
+            servers[f"{decoder}-floor"] = FloorServer(decoder, limit=args.limit).start()
+        for server in servers.values():
+            await check_answers(server, workload.deck(args.seed), args.seed)
+            await run_wrk(
+                server.port, script, bodies, duration=args.warmup, connections=args.connections
+            )
+    except BaseException:
+        await stop_servers(servers)
+        raise
+    return servers
+
+
+async def stop_servers(servers: dict[str, Server]) -> None:
+    for server in servers.values():
+        await asyncio.to_thread(server.stop)
 
 
 async def one_run(
@@ -431,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--modes", default=",".join(MODES), help=f"comma-separated ({','.join(MODES)})"
     )
-    parser.add_argument("--rounds", type=int, default=3, help="measured rounds per size (3)")
+    parser.add_argument("--rounds", type=int, default=5, help="measured rounds per size (5)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (5)")
     parser.add_argument(
         "--warmup", type=float, default=2.0, help="seconds of wrk warm-up per server (2)"
@@ -448,6 +487,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="seed of the bodies (1)")
     parser.add_argument(
         "--no-floor", dest="floor", action="store_false", help="skip the floor servers"
+    )
+    parser.add_argument(
+        "--same-servers",
+        dest="fresh",
+        action="store_false",
+        help="keep each size's servers for all its rounds (default: fresh processes every "
+        "round, so the rounds sample the spread between processes too)",
     )
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     args = parser.parse_args(argv)
@@ -482,6 +528,7 @@ def main(argv: list[str] | None = None) -> int:
             "warmup_s": args.warmup,
             "rewarm_s": args.rewarm,
             "connections": args.connections,
+            "fresh_servers_each_round": args.fresh,
             "client": "wrk",
             "seed": args.seed,
         },

@@ -24,7 +24,9 @@ __all__ = [
     "baseline_of",
     "find_library",
     "mode_names",
+    "pair_groups",
     "resolve_modes",
+    "round_order",
 ]
 
 #: each arenapool mode's like-for-like baseline: the same decoder without arenapool
@@ -41,6 +43,31 @@ def baseline_of(mode: str) -> str:
     if mode in BASELINES:
         return BASELINES[mode]
     return "msgspec" if "msgspec" in mode else "orjson"
+
+
+def pair_groups(names: list[str]) -> list[list[str]]:
+    """``names`` in the groups a benchmark round runs back to back.
+
+    Each arenapool mode goes right after its baseline (:data:`BASELINES`), when both are
+    in ``names``; every other name stands alone. Order follows ``names``.
+    """
+    paired = {BASELINES[n]: n for n in names if n in BASELINES and BASELINES[n] in names}
+    taken = set(paired.values())
+    return [[n, paired[n]] if n in paired else [n] for n in names if n not in taken]
+
+
+def round_order(groups: list[list[str]], round_: int) -> list[str]:
+    """The order of round ``round_`` (from 0) over :func:`pair_groups`' ``groups``.
+
+    The groups rotate by one each round, so none always runs first, and a pair's two
+    modes swap places every other round (A B, then B A): a ratio inside a round comes
+    from two runs seconds apart, and neither side always runs first.
+    """
+    shift = round_ % len(groups) if groups else 0
+    order: list[str] = []
+    for group in groups[shift:] + groups[:shift]:
+        order += group if round_ % 2 == 0 else group[::-1]
+    return order
 
 
 _LIBRARY_FILES = {

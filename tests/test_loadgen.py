@@ -15,7 +15,7 @@ from _example import load_example
 from aiohttp import web
 
 from harness.loadgen import LoadResult, percentile, run_load
-from harness.modes import baseline_of
+from harness.modes import baseline_of, pair_groups, round_order
 from harness.procstat import read_stat
 from harness.soak import percentile_of
 from harness.workload import (
@@ -366,3 +366,27 @@ def test_every_arenapool_mode_has_a_like_for_like_baseline() -> None:
         baseline_of(m)
         for m in ("arenapool", "arenapool-msgspec", "orjson+trim", "msgspec+trim", "plain")
     ]
+
+
+# --- the order of a benchmark's rounds ------------------------------------------------
+
+
+def test_each_arenapool_mode_runs_beside_its_baseline_and_sides_swap() -> None:
+    names = ["orjson", "arenapool", "msgspec", "arenapool-msgspec", "orjson-floor"]
+    groups = pair_groups(names)
+    assert groups == [["orjson", "arenapool"], ["msgspec", "arenapool-msgspec"], ["orjson-floor"]]
+    firsts = set()
+    for round_ in range(6):
+        order = round_order(groups, round_)
+        assert sorted(order) == sorted(names)
+        for mode in ("arenapool", "arenapool-msgspec"):
+            i, j = order.index(mode), order.index(baseline_of(mode))
+            assert abs(i - j) == 1  # the ratio's two runs are back to back
+        assert (order.index("arenapool") < order.index("orjson")) == (round_ % 2 == 1)
+        firsts.add(order[0])
+    assert len(firsts) == 5  # the groups rotate: every mode of a pair and the floor lead
+
+
+def test_a_mode_without_its_baseline_stands_alone() -> None:
+    assert pair_groups(["arenapool", "orjson+trim"]) == [["arenapool"], ["orjson+trim"]]
+    assert round_order([], 3) == []
