@@ -31,6 +31,11 @@ request. The ratios ``arenapool / orjson`` and ``arenapool-msgspec / msgspec`` a
 within each round (the same minute of the same machine), and the table gives their
 median.
 
+With ``orjson+hold`` (``msgspec+hold``) among the modes, the decoder with glibc's heap
+held as arenapool's governor holds it, the table of other modes also gives
+``arenapool / orjson+hold``: the share of the gain that is the arena's, not the held
+heap's.
+
 The floor (``--floor``, on by default): how much of the baseline's CPU per request
 aiohttp's ``request.read()`` spends copying and faulting, the most an arena can save.
 Method: an extra server per decoder (``orjson-floor``, ``msgspec-floor``) runs the same
@@ -67,7 +72,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import arenapool
 from arenapool import format_size, parse_size
 from harness.benchkit import check_answers, print_json_line
-from harness.modes import Mode, baseline_of, pair_groups, resolve_modes, round_order
+from harness.modes import (
+    BASELINES,
+    Mode,
+    baseline_of,
+    pair_groups,
+    resolve_modes,
+    round_order,
+)
 from harness.procstat import read_stat
 from harness.report import machine_info
 from harness.server import Server, sigterm_interrupts
@@ -360,8 +372,11 @@ def summarize(
                 "rounds": len(runs),
             }
         ratios: dict[str, Any] = {}
-        for mode in modes:
-            base = baseline_of(mode)
+        pairs = [(mode, baseline_of(mode)) for mode in modes]
+        # an arenapool mode against its decoder with the heap held as the governor holds
+        # it (``orjson+hold``): the arena's own share of the gain
+        pairs += [(mode, f"{base}+hold") for mode, base in BASELINES.items() if mode in modes]
+        for mode, base in pairs:
             if mode == base or mode not in by_mode or base not in by_mode:
                 continue
             per_round = []
@@ -426,7 +441,7 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
         - {"arenapool/orjson", "arenapool-msgspec/msgspec"}
     )
     if extra:
-        print("\nOther modes against the same decoder without arenapool (median of rounds):")
+        print("\nOther ratios (each mode against the one after the slash; median of rounds):")
         print("| body | " + " | ".join(extra) + " |")
         print("|---|" + "---|" * len(extra))
         for row in rows:

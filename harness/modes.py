@@ -17,6 +17,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+#: arenapool.memory's pinned thresholds, here without importing arenapool (the baselines
+#: run without it); tests/test_loadgen.py checks they agree
+MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
+HOLD_TRIM_THRESHOLD = 2 * MAX_MMAP_THRESHOLD
+
 __all__ = [
     "BASELINES",
     "MODES",
@@ -173,6 +178,21 @@ def _modes(recycle_after: int) -> list[Mode]:
                 unavailable=None
                 if path
                 else f"lib{lib} not found (Debian/Ubuntu: apt-get install lib{lib}2)",
+            )
+        )
+    for service in ("orjson", "msgspec"):
+        # what GovernorConfig(hold_heap=True) does, without arenapool: glibc's thresholds
+        # pinned where its dynamic ones end up at most (arenapool.memory.hold_heap)
+        modes.append(
+            Mode(
+                f"{service}+hold",
+                service,
+                f"{service} handler, glibc's heap held as arenapool's governor holds it "
+                "(MALLOC_MMAP_THRESHOLD_=32 MiB, MALLOC_TRIM_THRESHOLD_=64 MiB)",
+                {
+                    "MALLOC_MMAP_THRESHOLD_": str(MAX_MMAP_THRESHOLD),
+                    "MALLOC_TRIM_THRESHOLD_": str(HOLD_TRIM_THRESHOLD),
+                },
             )
         )
     modes.append(

@@ -14,8 +14,9 @@ import pytest
 from _example import load_example
 from aiohttp import web
 
+from arenapool import _memory
 from harness.loadgen import LoadResult, percentile, run_load
-from harness.modes import baseline_of, pair_groups, round_order
+from harness.modes import baseline_of, pair_groups, resolve_modes, round_order
 from harness.procstat import read_stat
 from harness.soak import percentile_of
 from harness.workload import (
@@ -390,3 +391,12 @@ def test_each_arenapool_mode_runs_beside_its_baseline_and_sides_swap() -> None:
 def test_a_mode_without_its_baseline_stands_alone() -> None:
     assert pair_groups(["arenapool", "orjson+trim"]) == [["arenapool"], ["orjson+trim"]]
     assert round_order([], 3) == []
+
+
+def test_the_held_heap_modes_pin_what_the_governor_pins() -> None:
+    (mode,), _ = resolve_modes(["orjson+hold"])
+    assert mode.env == {
+        "MALLOC_MMAP_THRESHOLD_": str(_memory.MAX_MMAP_THRESHOLD),
+        "MALLOC_TRIM_THRESHOLD_": str(_memory.HOLD_TRIM_THRESHOLD),
+    }
+    assert baseline_of("msgspec+hold") == "msgspec"
