@@ -17,10 +17,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: arenapool.memory's pinned thresholds, here without importing arenapool (the baselines
-#: run without it); tests/test_loadgen.py checks they agree
-MAX_MMAP_THRESHOLD = 32 * 1024 * 1024
-HOLD_TRIM_THRESHOLD = 2 * MAX_MMAP_THRESHOLD
+# the thresholds GovernorConfig(hold_heap=True) pins, for the +hold modes to set
+from arenapool._memory import HOLD_TRIM_THRESHOLD, MAX_MMAP_THRESHOLD
 
 __all__ = [
     "BASELINES",
