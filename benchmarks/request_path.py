@@ -1,11 +1,13 @@
 """Issue 11's table: arenapool against the same decoder without it, by body size, with wrk.
 
-    python benchmarks/request_path.py                      # 4 sizes x 5 rounds, ~20 min
+    python benchmarks/request_path.py                      # 5 sizes x 5 rounds, ~26 min
     python benchmarks/request_path.py --sizes 64KiB --rounds 5 --duration 8
     python benchmarks/request_path.py --modes orjson,arenapool --no-floor   # one pair
 
-For every body size (1 KiB, 64 KiB, 1 MiB, 4 MiB by default; ``mixed`` is the 1 KiB-4 MiB
-log-uniform deck), each mode runs the example service alone in its own process on
+For every body size (1 KiB, 64 KiB, 200 KiB, 1 MiB, 4 MiB by default: issue 11's four,
+and one between the inline bodies and the large ones, where the copies an arena saves
+are cheapest and its bookkeeping counts most; ``mixed`` is the 1 KiB-4 MiB log-uniform
+deck), each mode runs the example service alone in its own process on
 127.0.0.1 (one worker) and is driven by Debian's ``wrk`` (outside Python) with 32
 keep-alive connections posting that size for ``--duration`` seconds.
 
@@ -87,7 +89,7 @@ from harness.workload import Workload, get_workload
 from harness.wrk import deck_files, need_wrk, run_wrk
 
 MODES = ["orjson", "arenapool", "msgspec", "arenapool-msgspec"]
-SIZES = ["1KiB", "64KiB", "1MiB", "4MiB"]
+SIZES = ["1KiB", "64KiB", "200KiB", "1MiB", "4MiB"]
 TARGETS = {"1KiB": 0.98, "64KiB": 1.00, "1MiB": 1.05, "4MiB": 1.05}
 
 # The floor server: the baseline handler with aiohttp's read() written out and timed.

@@ -344,6 +344,54 @@ async def test_an_admissible_head_reads_ahead_at_aiohttps_default_while_the_budg
         assert 0 == pool.stats()["admission"]["pending_bytes"]
 
 
+async def test_a_body_that_came_whole_with_its_head_is_neither_judged_nor_narrowed(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """A declared body that arrived whole in the recv that brought its head has nothing
+    left to refuse or to read ahead: its head is not counted as expected, and its
+    stream keeps its read-ahead (narrowing it there paused the reader for nothing), on
+    an idle connection and behind another request alike. Each body is still read whole.
+
+    Head and body go out in one write of less than loopback's 64 KiB segment, so one
+    recv brings both."""
+    pending: list[int] = []
+    marks: list[int] = []
+    with SlabPool("4MiB", decay=None) as pool:
+        app, (_, proceed) = head_app(pool, [], limit="1MiB")
+
+        async def peek(request: web.Request) -> web.Response:
+            pending.append(pool.stats()["admission"]["pending_bytes"])
+            marks.append(request.content._high_water)
+            return web.json_response({"nbytes": len(await read_body(request))})
+
+        app.router.add_post("/peek", peek)
+        client = await aiohttp_client(app)
+        port = client.server.port
+        proceed.set()
+        response = await client.post("/peek", data=b"x" * 20_000)  # the route becomes known
+        assert 20_000 == (await response.json())["nbytes"]
+        whole = request_head("/peek", 20_000) + b"y" * 20_000
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        status, payload = await send_then_answer(reader, writer, whole)
+        assert (200, 20_000) == (status, payload["nbytes"])
+        # behind another request on its connection (pipelined in the same write)
+        first = request_head("/maybe", 2) + b"{}"
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(first + whole)
+            await writer.drain()
+            answers = []
+            for _ in range(2):
+                status, headers = await read_head(reader)
+                answers.append((status, orjson.loads(await read_answer_body(reader, headers))))
+        finally:
+            writer.close()
+        assert [(200, {"nbytes": None}), (200, {"nbytes": 20_000})] == answers
+        assert [0, 0] == pending[1:]
+        assert [2 * WIDE_READ_AHEAD, 2 * WIDE_READ_AHEAD] == marks[1:]
+        assert 0 == pool.stats()["admission"]["pending_bytes"]
+
+
 async def test_refuse_on_head_off_leaves_every_judgement_to_the_body_read(
     aiohttp_client: ClientFactory,
 ) -> None:

@@ -15,7 +15,8 @@ off: ``read()``, ``text()``, ``post()``, ``multipart()``, ``request.content``.
 
 :func:`read_into_arena` is the one body dispatcher behind ``read_body`` and
 ``read_json``. It allocates from the request's arena through the arena's public API:
-all of a declared body that is already buffered in one allocation; a declared body
+all of a declared body that is already buffered in one allocation, copied without an
+await and without a body clock (nothing of it is left to arrive); a declared body
 that has sent :data:`FIRST_STEP` (or arrives while bodies queue for memory) admitted as
 a whole (``SlabPool.admit``) and read into one allocation of its declared size, filled
 in place; otherwise :data:`FIRST_STEP`, grown with ``Arena.realloc_async`` as bytes
@@ -465,9 +466,33 @@ async def read_into_arena(request: web.Request, state: RequestState) -> memoryvi
         if expected:
             pool.unexpect(expected)
         raise
+    if (
+        declared is not None
+        and _SYNC_DRAIN
+        and getattr(content, "_size", 0) >= declared
+        and getattr(content, "_exception", None) is None
+    ):
+        # All of it is here (a client that sends head and body in one write, under
+        # aiohttp's read-ahead): one allocation now, the chunks copied without an await,
+        # no clock (nothing is left to arrive). No room without waiting: the general
+        # path below, which queues for it.
+        view: memoryview | None
+        try:
+            # (timeout=0: never waits; keeps clear of waiters and of admitted bodies' room)
+            view = await arena.alloc_async(declared, timeout=0)
+        except BudgetExhausted:
+            view = None
+        if view is not None:
+            if expected:
+                pool.unexpect(expected)
+            _fill_buffered(view, content, declared, arena)
+            state.counters.bytes_read += declared
+            if declared >= TURN_MIN and pool.admitting():
+                await _take_turn()
+            return view
     cap = room if declared is None else declared
     clock = BodyClock(request, state.config)
-    view: memoryview | None = None
+    view = None
     filled = 0
     ticket = token = None
     try:
@@ -543,6 +568,23 @@ async def read_into_arena(request: web.Request, state: RequestState) -> memoryvi
         # the admitted are served: its handler's work waits for its turn of the loop
         await _take_turn()
     return view
+
+
+def _fill_buffered(
+    view: memoryview, content: StreamReader, declared: int, arena: _arena.Arena
+) -> None:
+    """Copy a declared body that aiohttp holds whole into ``view``, its allocation."""
+    filled = 0
+    buffer = content._buffer
+    while buffer and filled < declared:
+        chunk = content._read_nowait_chunk(-1)
+        end = filled + len(chunk)
+        if end > declared:  # (the parser bounds a declared body; be sure)
+            raise too_large(end, arena.limit, declared=False, used=arena.used)
+        view[filled:end] = chunk
+        filled = end
+    if filled < declared:  # pragma: no cover - _size counted what _buffer holds
+        raise incomplete(filled, declared)
 
 
 async def _admit_whole(
