@@ -482,6 +482,10 @@ async def read_into_arena(request: web.Request, state: RequestState) -> memoryvi
             view = await arena.alloc_async(declared, timeout=0)
         except BudgetExhausted:
             view = None
+        except BaseException:
+            if expected:  # (as the general path's finally gives it back)
+                pool.unexpect(expected)
+            raise
         if view is not None:
             if expected:
                 pool.unexpect(expected)
