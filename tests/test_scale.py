@@ -112,14 +112,24 @@ class Gunicorn:
         return seen
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until every worker has answered ``/health`` itself: gunicorn logs "Booting
+        worker" before a worker has imported the app, so a count of those lines alone
+        let a test start while one worker was still starting (seen in CI)."""
         deadline = time.monotonic() + timeout
+        seen: set[int] = set()
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.text()[-3000:]
+            answered = False
             with contextlib.suppress(OSError, asyncio.TimeoutError, IndexError, ValueError):
-                if (await self.get("/health"))[0] == 200 and self.booted() == WORKERS:
-                    return
-            await asyncio.sleep(0.1)  # start-up polling, bounded by timeout
-        raise AssertionError(f"gunicorn not ready:\n{self.text()[-3000:]}")
+                status, body = await self.get("/health")
+                if status == 200:
+                    seen.add(json.loads(body)["pid"])
+                    answered = True
+            if len(seen) == WORKERS and self.booted() == WORKERS:
+                return
+            if not answered:
+                await asyncio.sleep(0.1)  # start-up polling, bounded by timeout
+        raise AssertionError(f"gunicorn not ready ({sorted(seen)}):\n{self.text()[-3000:]}")
 
     def booted(self) -> int:
         return len(re.findall(r"Booting worker with pid", self.text()))
