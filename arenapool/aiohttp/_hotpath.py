@@ -119,29 +119,22 @@ def serve(
     handler: Handler,
 ) -> Coroutine[Any, Any, web.StreamResponse]:
     """The middleware: give the request an arena, run the handler, release the arena."""
-    return _serve(config, stats, limit_override, request, handler, None)
+    return serve_route(config, stats, handler, None, request, limit_override)
 
 
-def serve_route(
+async def serve_route(  # noqa: PLR0917 - per request: keywords would cost a dict
     config: ArenaConfig,
     stats: RouteStats,
-    handler: Handler,
-    entry: RouteEntry,
-    request: web.Request,
-) -> Coroutine[Any, Any, web.StreamResponse]:
-    """:func:`serve` as a route's own handler (``_middleware.serve_in_routes``), with
-    the route's entry in ``stats`` (``RouteStats.entry``) known beforehand."""
-    return _serve(config, stats, None, request, handler, entry)
-
-
-async def _serve(  # noqa: PLR0917 - per request: keywords would cost a dict
-    config: ArenaConfig,
-    stats: RouteStats,
-    limit_override: int | None,
-    request: web.Request,
     handler: Handler,
     entry: RouteEntry | None,
+    request: web.Request,
+    limit_override: int | None = None,
 ) -> web.StreamResponse:
+    """:func:`serve` as a route's own handler (``_middleware.serve_in_routes`` binds
+    all but ``request`` with ``functools.partial``, so aiohttp's call makes this
+    coroutine, with no function in between), the route's entry in ``stats``
+    (``RouteStats.entry``) known beforehand; from the middleware, ``entry`` is None
+    (found from the request's route)."""
     outer = _current.get()  # an outer app's middleware runs in this same task
     if type_(outer) is RequestState and outer.request is request:
         return await handler(request)
@@ -171,7 +164,9 @@ async def _serve(  # noqa: PLR0917 - per request: keywords would cost a dict
             if declared > limit:
                 return answer_error(request, too_large(declared, limit, declared=True), counters)
     governor = None if admin else config.governor
-    if governor is not None and refused(governor, request):
+    # (refused() is the policy; it turns nothing away unless the governor sheds, so a
+    # request is not charged its call while it does not)
+    if governor is not None and governor.shedding and refused(governor, request):
         from ._admin import shed_response  # noqa: PLC0415 - only when shedding
 
         return shed_response(governor, request)
@@ -384,7 +379,7 @@ def json_response(
 ) -> web.Response:
     """A JSON response encoded by orjson into fresh ``bytes`` (never arena memory);
     msgspec Structs are encoded too. ``option`` is orjson's (``orjson.OPT_*``)."""
-    body = _dumps(data, default=_default, option=option)
+    body = _dumps(data, _default, option)  # positional: orjson parses no keywords
     # the usual answer with two keywords: the type call builds a dict of them
     if status == 200 and reason is None and headers is None:
         return _Response(body=body, content_type="application/json")
@@ -1006,7 +1001,7 @@ def too_large(size: int, limit: int, *, declared: bool, used: int = 0) -> BodyTo
 #: generic attribute access in about 200; compiled, this path ran more instructions,
 #: instruction-cache and data-cache misses than interpreted
 #: (``benchmarks/callgrind_handler.py``). The body's reading and copying stays compiled.
-INTERPRETED = ("serve", "serve_route", "_serve", "read_json", "json_response", "refused")
+INTERPRETED = ("serve", "serve_route", "read_json", "json_response", "refused")
 
 # The compiled build of this very file, when the install made one (see arenapool/_ext.py):
 # from here on every name above that it defines is its compiled twin.

@@ -211,7 +211,7 @@ def arena_middleware(
     if config.governor is not None:  # it counts the requests from the route counters
         config.governor.count_requests(stats.activity)
 
-    # A partial of _serve, not a closure around it: one coroutine frame per request
+    # A partial of serve, not a closure around it: one coroutine frame per request
     # instead of two (aiohttp adds its own layer once an app has any middleware).
     middleware = functools.partial(serve, config, stats, None)
     middleware.__middleware_version__ = 1  # type: ignore[attr-defined] # what @web.middleware sets
