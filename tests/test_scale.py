@@ -95,6 +95,14 @@ class Gunicorn:
         head, _, body = data.partition(b"\r\n\r\n")
         return int(head.split(b" ", 2)[1]), body
 
+    async def health_pid(self) -> int | None:
+        """The pid of the worker that answered one ``/health``; None if none did."""
+        with contextlib.suppress(OSError, asyncio.TimeoutError, IndexError, ValueError):
+            status, body = await self.get("/health")
+            if status == 200:
+                return int(json.loads(body)["pid"])
+        return None
+
     async def worker_pids(self, *, attempts: int = 2000, seconds: float = 60.0) -> set[int]:
         """The pids answering ``/health``, until all workers did, or attempts or time run
         out (a worker still finishing its share of a burst answers late)."""
@@ -103,10 +111,9 @@ class Gunicorn:
         for _ in range(attempts):
             if time.monotonic() > deadline:
                 break
-            with contextlib.suppress(OSError, asyncio.TimeoutError, IndexError, ValueError):
-                status, body = await self.get("/health")
-                if status == 200:
-                    seen.add(json.loads(body)["pid"])
+            pid = await self.health_pid()
+            if pid is not None:
+                seen.add(pid)
             if len(seen) == WORKERS:
                 break
         return seen
@@ -119,15 +126,12 @@ class Gunicorn:
         seen: set[int] = set()
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.text()[-3000:]
-            answered = False
-            with contextlib.suppress(OSError, asyncio.TimeoutError, IndexError, ValueError):
-                status, body = await self.get("/health")
-                if status == 200:
-                    seen.add(json.loads(body)["pid"])
-                    answered = True
+            pid = await self.health_pid()
+            if pid is not None:
+                seen.add(pid)
             if len(seen) == WORKERS and self.booted() == WORKERS:
                 return
-            if not answered:
+            if pid is None:
                 await asyncio.sleep(0.1)  # start-up polling, bounded by timeout
         raise AssertionError(f"gunicorn not ready ({sorted(seen)}):\n{self.text()[-3000:]}")
 
