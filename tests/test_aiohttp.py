@@ -19,6 +19,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from arenapool import (
+    Arena,
     ArenaReleasedError,
     PoolClosedError,
     PoolTimeout,
@@ -28,6 +29,7 @@ from arenapool import (
     current_arena,
 )
 from arenapool.aiohttp import (
+    ARENA_KEY,
     ROUTE_STATS_KEY,
     _hotpath,
     get_arena,
@@ -946,6 +948,54 @@ async def test_get_arena_after_the_request_finished_refuses(
     assert 200 == (await client.get("/untouched")).status
     assert ["refused"] == seen
     assert 0 == (await wait_idle(pool))["arenas_total"]
+
+
+async def test_after_the_request_its_task_finds_what_was_current_before(
+    aiohttp_client: ClientFactory, pool: SlabPool
+) -> None:
+    """Code that runs in the request's task after the middleware (here an outer
+    middleware, after its ``await handler``) finds what was current before the
+    request, an outer ``with`` block's arena or None, and the request's own arena is
+    released; a state the middleware made has every slot set (it has no ``__init__``)."""
+    seen: list[object] = []
+
+    @web.middleware
+    async def outer(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path == "/nested":
+            with pool.arena() as mine:
+                response = await handler(request)
+                seen.append(current_arena() is mine)
+        else:
+            response = await handler(request)
+            seen.append(current_arena())
+        return response
+
+    app = web.Application(middlewares=[outer])
+    setup(app, pool)
+    states: list[Any] = []
+
+    async def handler(request: web.Request) -> web.Response:
+        arena = current_arena()
+        assert arena is not None
+        arena.alloc(64)
+        seen.append(arena)
+        states.append(request[ARENA_KEY])
+        return json_response({"ok": True})
+
+    app.router.add_post("/nested", handler)
+    app.router.add_post("/plain", handler)
+    client = await aiohttp_client(app)
+    for path in ("/nested", "/plain"):
+        assert 200 == (await client.post(path, data=b"{}")).status
+    nested_arena, after_nested, plain_arena, after_plain = seen
+    assert (True, None) == (after_nested, after_plain)
+    assert isinstance(nested_arena, Arena)
+    assert isinstance(plain_arena, Arena)
+    assert ("RELEASED", "RELEASED") == (nested_arena.state.value, plain_arena.state.value)
+    for state in states:  # every slot set (no __init__: serve_route stores each)
+        assert all(hasattr(state, name) for name in type(state).__slots__)
+        assert state.request is None  # served
+    assert 3 == (await wait_idle(pool))["arenas_total"]  # the two requests' and mine
 
 
 async def test_small_body_client_leaves_mid_body(

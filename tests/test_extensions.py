@@ -29,7 +29,7 @@ for name in _ext.TWINS:
     kinds[name] = sorted({
         type(value).__name__
         for value in vars(module).values()
-        if callable(value) and getattr(value, "__module__", "").startswith(name)
+        if callable(value) and (getattr(value, "__module__", None) or "").startswith(name)
     })
 print(json.dumps({"loaded": _ext.LOADED, "stale": _ext.STALE, "kinds": kinds}))
 """

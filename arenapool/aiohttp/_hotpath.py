@@ -84,6 +84,7 @@ _dumps = orjson.dumps
 _Response = web.Response  # a module global: no module attribute lookup per request
 _JSONDecodeError = orjson.JSONDecodeError
 type_ = type
+_new_object = object.__new__
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -170,7 +171,18 @@ async def serve_route(  # noqa: PLR0917 - per request: keywords would cost a dic
         from ._admin import shed_response  # noqa: PLC0415 - only when shedding
 
         return shed_response(governor, request)
-    state = RequestState(request, config, counters, route, limit, declared)
+    # RequestState has no __init__: made here, one store per slot (its docstring)
+    state = _new_object(RequestState)
+    state.request = request
+    state.declared = declared
+    state.config = config
+    state.counters = counters
+    state.route = route
+    state.limit = limit
+    state._arena = None
+    state.body = None
+    state.inline = None
+    state.expected = 0
     if declared is not None and declared > FIRST_STEP:
         # its head may have been judged by its connection (_heads): take the count over
         take = getattr(getattr(request._protocol, "_messages", None), "take_expected", None)
@@ -202,7 +214,8 @@ async def serve_route(  # noqa: PLR0917 - per request: keywords would cost a dic
         try:
             arena = state._arena
             if arena is not None:
-                state.release(arena)
+                # (mypy keeps the None stored above across the handler's await)
+                state.release(arena)  # type: ignore[unreachable]
         finally:
             try:  # noqa: SIM105 - per request; contextlib.suppress costs an object
                 _current.reset(token)
