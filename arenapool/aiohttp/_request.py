@@ -24,10 +24,8 @@ class RequestState:
 
     Made once per request by ``_hotpath.serve_route`` alone, as ``object.__new__``
     and one store per slot, so every slot below is set there. There is no ``__init__``:
-    calling the class would run one in a frame of its own (under callgrind, a call
-    ``RequestState(...)`` ran about 2,430 instructions, ``object.__new__`` and the ten
-    stores about 1,680; ``benchmarks/callgrind_handler.py`` counted about 800 fewer per
-    request).
+    calling the class would run one in a frame of its own (without it,
+    ``benchmarks/callgrind_handler.py`` counted about 820 instructions fewer per request).
     """
 
     __slots__ = (
