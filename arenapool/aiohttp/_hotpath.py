@@ -214,8 +214,16 @@ async def serve_route(  # noqa: PLR0917 - per request: keywords would cost a dic
         try:
             arena = state._arena
             if arena is not None:
-                # (mypy keeps the None stored above across the handler's await)
-                state.release(arena)  # type: ignore[unreachable]
+                # The request outlives us: aiohttp's connection keeps it (and so this
+                # state) until its next request arrives. Keep nothing of the arena in
+                # it: a released arena, its lists and a dead view per idle connection,
+                # made by one request and freed by the next, set CPython's cyclic GC
+                # off every few requests under load (benchmarks/README.md, "200 KiB").
+                # Asked for after this, the arena is refused as finished (its property).
+                state._arena = None  # type: ignore[unreachable]  # (mypy: None above)
+                state.body = None
+                state.release(arena)
+            state.inline = None  # the small body's bytes go now, not at the next request
         finally:
             try:  # noqa: SIM105 - per request; contextlib.suppress costs an object
                 _current.reset(token)
@@ -359,7 +367,10 @@ async def read_json(request: web.Request, *, decoder: str | None = None, type: A
             else:
                 data = await read_inline(request, state, declared)
     if data is None:
-        data = await read_body(request)
+        data = state.body
+        if data is None:
+            # read_body()'s work, without a coroutine of its own
+            data = state.body = await read_into_arena(request, state)
     if type is None and decoder == "orjson":
         try:
             return _loads(data)

@@ -3,7 +3,9 @@
 A :class:`RequestState` is made by the middleware (or :func:`with_arena`) when a request
 comes in, stored in the request under :data:`ARENA_KEY` and set as the provider of
 :func:`arenapool.current_arena` for the handler's task. Its arena is made on first use
-and released by the middleware when the handler is done; after that (``request`` is
+and released by the middleware when the handler is done, and the state lets go of it
+and of the body (aiohttp keeps a served request until its connection's next one: a
+released arena kept with it only costs the cyclic GC); after that (``request`` is
 ``None``) asking for the arena raises instead of making one nobody would release.
 """
 
