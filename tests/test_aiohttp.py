@@ -954,33 +954,40 @@ async def test_a_served_request_keeps_neither_its_arena_nor_its_body(
     aiohttp_client: ClientFactory, pool: SlabPool
 ) -> None:
     """aiohttp keeps a served request alive until its connection's next request; of
-    arenapool it then holds the state alone. The released arena and the body's view
-    go as the request is served (kept with it, one set per idle connection, they set
-    CPython's cyclic GC off every few requests under load), and asking for the arena
-    afterwards is refused as finished, like a request that never made one."""
+    arenapool it then holds nothing of its own: the request's state, its released arena
+    and the body's view go as it is served (kept with it, one set per idle connection,
+    they set CPython's cyclic GC off every few requests under load). What it holds
+    under ``ARENA_KEY`` is its route's served state, shared by the route's requests,
+    and asking for the arena afterwards is refused as finished, as before."""
     app = web.Application()
     setup(app, pool)
     kept: list[web.Request] = []
     arenas: list[weakref.ref[Arena]] = []
+    states: list[weakref.ref[Any]] = []
     payload = b"x" * 100_000  # read into the arena (read_body always is)
 
     async def handler(request: web.Request) -> web.Response:
         body = await read_body(request)
         arenas.append(weakref.ref(get_arena(request)))
+        states.append(weakref.ref(request[ARENA_KEY]))
         kept.append(request)  # as aiohttp's connection keeps it
         return web.Response(body=bytes(body))
 
     app.router.add_post("/keep", handler)
     client = await aiohttp_client(app)
-    response = await client.post("/keep", data=payload)
-    assert (200, payload) == (response.status, await response.read())
+    for _ in range(2):
+        response = await client.post("/keep", data=payload)
+        assert (200, payload) == (response.status, await response.read())
     assert 0 == (await wait_idle(pool))["lent_bytes"]
-    (request,) = kept
-    state = request[ARENA_KEY]
-    assert (None, None, None) == (state.request, state._arena, state.body)
-    assert arenas[0]() is None  # nothing holds the released arena
-    with pytest.raises(ArenaReleasedError, match="has finished"):
-        get_arena(request)
+    assert [None, None] == [ref() for ref in arenas]  # nothing holds a released arena
+    assert [None, None] == [ref() for ref in states]  # nor a request's own state
+    first, second = (request[ARENA_KEY] for request in kept)
+    assert first is second  # the route's served state
+    assert (None, None, None) == (first.request, first._arena, first.body)
+    assert "POST /keep" == first.route
+    for request in kept:
+        with pytest.raises(ArenaReleasedError, match="has finished"):
+            get_arena(request)
 
 
 async def test_after_the_request_its_task_finds_what_was_current_before(

@@ -107,6 +107,9 @@ class RouteCounters:
     arena_buckets: list[int] = field(
         default_factory=lambda: [0] * (len(ARENA_BUCKETS) + 1), repr=False
     )
+    #: what a served request of this route holds under ``ARENA_KEY`` (made by the
+    #: first: ``_hotpath.served_state``); not a count
+    served: Any = field(default=None, repr=False, compare=False)
 
     def observe_arena(self, nbytes: int) -> None:
         """One request's arena high water: the route's peak and its histogram."""
@@ -117,6 +120,8 @@ class RouteCounters:
 
 
 RouteEntry = tuple[str, RouteCounters, "int | None", bool]
+#: the attributes of RouteCounters that the snapshot does not report as they are
+_NOT_COUNTS = frozenset(("arena_buckets", "served"))
 
 
 @dataclass
@@ -173,7 +178,7 @@ class RouteStats:
         the app starts: ``_middleware.serve_in_routes``)."""
         out: dict[str, dict[str, int]] = {}
         for name, c in sorted(self.routes.items()):
-            row = {k: v for k, v in vars(c).items() if k != "arena_buckets"}
+            row = {k: v for k, v in vars(c).items() if k not in _NOT_COUNTS}
             if not any(row.values()):
                 continue
             total = 0

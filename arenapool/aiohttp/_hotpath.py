@@ -224,11 +224,35 @@ async def serve_route(  # noqa: PLR0917 - per request: keywords would cost a dic
                 state.body = None
                 state.release(arena)
             state.inline = None  # the small body's bytes go now, not at the next request
+            # ... nor the state: the request gets its route's served state in its place
+            # (what code after us finds there, and asks for an arena in vain, is the
+            # same), so an idle connection holds no object of the request it served
+            served = counters.served
+            if served is None:
+                served = counters.served = served_state(state)
+            request._state[ARENA_KEY] = served
         finally:
             try:  # noqa: SIM105 - per request; contextlib.suppress costs an object
                 _current.reset(token)
             except ValueError:  # finished in another context than it started in
                 pass
+
+
+def served_state(state: RequestState) -> RequestState:
+    """The state a served request of ``state``'s route keeps (``RouteCounters.served``):
+    served (no request), no arena, no body; its route, config and counters."""
+    served = _new_object(RequestState)
+    served.request = None
+    served.declared = None
+    served.config = state.config
+    served.counters = state.counters
+    served.route = state.route
+    served.limit = state.limit
+    served._arena = None
+    served.body = None
+    served.inline = None
+    served.expected = 0
+    return served
 
 
 # -- admission under the governor ---------------------------------------------------

@@ -3,10 +3,16 @@
 A :class:`RequestState` is made by the middleware (or :func:`with_arena`) when a request
 comes in, stored in the request under :data:`ARENA_KEY` and set as the provider of
 :func:`arenapool.current_arena` for the handler's task. Its arena is made on first use
-and released by the middleware when the handler is done, and the state lets go of it
-and of the body (aiohttp keeps a served request until its connection's next one: a
-released arena kept with it only costs the cyclic GC); after that (``request`` is
+and released by the middleware when the handler is done; after that (``request`` is
 ``None``) asking for the arena raises instead of making one nobody would release.
+
+aiohttp keeps a served request alive until its connection's next request arrives, and
+what it holds is made by one request and freed by another: under load that sets
+CPython's cyclic GC off every few requests (``benchmarks/gc_pressure.py``). So once the
+handler is done the request keeps nothing of its own from arenapool: under
+:data:`ARENA_KEY` it then holds its route's *served* state (``RouteCounters.served``:
+no request, no arena, no body), shared by the route's served requests, and its own
+state, arena and body view are freed with the handler's frame.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ class RequestState:
     """
 
     __slots__ = (
+        "__weakref__",  # (tests see that nothing keeps a served request's state)
         "_arena",
         "body",
         "config",
