@@ -1048,8 +1048,22 @@ def too_large(size: int, limit: int, *, declared: bool, used: int = 0) -> BodyTo
 #: CPython 3.11's specialising interpreter does in a few instructions and Cython's
 #: generic attribute access in about 200; compiled, this path ran more instructions,
 #: instruction-cache and data-cache misses than interpreted
-#: (``benchmarks/callgrind_handler.py``). The body's reading and copying stays compiled.
-INTERPRETED = ("serve", "serve_route", "read_json", "json_response", "refused")
+#: (``benchmarks/callgrind_handler.py``). The body's dispatcher too: compiled, its one
+#: large coroutine (every path of a body read in one C function) is cold in the
+#: instruction cache at each request. At 200 KiB, 32 in flight, arenapool's server took
+#: about 2,000 more L1 instruction misses per request than plain orjson's for fewer
+#: instructions (``callgrind_request.py --cache-sim``); the interpreted dispatcher
+#: served 0.6-3% more requests in each of four rounds (ad hoc; 1 MiB: within 1%). What
+#: stays compiled is off the common path: waiting for budget, admission, the clocks.
+INTERPRETED = (
+    "serve",
+    "serve_route",
+    "read_json",
+    "json_response",
+    "refused",
+    "read_into_arena",
+    "_fill_buffered",
+)
 
 # The compiled build of this very file, when the install made one (see arenapool/_ext.py):
 # from here on every name above that it defines is its compiled twin.
