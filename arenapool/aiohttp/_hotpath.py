@@ -1052,8 +1052,9 @@ def too_large(size: int, limit: int, *, declared: bool, used: int = 0) -> BodyTo
 #: large coroutine (every path of a body read in one C function) is cold in the
 #: instruction cache at each request. At 200 KiB, 32 in flight, arenapool's server took
 #: about 2,000 more L1 instruction misses per request than plain orjson's for fewer
-#: instructions (``callgrind_request.py --cache-sim``); the interpreted dispatcher
-#: served 0.6-3% more requests in each of four rounds (ad hoc; 1 MiB: within 1%). What
+#: instructions, 370 fewer with this (``callgrind_request.py --cache-sim``); the
+#: interpreted dispatcher served 0.6-3% more requests in each of four rounds (ad hoc;
+#: 1 MiB: within 1%). What
 #: stays compiled is off the common path: waiting for budget, admission, the clocks.
 INTERPRETED = (
     "serve",
