@@ -54,11 +54,13 @@ sys.path.insert(0, os.environ.get("GC_PRESSURE_TREE", str(ROOT)))
 from aiohttp import web  # noqa: E402
 
 from arenapool import parse_size  # noqa: E402
+from harness.modes import BASELINES  # noqa: E402
 from harness.server import free_port  # noqa: E402
 from harness.workload import make_body  # noqa: E402
 from harness.wrk import deck_files, need_wrk, run_wrk  # noqa: E402
 
-PAIRS = {"orjson": "arenapool", "msgspec": "arenapool-msgspec"}
+#: each baseline decoder's arenapool mode (harness.modes.BASELINES, the other way round)
+PAIRS = {base: mode for mode, base in BASELINES.items()}
 
 
 async def serve_and_count(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiohttp import web
 
@@ -19,6 +19,9 @@ from .._governor import Governor
 from .._slabpool import SlabPool
 from .._units import parse_size
 from ._responses import ADMIN_MARK
+
+if TYPE_CHECKING:
+    from ._request import RequestState  # (it imports this module)
 
 _ResourceRoute = web.ResourceRoute
 
@@ -109,7 +112,7 @@ class RouteCounters:
     )
     #: what a served request of this route holds under ``ARENA_KEY`` (made by the
     #: first: ``_hotpath.served_state``); not a count
-    served: Any = field(default=None, repr=False, compare=False)
+    served: RequestState | None = field(default=None, repr=False, compare=False)
 
     def observe_arena(self, nbytes: int) -> None:
         """One request's arena high water: the route's peak and its histogram."""

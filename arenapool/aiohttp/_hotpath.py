@@ -214,19 +214,19 @@ async def serve_route(  # noqa: PLR0917 - per request: keywords would cost a dic
         try:
             arena = state._arena
             if arena is not None:
-                # The request outlives us: aiohttp's connection keeps it (and so this
-                # state) until its next request arrives. Keep nothing of the arena in
-                # it: a released arena, its lists and a dead view per idle connection,
-                # made by one request and freed by the next, set CPython's cyclic GC
-                # off every few requests under load (benchmarks/README.md, "200 KiB").
-                # Asked for after this, the arena is refused as finished (its property).
+                # The state may outlive us (a child task's context, code that kept
+                # it): keep nothing of the arena in it. Asked for after this, the arena
+                # is refused as finished (its property), as for a request that never
+                # made one.
                 state._arena = None  # type: ignore[unreachable]  # (mypy: None above)
                 state.body = None
                 state.release(arena)
             state.inline = None  # the small body's bytes go now, not at the next request
-            # ... nor the state: the request gets its route's served state in its place
-            # (what code after us finds there, and asks for an arena in vain, is the
-            # same), so an idle connection holds no object of the request it served
+            # The request outlives us: aiohttp's connection keeps it until its next
+            # request arrives. It gets its route's served state in place of this one
+            # (code after us finds the same there: no arena), so an idle connection
+            # holds no object one request made and the next frees; those set CPython's
+            # cyclic GC off every few requests under load (benchmarks/gc_pressure.py)
             served = counters.served
             if served is None:
                 served = counters.served = served_state(state)
@@ -1054,8 +1054,8 @@ def too_large(size: int, limit: int, *, declared: bool, used: int = 0) -> BodyTo
 #: about 2,000 more L1 instruction misses per request than plain orjson's for fewer
 #: instructions, 370 fewer with this (``callgrind_request.py --cache-sim``); the
 #: interpreted dispatcher served 0.6-3% more requests in each of four rounds (ad hoc;
-#: 1 MiB: within 1%). What
-#: stays compiled is off the common path: waiting for budget, admission, the clocks.
+#: 1 MiB: within 1%). What stays compiled is off the common path: waiting for budget,
+#: admission, the clocks.
 INTERPRETED = (
     "serve",
     "serve_route",
