@@ -137,7 +137,7 @@ async def serve_route(  # noqa: PLR0917 - per request: keywords would cost a dic
     (``RouteStats.entry``) known beforehand; from the middleware, ``entry`` is None
     (found from the request's route)."""
     outer = _current.get()  # an outer app's middleware runs in this same task
-    if type_(outer) is RequestState and outer.request is request:
+    if outer is not None and type_(outer) is RequestState and outer.request is request:
         return await handler(request)
     if entry is None:
         entry = stats._resolved.get(request.match_info.route)  # the per-route cache
@@ -145,32 +145,36 @@ async def serve_route(  # noqa: PLR0917 - per request: keywords would cost a dic
             entry = stats.resolve(request)
     route, counters, handler_limit, admin = entry
     counters.requests += 1
-    limit = config.limit
     if limit_override is not None:
         limit = limit_override
     elif handler_limit is not None:
         limit = handler_limit
+    else:
+        limit = config.limit
     limited = False
-    declared = None
-    # request.body_exists, .content_length and .headers, read where they keep them: the
+    # request.content_length, .headers and .body_exists, read where they keep them: the
     # properties are a Python call each, per request
-    if type_(request._payload) is not EmptyStreamReader:
-        headers = request._headers
-        length = headers.get(CONTENT_LENGTH)
-        if length is None or CONTENT_ENCODING in headers:
+    headers = request._headers
+    length = headers.get(CONTENT_LENGTH)
+    if length is not None and CONTENT_ENCODING not in headers:
+        size = int(length)  # (the parser let only digits through)
+        if size > limit:
+            return answer_error(request, too_large(size, limit, declared=True), counters)
+        declared: int | None = size
+    else:
+        # chunked, or content-coded (a coded body's Content-Length is not its size), or
+        # no body at all
+        declared = None
+        if type_(request._payload) is not EmptyStreamReader:
             limited = limit_stream(request, limit)  # the parser does not bound it: we do
-            # (a coded body's Content-Length is not its size)
-        else:
-            declared = int(length)
-            if declared > limit:
-                return answer_error(request, too_large(declared, limit, declared=True), counters)
-    governor = None if admin else config.governor
-    # (refused() is the policy; it turns nothing away unless the governor sheds, so a
-    # request is not charged its call while it does not)
-    if governor is not None and governor.shedding and refused(governor, request):
-        from ._admin import shed_response  # noqa: PLC0415 - only when shedding
+    if not admin:
+        # (refused() is the policy; it turns nothing away unless the governor sheds, so
+        # a request is not charged its call while it does not)
+        governor = config.governor
+        if governor is not None and governor.shedding and refused(governor, request):
+            from ._admin import shed_response  # noqa: PLC0415 - only when shedding
 
-        return shed_response(governor, request)
+            return shed_response(governor, request)
     # RequestState has no __init__: made here, one store per slot (its docstring)
     state = _new_object(RequestState)
     state.request = request
@@ -200,8 +204,10 @@ async def serve_route(  # noqa: PLR0917 - per request: keywords would cost a dic
             response = answer_error(request, exc, counters)
         except (ContentEncodingError, RequestPayloadError) as exc:
             response = answer_error(request, bad_payload(request, exc), counters)
-        if type_(response) is not _Response or type_(response._body) is not bytes:
-            detach_body(response, route)
+        if state._arena is not None:  # noqa: SIM102 - only an arena's memory needs detaching
+            # (mypy: _arena is None above; the handler may have made one since)
+            if type_(response) is not _Response or type_(response._body) is not bytes:  # type: ignore[unreachable]
+                detach_body(response, route)
         if limited and not request.content.is_eof():
             close_unread(request, response)
         return response
