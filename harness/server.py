@@ -13,7 +13,9 @@ at the app's pool while the server runs.
 
 from __future__ import annotations
 
+import compileall
 import contextlib
+import functools
 import http.client
 import importlib
 import os
@@ -40,6 +42,7 @@ from .procstat import ProcStat, read_stat
 __all__ = [
     "ROOT",
     "Server",
+    "cache_bytecode",
     "find_example_service",
     "free_port",
     "serve",
@@ -97,12 +100,29 @@ def service_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     arenapool package this process imports, so the service runs the same arenapool (and
     a source checkout never installed works too).
     """
+    cache_bytecode()
     env = dict(os.environ)
     env.update(extra or {})
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(ARENAPOOL_DIR.parent), env.get("PYTHONPATH", "")) if p
     )
     return env
+
+
+@functools.cache
+def cache_bytecode() -> bool:
+    """Write arenapool's bytecode where it is missing or stale (once per process); True
+    if every module was compiled or already cached.
+
+    A server then loads arenapool from bytecode, as it loads aiohttp, orjson and every
+    other installed package (pip compiles those when it installs them). An editable
+    install writes none, and where ``PYTHONDONTWRITEBYTECODE`` is set (this machine)
+    Python never writes it: each server would compile arenapool's source as it
+    starts, and keep what the compiler left in its heap (0.6 MiB at rest in
+    ``benchmarks/startup_rss.py``), a cost no installed arenapool has. A tree that
+    cannot be written is left as it is.
+    """
+    return bool(compileall.compile_dir(str(ARENAPOOL_DIR), quiet=2))
 
 
 def _gunicorn_quiet_args() -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -112,6 +113,21 @@ def test_missing_example_service_says_what_to_do(
     with pytest.raises(FileNotFoundError, match="ARENAPOOL_EXAMPLE_SERVICE") as exc:
         server.find_example_service()
     assert str(tmp_path / "integrations" / "example_service" / "app.py") in str(exc.value)
+
+
+def test_servers_load_arenapool_from_bytecode() -> None:
+    """The environment the harness gives a server comes with arenapool's bytecode
+    cached and valid for every module (the header holds the source's mtime and size, as
+    Python checks them), so no server compiles arenapool's source as it starts."""
+    server.service_env()
+    sources = sorted(server.ARENAPOOL_DIR.rglob("*.py"))
+    assert len(sources) > 30
+    for source in sources:
+        cached = Path(importlib.util.cache_from_source(str(source)))
+        header = cached.read_bytes()[:16]
+        stat = source.stat()
+        assert int(stat.st_mtime) & 0xFFFFFFFF == int.from_bytes(header[8:12], "little"), source
+        assert stat.st_size & 0xFFFFFFFF == int.from_bytes(header[12:16], "little"), source
 
 
 def test_wheel_ships_the_library_only() -> None:
