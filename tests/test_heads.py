@@ -330,7 +330,7 @@ async def test_an_admissible_head_reads_ahead_at_aiohttps_default_while_the_budg
             await entered.wait()  # its handler has run up to its read
         # the block is back: the body is admitted as it arrives
         status, payload = await send_then_answer(reader, writer, b"y" * (400 * KiB))
-        assert (200, 400 * KiB) == (status, payload["nbytes"])
+        assert (200, 400 * KiB) == (status, payload.get("nbytes")), payload
         reader, writer = await asyncio.open_connection("127.0.0.1", port)  # a new one
         chunk = b"z" * (100 * KiB)
         chunked = (
@@ -339,7 +339,7 @@ async def test_an_admissible_head_reads_ahead_at_aiohttps_default_while_the_budg
             + b"0\r\n\r\n"
         )
         status, payload = await send_then_answer(reader, writer, chunked)
-        assert (200, 400 * KiB) == (status, payload["nbytes"])
+        assert (200, 400 * KiB) == (status, payload.get("nbytes")), payload
         assert [2 * READ_AHEAD, 2 * WIDE_READ_AHEAD, 2 * READ_AHEAD, 2 * READ_AHEAD] == marks
         assert 0 == pool.stats()["admission"]["pending_bytes"]
 
@@ -373,7 +373,7 @@ async def test_a_body_that_came_whole_with_its_head_is_neither_judged_nor_narrow
         whole = request_head("/peek", 20_000) + b"y" * 20_000
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         status, payload = await send_then_answer(reader, writer, whole)
-        assert (200, 20_000) == (status, payload["nbytes"])
+        assert (200, 20_000) == (status, payload.get("nbytes")), payload
         # behind another request on its connection (pipelined in the same write)
         first = request_head("/maybe", 2) + b"{}"
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
