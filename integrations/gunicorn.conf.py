@@ -73,6 +73,16 @@ def on_starting(server):
                 os.remove(os.path.join(path, name))
 
 
+def post_worker_init(worker):
+    """The app is built in this worker (its ``make_app`` has returned): say so.
+
+    gunicorn logs "Booting worker" when it forks, before the worker has imported the
+    service; this line comes after, just before the worker's event loop starts and
+    takes connections from the shared listening socket.
+    """
+    worker.log.info("Worker ready (pid: %s)", worker.pid)
+
+
 def child_exit(server, worker):
     """A worker is gone: drop its live gauges (its counters stay in the totals)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):

@@ -135,21 +135,41 @@ class Gunicorn:
         return seen
 
     async def wait_ready(self, timeout: float = 60.0) -> None:
-        """Until every worker has answered ``/health`` itself: gunicorn logs "Booting
-        worker" before a worker has imported the app, so a count of those lines alone
-        let a test start while one worker was still starting (seen in CI)."""
+        """Until every worker has built the app and the service answers ``/health``.
+
+        gunicorn logs "Booting worker" before a worker has imported the app, so a count
+        of those lines alone let a test start while one worker was still starting (seen
+        in CI). Each worker logs "Worker ready" once its app is built (the config's
+        ``post_worker_init``), right before its event loop starts. Which worker answers
+        a probe cannot tell that every one is ready: the kernel hands a new connection
+        to whichever idle worker takes it first, and probes one after another may never
+        reach one of them (seen in CI).
+        """
         deadline = time.monotonic() + timeout
-        seen: set[int] = set()
+        answered: set[int] = set()
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, self.text()[-3000:]
             pid = await self.health_pid()
             if pid is not None:
-                seen.add(pid)
-            if len(seen) == WORKERS and self.booted() == WORKERS:
+                answered.add(pid)
+            workers = self.workers()
+            if (
+                len(workers) == WORKERS
+                and workers <= self.ready_pids()
+                and answered & workers
+                and self.booted() == WORKERS
+            ):
                 return
             if pid is None:
                 await asyncio.sleep(0.1)  # start-up polling, bounded by timeout
-        raise AssertionError(f"gunicorn not ready ({sorted(seen)}):\n{self.text()[-3000:]}")
+        raise AssertionError(
+            f"gunicorn not ready (answered {sorted(answered)}, ready {sorted(self.ready_pids())}, "
+            f"workers {sorted(self.workers())}):\n{self.text()[-3000:]}"
+        )
+
+    def ready_pids(self) -> set[int]:
+        """The workers that logged "Worker ready" (the config's ``post_worker_init``)."""
+        return {int(pid) for pid in re.findall(r"Worker ready \(pid: (\d+)\)", self.text())}
 
     def booted(self) -> int:
         return len(re.findall(r"Booting worker with pid", self.text()))
@@ -184,7 +204,7 @@ async def test_arenapool_workers_survive_a_burst_in_768mib(tmp_path: Path) -> No
     """4 arenapool workers with budget="auto" in a 768 MiB cgroup: a burst of 384 MiB of
     bodies OOM-kills nothing, every worker still serves, and each derived its budget."""
     with gunicorn("arenapool", tmp_path) as (group, server):
-        await server.wait_ready()  # every worker has answered /health
+        await server.wait_ready()  # every worker has built the app; /health answers
         before = server.workers()
         report = await run_burst(server)
         answering = await server.worker_pids()
