@@ -4,15 +4,25 @@ Theory of operation
 -------------------
 An idle block carries the time it went idle, and each class's free stack has the blocks
 idle longest at its bottom (hot blocks are reused LIFO from the top and stay committed).
-Nothing here runs on the request path: ``give_back`` only counts, and when the idle
-committed bytes pass ``retain`` (or, if more, what the last pass had to keep committed
-for the warm reserves: blocks kept warm on purpose must not wake the thread at every
-return, each wake a GIL hand-off) it wakes the pool's maintenance thread
-(:func:`start_decay_thread`, one daemon thread per pool, started with its first slab
-when ``decay`` or ``retain`` is set); wakes that come within ``WAKE_GAP`` of a pass are
-served by one pass after it. With the pool's lock held, the thread:
+Nothing here runs on the request path. ``give_back`` only counts. When the idle
+committed bytes pass ``retain`` it asks for a pass that holds ``retain`` again. "Pass
+``retain``" here means: pass ``retain``, or what the last pass had to keep committed for
+the warm reserves if that is more, so blocks kept warm on purpose do not ask at every
+return.
 
-- *Retain* (:func:`enforce_retain`), when woken and on every tick: while more than
+Where the pass runs depends on the thread that returned the blocks:
+- with an event loop running in it, the pass is a callback of its own on that loop
+  (``SlabPool._hold_retain``), after the code that returned the blocks;
+- otherwise give_back wakes the pool's maintenance thread (:func:`start_decay_thread`,
+  one daemon thread per pool, started with its first slab when ``decay`` or ``retain``
+  is set).
+
+The loop's pass saves the thread's GIL hand-off, which under CPU contention held the
+event loop until both threads were scheduled again. Either way, passes asked for within
+``WAKE_GAP`` of the last are served by one pass after it. The thread also ticks. With
+the pool's lock held, a pass does this:
+
+- *Retain* (:func:`enforce_retain`), when asked for and on every tick: while more than
   ``retain`` idle bytes stay committed, decommits idle blocks, largest classes first and
   longest idle first, warm reserves kept. It trades page faults on reuse for RSS.
 - *Decay* (:func:`trim_locked`), every ``decay / 4`` seconds: gives blocks idle longer

@@ -766,8 +766,8 @@ def _locked_idle_committed(pool: SlabPool) -> int:
 
 def test_retain_returns_idle_memory_beyond_the_cap_soon_after() -> None:
     """With retain, blocks that came back past the cap are madvised away by the pool's
-    maintenance thread, woken by give_back (never inside it), the largest first: RSS
-    falls without waiting for a decay."""
+    maintenance thread, woken by give_back (never inside it; no event loop runs here),
+    the largest first: RSS falls without waiting for a decay."""
     proc = psutil.Process()
     with SlabPool("64MiB", max_class="8MiB", decay=None, retain="1MiB") as pool:
         sizes = [4 * MiB, 1 * MiB, 256 * KiB, 64 * KiB, 4 * KiB]

@@ -9,6 +9,7 @@ allowed for; a full block's worth is not.
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import resource
 import threading
@@ -73,6 +74,37 @@ def test_give_back_never_decommits_even_past_retain() -> None:
 
         assert (True, True, 0) == seen
         assert (False, 64 * KiB) == (block.committed, pool.stats()["returned_bytes"])
+
+
+async def test_where_a_loop_runs_retain_is_held_by_a_pass_on_that_loop() -> None:
+    """Past the retain cap, a give_back made while an event loop runs in its thread
+    schedules the pass on that loop, as a callback of its own after the caller's code,
+    and does not wake the maintenance thread: a thread's pass costs the loop a GIL
+    hand-off, which under CPU contention held the loop until both threads were
+    scheduled again. give_back itself still decommits nothing. A second give_back
+    before the pass has run adds no second pass."""
+    with SlabPool("64MiB", decay=None, retain=0) as pool:
+        pool._decay_thread = threading.current_thread()  # any thread: none is started
+        first, second = pool.lend(64 * KiB), pool.lend(64 * KiB)
+        for block in (first, second):
+            assert block.view is not None
+            block.view[:] = b"\xcd" * (64 * KiB)
+        pool.give_back([first])
+        pool.give_back([second])
+        seen = (
+            first.committed,
+            second.committed,
+            pool._maintenance.is_set(),
+            pool.stats()["returned_bytes"],
+        )
+        await asyncio.sleep(0)  # the loop runs the callbacks already due: the one pass
+
+        assert (True, True, False, 0) == seen
+        assert (False, False, 128 * KiB) == (
+            first.committed,
+            second.committed,
+            pool.stats()["returned_bytes"],
+        )
 
 
 def test_the_reserve_follows_the_traffic_not_the_burst() -> None:
