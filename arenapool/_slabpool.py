@@ -195,6 +195,7 @@ class SlabPool:
         # retain passed with an event loop running: its pass, due on that loop (one at a
         # time), and the loop time before which the next one may not run (_hold_retain)
         self._retain_handle: asyncio.Handle | None = None
+        self._retain_loop: asyncio.AbstractEventLoop | None = None
         self._retain_after = 0.0
         for key, count in (prealloc or {}).items():
             self._prealloc(parse_size(key, name="prealloc size"), count)
@@ -492,14 +493,16 @@ class SlabPool:
         hand-offs left arenapool 4-6% of a core behind the servers beside it. Passes
         come at most every ``WAKE_GAP``, as the thread's do.
         """
-        if self._retain_handle is not None:
-            return  # a pass is due
+        due_on = self._retain_loop
+        if self._retain_handle is not None and due_on is not None and due_on.is_running():
+            return  # a pass is due (on a loop that stopped before running it: ask again)
         loop: asyncio.AbstractEventLoop | None = _running_loop()
         if loop is None:
             maintenance = self._maintenance
             if not maintenance.is_set():
                 maintenance.set()
             return
+        self._retain_loop = loop
         delay = self._retain_after - loop.time()
         if delay > 0:
             self._retain_handle = loop.call_later(delay, self._retain_pass, loop)

@@ -107,6 +107,35 @@ async def test_where_a_loop_runs_retain_is_held_by_a_pass_on_that_loop() -> None
         )
 
 
+def test_a_pass_left_on_a_loop_that_stopped_does_not_hold_retain_back() -> None:
+    """A pass due on a loop that stopped before running it (here: the second return
+    came within WAKE_GAP of the first pass, so its pass was due later) does not keep
+    later returns from asking for one: without a running loop, give_back wakes the
+    maintenance thread."""
+    with SlabPool("64MiB", decay=None, retain=0) as pool:
+        pool._decay_thread = threading.current_thread()  # any thread: none is started
+        first, second, third = (pool.lend(64 * KiB) for _ in range(3))
+        for block in (first, second, third):
+            assert block.view is not None
+            block.view[:] = b"\xcd" * (64 * KiB)
+
+        async def two_returns() -> None:
+            pool.give_back([first])
+            await asyncio.sleep(0)  # its pass runs
+            pool.give_back([second])  # within WAKE_GAP of that pass: one is due later
+
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(two_returns())
+        finally:
+            loop.close()
+        stranded = (first.committed, second.committed, pool._maintenance.is_set())
+        pool.give_back([third])
+
+        assert (False, True, False) == stranded
+        assert (True, True) == (third.committed, pool._maintenance.is_set())
+
+
 def test_the_reserve_follows_the_traffic_not_the_burst() -> None:
     """Each class's warm reserve is the (upper) median of its recent window peaks: one
     burst of 20 blocks does not keep 20 warm once the traffic needs 2, and retain then
