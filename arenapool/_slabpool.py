@@ -192,10 +192,10 @@ class SlabPool:
         self._stop = threading.Event()
         # set to wake the maintenance thread (retain passed): give_back never decommits
         self._maintenance = threading.Event()
-        # retain passed with an event loop running: its pass, due on that loop (one at a
-        # time), and the loop time before which the next one may not run (_hold_retain)
-        self._retain_handle: asyncio.Handle | None = None
-        self._retain_loop: asyncio.AbstractEventLoop | None = None
+        # retain passed with an event loop running: the loop its pass is due on (one at
+        # a time; None: none due), and the loop time before which the next one may not
+        # run (_hold_retain)
+        self._retain_due_on: asyncio.AbstractEventLoop | None = None
         self._retain_after = 0.0
         for key, count in (prealloc or {}).items():
             self._prealloc(parse_size(key, name="prealloc size"), count)
@@ -493,8 +493,8 @@ class SlabPool:
         hand-offs left arenapool 4-6% of a core behind the servers beside it. Passes
         come at most every ``WAKE_GAP``, as the thread's do.
         """
-        due_on = self._retain_loop
-        if self._retain_handle is not None and due_on is not None and due_on.is_running():
+        due_on = self._retain_due_on
+        if due_on is not None and due_on.is_running():
             return  # a pass is due (on a loop that stopped before running it: ask again)
         loop: asyncio.AbstractEventLoop | None = _running_loop()
         if loop is None:
@@ -502,16 +502,16 @@ class SlabPool:
             if not maintenance.is_set():
                 maintenance.set()
             return
-        self._retain_loop = loop
+        self._retain_due_on = loop
         delay = self._retain_after - loop.time()
         if delay > 0:
-            self._retain_handle = loop.call_later(delay, self._retain_pass, loop)
+            loop.call_later(delay, self._retain_pass, loop)
         else:
-            self._retain_handle = loop.call_soon(self._retain_pass, loop)
+            loop.call_soon(self._retain_pass, loop)
 
     def _retain_pass(self, loop: asyncio.AbstractEventLoop) -> None:
         """The pass :meth:`_hold_retain` scheduled on ``loop``: ``retain`` held again."""
-        self._retain_handle = None
+        self._retain_due_on = None
         try:
             _decay.maintain(self, _monotonic(), tick=False)
         finally:
