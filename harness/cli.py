@@ -36,6 +36,7 @@ from .modes import MODES, resolve_modes
 from .plots import plot_demo, plot_matrix, plot_soak
 from .report import (
     BASELINE,
+    MiB,
     fmt_mib,
     fmt_num,
     fmt_x,
@@ -348,9 +349,12 @@ def _print_soak_table(console: Console, doc: Mapping[str, Any], idle: float) -> 
     table = Table(title="side by side, one run", title_justify="left")
     for column in (
         "mode", "requests", "req/s", "CPU/req", "faults/req", "median RSS", "p95 RSS",
-        "drift", f"RSS {idle:g} s after load", "errors",
+        "drift", "RSS at rest", f"RSS {idle:g} s after load", "left by the load", "errors",
     ):  # fmt: skip
-        table.add_column(column, justify="left" if column == "mode" else "right")
+        if column == "mode":  # whole names: arenapool-retain16 and arenapool-warm differ late
+            table.add_column(column, no_wrap=True, min_width=max(map(len, modes), default=4))
+        else:
+            table.add_column(column, justify="right")
     for name, m in modes.items():
         drift = m["drift_mib_per_min"]
         table.add_row(
@@ -362,7 +366,9 @@ def _print_soak_table(console: Console, doc: Mapping[str, Any], idle: float) -> 
             fmt_mib(m["rss_median"]),
             fmt_mib(m["rss_p95"]),
             "n/a" if drift is None else f"{drift:+.2f} MiB/min",
+            fmt_mib(m.get("rss_rest")),
             fmt_mib(m["rss_idle"]),
+            _fmt_signed_mib(m.get("rss_left_by_load")),
             str(m["errors"] + m["corrupt"]),
         )
     console.print(table)
@@ -377,11 +383,27 @@ def _print_soak_table(console: Console, doc: Mapping[str, Any], idle: float) -> 
             f"{fmt_x(ratio(m['rss_idle'], base['rss_idle']))} (target <= 1.00x), requests "
             f"{fmt_x(ratio(m['ok'], base['ok']))} (target >= 1.00x)"
         )
+        rest, base_rest = m.get("rss_rest"), base.get("rss_rest")
+        left, base_left = m.get("rss_left_by_load"), base.get("rss_left_by_load")
+        if None not in (rest, base_rest, left, base_left):
+            console.print(
+                f"  after load it holds {_fmt_signed_mib(m['rss_idle'] - base['rss_idle'])} "
+                f"against orjson+trim: {_fmt_signed_mib(rest - base_rest)} held at rest "
+                f"before the load, {_fmt_signed_mib(left - base_left)} of what the load "
+                "left behind"
+            )
     console.print(
         "RSS: psutil readings of each server's process; median and p95 over the load after "
-        "the warm-up; drift: least-squares slope of those readings. CPU (user + system) "
-        "and minor page faults per request over the load: the server's /proc/PID/stat."
+        "the warm-up; drift: least-squares slope of those readings; at rest: read once the "
+        "server answered, before its first body; left by the load: after load minus at "
+        "rest. CPU (user + system) and minor page faults per request over the load: the "
+        "server's /proc/PID/stat."
     )
+
+
+def _fmt_signed_mib(nbytes: int | None) -> str:
+    """``+1.9 MiB``/``-0.4 MiB`` (one decimal: these differences are small), or n/a."""
+    return "n/a" if nbytes is None else f"{nbytes / MiB:+.1f} MiB"
 
 
 #: the smaps buckets of the soak's second table: (column, buckets added up)
@@ -398,7 +420,10 @@ def _print_soak_buckets(console: Console, modes: Mapping[str, Any], idle: float)
     if not any(m.get("rss_buckets_median") for m in modes.values()):
         return
     table = Table(
-        title=f"where the RSS is (smaps): median under load / {idle:g} s after load",
+        title=(
+            f"where the RSS is (smaps): median under load / {idle:g} s after load / at rest "
+            "before the load"
+        ),
         title_justify="left",
     )
     table.add_column("mode")
@@ -410,8 +435,13 @@ def _print_soak_buckets(console: Console, modes: Mapping[str, Any], idle: float)
 
     for name, m in modes.items():
         load, after = m.get("rss_buckets_median"), m.get("rss_buckets_idle")
+        rest = m.get("rss_buckets_rest")
         table.add_row(
-            name, *(f"{part(load, names)} / {part(after, names)}" for _, names in _SOAK_BUCKETS)
+            name,
+            *(
+                f"{part(load, names)} / {part(after, names)} / {part(rest, names)}"
+                for _, names in _SOAK_BUCKETS
+            ),
         )
     console.print(table)
     console.print(

@@ -10,7 +10,10 @@ keep-alive connections each, outside Python), with ``client="python"`` one bound
 :class:`~harness.rss.RssSampler` thread reads every server's RSS every ``interval``
 seconds. Per mode: requests answered, the median and 95th percentile of RSS under load
 after ``warmup``, the drift (least-squares slope of those readings, MiB/min) and the RSS
-``idle`` seconds after the load stopped; the server's CPU time (user + system) and minor
+``idle`` seconds after the load stopped, set beside the RSS it had at rest before the
+load (read once every server answers, before the first body): their difference is what
+the load left behind, apart from what each server holds before any request (its code,
+most of it). Also the server's CPU time (user + system) and minor
 page faults per request over the load (``/proc/PID/stat``); and where that RSS is: every
 few seconds the sampler also walks each server's ``smaps`` into buckets (C heap, other
 anonymous memory, files, stacks: :func:`~harness.rss.buckets_of`), reported as medians
@@ -71,6 +74,15 @@ class SoakResult:
     buckets_idle: dict[str, int] | None = None
     cpu_us_per_request: float | None = None
     faults_per_request: float | None = None
+    #: RSS and smaps buckets at rest: after the server answered, before any body
+    rss_rest: int | None = None
+    buckets_rest: dict[str, int] | None = None
+
+    def left_by_load(self) -> int | None:
+        """RSS after the idle wait minus RSS at rest: what the load left behind."""
+        if self.rss_idle is None or self.rss_rest is None:
+            return None
+        return self.rss_idle - self.rss_rest
 
     def buckets_under_load(self) -> dict[str, int] | None:
         """Each ``smaps`` bucket's median over the readings under load after the warm-up."""
@@ -102,10 +114,13 @@ class SoakResult:
             "rss_peak": max((rss for _, rss in self.samples), default=None),
             "rss_idle": self.rss_idle,
             "idle_s": self.idle_s,
+            "rss_rest": self.rss_rest,
+            "rss_left_by_load": self.left_by_load(),
             "cpu_us_per_request": rounded(self.cpu_us_per_request, 1),
             "faults_per_request": rounded(self.faults_per_request, 2),
             "rss_buckets_median": self.buckets_under_load(),
             "rss_buckets_idle": self.buckets_idle,
+            "rss_buckets_rest": self.buckets_rest,
             "rss_samples": [[round(t, 3), rss] for t, rss in self.samples],
             "rss_bucket_samples": [[round(t, 3), parts] for t, parts in self.buckets],
         }
@@ -171,6 +186,8 @@ async def run_soak(
     with contextlib.ExitStack() as stack:
         for mode in resolved:
             servers[mode.name] = stack.enter_context(settings.server(mode))
+        # at rest: every server answers, none has read a body yet
+        rest = {name: (server.rss(), buckets_of(server)) for name, server in servers.items()}
         for server in servers.values():
             await check_answers(
                 server, deck, seed, what="bodies answered correctly before the soak"
@@ -246,6 +263,8 @@ async def run_soak(
                 idle_s=idle,
                 buckets=sampler.buckets[name],
                 buckets_idle=idle_buckets[name],
+                rss_rest=rest[name][0],
+                buckets_rest=rest[name][1],
             )
         )
         spent, done = _delta(before[name], after[name]), loads[name].completed

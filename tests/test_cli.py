@@ -270,7 +270,15 @@ def test_soak_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert under_load["file"] > 0
         assert under_load["heap"] > 0
         assert abs(sum(after.values()) - mode["rss_idle"]) < mode["rss_idle"] * 0.2
+        # at rest, before the first body: read from the OS too, and what the load left
+        # behind is the difference between the reading after it and that one
+        rest = mode["rss_buckets_rest"]
+        assert {"file", "heap", "stacks", "other", "generic"} == set(rest)
+        assert abs(sum(rest.values()) - mode["rss_rest"]) < mode["rss_rest"] * 0.2
+        assert mode["rss_left_by_load"] == mode["rss_idle"] - mode["rss_rest"]
     assert "where the RSS is" in out
+    assert "left by the load" in out
+    assert "held at rest before the load" in out
     assert_png(tmp_path / "arenapool-soak.png")
 
 
