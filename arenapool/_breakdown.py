@@ -77,6 +77,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Final, Protocol
 
+from ._memory import _bind_mallinfo2, _Mallinfo2
 from ._units import format_size
 
 __all__ = [
@@ -230,34 +231,6 @@ def read_buckets(pid: int | None = None) -> dict[str, int]:
 
 
 # -- glibc -------------------------------------------------------------------------------
-
-
-class _Mallinfo2(ctypes.Structure):
-    # glibc's struct mallinfo2 (malloc.h, 2.33+): ten size_t fields in this order.
-    _fields_ = [
-        ("arena", ctypes.c_size_t),
-        ("ordblks", ctypes.c_size_t),
-        ("smblks", ctypes.c_size_t),
-        ("hblks", ctypes.c_size_t),
-        ("hblkhd", ctypes.c_size_t),
-        ("usmblks", ctypes.c_size_t),
-        ("fsmblks", ctypes.c_size_t),
-        ("uordblks", ctypes.c_size_t),
-        ("fordblks", ctypes.c_size_t),
-        ("keepcost", ctypes.c_size_t),
-    ]
-
-
-def _bind_mallinfo2(lib: ctypes.CDLL) -> Callable[[], _Mallinfo2] | None:
-    """``lib``'s ``mallinfo2`` typed to return the struct, or ``None`` before glibc 2.33.
-
-    Shared with ``_memory`` (which imports this module), so the struct is declared once.
-    """
-    fn = getattr(lib, "mallinfo2", None)
-    if fn is not None:
-        fn.argtypes = []
-        fn.restype = _Mallinfo2
-    return fn
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 from . import _registry
-from ._breakdown import _bind_mallinfo2, _Mallinfo2, read_breakdown
 from ._container import current_rss, parse_proc_cgroup
 from ._units import format_size
 
@@ -77,6 +76,39 @@ RoutesSource = Callable[[], Mapping[str, Mapping[str, int]]]
 #: cgroup v1 reports "no limit" as PAGE_COUNTER_MAX pages (0x7FFFFFFFFFFFF000 on
 #: 4 KiB pages); anything this large is no limit on any real machine.
 _CGROUP_UNLIMITED: Final = 1 << 60
+
+
+# -- glibc -------------------------------------------------------------------------------
+
+
+class _Mallinfo2(ctypes.Structure):
+    # glibc's struct mallinfo2 (malloc.h, 2.33+): ten size_t fields in this order.
+    _fields_ = [
+        ("arena", ctypes.c_size_t),
+        ("ordblks", ctypes.c_size_t),
+        ("smblks", ctypes.c_size_t),
+        ("hblks", ctypes.c_size_t),
+        ("hblkhd", ctypes.c_size_t),
+        ("usmblks", ctypes.c_size_t),
+        ("fsmblks", ctypes.c_size_t),
+        ("uordblks", ctypes.c_size_t),
+        ("fordblks", ctypes.c_size_t),
+        ("keepcost", ctypes.c_size_t),
+    ]
+
+
+def _bind_mallinfo2(lib: ctypes.CDLL) -> Callable[[], _Mallinfo2] | None:
+    """``lib``'s ``mallinfo2`` typed to return the struct, or ``None`` before glibc 2.33.
+
+    Shared with ``_breakdown`` (which imports it from here), so the struct is declared
+    once and a serving process, which reads the heap every tick but never the smaps
+    breakdown, does not load ``_breakdown`` for it.
+    """
+    fn = getattr(lib, "mallinfo2", None)
+    if fn is not None:
+        fn.argtypes = []
+        fn.restype = _Mallinfo2
+    return fn
 
 
 @dataclass(frozen=True)
@@ -400,7 +432,13 @@ def snapshot(
     slab_stats = tuple({**pool.stats(), "name": pool.name} for pool in slabs)
     object_stats = tuple({**pool.stats(), "name": pool.name} for pool in objects)
     route_table = _route_table(routes)
-    parts = read_breakdown(slabs) if breakdown else None
+    parts = None
+    if breakdown:
+        # loaded on first use: the governor's tick takes no breakdown (about 0.1 MiB of
+        # module a serving process need not hold)
+        from ._breakdown import read_breakdown  # noqa: PLC0415
+
+        parts = read_breakdown(slabs)
     heap = heap_info()
     rss = parts.rss if parts is not None and parts.rss else current_rss()
     lent = sum(int(s.get("lent_bytes", 0)) for s in slab_stats)

@@ -11,6 +11,7 @@ from typing import Any
 import psutil  # type: ignore[import-untyped]  # psutil ships no type information
 import pytest
 
+import arenapool
 import arenapool.aiohttp
 from arenapool.memory import current_rss
 
@@ -53,6 +54,8 @@ async def main():
         "rss": governor.last_rss,
         "psutil": "psutil" in sys.modules,
         "admin": "arenapool.aiohttp._admin" in sys.modules,
+        "breakdown": "arenapool._breakdown" in sys.modules,
+        "objectpool": "arenapool._objectpool" in sys.modules,
     }}))
 
 asyncio.run(main())
@@ -68,12 +71,30 @@ def test_a_server_without_admin_routes_loads_neither_psutil_nor_them(
     assert [200, 200] == out["statuses"]
     assert out["rss"] > 10 * MiB  # the governor did read this process's RSS
     assert (False, False) == (out["psutil"], out["admin"])
+    # nor the smaps breakdown (the governor's tick reads the heap, not smaps) nor the
+    # object pools' module (this server keeps none)
+    assert (False, False) == (out["breakdown"], out["objectpool"])
 
 
 def test_admin_routes_load_their_module_when_mounted(run_python: RunPython) -> None:
     out = run_python(SERVE.format(admin=True))
     assert [200, 200] == out["statuses"]
     assert out["admin"]
+    assert out["breakdown"]  # the stats route's snapshot walks smaps
+
+
+def test_object_pool_names_still_import_from_the_package() -> None:
+    """``ObjectPool`` and ``ObjectLeakWarning`` load on first use, once; an unknown name
+    is still an AttributeError, and ``dir()`` lists them."""
+    from arenapool import ObjectLeakWarning, ObjectPool
+    from arenapool._objectpool import ObjectPool as Defined
+
+    assert ObjectPool is Defined
+    assert arenapool.ObjectPool is ObjectPool
+    assert issubclass(ObjectLeakWarning, Warning)
+    assert {"ObjectPool", "ObjectLeakWarning"} <= set(dir(arenapool))
+    with pytest.raises(AttributeError, match="no_such_name"):
+        _ = arenapool.no_such_name  # type: ignore[attr-defined]
 
 
 def test_admin_names_still_import_from_the_adapter() -> None:
