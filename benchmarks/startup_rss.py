@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import arenapool
 from harness.benchkit import print_json_line
 from harness.modes import resolve_modes
-from harness.report import machine_info
+from harness.report import fmt_mib_delta, machine_info
 from harness.rss import buckets_of
 from harness.server import Server
 
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"{mode:20s} {row['rss'] / MiB:7.1f}Mi "
             + " ".join(f"{row[name] / MiB:7.1f}Mi" for name in BUCKETS)
-            + f"   {diff / MiB:+.1f} MiB"
+            + f"   {fmt_mib_delta(diff)}"
         )
     result: dict[str, Any] = {
         "benchmark": "startup_rss",

@@ -36,8 +36,8 @@ from .modes import MODES, resolve_modes
 from .plots import plot_demo, plot_matrix, plot_soak
 from .report import (
     BASELINE,
-    MiB,
     fmt_mib,
+    fmt_mib_delta,
     fmt_num,
     fmt_x,
     machine_info,
@@ -368,7 +368,7 @@ def _print_soak_table(console: Console, doc: Mapping[str, Any], idle: float) -> 
             "n/a" if drift is None else f"{drift:+.2f} MiB/min",
             fmt_mib(m.get("rss_rest")),
             fmt_mib(m["rss_idle"]),
-            _fmt_signed_mib(m.get("rss_left_by_load")),
+            fmt_mib_delta(m.get("rss_left_by_load")),
             str(m["errors"] + m["corrupt"]),
         )
     console.print(table)
@@ -387,9 +387,9 @@ def _print_soak_table(console: Console, doc: Mapping[str, Any], idle: float) -> 
         left, base_left = m.get("rss_left_by_load"), base.get("rss_left_by_load")
         if None not in (rest, base_rest, left, base_left):
             console.print(
-                f"  after load it holds {_fmt_signed_mib(m['rss_idle'] - base['rss_idle'])} "
-                f"against orjson+trim: {_fmt_signed_mib(rest - base_rest)} held at rest "
-                f"before the load, {_fmt_signed_mib(left - base_left)} of what the load "
+                f"  after load it holds {fmt_mib_delta(m['rss_idle'] - base['rss_idle'])} "
+                f"against orjson+trim: {fmt_mib_delta(rest - base_rest)} held at rest "
+                f"before the load, {fmt_mib_delta(left - base_left)} of what the load "
                 "left behind"
             )
     console.print(
@@ -399,11 +399,6 @@ def _print_soak_table(console: Console, doc: Mapping[str, Any], idle: float) -> 
         "rest. CPU (user + system) and minor page faults per request over the load: the "
         "server's /proc/PID/stat."
     )
-
-
-def _fmt_signed_mib(nbytes: int | None) -> str:
-    """``+1.9 MiB``/``-0.4 MiB`` (one decimal: these differences are small), or n/a."""
-    return "n/a" if nbytes is None else f"{nbytes / MiB:+.1f} MiB"
 
 
 #: the smaps buckets of the soak's second table: (column, buckets added up)

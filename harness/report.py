@@ -17,6 +17,7 @@ __all__ = [
     "BASELINE",
     "MiB",
     "fmt_mib",
+    "fmt_mib_delta",
     "fmt_num",
     "fmt_x",
     "machine_info",
@@ -61,6 +62,12 @@ def fmt_mib(value: float | None, *, unit: bool = True) -> str:
     if value is None:
         return "-"
     return f"{value / MiB:.0f} MiB" if unit else f"{value / MiB:.0f}"
+
+
+def fmt_mib_delta(value: float | None) -> str:
+    """A difference in bytes as signed MiB with one decimal (``"+1.9 MiB"``, ``"-0.4
+    MiB"``: such differences are small); ``-`` if missing."""
+    return "-" if value is None else f"{value / MiB:+.1f} MiB"
 
 
 def fmt_x(value: float | None) -> str:
