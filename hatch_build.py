@@ -99,6 +99,10 @@ def compile_twins(root: Path) -> list[Path]:
         copy.write_bytes(text + f"\n__twin_digest__ = {digest!r}\n".encode())
         name = ".".join(Path(twin).with_suffix("").parts) + "_c"
         extensions.append(Extension(name, [str(copy.relative_to(root))]))
+    if sys.platform.startswith("linux"):
+        # plain C, not a twin: what it does has no pure-Python equivalent that could run
+        # safely (arenapool/_pymalloc.py says why)
+        extensions.append(Extension("arenapool._pymalloc_c", ["arenapool/_pymalloc_c.c"]))
     if not extensions:
         return []
     here = Path.cwd()

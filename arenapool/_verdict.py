@@ -19,7 +19,9 @@ The kinds, first match wins:
    than half as much (the few live chunks that pin a fragmented heap): the allocators
    keep freed memory. The action names what returns it: for the C heap the governor's
    trim (``malloc_trim``), and ``MALLOC_ARENA_MAX=2`` when threads' malloc arenas hold
-   it; for pymalloc nothing short of freeing every object in an arena does.
+   it; for pymalloc, whose arenas no trim reaches, the governor's release of its
+   empty pools (``GovernorConfig.release_pymalloc``), and for partly used pools
+   nothing short of freeing their objects.
 4. ``idle_slabs``: slabs idle but committed stayed high through the last quarter:
    the pool's ``decay``/``retain`` keep them resident; lower them or ``pool.trim()``.
 5. ``steady``.
@@ -168,9 +170,12 @@ def classify(  # noqa: PLR0911 - one return per kind, in order of precedence
             where = f"C heap free but held +{format_size(c_heap)}"
         else:
             action = (
-                "pymalloc keeps every arena that holds one live object: no trim returns "
-                "it; keep long-lived objects out of request-time churn (gc.freeze() "
-                "after start-up)"
+                "pymalloc keeps every arena that holds one live object, and malloc_trim "
+                "does not reach it: the governor gives back its empty pools' pages "
+                "(GovernorConfig(release_pymalloc=True), memory.release_pymalloc(), where "
+                "memory.pymalloc_status() says this process can); partly used pools stay: "
+                "keep long-lived objects out of request-time churn (gc.freeze() after "
+                "start-up)"
             )
             where = f"pymalloc free +{format_size(py_free)}"
         return common(

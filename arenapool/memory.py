@@ -6,6 +6,9 @@
   history, and a :class:`Verdict` on its trend (:func:`classify`).
 - :class:`Census`: heap censuses by type in a forked child, with leak suspects.
 - :class:`Tracer`: tracemalloc for a bounded window, then off again.
+- :func:`malloc_trim` gives glibc's free heap back; :func:`release_pymalloc` the pages
+  of pymalloc's empty pools, which CPython itself never gives back while their arena
+  holds one live object (:func:`pymalloc_status` says whether this process can).
 
 See ``arenapool._memory`` for what each figure of a reading means.
 """
@@ -28,6 +31,9 @@ from ._memory import (
     snapshot,
 )
 from ._monitor import MemoryMonitor
+from ._pymalloc import PoolRelease, PymallocStatus
+from ._pymalloc import release_free_pools as release_pymalloc
+from ._pymalloc import status as pymalloc_status
 from ._trace import Tracer
 from ._verdict import Verdict, classify
 
@@ -39,6 +45,8 @@ __all__ = [
     "History",
     "MemoryMonitor",
     "MemorySnapshot",
+    "PoolRelease",
+    "PymallocStatus",
     "Tracer",
     "Verdict",
     "cgroup_memory_limit",
@@ -48,8 +56,10 @@ __all__ = [
     "hold_heap",
     "malloc_trim",
     "malloc_trim_available",
+    "pymalloc_status",
     "read_breakdown",
     "read_buckets",
+    "release_pymalloc",
     "set_mmap_threshold",
     "snapshot",
 ]

@@ -240,6 +240,11 @@ class ArenapoolCollector(Collector):
             ("trims_total", "trims", "Trims the governor ran (idle, soft watermark, manual)."),
             ("trimmed_bytes_total", "trimmed_bytes", "RSS drop measured across its trims."),
             ("trim_seconds_total", "trim_seconds", "Seconds spent trimming (off the loop)."),
+            (
+                "pymalloc_released_bytes_total",
+                "pymalloc_released_bytes",
+                "Bytes of pymalloc's empty pools its trims gave back to the OS.",
+            ),
             ("shed_requests_total", "shed_count", "Requests answered 503 while shedding."),
             ("shed_episodes_total", "shed_episodes", "Times the hard watermark was crossed."),
         ):

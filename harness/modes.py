@@ -159,6 +159,13 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--retain", "none"),
         ),
         Mode(
+            "arenapool-keep-pools",
+            "arenapool",
+            "arenapool, the governor's trims leaving pymalloc's empty pools resident "
+            "(GovernorConfig(release_pymalloc=False))",
+            args=("--keep-pymalloc-pools",),
+        ),
+        Mode(
             "arenapool-glibc-heap",
             "arenapool",
             "arenapool, glibc's heap thresholds left dynamic (GovernorConfig(hold_heap=False))",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,7 +13,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from arenapool import SlabPool
+from arenapool import SlabPool, _ext
 from arenapool._governor import Governor, GovernorConfig
 from arenapool.aiohttp import AdminConfig, add_admin_routes
 from arenapool.aiohttp._admin import AdminConfigError, peer_allowed
@@ -179,9 +180,55 @@ async def test_trim_route_goes_through_the_governor(aiohttp_server: ServerFactor
     status, _, body = await request(server, "POST", "/_arenapool/trim")
     assert 200 == status
     result = json.loads(body)
-    assert {"rss_before", "rss_after", "freed", "seconds", "malloc_trim", "pools"} == set(result)
+    assert {
+        "rss_before",
+        "rss_after",
+        "freed",
+        "seconds",
+        "malloc_trim",
+        "pools",
+        "pymalloc",
+    } == set(result)
     assert 1 == governor.stats()["trims"]
     assert "admin" == governor.stats()["actions"][-1]["reason"]
+
+
+def fragment_pymalloc() -> list[str]:
+    """Make three hundred thousand small objects and keep one in 300: empty pools
+    scattered through arenas that stay (what a load leaves behind)."""
+    junk = [str(i) * 4 for i in range(300_000)]
+    keep = junk[::300]
+    del junk
+    gc.collect()
+    return keep
+
+
+@pytest.mark.parametrize("release", [True, False])
+async def test_governor_trims_give_back_pymalloc_pools(
+    aiohttp_server: ServerFactory, release: bool
+) -> None:
+    """A trim through the governor also gives back pymalloc's empty pools (compiled
+    build), unless ``release_pymalloc=False``; its stats say which and the bytes."""
+    governor = Governor(GovernorConfig(use_cgroup=False, release_pymalloc=release))
+    server = await aiohttp_server(admin_app(AdminConfig(token=TOKEN), governor=governor))
+    keep = fragment_pymalloc()
+    status, _, body = await request(server, "POST", "/_arenapool/trim")
+    assert 200 == status
+    released = json.loads(body)["pymalloc"]
+    stats = governor.stats()
+    assert all(s == s[: len(s) // 4] * 4 for s in keep)
+    if not release:
+        assert (0, "off", 0) == (
+            released,
+            stats["pymalloc_release"],
+            stats["pymalloc_released_bytes"],
+        )
+    elif _ext.NO_EXTENSIONS:
+        assert 0 == released
+        assert "ARENAPOOL_NO_EXTENSIONS" in stats["pymalloc_release"]
+    else:
+        assert released >= 1024 * 1024
+        assert ("on", released) == (stats["pymalloc_release"], stats["pymalloc_released_bytes"])
 
 
 async def test_trim_route_without_governor(aiohttp_server: ServerFactory) -> None:

@@ -59,6 +59,7 @@ LAYERS: dict[str, int] = {
     "arenapool._monitor": 6,
     "arenapool._governor": 6,
     "arenapool._trimpolicy": 6,
+    "arenapool._pymalloc": 6,
     "arenapool._census": 6,
     "arenapool.memory": 6,
     # 7. adapters

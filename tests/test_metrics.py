@@ -43,6 +43,7 @@ def test_every_family_is_prefixed_typed_and_documented(slab: SlabPool) -> None:
             assert all(s.name.endswith("_total") for s in family.samples), family.name
     assert "arenapool_rss_bytes" in text
     assert "arenapool_governor_trimmed_bytes_total" in text
+    assert "arenapool_governor_pymalloc_released_bytes_total" in text
     assert "arenapool_governor_trim_seconds_total" in text
 
 

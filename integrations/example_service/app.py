@@ -204,6 +204,7 @@ def make_app(
     busy_trim: str | None = "8MiB",
     mmap_threshold: str | None = None,
     hold_heap: bool = True,
+    release_pymalloc: bool = True,
     noop_middleware: bool = False,
 ) -> web.Application:
     """The ingest service in ``mode`` (one of :data:`MODES`).
@@ -218,7 +219,8 @@ def make_app(
     (``None``: only when idle), and pins glibc's mmap threshold at ``mmap_threshold``
     when given (large buffers then get mappings of their own, returned on free);
     otherwise it holds the C heap (``GovernorConfig.hold_heap``) unless ``hold_heap``
-    is False.
+    is False. Its trims give back pymalloc's empty pools unless ``release_pymalloc``
+    is False (``GovernorConfig.release_pymalloc``).
     ``noop_middleware`` appends one middleware that does nothing: what aiohttp's
     middleware machinery alone costs a request (arenapool's own runs as one).
     """
@@ -247,7 +249,10 @@ def make_app(
         )
         governor_config = (
             arenapool.GovernorConfig(
-                busy_trim_threshold=busy_trim, mmap_threshold=mmap_threshold, hold_heap=hold_heap
+                busy_trim_threshold=busy_trim,
+                mmap_threshold=mmap_threshold,
+                hold_heap=hold_heap,
+                release_pymalloc=release_pymalloc,
             )
             if governor
             else None
@@ -342,6 +347,11 @@ def main(argv: list[str] | None = None) -> None:
         help="arenapool modes: leave glibc's heap thresholds dynamic (no hold_heap)",
     )
     parser.add_argument(
+        "--keep-pymalloc-pools",
+        action="store_true",
+        help="arenapool modes: the governor's trims leave pymalloc's empty pools resident",
+    )
+    parser.add_argument(
         "--backlog",
         type=int,
         default=2048,
@@ -365,6 +375,7 @@ def main(argv: list[str] | None = None) -> None:
         busy_trim=None if args.busy_trim.lower() == "none" else args.busy_trim,
         mmap_threshold=args.mmap_threshold,
         hold_heap=not args.glibc_heap,
+        release_pymalloc=not args.keep_pymalloc_pools,
         noop_middleware=args.noop_middleware,
     )
     ready = f"example service ({args.mode}) on http://{args.host}:{args.port} pid {os.getpid()}"
