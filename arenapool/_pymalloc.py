@@ -31,8 +31,10 @@ executable) and refuses to act unless everything checks out:
   only C can promise);
 - the symbol table has ``arenas``, ``maxarenas`` and ``narenas_currently_allocated``
   under ``obmalloc.c`` (a stripped interpreter, as most distributions ship, has none);
-- a read-only survey agrees with the interpreter: as many arenas as it says it holds,
-  pool counts and free lists within their arenas, and a fresh object inside one.
+- every address the walk starts from lies in this process's writable mappings (checked
+  from ``/proc/self/maps`` before anything is dereferenced), and a read-only survey
+  agrees with the interpreter: as many arenas as it says it holds, pool counts and free
+  lists within their arenas, and a fresh object inside one.
 
 Otherwise :func:`status` says why and :func:`release_free_pools` returns ``None``.
 The walk holds the GIL throughout (pymalloc is only entered with it), so it is safe
@@ -196,7 +198,15 @@ def _find() -> tuple[_Layout | None, str | None]:
 
 
 def _verify(module: ModuleType, layout: _Layout) -> str | None:
-    """Why the state found does not look like this interpreter's pymalloc, or ``None``."""
+    """Why the state found does not look like this interpreter's pymalloc, or ``None``.
+
+    Before the C survey dereferences anything, every address it will start from is
+    checked against this process's mappings, so that a symbol table that does not
+    match the running interpreter is refused instead of read.
+    """
+    unmapped = _unmapped(layout)
+    if unmapped is not None:
+        return f"pymalloc's state is not where the symbol table says: {unmapped}"
     probe = object()
     try:
         arenas, _free, _released, found, narenas = module.survey(
@@ -208,6 +218,50 @@ def _verify(module: ModuleType, layout: _Layout) -> str | None:
         return f"pymalloc's arenas do not add up ({arenas} found, {narenas} counted)"
     if not found:
         return "a fresh object lies in none of pymalloc's arenas"
+    return None
+
+
+#: ``sizeof(struct arena_object)`` on 64-bit CPython 3.11: six 8-byte words
+_ARENA_OBJECT_WORDS: Final = 6
+
+
+def _writable_spans() -> list[tuple[int, int]]:
+    """``(start, end)`` of this process's readable and writable mappings."""
+    spans = []
+    with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
+        for line in maps:
+            fields = line.split(maxsplit=2)
+            if fields[1].startswith("rw"):
+                start, _, end = fields[0].partition("-")
+                spans.append((int(start, 16), int(end, 16)))
+    return spans
+
+
+def _unmapped(layout: _Layout) -> str | None:
+    """What of pymalloc's state, as the symbol table places it, lies outside this
+    process's writable memory (``None``: all of it is inside)."""
+    spans = _writable_spans()
+
+    def inside(start: int, size: int) -> bool:
+        return any(lo <= start and start + size <= hi for lo, hi in spans)
+
+    for name, at, size in (
+        ("arenas", layout.arenas_at, 8),
+        ("maxarenas", layout.maxarenas_at, 4),
+        ("narenas_currently_allocated", layout.narenas_at, 8),
+    ):
+        if not inside(at, size):
+            return f"{name} at {at:#x}"
+    table = ctypes.c_uint64.from_address(layout.arenas_at).value
+    slots = ctypes.c_uint32.from_address(layout.maxarenas_at).value
+    words = slots * _ARENA_OBJECT_WORDS
+    if table == 0 or slots == 0 or not inside(table, words * 8):
+        return f"the arena table ({slots} slots at {table:#x})"
+    objects = (ctypes.c_uint64 * words).from_address(table)
+    for slot in range(slots):
+        address = objects[slot * _ARENA_OBJECT_WORDS]
+        if address and not inside(address, ARENA_SIZE):
+            return f"arena {slot} at {address:#x}"
     return None
 
 

@@ -12,6 +12,7 @@ both.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import subprocess
@@ -218,3 +219,20 @@ def test_symbols_are_read_from_the_interpreters_own_file(tmp_path: Path) -> None
     with pytest.raises(ValueError, match="ELF"):
         _pymalloc._elf_symbols(not_elf, "obmalloc.c", ("arenas",), "PyObject_Malloc")
     assert current_rss() > 0
+
+
+def test_a_symbol_table_that_does_not_match_is_refused_unread() -> None:
+    """Addresses outside this process's writable memory (a symbol table from another
+    build) are refused before the C survey dereferences anything."""
+    layout, _ = _pymalloc._locate()
+    module = _pymalloc._compiled()
+    if not COMPILED:
+        assert (None, None) == (layout, module)
+        return
+    assert layout is not None
+    assert module is not None
+    assert _pymalloc._verify(module, layout) is None
+    far = dataclasses.replace(layout, arenas_at=layout.arenas_at + (1 << 40))
+    reason = _pymalloc._verify(module, far)
+    assert reason is not None
+    assert "not where the symbol table says: arenas at" in reason
