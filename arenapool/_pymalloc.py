@@ -114,7 +114,7 @@ def survey() -> tuple[int, int, int] | None:
     module = _compiled()
     if layout is None or module is None:
         return None
-    arenas, free, released, _probe, _counted = module.survey(*_args(layout, 0), 0)
+    arenas, free, released, _probe, _counted = module.survey(*_args(layout, 0))
     return int(arenas), int(free), int(released)
 
 
@@ -132,8 +132,12 @@ def release_free_pools() -> PoolRelease | None:
     return PoolRelease(int(advised), int(pools), int(free))
 
 
-def _args(layout: _Layout, probe: int) -> tuple[int, int, int, int, int, int]:
-    return (layout.arenas_at, layout.maxarenas_at, POOL_SIZE, ARENA_SIZE, PAGE, probe)
+def _args(
+    layout: _Layout, probe: int, *, count: bool = False
+) -> tuple[int, int, int, int, int, int, int]:
+    """The C walk's arguments; with ``count`` it also reads pymalloc's arena count."""
+    narenas_at = layout.narenas_at if count else 0
+    return (layout.arenas_at, layout.maxarenas_at, POOL_SIZE, ARENA_SIZE, PAGE, probe, narenas_at)
 
 
 def _compiled() -> ModuleType | None:
@@ -210,7 +214,7 @@ def _verify(module: ModuleType, layout: _Layout) -> str | None:
     probe = object()
     try:
         arenas, _free, _released, found, narenas = module.survey(
-            *_args(layout, id(probe)), layout.narenas_at
+            *_args(layout, id(probe), count=True)
         )
     except ValueError as exc:
         return f"pymalloc's arenas do not look as expected: {exc}"

@@ -102,12 +102,24 @@ check(struct arena_object *arenas, size_t slots, size_t pool_size, size_t arena_
     return NULL;
 }
 
+/* One walk's inputs, read from the call's arguments and the globals they point at. */
+typedef struct {
+    struct arena_object *arenas;
+    size_t slots, pool_size, arena_size, page;
+    uintptr_t probe;
+    unsigned long long counted; /* the size_t at narenas_at, 0 when that is 0 */
+    walk_result res;
+} walk;
+
+/* Parse ``(arenas_at, maxarenas_at, pool_size, arena_size, page, probe, narenas_at)``,
+ * read the globals and run the read-only check; -1 with an exception set if any fails.
+ * Nothing allocates from the reads to the end of the caller's walk. */
 static int
-parse(PyObject *args, struct arena_object **arenas, size_t *slots, size_t *pool_size,
-      size_t *arena_size, size_t *page, uintptr_t *probe)
+prepare(PyObject *args, walk *w)
 {
-    unsigned long long arenas_at, slots_at, pool, arena, pg, pr;
-    if (!PyArg_ParseTuple(args, "KKKKKK", &arenas_at, &slots_at, &pool, &arena, &pg, &pr)) {
+    unsigned long long arenas_at, slots_at, pool, arena, pg, pr, narenas_at;
+    if (!PyArg_ParseTuple(args, "KKKKKKK", &arenas_at, &slots_at, &pool, &arena, &pg, &pr,
+                          &narenas_at)) {
         return -1;
     }
     if (arenas_at == 0 || slots_at == 0 || pool == 0 || (pool & (pool - 1)) != 0
@@ -115,13 +127,67 @@ parse(PyObject *args, struct arena_object **arenas, size_t *slots, size_t *pool_
         PyErr_SetString(PyExc_ValueError, "bad allocator geometry");
         return -1;
     }
-    *arenas = *(struct arena_object **)(uintptr_t)arenas_at;
-    *slots = *(unsigned int *)(uintptr_t)slots_at;
-    *pool_size = (size_t)pool;
-    *arena_size = (size_t)arena;
-    *page = (size_t)pg;
-    *probe = (uintptr_t)pr;
+    w->arenas = *(struct arena_object **)(uintptr_t)arenas_at;
+    w->slots = *(unsigned int *)(uintptr_t)slots_at;
+    w->pool_size = (size_t)pool;
+    w->arena_size = (size_t)arena;
+    w->page = (size_t)pg;
+    w->probe = (uintptr_t)pr;
+    w->counted = narenas_at == 0 ? 0 : *(size_t *)(uintptr_t)narenas_at;
+    const char *bad = w->arenas == NULL
+        ? "no arenas"
+        : check(w->arenas, w->slots, w->pool_size, w->arena_size, w->probe, &w->res);
+    if (bad != NULL) {
+        PyErr_SetString(PyExc_ValueError, bad);
+        return -1;
+    }
     return 0;
+}
+
+/* The survey (``act`` 0: read only) or the release (``act`` 1), after prepare(). */
+static PyObject *
+run(PyObject *args, int act)
+{
+    walk w;
+    if (prepare(args, &w) < 0) {
+        return NULL;
+    }
+    if (!act) {
+        return Py_BuildValue("KKKOK", w.res.arenas, w.res.free, w.res.released,
+                             w.res.probe_found ? Py_True : Py_False, w.counted);
+    }
+    unsigned long long advised = 0, pools = 0;
+    for (size_t i = 0; i < w.slots; i++) {
+        struct arena_object *a = &w.arenas[i];
+        if (a->address == 0) {
+            continue;
+        }
+        for (struct pool_header *p = a->freepools; p != NULL; p = p->nextpool) {
+            if (p->szidx == RELEASED_SZIDX) {
+                continue;
+            }
+            p->szidx = RELEASED_SZIDX;
+            if (madvise((char *)p + w.page, w.pool_size - w.page, MADV_DONTNEED) == 0) {
+                advised += w.pool_size - w.page;
+                pools++;
+            }
+        }
+    }
+    return Py_BuildValue("KKK", advised, pools, w.res.free);
+}
+
+static PyObject *
+survey(PyObject *module, PyObject *args)
+{
+    (void)module;
+    return run(args, 0);
+}
+
+static PyObject *
+release(PyObject *module, PyObject *args)
+{
+    (void)module;
+    return run(args, 1);
 }
 
 PyDoc_STRVAR(survey_doc,
@@ -131,84 +197,11 @@ PyDoc_STRVAR(survey_doc,
 "counted)``, ``counted`` being the ``size_t`` at ``narenas_at`` read in the same pass\n"
 "(0 when ``narenas_at`` is 0). ValueError when the lists do not look like pymalloc's.");
 
-static PyObject *
-survey(PyObject *module, PyObject *args)
-{
-    struct arena_object *arenas;
-    size_t slots, pool_size, arena_size, page;
-    uintptr_t probe;
-    walk_result res;
-    unsigned long long narenas_at = 0, counted = 0;
-    PyObject *head = PyTuple_GetSlice(args, 0, 6);
-    if (head == NULL) {
-        return NULL;
-    }
-    if (PyTuple_GET_SIZE(args) != 7
-        || (narenas_at = PyLong_AsUnsignedLongLong(PyTuple_GET_ITEM(args, 6))) == (unsigned long long)-1) {
-        Py_DECREF(head);
-        if (!PyErr_Occurred()) {
-            PyErr_SetString(PyExc_TypeError, "survey() takes 7 integers");
-        }
-        return NULL;
-    }
-    int failed = parse(head, &arenas, &slots, &pool_size, &arena_size, &page, &probe);
-    Py_DECREF(head);
-    if (failed < 0) {
-        return NULL;
-    }
-    /* from here to the walk's end nothing allocates: the count and the lists agree */
-    if (narenas_at != 0) {
-        counted = *(size_t *)(uintptr_t)narenas_at;
-    }
-    const char *bad = arenas == NULL ? "no arenas" : check(arenas, slots, pool_size, arena_size, probe, &res);
-    if (bad != NULL) {
-        PyErr_SetString(PyExc_ValueError, bad);
-        return NULL;
-    }
-    return Py_BuildValue("KKKOK", res.arenas, res.free, res.released,
-                         res.probe_found ? Py_True : Py_False, counted);
-}
-
 PyDoc_STRVAR(release_doc,
-"release(arenas_at, maxarenas_at, pool_size, arena_size, page, probe) -> tuple\n\n"
+"release(arenas_at, maxarenas_at, pool_size, arena_size, page, probe, narenas_at) -> tuple\n\n"
 "Check the free-pool lists as :func:`survey` does, then give back every free pool's\n"
 "pages but its first: ``(bytes_advised, pools_released, free_pools)``. Pools\n"
 "released before and not reused since are skipped.");
-
-static PyObject *
-release(PyObject *module, PyObject *args)
-{
-    struct arena_object *arenas;
-    size_t slots, pool_size, arena_size, page;
-    uintptr_t probe;
-    walk_result res;
-    if (parse(args, &arenas, &slots, &pool_size, &arena_size, &page, &probe) < 0) {
-        return NULL;
-    }
-    const char *bad = arenas == NULL ? "no arenas" : check(arenas, slots, pool_size, arena_size, probe, &res);
-    if (bad != NULL) {
-        PyErr_SetString(PyExc_ValueError, bad);
-        return NULL;
-    }
-    unsigned long long advised = 0, pools = 0;
-    for (size_t i = 0; i < slots; i++) {
-        struct arena_object *a = &arenas[i];
-        if (a->address == 0) {
-            continue;
-        }
-        for (struct pool_header *p = a->freepools; p != NULL; p = p->nextpool) {
-            if (p->szidx == RELEASED_SZIDX) {
-                continue;
-            }
-            p->szidx = RELEASED_SZIDX;
-            if (madvise((char *)p + page, pool_size - page, MADV_DONTNEED) == 0) {
-                advised += pool_size - page;
-                pools++;
-            }
-        }
-    }
-    return Py_BuildValue("KKK", advised, pools, res.free);
-}
 
 static PyMethodDef methods[] = {
     {"survey", survey, METH_VARARGS, survey_doc},
@@ -218,10 +211,10 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT,
-    "arenapool._pymalloc_c",
-    "Give the pages of pymalloc's empty pools back to the OS (see arenapool._pymalloc).",
-    -1,
-    methods,
+    .m_name = "arenapool._pymalloc_c",
+    .m_doc = "Give the pages of pymalloc's empty pools back to the OS (see arenapool._pymalloc).",
+    .m_size = -1,
+    .m_methods = methods,
 };
 
 PyMODINIT_FUNC
