@@ -24,7 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from arenapool import GovernorConfig, _ext, _pymalloc
+from arenapool import Governor, GovernorConfig, _ext, _pymalloc
 from arenapool.memory import (
     PoolRelease,
     PymallocStatus,
@@ -236,3 +236,40 @@ def test_a_symbol_table_that_does_not_match_is_refused_unread() -> None:
     reason = _pymalloc._verify(module, far)
     assert reason is not None
     assert "not where the symbol table says: arenas at" in reason
+
+
+async def test_the_governor_releases_once_per_idle_spell() -> None:
+    """Idle (nothing in flight for ``idle_after``), the governor's reading gives back
+    pymalloc's empty pools once; the next reading of the same idle spell does not walk
+    again; a request ending starts a new spell, and the next idle reading releases."""
+    governor = Governor(
+        GovernorConfig(
+            use_cgroup=False, idle_after=0, trim_threshold="1GiB", busy_trim_threshold=None
+        )
+    )
+    keep = _fragment()
+    await governor.check()
+    first = governor.stats()["pymalloc_released_bytes"]
+    keep += _fragment()
+    await governor.check()
+    same_spell = governor.stats()["pymalloc_released_bytes"]
+    governor.note_request_start()
+    governor.note_request_end()
+    await governor.check()
+    next_spell = governor.stats()["pymalloc_released_bytes"]
+    assert all(s == s[: len(s) // 4] * 4 for s in keep)
+    assert 0 == governor.stats()["trims"]  # the releases came with no trim
+    if not COMPILED:
+        assert (0, 0, 0) == (first, same_spell, next_spell)
+        return
+    assert first > 0
+    assert same_spell == first
+    assert next_spell > same_spell
+
+
+def _fragment() -> list[str]:
+    junk = [str(i) * 4 for i in range(300_000)]
+    keep = junk[::300]
+    del junk
+    gc.collect()
+    return keep
