@@ -702,6 +702,9 @@ class Governor:
             self._trim_seconds += result["seconds"]
             self._pool_returned_bytes += sum(result["pools"].values())
             self._pymalloc_released_bytes += result["pymalloc"]
+            if pymalloc and self._pymalloc_release == "on":
+                # released since the last activity: this idle spell's release is done
+                self._pymalloc_idle_since = self._last_activity
             self._record(
                 "trim",
                 reason,

@@ -93,6 +93,7 @@ class _Layout:
     maxarenas_at: int
     narenas_at: int
     library: str
+    module: ModuleType  # the compiled walk (arenapool._pymalloc_c)
 
 
 _lock = threading.Lock()
@@ -111,10 +112,9 @@ def survey() -> tuple[int, int, int] | None:
     """``(arenas, free_pools, released_pools)`` read from pymalloc now, or ``None`` when
     :func:`status` says this process cannot."""
     layout, _ = _locate()
-    module = _compiled()
-    if layout is None or module is None:
+    if layout is None:
         return None
-    arenas, free, released, _probe, _counted = module.survey(*_args(layout, 0))
+    arenas, free, released, _probe, _counted = layout.module.survey(*_args(layout, 0))
     return int(arenas), int(free), int(released)
 
 
@@ -125,10 +125,9 @@ def release_free_pools() -> PoolRelease | None:
     cannot (nothing is touched then). Safe from any thread: the walk holds the GIL.
     """
     layout, _ = _locate()
-    module = _compiled()
-    if layout is None or module is None:
+    if layout is None:
         return None
-    advised, pools, free = module.release(*_args(layout, 0))
+    advised, pools, free = layout.module.release(*_args(layout, 0))
     return PoolRelease(int(advised), int(pools), int(free))
 
 
@@ -160,8 +159,9 @@ def _locate() -> tuple[_Layout | None, str | None]:
         return _found
 
 
-def _unsupported() -> str | None:
-    """Why this interpreter cannot have its free pools released, or ``None``."""
+def _unsupported(module: ModuleType | None) -> str | None:
+    """Why this interpreter cannot have its free pools released, or ``None`` (``module``:
+    the compiled walk, if it imports)."""
     if sys.implementation.name != "cpython" or sys.hexversion >> 16 != 0x030B:
         version = ".".join(map(str, sys.version_info[:3]))
         return f"needs CPython 3.11 (this is {sys.implementation.name} {version})"
@@ -169,21 +169,22 @@ def _unsupported() -> str | None:
         return "needs 64-bit Linux"
     if sys.getallocatedblocks() <= 0:
         return "pymalloc is not in use (PYTHONMALLOC?)"
-    if _compiled() is None:
+    if module is None:
         why = "ARENAPOOL_NO_EXTENSIONS is set" if NO_EXTENSIONS else "it was not built"
         return f"needs the compiled arenapool._pymalloc_c ({why})"
     return None
 
 
 def _find() -> tuple[_Layout | None, str | None]:
-    reason = _unsupported()
     module = _compiled()
+    reason = _unsupported(module)
     if reason is not None or module is None:
         return None, reason
     anchor = ctypes.cast(ctypes.pythonapi.PyObject_Malloc, ctypes.c_void_p).value
     if anchor is None:
         return None, "PyObject_Malloc has no address"
-    path = _mapped_file(anchor)
+    maps = _mappings()  # read once: the binary's file, then the check of every address
+    path = _mapped_file(anchor, maps)
     if path is None:
         return None, "the interpreter's binary is not a mapped file"
     symbols = _elf_symbols(path, "obmalloc.c", _SYMBOLS, _ANCHOR)
@@ -196,24 +197,25 @@ def _find() -> tuple[_Layout | None, str | None]:
         bias + symbols["maxarenas"],
         bias + symbols["narenas_currently_allocated"],
         str(path),
+        module,
     )
-    reason = _verify(module, layout)
+    reason = _verify(layout, maps)
     return (None, reason) if reason is not None else (layout, None)
 
 
-def _verify(module: ModuleType, layout: _Layout) -> str | None:
+def _verify(layout: _Layout, maps: list[_Mapping]) -> str | None:
     """Why the state found does not look like this interpreter's pymalloc, or ``None``.
 
     Before the C survey dereferences anything, every address it will start from is
     checked against this process's mappings, so that a symbol table that does not
     match the running interpreter is refused instead of read.
     """
-    unmapped = _unmapped(layout)
+    unmapped = _unmapped(layout, maps)
     if unmapped is not None:
         return f"pymalloc's state is not where the symbol table says: {unmapped}"
     probe = object()
     try:
-        arenas, _free, _released, found, narenas = module.survey(
+        arenas, _free, _released, found, narenas = layout.module.survey(
             *_args(layout, id(probe), count=True)
         )
     except ValueError as exc:
@@ -229,22 +231,30 @@ def _verify(module: ModuleType, layout: _Layout) -> str | None:
 _ARENA_OBJECT_WORDS: Final = 6
 
 
-def _writable_spans() -> list[tuple[int, int]]:
-    """``(start, end)`` of this process's readable and writable mappings."""
-    spans = []
+@dataclass(frozen=True)
+class _Mapping:
+    start: int
+    end: int
+    writable: bool
+    path: str  # "" for an anonymous mapping
+
+
+def _mappings() -> list[_Mapping]:
+    """This process's mappings, from ``/proc/self/maps``."""
+    found = []
     with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
         for line in maps:
-            fields = line.split(maxsplit=2)
-            if fields[1].startswith("rw"):
-                start, _, end = fields[0].partition("-")
-                spans.append((int(start, 16), int(end, 16)))
-    return spans
+            fields = line.split(maxsplit=5)
+            start, _, end = fields[0].partition("-")
+            path = fields[5].strip() if len(fields) == 6 else ""
+            found.append(_Mapping(int(start, 16), int(end, 16), fields[1][:2] == "rw", path))
+    return found
 
 
-def _unmapped(layout: _Layout) -> str | None:
+def _unmapped(layout: _Layout, maps: list[_Mapping]) -> str | None:
     """What of pymalloc's state, as the symbol table places it, lies outside this
     process's writable memory (``None``: all of it is inside)."""
-    spans = _writable_spans()
+    spans = [(m.start, m.end) for m in maps if m.writable]
 
     def inside(start: int, size: int) -> bool:
         return any(lo <= start and start + size <= hi for lo, hi in spans)
@@ -269,16 +279,11 @@ def _unmapped(layout: _Layout) -> str | None:
     return None
 
 
-def _mapped_file(address: int) -> Path | None:
+def _mapped_file(address: int, maps: list[_Mapping]) -> Path | None:
     """The file whose mapping holds ``address`` in this process."""
-    with open("/proc/self/maps", encoding="ascii", errors="replace") as maps:
-        for line in maps:
-            fields = line.split(maxsplit=5)
-            start, _, end = fields[0].partition("-")
-            if int(start, 16) <= address < int(end, 16):
-                if len(fields) < 6 or not fields[5].startswith("/"):
-                    return None
-                return Path(fields[5].strip())
+    for mapping in maps:
+        if mapping.start <= address < mapping.end:
+            return Path(mapping.path) if mapping.path.startswith("/") else None
     return None
 
 

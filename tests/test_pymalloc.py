@@ -231,9 +231,11 @@ def test_a_symbol_table_that_does_not_match_is_refused_unread() -> None:
         return
     assert layout is not None
     assert module is not None
-    assert _pymalloc._verify(module, layout) is None
+    assert layout.module is module
+    maps = _pymalloc._mappings()
+    assert _pymalloc._verify(layout, maps) is None
     far = dataclasses.replace(layout, arenas_at=layout.arenas_at + (1 << 40))
-    reason = _pymalloc._verify(module, far)
+    reason = _pymalloc._verify(far, maps)
     assert reason is not None
     assert "not where the symbol table says: arenas at" in reason
 
