@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -150,38 +149,6 @@ async def poll_until(
             return last, time.monotonic() - started
         await asyncio.sleep(interval)
     raise AssertionError(f"{what} not reached within {timeout} s; last value {last!r}")
-
-
-class StallMonitor:
-    """Measures the event loop's longest stall: how late a short sleep wakes up."""
-
-    def __init__(self, tick: float = 0.002) -> None:
-        self.tick = tick
-        self.worst = 0.0
-        self.samples = 0
-        self._task: asyncio.Task[None] | None = None
-
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            before = loop.time()
-            await asyncio.sleep(self.tick)
-            self.worst = max(self.worst, loop.time() - before - self.tick)
-            self.samples += 1
-
-    def reset(self) -> None:
-        self.worst = 0.0
-        self.samples = 0
-
-    async def __aenter__(self) -> StallMonitor:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._task is not None
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
 
 
 def main() -> None:
