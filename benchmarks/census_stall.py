@@ -48,6 +48,7 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from arenapool._census import Census
+from harness.steady import SteadyGets
 
 
 class LagProbe:
@@ -77,19 +78,6 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     url = f"http://127.0.0.1:{port}/work"
-    answered = 0
-    stop = asyncio.Event()
-
-    async def client(session: aiohttp.ClientSession) -> None:
-        nonlocal answered
-        while not stop.is_set():
-            async with session.get(url) as resp:
-                await resp.read()
-                if resp.status != 200:
-                    msg = f"/work answered {resp.status}"
-                    raise RuntimeError(msg)
-            answered += 1
-            await asyncio.sleep(0.005)
 
     probe = LagProbe(args.tick)
     windows: dict[str, list[dict[str, float]]] = {"quiet": [], "fork": []}
@@ -101,19 +89,20 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         censuses["thread"] = Census(min_interval=0, use_fork=False)
     try:
         async with aiohttp.ClientSession() as session:
-            clients = [asyncio.ensure_future(client(session)) for _ in range(args.clients)]
+            load = SteadyGets(session, url, clients=args.clients)
+            load.start()
             lag = asyncio.ensure_future(probe.run())
             for _ in range(600):  # the load under way: 200 answers, within 30 s
-                if answered >= 200 or any(c.done() for c in clients):
+                if load.answered >= 200 or load.failed:
                     break
                 await asyncio.sleep(0.05)
-            if answered < 200:
-                msg = f"the load did not start: {answered} answers"
+            if load.answered < 200:
+                msg = f"the load did not start: {load.answered} answers"
                 raise RuntimeError(msg)
             for _ in range(args.rounds):
                 for name, rows in windows.items():
                     probe.worst = 0.0
-                    served = answered
+                    served = load.answered
                     started = loop.time()
                     seconds = 0.0
                     if name == "quiet":
@@ -124,13 +113,12 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                     rows.append(
                         {
                             "stall_ms": probe.worst * 1000,
-                            "answered": answered - served,
+                            "answered": load.answered - served,
                             "window_s": loop.time() - started,
                             "census_s": seconds,
                         }
                     )
-            stop.set()
-            await asyncio.gather(*clients)
+            await load.stop()
             lag.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await lag

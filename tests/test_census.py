@@ -19,6 +19,7 @@ from aiohttp.test_utils import TestServer
 from arenapool._census import Census, _suspects
 from arenapool._errors import CensusFailed, CensusRateLimited
 from arenapool.aiohttp import AdminConfig, add_admin_routes
+from harness.steady import SteadyGets
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 
@@ -176,37 +177,28 @@ async def test_census_under_load_keeps_serving(aiohttp_server: ServerFactory) ->
     add_admin_routes(app, AdminConfig(token=token, census_min_interval=0))
     server = await aiohttp_server(app)
     base = f"http://127.0.0.1:{server.port}"
-    done = 0
-    stop = asyncio.Event()
-
-    async def load(session: aiohttp.ClientSession) -> None:
-        nonlocal done
-        while not stop.is_set():
-            async with session.get(base + "/work") as resp:
-                assert 200 == resp.status
-                await resp.read()
-            done += 1
-            await asyncio.sleep(0.005)  # steady load, not a saturating one
 
     async def census(session: aiohttp.ClientSession) -> tuple[dict[str, Any], int]:
         """The census's result and the responses served while it ran."""
-        served = done
+        served = load.answered
         async with session.post(
             base + "/_arenapool/census", headers={"Authorization": f"Bearer {token}"}
         ) as resp:
             assert 200 == resp.status, await resp.text()
             result = await resp.json()
-        return result, done - served
+        return result, load.answered - served
 
     try:
         async with aiohttp.ClientSession() as session:
-            workers = [asyncio.ensure_future(load(session)) for _ in range(4)]
-            await poll_until(lambda: asyncio.sleep(0, done > 50), timeout=10, what="load to start")
+            load = SteadyGets(session, base + "/work", clients=4, pace=0.005)
+            load.start()
+            await poll_until(
+                lambda: asyncio.sleep(0, load.answered > 50), timeout=10, what="load to start"
+            )
             first, served1 = await census(session)
             leaked = [LeakedWidget(i) for i in range(50_000)]
             second, served2 = await census(session)
-            stop.set()
-            await asyncio.gather(*workers)
+            await load.stop()
     finally:
         gc.unfreeze()
     report = (
