@@ -226,6 +226,51 @@ async def _raw_server(aiohttp_client: ClientFactory, pool: SlabPool, limit: str)
     return port
 
 
+@pytest.mark.parametrize("arrives", ["with_its_head", "after_the_handler_started"])
+async def test_a_declared_body_at_the_limit_is_judged_by_its_declared_size(
+    aiohttp_client: ClientFactory, pool: SlabPool, arrives: str
+) -> None:
+    """Content-Length at the limit is read, one byte over it is 413, whether the body came
+    with its head (its size is then the count aiohttp's parser kept) or only after the
+    handler started (its size is then the header's): the same answers both ways."""
+    app = web.Application()
+    setup(app, pool, limit="1KiB")
+    app.router.add_post("/raw", _raw_handler)
+    started = route_that_signals(app, "/signal", read_body)
+    client = await aiohttp_client(app)
+    port = client.server.port
+    assert port is not None
+
+    async def post(path: str, body: bytes) -> tuple[bytes, bytes]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+        try:
+            if arrives == "with_its_head":
+                writer.write(head.encode() + body)
+            else:
+                started.clear()
+                writer.write(head.encode())
+                if path == "/signal":  # the handler runs, waiting for the body
+                    await asyncio.wait_for(started.wait(), 30)
+                    writer.write(body)
+            await writer.drain()
+            status = await asyncio.wait_for(reader.readline(), 30)
+            rest = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 30)
+            length = int(re.search(rb"content-length: (\d+)", rest.lower())[1])  # type: ignore[index]
+            return status, await asyncio.wait_for(reader.readexactly(length), 30)
+        finally:
+            writer.close()
+
+    status, answer = await post("/raw" if arrives == "with_its_head" else "/signal", b"x" * 1024)
+    assert status.startswith(b"HTTP/1.1 200 "), (status, answer)
+    if arrives == "with_its_head":
+        assert b"x" * 1024 == answer
+    status, answer = await post("/raw", b"x" * 1025)
+    assert status.startswith(b"HTTP/1.1 413 "), (status, answer)
+    assert b'"body_too_large"' in answer
+    await wait_idle(pool)
+
+
 async def test_a_refused_body_sent_whole_still_gets_its_answer(
     aiohttp_client: ClientFactory, pool: SlabPool
 ) -> None:
