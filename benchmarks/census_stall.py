@@ -47,7 +47,7 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from arenapool._census import Census
+from arenapool.memory import Census
 from harness.steady import SteadyGets
 
 

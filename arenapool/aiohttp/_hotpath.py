@@ -168,8 +168,8 @@ async def serve_route(  # noqa: PLR0917 - per request: keywords would cost a dic
             and payload._exception is None
         ):
             # the whole body came with its head: aiohttp's parser fed exactly
-            # Content-Length bytes and counted them (no int() of the header: a tenth of
-            # what arenapool adds to a small request, in instructions)
+            # Content-Length bytes and counted them (no int() of the header: about 400
+            # instructions; benchmarks/README.md, callgrind_handler.py)
             size = payload.total_bytes
         else:
             size = int(length)  # (the parser let only digits through)
