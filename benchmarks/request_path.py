@@ -3,6 +3,7 @@
     python benchmarks/request_path.py                      # 5 sizes x 5 rounds, ~26 min
     python benchmarks/request_path.py --sizes 64KiB --rounds 5 --duration 8
     python benchmarks/request_path.py --modes orjson,arenapool --no-floor   # one pair
+    python benchmarks/request_path.py --sizes 1KiB --control     # with an A/A control
 
 For every body size (1 KiB, 64 KiB, 200 KiB, 1 MiB, 4 MiB by default: issue 11's four,
 and one between the inline bodies and the large ones, where the copies an arena saves
@@ -32,6 +33,13 @@ Per run, from wrk and from the server's
 request. The ratios ``arenapool / orjson`` and ``arenapool-msgspec / msgspec`` are taken
 within each round (the same minute of the same machine), and the table gives their
 median.
+
+With ``--control``, each baseline also runs in a second server (``orjson#2``,
+``msgspec#2``) placed beside it in every round, and the table of other ratios gives
+``orjson#2 / orjson``: an A/A test, the same code in two processes, measured as the
+arenapool ratios are. Its median and its spread over the rounds say how far this
+method's ratios move with nothing changed (on this 2-core machine, at 1 KiB: the
+process-to-process differences of heap layout and placement are a few per cent).
 
 With ``orjson+hold`` (``msgspec+hold``) among the modes, the decoder with glibc's heap
 held as arenapool's governor holds it, the table of other modes also gives
@@ -76,6 +84,7 @@ from arenapool import format_size, parse_size
 from harness.benchkit import check_answers, print_json_line
 from harness.modes import (
     BASELINES,
+    CONTROL,
     Mode,
     baseline_of,
     pair_groups,
@@ -449,6 +458,13 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
         for row in rows:
             cells = [fmt(row["ratios"].get(k, {}).get("median"), ".3f") + "x" for k in extra]
             print(f"| {row['size']} | " + " | ".join(cells) + " |")
+    print("\nEach ratio's rounds (in round order):")
+    print("| body | ratio | rounds |")
+    print("|---|---|---|")
+    for row in rows:
+        for key, ratio in row["ratios"].items():
+            rounds = ", ".join(f"{x:.2f}" for x in ratio["per_round"])
+            print(f"| {row['size']} | {key} | {rounds} |")
     print("\nPer request (medians): minor page faults, CPU us (user+system), from /proc/PID/stat:")
     names = sorted({k for row in rows for k in row["modes"]})
     print("| body | " + " | ".join(f"{n} faults | {n} CPU us" for n in names) + " |")
@@ -512,10 +528,23 @@ def main(argv: list[str] | None = None) -> int:
         help="keep each size's servers for all its rounds (default: fresh processes every "
         "round, so the rounds sample the spread between processes too)",
     )
+    parser.add_argument(
+        "--control",
+        action="store_true",
+        help="also run a second server of each baseline (orjson#2, msgspec#2) beside it in "
+        "every round: the A/A ratio, what two processes of the same code differ by",
+    )
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     args = parser.parse_args(argv)
     need_wrk()
-    modes, notes = resolve_modes(args.modes.split(","))
+    requested = [m for m in args.modes.split(",") if m]
+    if args.control:
+        requested += [
+            f"{base}{CONTROL}"
+            for mode, base in BASELINES.items()
+            if mode in requested and base in requested
+        ]
+    modes, notes = resolve_modes(requested)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     names = [m.name for m in modes]
@@ -546,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
             "rewarm_s": args.rewarm,
             "connections": args.connections,
             "fresh_servers_each_round": args.fresh,
+            "control": args.control,
             "client": "wrk",
             "seed": args.seed,
         },

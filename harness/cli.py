@@ -32,7 +32,7 @@ from arenapool.cli import add_command, positive_float, positive_int
 from .bench import measure_matrix
 from .console import Reporter
 from .demo import DemoResult, run_demo
-from .modes import MODES, resolve_modes
+from .modes import CONTROL, MODES, resolve_modes
 from .plots import plot_demo, plot_matrix, plot_soak
 from .report import (
     BASELINE,
@@ -78,10 +78,18 @@ def size_arg(text: str) -> str:
     return text
 
 
-def list_arg(choices: Sequence[str]) -> Any:
+def list_arg(choices: Sequence[str], *, controls: bool = False) -> Any:
+    """A comma-separated list of ``choices``; with ``controls``, ``<choice>#2`` too (a
+    second server of that mode, :data:`~harness.modes.CONTROL`)."""
+
+    def known(name: str) -> bool:
+        return name in choices or (
+            controls and name.endswith(CONTROL) and name.removesuffix(CONTROL) in choices
+        )
+
     def parse(text: str) -> list[str]:
         names = [n.strip() for n in text.split(",") if n.strip()]
-        unknown = [n for n in names if n not in choices]
+        unknown = [n for n in names if not known(n)]
         if unknown or not names:
             msg = f"choose from {', '.join(choices)} (comma-separated), got {text!r}"
             raise argparse.ArgumentTypeError(msg)
@@ -392,6 +400,17 @@ def _print_soak_table(console: Console, doc: Mapping[str, Any], idle: float) -> 
                 f"before the load, {fmt_mib_delta(left - base_left)} of what the load "
                 "left behind"
             )
+    for name, m in modes.items():
+        other = modes.get(name.removesuffix(CONTROL)) if name.endswith(CONTROL) else None
+        if other is None:
+            continue
+        console.print(
+            f"{name} / {name.removesuffix(CONTROL)} (the same mode in two servers: what these "
+            f"ratios move by with nothing changed): median RSS "
+            f"{fmt_x(ratio(m['rss_median'], other['rss_median']))}, RSS after load "
+            f"{fmt_x(ratio(m['rss_idle'], other['rss_idle']))}, requests "
+            f"{fmt_x(ratio(m['ok'], other['ok']))}"
+        )
     console.print(
         "RSS: psutil readings of each server's process; median and p95 over the load after "
         "the warm-up; drift: least-squares slope of those readings; at rest: read once the "
@@ -634,10 +653,11 @@ def _add_soak(sub: Any) -> None:
         "--modes",
         "--mode",
         dest="modes",
-        type=list_arg(MODES),
+        type=list_arg(MODES, controls=True),
         default=list(SOAK_MODES),
         help="comma-separated modes, run side by side (default: "
-        f"{','.join(SOAK_MODES)}): " + ", ".join(MODES),
+        f"{','.join(SOAK_MODES)}): " + ", ".join(MODES) + f"; <mode>{CONTROL} is a second "
+        "server of <mode>, an A/A control",
     )
     soak.add_argument(
         "--workload",

@@ -6,7 +6,9 @@ today (a once-a-second ``malloc_trim(0)`` task, an LD_PRELOADed allocator,
 ``MALLOC_ARENA_MAX=2``, gunicorn recycling workers after N requests). Every arenapool
 mode has a baseline with the same decoder and no arenapool (:data:`BASELINES`).
 :func:`resolve_modes` keeps the ones this machine can run, with a note for each one it
-cannot.
+cannot. ``<mode>#2`` names a second server of ``<mode>`` (:data:`CONTROL`): measured
+against the first, it is an A/A test, the spread a benchmark shows between two processes
+running the same code.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import ctypes.util
 import importlib.util
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 # the thresholds GovernorConfig(hold_heap=True) pins, for the +hold modes to set
@@ -22,6 +24,7 @@ from arenapool._memory import HOLD_TRIM_THRESHOLD, MAX_MMAP_THRESHOLD
 
 __all__ = [
     "BASELINES",
+    "CONTROL",
     "MODES",
     "Mode",
     "baseline_of",
@@ -36,13 +39,19 @@ __all__ = [
 BASELINES = {"arenapool": "orjson", "arenapool-msgspec": "msgspec"}
 
 
+#: the suffix of a control: ``orjson#2`` is a second server of ``orjson``, compared with it
+CONTROL = "#2"
+
+
 def baseline_of(mode: str) -> str:
     """The mode ``mode`` is compared with: the same decoder without arenapool.
 
     ``arenapool`` -> ``orjson``, ``arenapool-msgspec`` -> ``msgspec``; a variant
-    (``msgspec+trim``) is compared with its decoder's plain mode; every other mode with
-    ``orjson``.
+    (``msgspec+trim``) is compared with its decoder's plain mode; a control
+    (``orjson#2``) with the mode it repeats; every other mode with ``orjson``.
     """
+    if mode.endswith(CONTROL):
+        return mode.removesuffix(CONTROL)
     if mode in BASELINES:
         return BASELINES[mode]
     return "msgspec" if "msgspec" in mode else "orjson"
@@ -52,11 +61,26 @@ def pair_groups(names: list[str]) -> list[list[str]]:
     """``names`` in the groups a benchmark round runs back to back.
 
     Each arenapool mode goes right after its baseline (:data:`BASELINES`), when both are
-    in ``names``; every other name stands alone. Order follows ``names``.
+    in ``names``, and a control (``orjson#2``) right before the mode it repeats: the
+    baseline sits between the two, next to each in every order :func:`round_order`
+    gives. Every other name stands alone. Order follows ``names``.
     """
     paired = {BASELINES[n]: n for n in names if n in BASELINES and BASELINES[n] in names}
-    taken = set(paired.values())
-    return [[n, paired[n]] if n in paired else [n] for n in names if n not in taken]
+    controls = {
+        n.removesuffix(CONTROL): n
+        for n in names
+        if n.endswith(CONTROL) and n.removesuffix(CONTROL) in names
+    }
+    taken = set(paired.values()) | set(controls.values())
+    groups = []
+    for n in names:
+        if n in taken:
+            continue
+        group = [n, paired[n]] if n in paired else [n]
+        if n in controls:
+            group.insert(0, controls[n])
+        groups.append(group)
+    return groups
 
 
 def round_order(groups: list[list[str]], round_: int) -> list[str]:
@@ -233,11 +257,20 @@ MODES = mode_names()
 def resolve_modes(
     names: Iterable[str], *, recycle_after: int = 1000
 ) -> tuple[list[Mode], list[str]]:
-    """The named modes that can run here, and a note for each one that cannot."""
+    """The named modes that can run here, and a note for each one that cannot
+    (``<mode>#2``: a second server of ``<mode>``, :data:`CONTROL`)."""
     known = {m.name: m for m in _modes(recycle_after)}
     modes: list[Mode] = []
     notes: list[str] = []
     for name in names:
+        repeated = name.removesuffix(CONTROL)
+        if name.endswith(CONTROL) and repeated in known:
+            # a second server of the same mode: the same code in another process
+            known[name] = replace(
+                known[repeated],
+                name=name,
+                description=f"a second server of {repeated} (an A/A control)",
+            )
         if name not in known:
             msg = f"unknown mode {name!r}; choose from {', '.join(known)}"
             raise ValueError(msg)

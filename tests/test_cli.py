@@ -294,6 +294,22 @@ def test_soak_runs_one_mode_with_either_client(
     assert doc["modes"]["msgspec"]["ok"] > 0
 
 
+def test_soak_runs_a_control_as_a_second_server(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--modes orjson,orjson#2`: the second name is another server of the same mode (an
+    A/A control), loaded beside it; the soak reports their ratios, and an unknown mode
+    with the suffix is refused."""
+    argv = ["soak", "--modes", "orjson,orjson#2", "--duration", "1", "--idle", "0"]
+    assert 0 == cli.main([*argv, "--no-plot", "--out", str(tmp_path), *TINY])
+    doc = json.loads((tmp_path / "arenapool-soak.json").read_text())
+    assert ["orjson", "orjson#2"] == list(doc["modes"])
+    assert all(mode["ok"] > 0 for mode in doc["modes"].values())
+    assert "orjson#2 / orjson (the same mode in two servers" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["soak", "--modes", "nosuch#2", "--no-plot", "--out", str(tmp_path)])
+
+
 def test_bench_with_wrk_compares_like_with_like(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

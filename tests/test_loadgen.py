@@ -388,6 +388,29 @@ def test_each_arenapool_mode_runs_beside_its_baseline_and_sides_swap() -> None:
     assert len(firsts) == 5  # the groups rotate: every mode of a pair and the floor lead
 
 
+def test_a_control_runs_beside_the_baseline_it_repeats() -> None:
+    """``orjson#2`` (an A/A control) is a second server of ``orjson``: the same mode under
+    another name, compared with orjson, and next to it in every round, as arenapool is."""
+    (control, base), _ = resolve_modes(["orjson#2", "orjson"])
+    assert control.name == "orjson#2"
+    assert (control.service, control.args, dict(control.env)) == (
+        base.service,
+        base.args,
+        dict(base.env),
+    )
+    assert baseline_of("orjson#2") == "orjson"
+    names = ["orjson", "arenapool", "msgspec", "orjson#2"]
+    groups = pair_groups(names)
+    assert groups == [["orjson#2", "orjson", "arenapool"], ["msgspec"]]
+    for round_ in range(4):
+        order = round_order(groups, round_)
+        assert sorted(order) == sorted(names)
+        for other in ("orjson#2", "arenapool"):
+            assert abs(order.index(other) - order.index("orjson")) == 1
+    with pytest.raises(ValueError, match="unknown mode"):
+        resolve_modes(["nosuch#2"])
+
+
 def test_a_mode_without_its_baseline_stands_alone() -> None:
     assert pair_groups(["arenapool", "orjson+trim"]) == [["arenapool"], ["orjson+trim"]]
     assert round_order([], 3) == []
