@@ -32,7 +32,7 @@ from arenapool.cli import add_command, positive_float, positive_int
 from .bench import measure_matrix
 from .console import Reporter
 from .demo import DemoResult, run_demo
-from .modes import CONTROL, MODES, resolve_modes
+from .modes import CONTROL, MODES, repeats, resolve_modes
 from .plots import plot_demo, plot_matrix, plot_soak
 from .report import (
     BASELINE,
@@ -83,9 +83,7 @@ def list_arg(choices: Sequence[str], *, controls: bool = False) -> Any:
     second server of that mode, :data:`~harness.modes.CONTROL`)."""
 
     def known(name: str) -> bool:
-        return name in choices or (
-            controls and name.endswith(CONTROL) and name.removesuffix(CONTROL) in choices
-        )
+        return name in choices or (controls and repeats(name) in choices)
 
     def parse(text: str) -> list[str]:
         names = [n.strip() for n in text.split(",") if n.strip()]
@@ -401,11 +399,12 @@ def _print_soak_table(console: Console, doc: Mapping[str, Any], idle: float) -> 
                 "left behind"
             )
     for name, m in modes.items():
-        other = modes.get(name.removesuffix(CONTROL)) if name.endswith(CONTROL) else None
+        repeated = repeats(name)
+        other = None if repeated is None else modes.get(repeated)
         if other is None:
             continue
         console.print(
-            f"{name} / {name.removesuffix(CONTROL)} (the same mode in two servers: what these "
+            f"{name} / {repeated} (the same mode in two servers: what these "
             f"ratios move by with nothing changed): median RSS "
             f"{fmt_x(ratio(m['rss_median'], other['rss_median']))}, RSS after load "
             f"{fmt_x(ratio(m['rss_idle'], other['rss_idle']))}, requests "

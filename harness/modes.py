@@ -31,6 +31,7 @@ __all__ = [
     "find_library",
     "mode_names",
     "pair_groups",
+    "repeats",
     "resolve_modes",
     "round_order",
 ]
@@ -43,6 +44,12 @@ BASELINES = {"arenapool": "orjson", "arenapool-msgspec": "msgspec"}
 CONTROL = "#2"
 
 
+def repeats(name: str) -> str | None:
+    """The mode control ``name`` repeats (``orjson#2`` -> ``orjson``); None for a name
+    that is not a control."""
+    return name.removesuffix(CONTROL) if name.endswith(CONTROL) else None
+
+
 def baseline_of(mode: str) -> str:
     """The mode ``mode`` is compared with: the same decoder without arenapool.
 
@@ -50,8 +57,9 @@ def baseline_of(mode: str) -> str:
     (``msgspec+trim``) is compared with its decoder's plain mode; a control
     (``orjson#2``) with the mode it repeats; every other mode with ``orjson``.
     """
-    if mode.endswith(CONTROL):
-        return mode.removesuffix(CONTROL)
+    repeated = repeats(mode)
+    if repeated is not None:
+        return repeated
     if mode in BASELINES:
         return BASELINES[mode]
     return "msgspec" if "msgspec" in mode else "orjson"
@@ -66,11 +74,7 @@ def pair_groups(names: list[str]) -> list[list[str]]:
     gives. Every other name stands alone. Order follows ``names``.
     """
     paired = {BASELINES[n]: n for n in names if n in BASELINES and BASELINES[n] in names}
-    controls = {
-        n.removesuffix(CONTROL): n
-        for n in names
-        if n.endswith(CONTROL) and n.removesuffix(CONTROL) in names
-    }
+    controls = {repeated: n for n in names if (repeated := repeats(n)) in names}
     taken = set(paired.values()) | set(controls.values())
     groups = []
     for n in names:
@@ -263,8 +267,8 @@ def resolve_modes(
     modes: list[Mode] = []
     notes: list[str] = []
     for name in names:
-        repeated = name.removesuffix(CONTROL)
-        if name.endswith(CONTROL) and repeated in known:
+        repeated = repeats(name)
+        if repeated in known:
             # a second server of the same mode: the same code in another process
             known[name] = replace(
                 known[repeated],
