@@ -99,12 +99,14 @@ async def one_process(
         *(sys.executable, "-c", SERVE, str(find_example_service()), ",".join(modes)),
         env=service_env(),
         stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
     )
     runs: list[Run] = []
     try:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 60)
+        if not line:  # it exited before listening (its error went to stderr)
+            msg = f"the server process for {', '.join(modes)} exited before it listened"
+            raise RuntimeError(msg)
         ports = dict(zip(modes, map(int, line.split()), strict=True))
         for mode in modes:
             await run_wrk(
