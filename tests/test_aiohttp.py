@@ -757,6 +757,74 @@ def test_no_response_path_hands_arena_memory_to_aiohttp() -> None:
     assert {"a": [1, 2]} == orjson.loads(response.body)
 
 
+def test_json_response_is_what_aiohttp_makes() -> None:
+    """The usual answer is copied from a response aiohttp made, not constructed: it
+    must hold exactly the fields aiohttp's constructor gives it, with its own headers
+    and state (a change to one response's reaches no other)."""
+    doc = {"a": [1, 2], "b": "é"}
+    ours = json_response(doc)
+    theirs = web.Response(body=orjson.dumps(doc), content_type="application/json")
+    assert type(ours) is web.Response
+    assert vars(ours) == vars(theirs)
+    assert ours.content_type == "application/json"
+    assert ours.status == 200
+    assert ours.reason == "OK"
+    other = json_response(doc)
+    assert other._headers is not ours._headers
+    assert other._state is not ours._state
+    ours.headers["X-One"] = "1"
+    ours._state["key"] = "value"
+    assert "X-One" not in other.headers
+    assert "key" not in other._state
+    assert "X-One" not in json_response(doc).headers
+    # the other answers still go through the constructor
+    made = json_response(doc, status=201, headers={"X-Two": "2"})
+    assert (made.status, made.headers["X-Two"], made.content_type) == (201, "2", "application/json")
+
+
+def test_json_response_copies_only_what_is_safe_to_copy() -> None:
+    """A Response class that keeps a field in a slot, or a mutable value in a field the
+    copy would share, is made by its constructor (no fields to copy)."""
+    assert _hotpath._json_fields(web.Response) is not None
+
+    class Slotted(web.Response):
+        __slots__ = ("_extra",)
+
+    class Shared(web.Response):
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self._seen: list[str] = []
+
+    assert _hotpath._json_fields(Slotted) is None
+    assert _hotpath._json_fields(Shared) is None
+
+
+async def test_json_response_on_the_wire_is_aiohttp_s(aiohttp_client: ClientFactory) -> None:
+    """Served from 127.0.0.1, json_response's bytes are the constructor's, but the Date."""
+    doc = {"records": [{"value": 1, "tag": "x"}], "n": None}
+
+    async def ours(request: web.Request) -> web.Response:
+        return json_response(doc)
+
+    async def theirs(request: web.Request) -> web.Response:
+        return web.Response(body=orjson.dumps(doc), content_type="application/json")
+
+    app = web.Application()
+    app.router.add_get("/ours", ours)
+    app.router.add_get("/theirs", theirs)
+    client = await aiohttp_client(app)
+    answers = []
+    for path in ("/ours", "/theirs"):
+        reader, writer = await asyncio.open_connection(client.server.host, client.server.port)
+        writer.write(b"GET %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n" % path.encode())
+        await writer.drain()
+        raw = await reader.read()
+        writer.close()
+        answers.append(re.sub(rb"\r\nDate: [^\r]*", b"", raw))
+    assert answers[0] == answers[1]
+    assert answers[0].endswith(b"\r\n\r\n" + orjson.dumps(doc))
+
+
 def test_socket_family_is_loopback_only() -> None:
     """The test servers bind 127.0.0.1 (guard against accidental wider binds)."""
     assert socket.gethostbyname("127.0.0.1") == "127.0.0.1"

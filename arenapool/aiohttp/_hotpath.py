@@ -56,6 +56,7 @@ from aiohttp.hdrs import CONTENT_ENCODING, CONTENT_LENGTH, TRANSFER_ENCODING
 from aiohttp.http_exceptions import ContentEncodingError
 from aiohttp.streams import EmptyStreamReader, StreamReader
 from aiohttp.web_protocol import RequestPayloadError
+from multidict import CIMultiDict
 
 from .. import _arena, _ext
 from .._admission import Ticket, current_ticket
@@ -449,12 +450,65 @@ def json_response(
     """A JSON response encoded by orjson into fresh ``bytes`` (never arena memory);
     msgspec Structs are encoded too. ``option`` is orjson's (``orjson.OPT_*``)."""
     body = _dumps(data, _default, option)  # positional: orjson parses no keywords
-    # the usual answer with two keywords: the type call builds a dict of them
     if status == 200 and reason is None and headers is None:
+        fields = _JSON_FIELDS
+        if fields is not None:
+            # the usual answer, made as aiohttp's constructor makes it, without its four
+            # Python frames (_json_fields says what is copied and why that is safe)
+            response = _new_object(_Response)
+            own = response.__dict__
+            own.update(fields)
+            own["_state"] = {}
+            own["_headers"] = _JSON_HEADERS.copy()
+            own["_body"] = body
+            return response
         return _Response(body=body, content_type="application/json")
     return _Response(
         body=body, status=status, reason=reason, headers=headers, content_type="application/json"
     )
+
+
+def _json_fields(
+    cls: type[web.Response] = web.Response,
+) -> tuple[dict[str, Any], CIMultiDict[str]] | None:
+    """What ``cls(body=b"", content_type="application/json")`` holds: its
+    instance dict without the three fields made per response (``_state``, ``_headers``,
+    ``_body``), and its headers, to copy. None (``json_response`` calls the constructor)
+    unless copying those makes exactly what the constructor makes: every field of the
+    response is in its ``__dict__`` (no class on the way defines ``__slots__``), the
+    headers are the content type alone, and every other field holds an immutable value
+    (a mutable one would be shared by every response).
+
+    The constructor runs ``Response.__init__``, ``StreamResponse.__init__``,
+    ``_set_status`` and the ``body`` setter in Python for every response; the copy is
+    one ``dict.update``. ``tests/test_aiohttp.py::test_json_response_is_what_aiohttp_makes``
+    holds the two to the same fields.
+    """
+    try:
+        made = cls(body=b"", content_type="application/json")
+    except Exception:  # an aiohttp we do not know: use its constructor
+        return None
+    for base in type_(made).__mro__:
+        if set(base.__dict__.get("__slots__", ())) - {"__dict__", "__weakref__"}:
+            return None
+    fields = dict(getattr(made, "__dict__", {}))
+    headers = fields.pop("_headers", None)
+    if (
+        fields.pop("_state", None) != {}
+        or fields.pop("_body", None) != b""
+        or type_(headers) is not CIMultiDict
+        or list(headers.items()) != [("Content-Type", "application/json")]
+    ):
+        return None
+    for value in fields.values():
+        if type_(value) not in (int, str, bool, float, bytes, type_(None)):
+            return None
+    return fields, headers
+
+
+_JSON_TEMPLATE = _json_fields()
+_JSON_FIELDS = None if _JSON_TEMPLATE is None else _JSON_TEMPLATE[0]
+_JSON_HEADERS: CIMultiDict[str] = CIMultiDict() if _JSON_TEMPLATE is None else _JSON_TEMPLATE[1]
 
 
 def check_json_type(request: web.Request) -> None:
