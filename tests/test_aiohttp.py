@@ -758,14 +758,15 @@ def test_no_response_path_hands_arena_memory_to_aiohttp() -> None:
 
 
 def test_json_response_is_what_aiohttp_makes() -> None:
-    """The usual answer is copied from a response aiohttp made, not constructed: it
-    must hold exactly the fields aiohttp's constructor gives it, with its own headers
+    """The usual answer is stored field by field, not constructed: it must hold exactly
+    the fields aiohttp's constructor gives it, in the same order, with its own headers
     and state (a change to one response's reaches no other)."""
     doc = {"a": [1, 2], "b": "é"}
     ours = json_response(doc)
     theirs = web.Response(body=orjson.dumps(doc), content_type="application/json")
     assert type(ours) is web.Response
     assert vars(ours) == vars(theirs)
+    assert list(vars(ours)) == list(vars(theirs)) == list(_hotpath.JSON_FIELDS)
     assert ours.content_type == "application/json"
     assert ours.status == 200
     assert ours.reason == "OK"
@@ -783,8 +784,8 @@ def test_json_response_is_what_aiohttp_makes() -> None:
 
 
 def test_json_response_copies_only_what_is_safe_to_copy() -> None:
-    """A Response class that keeps a field in a slot, or a mutable value in a field the
-    copy would share, is made by its constructor (no fields to copy)."""
+    """A Response class that keeps a field in a slot, or sets a field json_response
+    does not store, is made by its constructor."""
     assert _hotpath._json_fields(web.Response) is not None
 
     class Slotted(web.Response):

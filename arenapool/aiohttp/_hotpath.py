@@ -451,16 +451,19 @@ def json_response(
     msgspec Structs are encoded too. ``option`` is orjson's (``orjson.OPT_*``)."""
     body = _dumps(data, _default, option)  # positional: orjson parses no keywords
     if status == 200 and reason is None and headers is None:
-        fields = _JSON_FIELDS
-        if fields is not None:
+        if _JSON_HEADERS is not None:
             # the usual answer, made as aiohttp's constructor makes it, without its four
-            # Python frames (_json_fields says what is copied and why that is safe)
+            # Python frames: one store per field, in the constructor's order, so the
+            # response keeps CPython's compact layout (_json_fields says why it is safe)
             response = _new_object(_Response)
-            own = response.__dict__
-            own.update(fields)
-            own["_state"] = {}
-            own["_headers"] = _JSON_HEADERS.copy()
-            own["_body"] = body
+            response._state = {}
+            response._headers = _JSON_HEADERS.copy()
+            response._status = 200
+            response._reason = _JSON_REASON
+            response._body = body
+            response._compressed_body = None
+            response._zlib_executor_size = _JSON_ZLIB_SIZE
+            response._zlib_executor = None
             return response
         return _Response(body=body, content_type="application/json")
     return _Response(
@@ -468,21 +471,35 @@ def json_response(
     )
 
 
+#: the fields ``web.Response(body=..., content_type=...)`` sets, in the order it sets them
+#: (aiohttp 3.14), as ``json_response`` stores them
+JSON_FIELDS = (
+    "_state",
+    "_headers",
+    "_status",
+    "_reason",
+    "_body",
+    "_compressed_body",
+    "_zlib_executor_size",
+    "_zlib_executor",
+)
+
+
 def _json_fields(
     cls: type[web.Response] = web.Response,
-) -> tuple[dict[str, Any], CIMultiDict[str]] | None:
-    """What ``cls(body=b"", content_type="application/json")`` holds: its
-    instance dict without the three fields made per response (``_state``, ``_headers``,
-    ``_body``), and its headers, to copy. None (``json_response`` calls the constructor)
-    unless copying those makes exactly what the constructor makes: every field of the
-    response is in its ``__dict__`` (no class on the way defines ``__slots__``), the
-    headers are the content type alone, and every other field holds an immutable value
-    (a mutable one would be shared by every response).
+) -> tuple[CIMultiDict[str], str, int] | None:
+    """What ``json_response`` stores that does not change from one response to the next,
+    read off ``cls(body=b"", content_type="application/json")``: its headers (copied per
+    response), its reason and its zlib executor size. None (``json_response`` calls the
+    constructor) unless its stores make exactly what the constructor makes: the fields
+    are :data:`JSON_FIELDS` in that order, all in the instance's ``__dict__`` (no class
+    on the way defines ``__slots__``), the headers are the content type alone, and the
+    other fields hold what ``json_response`` stores.
 
     The constructor runs ``Response.__init__``, ``StreamResponse.__init__``,
-    ``_set_status`` and the ``body`` setter in Python for every response; the copy is
-    one ``dict.update``. ``tests/test_aiohttp.py::test_json_response_is_what_aiohttp_makes``
-    holds the two to the same fields.
+    ``_set_status`` and the ``body`` setter in Python for every response.
+    ``tests/test_aiohttp.py::test_json_response_is_what_aiohttp_makes`` holds the two
+    to the same fields.
     """
     try:
         made = cls(body=b"", content_type="application/json")
@@ -491,24 +508,28 @@ def _json_fields(
     for base in type_(made).__mro__:
         if set(base.__dict__.get("__slots__", ())) - {"__dict__", "__weakref__"}:
             return None
-    fields = dict(getattr(made, "__dict__", {}))
-    headers = fields.pop("_headers", None)
+    fields = getattr(made, "__dict__", {})
+    if tuple(fields) != JSON_FIELDS:
+        return None
+    headers = fields["_headers"]
+    reason = fields["_reason"]
+    size = fields["_zlib_executor_size"]
     if (
-        fields.pop("_state", None) != {}
-        or fields.pop("_body", None) != b""
+        fields["_state"] != {}
+        or fields["_body"] != b""
         or type_(headers) is not CIMultiDict
         or list(headers.items()) != [("Content-Type", "application/json")]
+        or fields["_status"] != 200
+        or type_(reason) is not str
+        or fields["_compressed_body"] is not None
+        or type_(size) is not int
+        or fields["_zlib_executor"] is not None
     ):
         return None
-    for value in fields.values():
-        if type_(value) not in (int, str, bool, float, bytes, type_(None)):
-            return None
-    return fields, headers
+    return headers, reason, size
 
 
-_JSON_TEMPLATE = _json_fields()
-_JSON_FIELDS = None if _JSON_TEMPLATE is None else _JSON_TEMPLATE[0]
-_JSON_HEADERS: CIMultiDict[str] = CIMultiDict() if _JSON_TEMPLATE is None else _JSON_TEMPLATE[1]
+_JSON_HEADERS, _JSON_REASON, _JSON_ZLIB_SIZE = _json_fields() or (None, "OK", 0)
 
 
 def check_json_type(request: web.Request) -> None:
