@@ -127,6 +127,7 @@ _ALLOWED: Final[dict[ArenaState, frozenset[str]]] = {
             "borrow",
             "copy",
             "copy_async",
+            "free",
             "json",
             "realloc",
             "realloc_async",
@@ -308,6 +309,59 @@ class Arena:
         finally:
             self._used += old
         return self._moved(block, start, view, new, own)
+
+    def free(self, view: memoryview) -> bool:
+        """Give the arena's most recent allocation ``view`` back before the arena ends.
+
+        ``view`` is released at once (using it again raises ``ValueError``) and ``used``
+        drops by its size. When it had a block of its own, that block goes back to the
+        pool now, for another request to take; when it was the current chunk's last
+        allocation, its room comes back to the arena. So a large buffer that is done
+        with stops holding memory while the rest of the task runs. Returns ``True``
+        when freed, ``False`` when something still holds it: a buffer export of
+        ``view`` (a decoder's zero-copy value such as msgspec's ``Raw``, a
+        ``pickle.PickleBuffer``) keeps it the arena's until :meth:`release`, which
+        reports the escape; a live slice of a block of its own gets the block
+        quarantined at once, with a :class:`ViewEscapedWarning`, as a release would.
+        Raises :class:`ArenaPoolError` when ``view`` is not the most recent allocation.
+        """
+        self._check("free")
+        views = self._views
+        if not views or views[-1] is not view:
+            msg = "free() gives back only the arena's most recent allocation (a view it returned)"
+            raise ArenaPoolError(msg)
+        nbytes = view.nbytes
+        own = self._last_own
+        if own is not None and own[1] is view:
+            block, start = own[0], 0
+        else:
+            block, start = self._last_alloc("free", view, nbytes)
+            own = None
+        try:
+            view.release()
+        except BufferError:  # an export of it is alive: release() will report it
+            return False
+        del views[-1]
+        self._high_water = max(self._high_water, self._used)
+        self._used -= nbytes
+        freed = True
+        if own is not None:
+            self._last_own = None
+            blocks = self._blocks
+            for i in range(len(blocks) - 1, -1, -1):
+                if blocks[i] is block:
+                    del blocks[i]
+                    break
+            self._reserved -= block.size
+            escaped = self._pool.give_back([block])
+            if escaped:  # a slice of it lives: the pool quarantines the block
+                freed = False
+                self._escapes += escaped
+                self._warn_escaped(escaped, "free()", 3)
+        elif self._cur_off == start + ((nbytes + 7) & -8):
+            self._cur_off = start  # the chunk's last bump: its room comes back
+        self._limit_changed()
+        return freed
 
     def _alone_in(self, block: Block, start: int, nbytes: int) -> bool:
         """Whether the allocation of ``nbytes`` at ``start`` is all ``block`` holds (its
@@ -701,15 +755,18 @@ class Arena:
         escaped = self._pool.give_back(blocks)
         if escaped:
             self._escapes += escaped
-            where = f" {self.name!r}" if self.name else ""
-            warnings.warn(
-                ViewEscapedWarning(
-                    f"arena{where}: {escaped} block(s) still had live views after release; "
-                    "they are quarantined until those views are gone. Copy data you keep "
-                    "past the request with bytes(view)."
-                ),
-                stacklevel=stacklevel,
-            )
+            self._warn_escaped(escaped, "release", stacklevel + 1)
+
+    def _warn_escaped(self, escaped: int, after: str, stacklevel: int) -> None:
+        where = f" {self.name!r}" if self.name else ""
+        warnings.warn(
+            ViewEscapedWarning(
+                f"arena{where}: {escaped} block(s) still had live views after {after}; "
+                "they are quarantined until those views are gone. Copy data you keep "
+                "past the request with bytes(view)."
+            ),
+            stacklevel=stacklevel,
+        )
 
 
 def _as_bytes_view(data: Any) -> memoryview:

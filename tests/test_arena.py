@@ -7,6 +7,7 @@ import asyncio
 import ctypes
 import gc
 import itertools
+import pickle
 import time
 from collections.abc import Callable
 
@@ -851,6 +852,87 @@ def test_realloc_on_a_released_arena_is_refused(pool: SlabPool) -> None:
     arena.release()
     with pytest.raises(ArenaReleasedError):
         arena.realloc(view, 200)
+
+
+def test_free_gives_an_own_block_back_to_the_pool_at_once(pool: SlabPool) -> None:
+    """A large allocation freed goes back to the pool before the arena ends: no block
+    lent, ``used`` back to 0, the view dead; ``high_water`` still counts it."""
+    with pool.arena() as arena:
+        view = arena.alloc(300 * KiB)
+        view[:4] = b"body"
+        assert [320] == lent_block_sizes(pool)
+
+        assert arena.free(view) is True
+        assert ([], 0, 0) == (lent_block_sizes(pool), arena.used, arena.reserved)
+        assert 300 * KiB == arena.high_water
+        with pytest.raises(ValueError, match="released"):
+            bytes(view)
+        again = arena.alloc(300 * KiB)  # the arena goes on as before
+        assert 300 * KiB == again.nbytes
+    assert [] == lent_block_sizes(pool)
+
+
+def test_free_of_a_chunk_bump_gives_its_room_back(pool: SlabPool) -> None:
+    """A small allocation freed: its room in the current chunk serves the next one (the
+    chunk stays: it is the arena's)."""
+    with pool.arena() as arena:
+        first = arena.alloc(100)
+        first[:1] = b"k"
+        second = arena.alloc(1000)
+        where = address(second)
+
+        assert arena.free(second) is True
+        after = arena.alloc(8)
+        assert (where, 108, b"k") == (address(after), arena.used, bytes(first[:1]))
+        assert 1 == len(lent_block_sizes(pool))
+
+
+def test_free_keeps_a_view_that_something_still_holds(pool: SlabPool) -> None:
+    """A view with a live buffer export (a decoder's zero-copy value such as msgspec's
+    Raw; here a PickleBuffer) is not freed: free() says so, its block stays lent, and
+    the release reports the escape."""
+    arena = pool.arena()
+    view = arena.alloc(300 * KiB)
+    export = pickle.PickleBuffer(view)
+    assert arena.free(view) is False
+    assert ([320], 300 * KiB) == (lent_block_sizes(pool), arena.used)
+    with pytest.warns(ViewEscapedWarning):
+        arena.release()
+    assert 1 == arena.escapes
+    del export, view
+    assert_no_leaks(pool)
+
+
+def test_free_quarantines_a_block_a_slice_still_reads(pool: SlabPool) -> None:
+    """A slice of the freed view outlives it: the block is quarantined at once (never
+    lent to another borrower while the slice lives), with the warning of a release."""
+    with pool.arena() as arena:
+        view = arena.alloc(300 * KiB)
+        view[:4] = b"mine"
+        kept = view[:4]
+        with pytest.warns(ViewEscapedWarning, match="after free") as caught:
+            assert arena.free(view) is False
+        assert __file__ == caught[0].filename  # it names the caller's line
+        stats = pool.stats()
+        assert (0, 1, 1) == (stats["lent_blocks"], stats["quarantined_blocks"], arena.escapes)
+        with pool.arena() as other:
+            assert address(other.alloc(300 * KiB)) != address(kept)
+        assert b"mine" == bytes(kept)
+    del kept
+    assert_no_leaks(pool)
+
+
+def test_free_takes_only_the_most_recent_allocation(pool: SlabPool) -> None:
+    """Freeing an older view would leave a hole under a newer one: refused, and after
+    release, refused by the state table."""
+    arena = pool.arena()
+    older = arena.alloc(100)
+    newer = arena.alloc(100)
+    with pytest.raises(ArenaPoolError, match="most recent allocation"):
+        arena.free(older)
+    arena.release()
+    with pytest.raises(ArenaReleasedError):
+        arena.free(newer)
 
 
 async def test_realloc_async_waits_for_budget_and_leaves_no_block_behind(
