@@ -347,12 +347,7 @@ class Arena:
         freed = True
         if own is not None:
             self._last_own = None
-            blocks = self._blocks
-            for i in range(len(blocks) - 1, -1, -1):
-                if blocks[i] is block:
-                    del blocks[i]
-                    break
-            self._reserved -= block.size
+            self._forget(block)
             escaped = self._pool.give_back([block])
             if escaped:  # a slice of it lives: the pool quarantines the block
                 freed = False
@@ -691,12 +686,7 @@ class Arena:
             views.append(view)
             own = False  # its block must stay with the arena until then
         if own:
-            blocks = self._blocks
-            for i in range(len(blocks) - 1, -1, -1):
-                if blocks[i] is block:
-                    del blocks[i]
-                    break
-            self._reserved -= block.size
+            self._forget(block)
             if block is self._cur_block:  # the current chunk goes: the next one is new
                 block.used = self._cur_off  # what a scrub zeroes
                 self._cur_block = None
@@ -709,6 +699,15 @@ class Arena:
             self._cur_off = start  # it was the chunk's last bump: its room comes back
         self._limit_changed()
         return new
+
+    def _forget(self, block: Block) -> None:
+        """Take ``block`` off the arena's list (it is about to go back to the pool)."""
+        blocks = self._blocks
+        for i in range(len(blocks) - 1, -1, -1):  # identity: the latest is likeliest
+            if blocks[i] is block:
+                del blocks[i]
+                break
+        self._reserved -= block.size
 
     def _swap_last(self, view: memoryview, new: memoryview) -> None:
         views = self._views
