@@ -325,27 +325,20 @@ class Arena:
         quarantined at once, with a :class:`ViewEscapedWarning`, as a release would.
         Raises :class:`ArenaPoolError` when ``view`` is not the most recent allocation.
         """
-        self._check("free")
-        views = self._views
-        if not views or views[-1] is not view:
-            msg = "free() gives back only the arena's most recent allocation (a view it returned)"
-            raise ArenaPoolError(msg)
+        # realloc's checks (state, most recent allocation); a new size of 1 byte leaves
+        # its size and limit checks nothing to refuse
+        block, start = self._last_alloc("free", view, 1)
         nbytes = view.nbytes
-        own = self._last_own
-        if own is not None and own[1] is view:
-            block, start = own[0], 0
-        else:
-            block, start = self._last_alloc("free", view, nbytes)
-            own = None
+        own = self._last_own is not None and self._last_own[1] is view
         try:
             view.release()
         except BufferError:  # an export of it is alive: release() will report it
             return False
-        del views[-1]
+        del self._views[-1]
         self._high_water = max(self._high_water, self._used)
         self._used -= nbytes
         freed = True
-        if own is not None:
+        if own:
             self._last_own = None
             self._forget(block)
             escaped = self._pool.give_back([block])
@@ -353,8 +346,8 @@ class Arena:
                 freed = False
                 self._escapes += escaped
                 self._warn_escaped(escaped, "free()", 3)
-        elif self._cur_off == start + ((nbytes + 7) & -8):
-            self._cur_off = start  # the chunk's last bump: its room comes back
+        else:
+            self._cur_off = start  # the current chunk's last bump: its room comes back
         self._limit_changed()
         return freed
 
@@ -638,7 +631,7 @@ class Arena:
             self._bad_size(nbytes)
         views = self._views
         if not views or views[-1] is not view:
-            msg = f"{op}() resizes only the arena's most recent allocation (a view it returned)"
+            msg = f"{op}() takes only the arena's most recent allocation (a view it returned)"
             raise ArenaPoolError(msg)
         if self._used - view.nbytes + nbytes > self._limit:
             raise self._over_limit(nbytes - view.nbytes)
