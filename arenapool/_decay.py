@@ -39,7 +39,8 @@ the pool's lock held, a pass does this:
   pin its peak for good, and a pause does not cool it; ``QUIET_WINDOWS`` ticks without
   a lend reset it (bytebufferpool recalibrates its sizes every 42,000 calls from a
   histogram of the sizes seen; Netty 4.2's adaptive allocator sizes its chunks from
-  histograms).
+  histograms). A pool made with ``calibrate=False`` skips this step: its reserves stay
+  at their floors, and ``retain`` alone says how much idle memory stays committed.
 
 ``decay=0`` alone still returns memory at once, inside ``give_back``: it asks for that.
 
@@ -88,6 +89,7 @@ class Reservoir(Protocol):
     backing: Backing
     decay: float | None
     retain: int | None
+    calibrate: bool
     _classes: list[ClassState]
     _idle_committed: int
     _lent_bytes: int
@@ -187,7 +189,8 @@ def calibrate_locked(pool: Reservoir) -> None:
     comes back, instead of faulting them in again while the median recovers). After
     ``QUIET_WINDOWS`` of them in a row (about ``decay``) the reserve falls back to its
     floor and the history is forgotten, so an idle pool does give its memory back, and
-    the first active window after sets the reserve on its own.
+    the first active window after sets the reserve on its own. :func:`maintain` skips
+    this for a pool made with ``calibrate=False``: its reserves stay at their floors.
 
     Why the fit: classes do not peak together. Under a mix of body sizes, each of a dozen
     classes has its own peak of one to five blocks, and their sum (what per-class medians
@@ -233,8 +236,9 @@ def calibrate_locked(pool: Reservoir) -> None:
 def maintain(pool: Reservoir, now: float, *, tick: bool = True) -> int:
     """One pass of the maintenance thread; the bytes returned to the OS.
 
-    Always holds ``retain``; on a ``tick`` also recalibrates the warm reserves and, with
-    ``decay`` set, returns blocks idle longer than that.
+    Always holds ``retain``; on a ``tick`` also recalibrates the warm reserves (unless
+    the pool's ``calibrate`` is off) and, with ``decay`` set, returns blocks idle longer
+    than that.
     """
     returned = 0
     with pool._lock:
@@ -242,7 +246,8 @@ def maintain(pool: Reservoir, now: float, *, tick: bool = True) -> int:
             return 0
         pool._drain_pending()
         if tick:
-            calibrate_locked(pool)
+            if pool.calibrate:
+                calibrate_locked(pool)
             decay = pool.decay
             if decay is not None:
                 returned += trim_locked(pool, now - decay, keep_reserve=True)

@@ -92,6 +92,12 @@ class SlabPool:
             (default 0): the floor of each class's warm reserve, which the pool's
             maintenance thread recalibrates from the traffic (the median of the most
             blocks lent at once over its last 8 ticks; see ``_decay``).
+        calibrate: recalibrate the warm reserves from the traffic (default True).
+            ``False`` keeps each class's reserve at its floor (``reserve=``, or its
+            ``prealloc`` count), so ``retain`` alone says how much idle memory stays
+            committed: with ``retain=0``, the leanest pool, every idle block beyond the
+            floors goes back to the OS soon after it comes back, and the next lend of
+            it faults its pages in again.
         retain: most idle bytes kept committed (resident) between decays (default
             8 MiB); beyond it, the pool's maintenance thread returns idle blocks to the
             OS soon after they come back (``give_back`` itself never does: nothing is
@@ -119,6 +125,7 @@ class SlabPool:
         scrub: bool = False,
         prealloc: Mapping[int | str, int] | None = None,
         reserve: int = 0,
+        calibrate: bool = True,
         retain: int | str | None = "8MiB",
         retry_after: float = 1.0,
         max_waiters: int | None = None,
@@ -148,6 +155,7 @@ class SlabPool:
             msg = f"reserve must be zero or more blocks, got {reserve!r}"
             raise InvalidSize(msg, value=reserve)
         self.decay = decay
+        self.calibrate = calibrate
         self.retain = None if retain is None else parse_size(retain, name="retain", allow_zero=True)
         self.backing: Backing = backing
         self.prefault = prefault
@@ -592,6 +600,7 @@ class SlabPool:
                 "idle_bytes": idle_bytes,
                 "idle_committed_bytes": self._idle_committed,
                 "retain": self.retain,
+                "calibrate": self.calibrate,
                 "idle_blocks": sum(c.idle for c in self._classes),
                 "quarantined_bytes": self._quarantined_bytes,
                 "quarantined_blocks": sum(c.quarantined for c in self._classes)

@@ -5,6 +5,7 @@
     python benchmarks/callgrind_request.py --size 64KiB          # another body size
     python benchmarks/callgrind_request.py --size mixed          # the soak's sizes
     python benchmarks/callgrind_request.py --size 200KiB --concurrency 8 --cache-sim
+    python benchmarks/callgrind_request.py --size mixed --cache-sim --last-level 1MiB
 
 Wall-clock times on a shared 2-core machine swing by +-15%; instruction counts do not.
 Each variant is the example service (``integrations/example_service/app.py``) in its own
@@ -81,7 +82,7 @@ def need_tools() -> None:
 
 
 #: what ``--cache-sim`` reports per request, of callgrind's simulated events
-SIM_EVENTS = ("I1mr", "D1mr", "D1mw", "Bcm", "Bim")
+SIM_EVENTS = ("I1mr", "D1mr", "D1mw", "ILmr", "DLmr", "DLmw", "Bcm", "Bim")
 
 
 def program_totals(dump: Path) -> int:
@@ -117,11 +118,24 @@ async def wait_listening(port: int, proc: subprocess.Popen[bytes], timeout: floa
 
 
 def start_server(
-    mode: str, noop: str, port: int, out: Path, stem: str, *, cache_sim: bool = False
+    mode: str,
+    noop: str,
+    port: int,
+    out: Path,
+    stem: str,
+    *,
+    cache_sim: bool = False,
+    last_level: int | None = None,
 ) -> tuple[subprocess.Popen[bytes], IO[bytes]]:
-    """The example service in ``mode`` under callgrind; its output goes to a log file."""
+    """The example service in ``mode`` under callgrind; its output goes to a log file.
+
+    With ``cache_sim``, callgrind simulates the caches, the last level at ``last_level``
+    bytes (16-way, 64-byte lines) when given, else at this machine's own.
+    """
     log = (out / f"{stem}.valgrind.log").open("wb")
     sim = ["--cache-sim=yes", "--branch-sim=yes"] if cache_sim else []
+    if cache_sim and last_level is not None:
+        sim.append(f"--LL={last_level},16,64")
     proc = subprocess.Popen(
         [
             "valgrind", "--tool=callgrind", *sim, f"--callgrind-out-file={out / stem}.%p.out",
@@ -148,7 +162,10 @@ async def measure(variant: str, args: argparse.Namespace, out: Path, round_: int
     noop = "1" if variant.endswith("+noop") else "0"
     port = free_port()
     stem = f"{variant}.r{round_}"
-    proc, log = start_server(mode, noop, port, out, stem, cache_sim=args.cache_sim)
+    last_level = parse_size(args.last_level) if args.last_level else None
+    proc, log = start_server(
+        mode, noop, port, out, stem, cache_sim=args.cache_sim, last_level=last_level
+    )
     try:
         await wait_listening(port, proc, args.startup_timeout)
         if args.size == "mixed":  # the soak's sizes, the same seeded sequence per variant
@@ -311,7 +328,15 @@ def main(argv: list[str] | None = None) -> int:
         "--cache-sim",
         action="store_true",
         help="also simulate the caches and branch predictor (callgrind --cache-sim=yes "
-        "--branch-sim=yes): L1 instruction and data misses, mispredicted branches, per request",
+        "--branch-sim=yes): L1 and last-level instruction and data misses, mispredicted "
+        "branches, per request",
+    )
+    parser.add_argument(
+        "--last-level",
+        default=None,
+        help="with --cache-sim, simulate a last-level cache of this size (e.g. 1MiB, this "
+        "machine's L2 per core: what a process keeps of a shared L3 under contention); "
+        "default: this machine's",
     )
     parser.add_argument(
         "--no-plain",

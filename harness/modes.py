@@ -187,6 +187,13 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--retain", "none"),
         ),
         Mode(
+            "arenapool-lean",
+            "arenapool",
+            "arenapool, the leanest slab pool: no idle slab memory kept committed and no "
+            "warm reserves (SlabPool retain=0, calibrate=False)",
+            args=("--retain", "0", "--no-calibrate"),
+        ),
+        Mode(
             "arenapool-keep-pools",
             "arenapool",
             "arenapool, the governor's trims leaving pymalloc's empty pools resident "

@@ -62,3 +62,20 @@ async def test_trim_loop_and_governor_options_keep_the_answers(
         client = await aiohttp_client(app)
         response = await client.post("/ingest", data=body.data)
         assert (200, body.expected()) == (response.status, await response.json())
+
+
+async def test_the_lean_pool_options_reach_the_pool(aiohttp_client: ClientFactory) -> None:
+    """``retain="0"`` and ``calibrate=False`` (the ``arenapool-lean`` mode's ``--retain 0
+    --no-calibrate``) make the service's pool the leanest one, which its stats say, and
+    the answers stay the same."""
+    client = await aiohttp_client(
+        example.make_app("arenapool", retain="0", calibrate=False, admin_token="t")
+    )
+    body = make_body(600_000, random.Random(7))
+    response = await client.post("/ingest", data=body.data)
+    answer = await response.json()
+    stats = await client.get("/_arenapool/stats", headers={"Authorization": "Bearer t"})
+    (pool,) = [p for p in (await stats.json())["slab_pools"] if p["name"] == "ingest"]
+
+    assert (200, body.expected()) == (response.status, answer)
+    assert (0, False) == (pool["retain"], pool["calibrate"])

@@ -656,6 +656,7 @@ def test_stats_is_json_with_documented_keys(make_pool: Callable[..., SlabPool]) 
         "idle_bytes",
         "idle_committed_bytes",
         "retain",
+        "calibrate",
         "idle_blocks",
         "quarantined_bytes",
         "quarantined_blocks",

@@ -272,3 +272,45 @@ def test_the_reserves_together_fit_the_most_bytes_lent_at_once() -> None:
 
     assert (4, 1) == (small.reserve, large.reserve)
     assert 512 * KiB == stats["high_water_lent_bytes"]
+
+
+def test_calibrate_off_keeps_each_reserve_at_its_floor() -> None:
+    """With ``calibrate=False`` a class that had 3 blocks out at once keeps its reserve at
+    the floor its ``prealloc`` set (1), and ``retain=0`` then leaves that one block
+    committed, where a calibrating pool keeps all 3 warm."""
+
+    def after_three_at_once(calibrate: bool) -> tuple[int, int, bool]:
+        floor = {"64KiB": 1}
+        with SlabPool("64MiB", decay=None, retain=0, prealloc=floor, calibrate=calibrate) as pool:
+            pool._decay_thread = threading.current_thread()  # only these passes
+            cls = pool._classes[pool._sizes.index(64 * KiB)]
+            three = [pool.lend(64 * KiB) for _ in range(3)]
+            pool.give_back(three)
+            _decay.maintain(pool, time.monotonic())  # a tick: calibrates, unless off
+            _decay.maintain(pool, time.monotonic(), tick=False)  # retain=0 holds
+            with pool._lock:
+                warm = sum(1 for b in cls.free if b.committed)
+            return cls.reserve, warm, pool.stats()["calibrate"]
+
+    assert ((3, 3, True), (1, 1, False)) == (
+        after_three_at_once(calibrate=True),
+        after_three_at_once(calibrate=False),
+    )
+
+
+def test_the_lean_pool_faults_a_reused_block_in_again() -> None:
+    """``retain=0, calibrate=False`` is the leanest pool: once a maintenance pass has run,
+    the block a 64 KiB cycle used is back with the OS, and the next cycle faults all its
+    pages in again (the trade: the calibrating pool's warm cycle faults none)."""
+    with SlabPool("64MiB", decay=None, retain=0, calibrate=False) as pool:
+        pool._decay_thread = threading.current_thread()  # only these passes
+        touch(pool, 64 * KiB)
+        _decay.maintain(pool, time.monotonic())  # a tick: no calibration
+        _decay.maintain(pool, time.monotonic(), tick=False)
+        returned = pool.stats()["returned_bytes"]
+        before = minor_faults()
+        touch(pool, 64 * KiB)
+        faults = minor_faults() - before
+
+    # the count is the whole process's: other faults only add to it
+    assert (64 * KiB, True) == (returned, faults >= PAGES_PER_64K), faults

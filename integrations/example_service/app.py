@@ -198,6 +198,7 @@ def make_app(
     limit: str = "8MiB",
     decay: float = 10.0,
     retain: str | None = "8MiB",  # the SlabPool default
+    calibrate: bool = True,  # the SlabPool default
     governor: bool = True,
     admin_token: str | None = None,
     trim_interval: float = 0.0,
@@ -211,7 +212,8 @@ def make_app(
 
     ``limit`` caps one request body in every mode (aiohttp's ``client_max_size`` for
     ``plain``/``orjson``, the arena limit for arenapool); ``budget`` and ``decay`` size
-    arenapool's ``SlabPool``; ``governor`` runs arenapool's memory governor (it gives
+    arenapool's ``SlabPool``, as do ``retain`` and ``calibrate`` (the warm reserves
+    recalibrated from the traffic); ``governor`` runs arenapool's memory governor (it gives
     freed C heap back to the OS when the server goes idle); ``admin_token`` turns on
     arenapool's admin routes (``/_arenapool/stats`` and the dashboard);
     ``trim_interval`` > 0 runs the ``malloc_trim(0)`` loop (:func:`add_trim_loop`).
@@ -245,7 +247,12 @@ def make_app(
         # named, so that every worker's pool carries the same label in the metrics
         # (under gunicorn with PROMETHEUS_MULTIPROC_DIR they add up per pool)
         pool = arenapool.SlabPool(
-            budget=budget, max_class="16MiB", decay=decay, retain=retain, name="ingest"
+            budget=budget,
+            max_class="16MiB",
+            decay=decay,
+            retain=retain,
+            calibrate=calibrate,
+            name="ingest",
         )
         governor_config = (
             arenapool.GovernorConfig(
@@ -314,6 +321,13 @@ def main(argv: list[str] | None = None) -> None:
         "default; 'none': no cap)",
     )
     parser.add_argument(
+        "--no-calibrate",
+        dest="calibrate",
+        action="store_false",
+        help="arenapool modes: keep the warm reserves at their floor instead of "
+        "recalibrating them from the traffic (SlabPool calibrate=False)",
+    )
+    parser.add_argument(
         "--no-governor",
         dest="governor",
         action="store_false",
@@ -369,6 +383,7 @@ def main(argv: list[str] | None = None) -> None:
         limit=args.limit,
         decay=args.decay,
         retain=None if args.retain.lower() == "none" else args.retain,
+        calibrate=args.calibrate,
         governor=args.governor,
         admin_token=args.admin_token,
         trim_interval=args.trim_interval,
