@@ -130,7 +130,9 @@ def start_server(
     """The example service in ``mode`` under callgrind; its output goes to a log file.
 
     With ``cache_sim``, callgrind simulates the caches, the last level at ``last_level``
-    bytes (16-way, 64-byte lines) when given, else at this machine's own.
+    bytes (16-way, 64-byte lines) when given, else at this machine's own. The valgrind
+    log still prints the auto-detected last level (it is read before the option
+    replaces it); the dump's ``desc: LL cache:`` line is what was simulated.
     """
     log = (out / f"{stem}.valgrind.log").open("wb")
     sim = ["--cache-sim=yes", "--branch-sim=yes"] if cache_sim else []
@@ -162,9 +164,8 @@ async def measure(variant: str, args: argparse.Namespace, out: Path, round_: int
     noop = "1" if variant.endswith("+noop") else "0"
     port = free_port()
     stem = f"{variant}.r{round_}"
-    last_level = parse_size(args.last_level) if args.last_level else None
     proc, log = start_server(
-        mode, noop, port, out, stem, cache_sim=args.cache_sim, last_level=last_level
+        mode, noop, port, out, stem, cache_sim=args.cache_sim, last_level=args.last_level
     )
     try:
         await wait_listening(port, proc, args.startup_timeout)
@@ -333,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--last-level",
+        type=parse_size,
         default=None,
         help="with --cache-sim, simulate a last-level cache of this size (e.g. 1MiB, this "
         "machine's L2 per core: what a process keeps of a shared L3 under contention); "
@@ -345,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         help="skip the decoder with no middleware at all (orjson, msgspec)",
     )
     args = parser.parse_args(argv)
+    if args.last_level is not None and not args.cache_sim:
+        parser.error("--last-level sizes the simulated cache: it needs --cache-sim")
     unknown = [p for p in args.pairs if p not in PAIRS]
     if unknown:
         parser.error(f"unknown pair(s) {', '.join(unknown)}; choose from {', '.join(PAIRS)}")
