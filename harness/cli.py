@@ -329,6 +329,9 @@ def cmd_soak(args: argparse.Namespace) -> int:
     )
     if client == "python" and args.client is None:
         console.print("note: wrk not found, using the Python client (apt-get install wrk)")
+    if args.segments > 1 and client != "wrk":
+        console.print("error: --segments needs the wrk client (apt-get install wrk)")
+        return 2
     with _measuring(console, args) as (logs, progress):
         settings = _run_settings(args, SOAK_SETTINGS, duration=args.duration, log_dir=logs)
         soak = asyncio.run(
@@ -341,6 +344,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
                 client=client,
                 connections=connections,
                 progress=progress,
+                segments=args.segments,
             )
         )
     doc = soak.to_dict()
@@ -379,6 +383,7 @@ def _print_soak_table(console: Console, doc: Mapping[str, Any], idle: float) -> 
         )
     console.print(table)
     _print_soak_buckets(console, modes, idle)
+    _print_soak_segments(console, modes)
     base = modes.get("orjson+trim")
     for name, m in modes.items():
         if base is None or not name.startswith("arenapool"):
@@ -417,6 +422,34 @@ def _print_soak_table(console: Console, doc: Mapping[str, Any], idle: float) -> 
         "rest. CPU (user + system) and minor page faults per request over the load: the "
         "server's /proc/PID/stat."
     )
+
+
+def _print_soak_segments(console: Console, modes: Mapping[str, Any]) -> None:
+    """With --segments: each mode's requests and CPU per request, segment by segment,
+    and each arenapool mode's requests against orjson+trim's in the same segment."""
+    counts = {len(m.get("segments") or ()) for m in modes.values()}
+    if counts == {0} or len(counts) != 1:
+        return
+    base = modes.get("orjson+trim")
+    table = Table(title="segment by segment: requests (CPU per request)", title_justify="left")
+    table.add_column("segment")
+    for name in modes:
+        table.add_column(name, justify="right")
+    paired = [n for n in modes if base is not None and n.startswith("arenapool")]
+    for name in paired:
+        table.add_column(f"{name} / orjson+trim", justify="right")
+    for i in range(counts.pop()):
+        first = next(iter(modes.values()))["segments"][i]
+        row = [f"{first['start_s']:.0f}-{first['end_s']:.0f} s"]
+        for m in modes.values():
+            seg = m["segments"][i]
+            cpu = seg["cpu_us_per_request"]
+            row.append(f"{seg['requests']:,} ({'n/a' if cpu is None else f'{cpu:,.0f} us'})")
+        if base is not None:
+            against = base["segments"][i]["requests"]
+            row += [fmt_x(ratio(modes[n]["segments"][i]["requests"], against)) for n in paired]
+        table.add_row(*row)
+    console.print(table)
 
 
 #: the smaps buckets of the soak's second table: (column, buckets added up)
@@ -689,6 +722,14 @@ def _add_soak(sub: Any) -> None:
         type=positive_float,
         default=1.0,
         help="seconds between RSS readings (default: 1)",
+    )
+    soak.add_argument(
+        "--segments",
+        type=positive_int,
+        default=1,
+        help="split the load into this many back-to-back wrk runs and report each "
+        "mode's requests and CPU per request in each (default: 1; wrk only): does a "
+        "ratio hold over the whole load, or open up as the servers age?",
     )
     _add_common(
         soak,

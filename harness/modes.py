@@ -167,6 +167,14 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--busy-trim", "none"),
         ),
         Mode(
+            "arenapool+trim",
+            "arenapool",
+            "arenapool's body path with orjson+trim's malloc_trim(0) every second instead of "
+            "the governor's busy trims (the governor trims only when idle): the arena "
+            "path against orjson+trim, the trims alike",
+            args=("--trim-interval", "1", "--busy-trim", "none"),
+        ),
+        Mode(
             "arenapool+mmap",
             "arenapool",
             "arenapool, glibc's mmap threshold pinned at 1 MiB by the governor",

@@ -20,6 +20,11 @@ anonymous memory, files, stacks: :func:`~harness.rss.buckets_of`), reported as m
 under load and as read after the idle wait. Running the modes side by side in one run
 is what makes their numbers comparable on a shared machine: every server sees the same
 minutes of the same noise.
+
+With ``segments`` > 1 (wrk only) the load is that many wrk runs back to back, each
+``duration / segments`` seconds, and every mode also reports its requests, CPU and
+faults per request in each segment: whether a ratio between modes holds over the
+whole load or opens up as the servers age. The totals are the segments' sums.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from .server import Server
 from .workload import Plan, Workload, get_workload
 from .wrk import deck_files, run_wrk, wrk_path
 
-__all__ = ["CLIENTS", "SoakResult", "SoakRun", "percentile_of", "run_soak"]
+__all__ = ["CLIENTS", "SoakResult", "SoakRun", "SoakSegment", "percentile_of", "run_soak"]
 
 CLIENTS = ("wrk", "python")
 
@@ -55,6 +60,26 @@ def percentile_of(values: Sequence[float], q: float) -> float | None:
     ordered = sorted(values)
     rank = max(1, math.ceil(q / 100.0 * len(ordered)))
     return ordered[rank - 1]
+
+
+@dataclass(frozen=True)
+class SoakSegment:
+    """One mode over one segment of a segmented soak (seconds from the load's start)."""
+
+    start_s: float
+    end_s: float
+    requests: int
+    cpu_us_per_request: float | None
+    faults_per_request: float | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "start_s": round(self.start_s, 3),
+            "end_s": round(self.end_s, 3),
+            "requests": self.requests,
+            "cpu_us_per_request": rounded(self.cpu_us_per_request, 1),
+            "faults_per_request": rounded(self.faults_per_request, 2),
+        }
 
 
 @dataclass
@@ -77,6 +102,8 @@ class SoakResult:
     #: RSS and smaps buckets at rest: after the server answered, before any body
     rss_rest: int | None = None
     buckets_rest: dict[str, int] | None = None
+    #: with ``segments`` > 1: the load, segment by segment
+    segments: list[SoakSegment] = field(default_factory=list)
 
     def left_by_load(self) -> int | None:
         """RSS after the idle wait minus RSS at rest: what the load left behind."""
@@ -123,6 +150,7 @@ class SoakResult:
             "rss_buckets_rest": self.buckets_rest,
             "rss_samples": [[round(t, 3), rss] for t, rss in self.samples],
             "rss_bucket_samples": [[round(t, 3), parts] for t, parts in self.buckets],
+            "segments": [segment.to_dict() for segment in self.segments],
         }
 
 
@@ -156,12 +184,14 @@ async def run_soak(
     client: str = "wrk",
     connections: int | None = None,
     progress: Progress | None = None,
+    segments: int = 1,
 ) -> SoakRun:
     """Load every mode in ``modes`` at once for ``settings.duration`` seconds.
 
     Drift is the least-squares slope of RSS after ``warmup`` (default: a fifth of the
     duration, at most 60 s). ``connections`` (default: the workload's concurrency) is
-    per server.
+    per server. ``segments`` > 1 (wrk only) splits the load into that many back-to-back
+    wrk runs and reports each (:class:`SoakSegment`).
     """
     progress = progress or Progress()
     workload = workload or get_workload("mixed")
@@ -171,6 +201,9 @@ async def run_soak(
     if client == "wrk" and wrk_path() is None:
         msg = "wrk not found (Debian/Ubuntu: apt-get install wrk); use --client python"
         raise RuntimeError(msg)
+    if segments < 1 or (segments > 1 and client != "wrk"):
+        msg = f"segments must be 1, or more with the wrk client; got {segments} with {client}"
+        raise ValueError(msg)
     conns = connections or workload.concurrency
     seed, duration, idle = settings.seed, settings.duration, settings.idle
     warmup_s = min(60.0, duration / 5) if warmup is None else warmup
@@ -201,24 +234,33 @@ async def run_soak(
         progress.phase(label, duration)
         before = {name: server.stat() for name, server in servers.items()}
         start = sampler.now()
+        parts: dict[str, list[SoakSegment]] = {name: [] for name in servers}
         if client == "wrk":
             files = stack.enter_context(deck_files(deck))
-            tasks = [
-                asyncio.ensure_future(
-                    run_wrk(
-                        server.port,
-                        files[0],
-                        files[1],
-                        duration=duration,
-                        connections=conns,
-                        timeout=settings.timeout,
+            for index in range(segments):
+                seg_start, seg_before = sampler.now() - start, dict(before)
+                if index:
+                    seg_before = {name: server.stat() for name, server in servers.items()}
+                tasks = [
+                    asyncio.ensure_future(
+                        run_wrk(
+                            server.port,
+                            files[0],
+                            files[1],
+                            duration=duration / segments,
+                            connections=conns,
+                            timeout=settings.timeout,
+                        )
                     )
-                )
-                for server in servers.values()
-            ]
-            await _tick_until_done(tasks, progress, label)
-            for name, task in zip(servers, tasks, strict=True):
-                task.result().into(loads[name])
+                    for server in servers.values()
+                ]
+                await _tick_until_done(tasks, progress, label)
+                seg_end = sampler.now() - start
+                for name, task in zip(servers, tasks, strict=True):
+                    result = task.result()
+                    result.into(loads[name])
+                    spent = _delta(seg_before[name], servers[name].stat())
+                    parts[name].append(_segment(seg_start, seg_end, result.ok, spent))
         else:
             soak_workload = Workload(
                 workload.name, workload.min_size, workload.max_size, workload.distribution, conns
@@ -265,6 +307,7 @@ async def run_soak(
                 buckets_idle=idle_buckets[name],
                 rss_rest=rest[name][0],
                 buckets_rest=rest[name][1],
+                segments=parts[name] if segments > 1 else [],
             )
         )
         spent, done = _delta(before[name], after[name]), loads[name].completed
@@ -285,6 +328,7 @@ async def run_soak(
             "duration_s": duration,
             "interval_s": interval,
             "seed": seed,
+            "segments": segments,
             "budget": settings.budget,
             "limit": settings.limit,
             "governor": settings.governor,
@@ -294,6 +338,12 @@ async def run_soak(
 
 def _delta(before: ProcStat | None, after: ProcStat | None) -> ProcStat | None:
     return None if before is None or after is None else after - before
+
+
+def _segment(start: float, end: float, ok: int, spent: ProcStat | None) -> SoakSegment:
+    if spent is None or not ok:
+        return SoakSegment(start, end, ok, None, None)
+    return SoakSegment(start, end, ok, spent.cpu * 1e6 / ok, spent.minflt / ok)
 
 
 async def _tick_until_done(

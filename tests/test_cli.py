@@ -294,6 +294,30 @@ def test_soak_runs_one_mode_with_either_client(
     assert doc["modes"]["msgspec"]["ok"] > 0
 
 
+def test_soak_reports_each_segment(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`--segments 2` runs the load as two wrk runs back to back: every mode reports
+    each segment's requests, CPU and faults, they add up to the totals, and the
+    segments follow each other in time. The Python client cannot segment: exit 2."""
+    argv = ["soak", "--modes", "orjson+trim,arenapool", "--duration", "2", "--idle", "0"]
+    assert 0 == cli.main([*argv, "--segments", "2", "--no-plot", "--out", str(tmp_path), *TINY])
+    out = capsys.readouterr().out
+    assert "segment by segment" in out
+    assert "arenapool / orjson+trim" in out
+    doc = json.loads((tmp_path / "arenapool-soak.json").read_text())
+    assert 2 == doc["settings"]["segments"]
+    for mode in doc["modes"].values():
+        first, second = mode["segments"]
+        assert first["requests"] > 0
+        assert second["requests"] > 0
+        assert first["requests"] + second["requests"] == mode["ok"]
+        assert first["start_s"] < first["end_s"] <= second["start_s"] < second["end_s"]
+        assert first["cpu_us_per_request"] > 0
+        assert second["faults_per_request"] >= 0
+    argv = ["soak", "--mode", "orjson", "--client", "python", "--segments", "2"]
+    assert 2 == cli.main([*argv, "--duration", "1", "--no-plot", "--out", str(tmp_path)])
+    assert "--segments needs the wrk client" in capsys.readouterr().out
+
+
 def test_soak_runs_a_control_as_a_second_server(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
