@@ -140,9 +140,10 @@ class Mode:
     app: str | None = None  # another app than the example service (path from the root)
 
 
-def _trim_mode(service: str, description: str) -> Mode:
-    """``service``'s handler with a ``malloc_trim(0)`` task every second: ``<service>+trim``."""
-    return Mode(f"{service}+trim", service, description, args=("--trim-interval", "1"))
+def _trim_mode(service: str, description: str, *args: str) -> Mode:
+    """``service``'s handler with a ``malloc_trim(0)`` task every second: ``<service>+trim``
+    (``args``: more options for the example service)."""
+    return Mode(f"{service}+trim", service, description, args=("--trim-interval", "1", *args))
 
 
 def _modes(recycle_after: int) -> list[Mode]:
@@ -166,13 +167,13 @@ def _modes(recycle_after: int) -> list[Mode]:
             "arenapool, the governor trimming only when idle (no busy trims)",
             args=("--busy-trim", "none"),
         ),
-        Mode(
-            "arenapool+trim",
+        _trim_mode(
             "arenapool",
             "arenapool's body path with orjson+trim's malloc_trim(0) every second instead of "
             "the governor's busy trims (the governor trims only when idle): the arena "
             "path against orjson+trim, the trims alike",
-            args=("--trim-interval", "1", "--busy-trim", "none"),
+            "--busy-trim",
+            "none",
         ),
         Mode(
             "arenapool+mmap",

@@ -237,10 +237,9 @@ async def run_soak(
         parts: dict[str, list[SoakSegment]] = {name: [] for name in servers}
         if client == "wrk":
             files = stack.enter_context(deck_files(deck))
-            for index in range(segments):
-                seg_start, seg_before = sampler.now() - start, dict(before)
-                if index:
-                    seg_before = {name: server.stat() for name, server in servers.items()}
+            for _ in range(segments):
+                seg_start = sampler.now() - start
+                seg_before = {name: server.stat() for name, server in servers.items()}
                 tasks = [
                     asyncio.ensure_future(
                         run_wrk(
@@ -257,10 +256,10 @@ async def run_soak(
                 await _tick_until_done(tasks, progress, label)
                 seg_end = sampler.now() - start
                 for name, task in zip(servers, tasks, strict=True):
-                    result = task.result()
-                    result.into(loads[name])
-                    spent = _delta(seg_before[name], servers[name].stat())
-                    parts[name].append(_segment(seg_start, seg_end, result.ok, spent))
+                    result, done = task.result(), loads[name].completed
+                    done = result.into(loads[name]).completed - done
+                    cpu, faults = _per_request(_delta(seg_before[name], servers[name].stat()), done)
+                    parts[name].append(SoakSegment(seg_start, seg_end, result.ok, cpu, faults))
         else:
             soak_workload = Workload(
                 workload.name, workload.min_size, workload.max_size, workload.distribution, conns
@@ -310,10 +309,9 @@ async def run_soak(
                 segments=parts[name] if segments > 1 else [],
             )
         )
-        spent, done = _delta(before[name], after[name]), loads[name].completed
-        if spent is not None and done:
-            results[-1].cpu_us_per_request = spent.cpu * 1e6 / done
-            results[-1].faults_per_request = spent.minflt / done
+        results[-1].cpu_us_per_request, results[-1].faults_per_request = _per_request(
+            _delta(before[name], after[name]), loads[name].completed
+        )
     return SoakRun(
         results,
         {
@@ -340,10 +338,11 @@ def _delta(before: ProcStat | None, after: ProcStat | None) -> ProcStat | None:
     return None if before is None or after is None else after - before
 
 
-def _segment(start: float, end: float, ok: int, spent: ProcStat | None) -> SoakSegment:
-    if spent is None or not ok:
-        return SoakSegment(start, end, ok, None, None)
-    return SoakSegment(start, end, ok, spent.cpu * 1e6 / ok, spent.minflt / ok)
+def _per_request(spent: ProcStat | None, done: int) -> tuple[float | None, float | None]:
+    """CPU (us) and minor faults per request over ``done`` requests; ``None`` unread."""
+    if spent is None or not done:
+        return None, None
+    return spent.cpu * 1e6 / done, spent.minflt / done
 
 
 async def _tick_until_done(
