@@ -79,3 +79,19 @@ async def test_the_lean_pool_options_reach_the_pool(aiohttp_client: ClientFactor
 
     assert (200, body.expected()) == (response.status, answer)
     assert (0, False) == (pool["retain"], pool["calibrate"])
+
+
+async def test_the_busy_trim_interval_reaches_the_governor(aiohttp_client: ClientFactory) -> None:
+    """``busy_trim_interval`` (``--busy-trim-interval``) becomes the governor's least
+    time between two trims under load, which its stats say; the answers stay the same."""
+    client = await aiohttp_client(
+        example.make_app("arenapool", busy_trim_interval=4.0, admin_token="t")
+    )
+    body = make_body(50_000, random.Random(9))
+    response = await client.post("/ingest", data=body.data)
+    answer = await response.json()
+    stats = await client.get("/_arenapool/stats", headers={"Authorization": "Bearer t"})
+    busy = (await stats.json())["governor"]["busy_trim"]
+
+    assert (200, body.expected()) == (response.status, answer)
+    assert 4.0 == busy["interval"]

@@ -203,6 +203,7 @@ def make_app(
     admin_token: str | None = None,
     trim_interval: float = 0.0,
     busy_trim: str | None = "8MiB",
+    busy_trim_interval: float = 1.0,
     mmap_threshold: str | None = None,
     hold_heap: bool = True,
     release_pymalloc: bool = True,
@@ -218,7 +219,8 @@ def make_app(
     arenapool's admin routes (``/_arenapool/stats`` and the dashboard);
     ``trim_interval`` > 0 runs the ``malloc_trim(0)`` loop (:func:`add_trim_loop`).
     The governor trims under load when ``busy_trim`` of freed C heap is worth it
-    (``None``: only when idle), and pins glibc's mmap threshold at ``mmap_threshold``
+    (``None``: only when idle), at most once every ``busy_trim_interval`` seconds while
+    the trims pay, and pins glibc's mmap threshold at ``mmap_threshold``
     when given (large buffers then get mappings of their own, returned on free);
     otherwise it holds the C heap (``GovernorConfig.hold_heap``) unless ``hold_heap``
     is False. Its trims give back pymalloc's empty pools unless ``release_pymalloc``
@@ -257,6 +259,8 @@ def make_app(
         governor_config = (
             arenapool.GovernorConfig(
                 busy_trim_threshold=busy_trim,
+                busy_trim_interval=busy_trim_interval,
+                busy_trim_max_interval=max(32.0, busy_trim_interval),
                 mmap_threshold=mmap_threshold,
                 hold_heap=hold_heap,
                 release_pymalloc=release_pymalloc,
@@ -351,6 +355,12 @@ def main(argv: list[str] | None = None) -> None:
         "(8MiB; 'none': only when idle)",
     )
     parser.add_argument(
+        "--busy-trim-interval",
+        type=float,
+        default=1.0,
+        help="arenapool modes: least seconds between two busy trims while they pay (1.0)",
+    )
+    parser.add_argument(
         "--mmap-threshold",
         default=None,
         help="arenapool modes: pin glibc's mmap threshold at this size (default: leave it)",
@@ -388,6 +398,7 @@ def main(argv: list[str] | None = None) -> None:
         admin_token=args.admin_token,
         trim_interval=args.trim_interval,
         busy_trim=None if args.busy_trim.lower() == "none" else args.busy_trim,
+        busy_trim_interval=args.busy_trim_interval,
         mmap_threshold=args.mmap_threshold,
         hold_heap=not args.glibc_heap,
         release_pymalloc=not args.keep_pymalloc_pools,
