@@ -203,6 +203,13 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--retain", "0", "--no-calibrate"),
         ),
         Mode(
+            "arenapool-fine",
+            "arenapool",
+            "arenapool with 4 size classes per doubling from 64 KiB to 1 MiB, as elsewhere "
+            "(SlabPool mid_classes=4; the default is 1)",
+            args=("--mid-classes", "4"),
+        ),
+        Mode(
             "arenapool-keep-pools",
             "arenapool",
             "arenapool, the governor's trims leaving pymalloc's empty pools resident "

@@ -81,6 +81,27 @@ async def test_the_lean_pool_options_reach_the_pool(aiohttp_client: ClientFactor
     assert (0, False) == (pool["retain"], pool["calibrate"])
 
 
+@pytest.mark.parametrize(("mid_classes", "block"), [(1, 1024 * 1024), (4, 640 * 1024)])
+async def test_the_mid_classes_reach_the_pool(
+    aiohttp_client: ClientFactory, mid_classes: int, block: int
+) -> None:
+    """``mid_classes`` (``--mid-classes``, the ``arenapool-fine`` mode's 4) sets the
+    pool's spacing above 64 KiB: a 600 kB body lands in a 1 MiB block by default, in a
+    640 KiB one with 4 classes per doubling; the answers stay the same."""
+    client = await aiohttp_client(
+        example.make_app("arenapool", mid_classes=mid_classes, admin_token="t")
+    )
+    body = make_body(600_000, random.Random(7))
+    response = await client.post("/ingest", data=body.data)
+    answer = await response.json()
+    stats = await client.get("/_arenapool/stats", headers={"Authorization": "Bearer t"})
+    (pool,) = [p for p in (await stats.json())["slab_pools"] if p["name"] == "ingest"]
+    used = [c["size"] for c in pool["classes"] if c["size"] > 64 * 1024 and c["idle_blocks"]]
+
+    assert (200, body.expected()) == (response.status, answer)
+    assert (mid_classes, [block]) == (pool["mid_classes"], used)
+
+
 async def test_the_busy_trim_interval_reaches_the_governor(aiohttp_client: ClientFactory) -> None:
     """``busy_trim_interval`` (``--busy-trim-interval``) becomes the governor's least
     time between two trims under load, which its stats say; the answers stay the same."""

@@ -66,6 +66,72 @@ def test_size_classes_stop_at_max_class() -> None:
 
 
 @pytest.mark.parametrize(
+    ("mid", "expected"),
+    [
+        (1, [64, 128, 256, 512, 1024]),
+        (2, [64, 96, 128, 192, 256, 384, 512, 768, 1024]),
+        (4, [64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 896, 1024]),
+    ],
+)
+def test_middle_classes_per_doubling_from_64_kib_to_1_mib(mid: int, expected: list[int]) -> None:
+    """From 64 KiB to 1 MiB classes run ``mid`` per doubling; below and above, 4."""
+    classes = size_classes(4 * MiB, mid)
+    above = [1280, 1536, 1792, 2048, 2560, 3072, 3584, 4096]
+
+    assert (size_classes(64 * KiB), expected, above) == (
+        classes[:17],
+        [size // KiB for size in classes[16 : 16 + len(expected)]],
+        [size // KiB for size in classes[16 + len(expected) :]],
+    )
+
+
+def test_middle_classes_must_be_one_two_or_four() -> None:
+    """Another spacing is refused with a clear error, by the table and by the pool."""
+    with pytest.raises(ValueError, match="1, 2 or 4"):
+        size_classes(MiB, 3)
+    with pytest.raises(InvalidSize, match="mid_classes must be 1, 2 or 4"):
+        SlabPool("1MiB", mid_classes=3)
+
+
+@pytest.mark.parametrize(
+    ("mid_classes", "nbytes", "expected"),
+    [
+        (1, 64 * KiB + 1, 128 * KiB),
+        (1, 600 * KiB, MiB),
+        (2, 600 * KiB, 768 * KiB),
+        (4, 600 * KiB, 640 * KiB),
+        (1, MiB + 1, 1280 * KiB),
+    ],
+)
+def test_a_body_gets_the_class_above_it(
+    make_pool: Callable[..., SlabPool], mid_classes: int, nbytes: int, expected: int
+) -> None:
+    """A lend gets the smallest class that holds it, coarse or fine, and is charged
+    that block to the budget."""
+    pool = make_pool("4MiB", mid_classes=mid_classes)
+    block = pool.lend(nbytes)
+
+    assert (expected, expected, mid_classes) == (
+        block.size,
+        pool.lent_bytes,
+        pool.stats()["mid_classes"],
+    )
+    pool.give_back([block])
+
+
+def test_a_max_class_between_classes_is_the_class_below_it(
+    make_pool: Callable[..., SlabPool],
+) -> None:
+    """A max_class that is not a class is rounded down to one: a request between the
+    two gets a mapping of its own instead of failing to find a class."""
+    pool = make_pool("4MiB", max_class="900KiB")
+    block = pool.lend(600 * KiB + 1)
+
+    assert (512 * KiB, 600 * KiB + 4096) == (pool.max_class, block.size)
+    pool.give_back([block])
+
+
+@pytest.mark.parametrize(
     ("nbytes", "expected"),
     [(1, 4096), (4096, 4096), (4097, 5120), (9000, 10240), (64 * KiB, 64 * KiB)],
 )
@@ -648,6 +714,7 @@ def test_stats_is_json_with_documented_keys(make_pool: Callable[..., SlabPool]) 
         "backing",
         "budget",
         "max_class",
+        "mid_classes",
         "decay",
         "scrub",
         "lent_bytes",

@@ -199,6 +199,7 @@ def make_app(
     decay: float = 10.0,
     retain: str | None = "8MiB",  # the SlabPool default
     calibrate: bool = True,  # the SlabPool default
+    mid_classes: int = 1,  # the SlabPool default
     governor: bool = True,
     admin_token: str | None = None,
     trim_interval: float = 0.0,
@@ -213,8 +214,9 @@ def make_app(
 
     ``limit`` caps one request body in every mode (aiohttp's ``client_max_size`` for
     ``plain``/``orjson``, the arena limit for arenapool); ``budget`` and ``decay`` size
-    arenapool's ``SlabPool``, as do ``retain`` and ``calibrate`` (the warm reserves
-    recalibrated from the traffic); ``governor`` runs arenapool's memory governor (it gives
+    arenapool's ``SlabPool``, as do ``retain``, ``calibrate`` (the warm reserves
+    recalibrated from the traffic) and ``mid_classes`` (size classes per doubling
+    from 64 KiB to 1 MiB); ``governor`` runs arenapool's memory governor (it gives
     freed C heap back to the OS when the server goes idle); ``admin_token`` turns on
     arenapool's admin routes (``/_arenapool/stats`` and the dashboard);
     ``trim_interval`` > 0 runs the ``malloc_trim(0)`` loop (:func:`add_trim_loop`).
@@ -254,6 +256,7 @@ def make_app(
             decay=decay,
             retain=retain,
             calibrate=calibrate,
+            mid_classes=mid_classes,
             name="ingest",
         )
         governor_config = (
@@ -332,6 +335,14 @@ def main(argv: list[str] | None = None) -> None:
         "recalibrating them from the traffic (SlabPool calibrate=False)",
     )
     parser.add_argument(
+        "--mid-classes",
+        type=int,
+        choices=(1, 2, 4),
+        default=1,
+        help="arenapool modes: size classes per doubling from 64 KiB to 1 MiB (1, the "
+        "SlabPool default; 4: as fine as elsewhere)",
+    )
+    parser.add_argument(
         "--no-governor",
         dest="governor",
         action="store_false",
@@ -394,6 +405,7 @@ def main(argv: list[str] | None = None) -> None:
         decay=args.decay,
         retain=None if args.retain.lower() == "none" else args.retain,
         calibrate=args.calibrate,
+        mid_classes=args.mid_classes,
         governor=args.governor,
         admin_token=args.admin_token,
         trim_interval=args.trim_interval,
