@@ -2,7 +2,7 @@
 
 Classes run 4 per doubling (jemalloc and Netty space them the same way, so a block
 wastes at most a fifth of itself), except from 64 KiB to 1 MiB (:data:`MID_FROM`,
-:data:`MID_TO`), where they run ``mid`` per doubling: 1 by default, so 64 KiB, 128 KiB,
+:data:`MID_TO`), where they run ``mid_classes`` per doubling: 1 by default, so 64 KiB, 128 KiB,
 256 KiB, 512 KiB, 1 MiB. Small classes share a slab of about ``SLAB_TARGET`` bytes; from
 256 KiB up a slab holds one block. A request above ``max_class`` gets a *huge* mapping
 of its own, page-rounded. With the default ``max_class`` of 16 MiB::
@@ -52,6 +52,8 @@ import bisect
 import mmap
 from typing import Final
 
+from ._errors import InvalidSize
+
 __all__ = [
     "MID_FROM",
     "MID_TO",
@@ -68,7 +70,7 @@ PAGE: Final = mmap.PAGESIZE
 MIN_CLASS: Final = 4096
 #: Slabs of small classes hold several blocks; a slab aims at this many bytes.
 SLAB_TARGET: Final = 256 * 1024
-#: Classes above this size and up to :data:`MID_TO` run ``mid`` per doubling.
+#: Classes from this size up to :data:`MID_TO` run ``mid_classes`` per doubling.
 MID_FROM: Final = 64 * 1024
 #: The last class of the middle range; classes above it run 4 per doubling again.
 MID_TO: Final = 1024 * 1024
@@ -76,13 +78,14 @@ MID_TO: Final = 1024 * 1024
 _QUARTERS: Final = {1: (4,), 2: (4, 6), 4: (4, 5, 6, 7)}
 
 
-def size_classes(max_class: int, mid: int = 1) -> list[int]:
+def size_classes(max_class: int, mid_classes: int = 1) -> list[int]:
     """The block sizes a pool with this ``max_class`` uses: 4 per doubling from 4 KiB,
-    ``mid`` per doubling (1, 2 or 4) above :data:`MID_FROM` up to :data:`MID_TO`."""
-    mid_quarters = _QUARTERS.get(mid)
+    ``mid_classes`` per doubling (1, 2 or 4) from :data:`MID_FROM` to :data:`MID_TO`;
+    :class:`InvalidSize` (a ``ValueError``) for another spacing."""
+    mid_quarters = _QUARTERS.get(mid_classes)
     if mid_quarters is None:
-        msg = f"middle classes per doubling must be 1, 2 or 4, got {mid!r}"
-        raise ValueError(msg)
+        msg = f"mid_classes must be 1, 2 or 4 per doubling, got {mid_classes!r}"
+        raise InvalidSize(msg, value=mid_classes)
     classes: list[int] = []
     base = MIN_CLASS
     while base <= max_class:

@@ -153,9 +153,6 @@ class SlabPool:
         if self.max_class < MIN_CLASS:
             msg = f"max_class must be at least 4 KiB, got {max_class!r}"
             raise InvalidSize(msg, value=max_class)
-        if mid_classes not in (1, 2, 4):
-            msg = f"mid_classes must be 1, 2 or 4 per doubling, got {mid_classes!r}"
-            raise InvalidSize(msg, value=mid_classes)
         if backing not in ("mmap", "bytearray"):
             msg = f"backing must be 'mmap' or 'bytearray', got {backing!r}"
             raise InvalidSize(msg, value=backing)
@@ -175,8 +172,8 @@ class SlabPool:
         self.retry_after = retry_after
         self.max_waiters = max_waiters
         self.name = name or f"pool-{id(self):x}"
+        self._sizes = size_classes(self.max_class, mid_classes)  # checks mid_classes
         self.mid_classes = mid_classes
-        self._sizes = size_classes(self.max_class, mid_classes)
         # a max_class between two classes is the class below it: a request above that
         # gets a mapping of its own (a class would have to be found above max_class)
         self.max_class = self._sizes[-1]

@@ -10,7 +10,7 @@ import pytest
 from _example import load_example
 from aiohttp.test_utils import TestClient
 
-from harness.workload import make_body
+from harness.workload import Body, make_body
 
 example = load_example()
 
@@ -64,6 +64,17 @@ async def test_trim_loop_and_governor_options_keep_the_answers(
         assert (200, body.expected()) == (response.status, await response.json())
 
 
+async def ingest_and_stats(
+    client: TestClient[Any, Any], body: Body
+) -> tuple[int, Any, dict[str, Any]]:
+    """POST ``body`` to ``/ingest``, then read ``/_arenapool/stats`` (token ``t``): the
+    status, the answer and the stats."""
+    response = await client.post("/ingest", data=body.data)
+    answer = await response.json()
+    stats = await client.get("/_arenapool/stats", headers={"Authorization": "Bearer t"})
+    return response.status, answer, await stats.json()
+
+
 async def test_the_lean_pool_options_reach_the_pool(aiohttp_client: ClientFactory) -> None:
     """``retain="0"`` and ``calibrate=False`` (the ``arenapool-lean`` mode's ``--retain 0
     --no-calibrate``) make the service's pool the leanest one, which its stats say, and
@@ -72,12 +83,10 @@ async def test_the_lean_pool_options_reach_the_pool(aiohttp_client: ClientFactor
         example.make_app("arenapool", retain="0", calibrate=False, admin_token="t")
     )
     body = make_body(600_000, random.Random(7))
-    response = await client.post("/ingest", data=body.data)
-    answer = await response.json()
-    stats = await client.get("/_arenapool/stats", headers={"Authorization": "Bearer t"})
-    (pool,) = [p for p in (await stats.json())["slab_pools"] if p["name"] == "ingest"]
+    status, answer, stats = await ingest_and_stats(client, body)
+    (pool,) = [p for p in stats["slab_pools"] if p["name"] == "ingest"]
 
-    assert (200, body.expected()) == (response.status, answer)
+    assert (200, body.expected()) == (status, answer)
     assert (0, False) == (pool["retain"], pool["calibrate"])
 
 
@@ -92,13 +101,11 @@ async def test_the_mid_classes_reach_the_pool(
         example.make_app("arenapool", mid_classes=mid_classes, admin_token="t")
     )
     body = make_body(600_000, random.Random(7))
-    response = await client.post("/ingest", data=body.data)
-    answer = await response.json()
-    stats = await client.get("/_arenapool/stats", headers={"Authorization": "Bearer t"})
-    (pool,) = [p for p in (await stats.json())["slab_pools"] if p["name"] == "ingest"]
+    status, answer, stats = await ingest_and_stats(client, body)
+    (pool,) = [p for p in stats["slab_pools"] if p["name"] == "ingest"]
     used = [c["size"] for c in pool["classes"] if c["size"] > 64 * 1024 and c["idle_blocks"]]
 
-    assert (200, body.expected()) == (response.status, answer)
+    assert (200, body.expected()) == (status, answer)
     assert (mid_classes, [block]) == (pool["mid_classes"], used)
 
 
@@ -109,10 +116,8 @@ async def test_the_busy_trim_interval_reaches_the_governor(aiohttp_client: Clien
         example.make_app("arenapool", busy_trim_interval=4.0, admin_token="t")
     )
     body = make_body(50_000, random.Random(9))
-    response = await client.post("/ingest", data=body.data)
-    answer = await response.json()
-    stats = await client.get("/_arenapool/stats", headers={"Authorization": "Bearer t"})
-    busy = (await stats.json())["governor"]["busy_trim"]
+    status, answer, stats = await ingest_and_stats(client, body)
+    busy = stats["governor"]["busy_trim"]
 
-    assert (200, body.expected()) == (response.status, answer)
+    assert (200, body.expected()) == (status, answer)
     assert 4.0 == busy["interval"]
