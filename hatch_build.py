@@ -103,6 +103,8 @@ def compile_twins(root: Path) -> list[Path]:
         # plain C, not a twin: what it does has no pure-Python equivalent that could run
         # safely (arenapool/_pymalloc.py says why)
         extensions.append(Extension("arenapool._pymalloc_c", ["arenapool/_pymalloc_c.c"]))
+        # plain C too: an arena allocator runs inside pymalloc, where no Python may run
+        extensions.append(Extension("arenapool._arenacache_c", ["arenapool/_arenacache_c.c"]))
     if not extensions:
         return []
     here = Path.cwd()

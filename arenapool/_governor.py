@@ -59,6 +59,7 @@ import asyncio
 import contextlib
 import logging
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -66,6 +67,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from . import _registry
+from ._arenacache import MAX_LIMIT as ARENA_CACHE_MAX
+from ._arenacache import install as install_arena_cache
+from ._arenacache import release as release_arenas
+from ._arenacache import stats as arena_cache_stats
+from ._arenacache import status as arena_cache_status
 from ._container import Cgroup, ContainerMemory, find_cgroup
 from ._errors import InvalidSize
 from ._memory import (
@@ -103,8 +109,10 @@ DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup"
 class TrimResult(TypedDict):
     """What a trim did: RSS before and after (``freed`` is the drop the OS saw), its
     wall time, whether ``malloc_trim`` returned memory, the bytes each pool says it
-    returned, and the bytes of pymalloc's empty pools given back (``pymalloc``; 0 when
-    not asked for or not possible here, see :func:`arenapool.memory.release_pymalloc`).
+    returned, the bytes of pymalloc's empty pools given back (``pymalloc``; 0 when
+    not asked for or not possible here, see :func:`arenapool.memory.release_pymalloc`),
+    and the bytes of cached pymalloc arenas given back (``arenas``, see
+    :func:`arenapool.memory.release_pymalloc_arenas`).
     """
 
     rss_before: int
@@ -114,6 +122,7 @@ class TrimResult(TypedDict):
     malloc_trim: bool
     pools: dict[str, int]
     pymalloc: int
+    arenas: int
 
 
 @dataclass(frozen=True)
@@ -187,6 +196,18 @@ class GovernorConfig:
     pressure, on demand). CPython 3.11 with its symbol table and the compiled build;
     elsewhere a no-op, and :meth:`Governor.stats`'s ``pymalloc_release`` says why (see
     :func:`arenapool.memory.release_pymalloc`)."""
+    arena_cache: int | str | None = "32MiB"
+    """Keep up to this many bytes of the arenas pymalloc frees, for it to take again
+    (``None``: no cache). pymalloc unmaps an arena when its last object dies, so a
+    request that decodes a large document maps, faults in and unmaps megabytes of small
+    objects' arenas every time; cached, the next one reuses them warm. The governor
+    gives back cached arenas idle longer than ``arena_cache_decay`` as it runs, and all
+    of them when the server goes idle or a trim is not a busy one. Process-wide; needs
+    the compiled build (:meth:`Governor.stats`'s ``arena_cache`` says why when it is
+    off; see :func:`arenapool.memory.cache_pymalloc_arenas`)."""
+    arena_cache_decay: float = 10.0
+    """Seconds a cached pymalloc arena may stay unused under load before it is given
+    back."""
     mmap_threshold: int | str | None = None
     """Pin glibc's mmap threshold here when the governor starts (``None``: leave it).
 
@@ -198,7 +219,7 @@ class GovernorConfig:
     """
 
     def __post_init__(self) -> None:
-        for name in ("interval", "idle_after", "trim_cooldown", "retry_after"):
+        for name in ("interval", "idle_after", "trim_cooldown", "retry_after", "arena_cache_decay"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or value < 0:
                 msg = f"{name} must be zero or more seconds, got {value!r}"
@@ -222,6 +243,11 @@ class GovernorConfig:
                 f"{self.busy_trim_interval!r} and {self.busy_trim_max_interval!r}"
             )
             raise InvalidSize(msg, value=(self.busy_trim_interval, self.busy_trim_max_interval))
+        if self.arena_cache is not None:
+            cache = parse_size(self.arena_cache, name="arena_cache", allow_zero=True)
+            if cache > ARENA_CACHE_MAX:
+                msg = f"arena_cache must be at most 4 GiB, got {self.arena_cache!r}"
+                raise InvalidSize(msg, value=self.arena_cache)
         if self.mmap_threshold is not None:
             threshold = parse_size(self.mmap_threshold, name="mmap_threshold", allow_zero=True)
             if threshold > MAX_MMAP_THRESHOLD:
@@ -277,10 +303,10 @@ def _resolve_pools(source: PoolsSource) -> list[SlabPool]:
 
 
 def _trim_blocking(
-    pools: list[SlabPool], busy: bool, pymalloc: bool
-) -> tuple[dict[str, int], bool, int]:
-    """Return idle slab memory, free C heap and (with ``pymalloc``) pymalloc's empty
-    pools to the OS; runs in a worker thread."""
+    pools: list[SlabPool], busy: bool, pymalloc: bool, arena_decay: float
+) -> tuple[dict[str, int], bool, int, int]:
+    """Return idle slab memory, cached pymalloc arenas, free C heap and (with
+    ``pymalloc``) pymalloc's empty pools to the OS; runs in a worker thread."""
     if busy:  # only what the pool's own decay would return: its hot blocks stay hot
         returned = {
             pool.name: 0 if pool.decay is None else pool.trim(older_than=pool.decay)
@@ -288,30 +314,37 @@ def _trim_blocking(
         }
     else:
         returned = {pool.name: pool.trim() for pool in pools}
+    # busy: only the arenas its decay would give back (the warm ones serve the traffic)
+    arenas = release_arenas(older_than=arena_decay if busy else 0.0)
     trimmed = malloc_trim(0)
     released = release_free_pools() if pymalloc else None
-    return returned, trimmed, 0 if released is None else released.bytes
+    return returned, trimmed, 0 if released is None else released.bytes, arenas
 
 
 async def trim_now(
-    pools: PoolsSource = None, *, busy: bool = False, pymalloc: bool = True
+    pools: PoolsSource = None,
+    *,
+    busy: bool = False,
+    pymalloc: bool = True,
+    arena_decay: float = 10.0,
 ) -> TrimResult:
-    """Trim now, off the event loop: every pool's idle memory, then ``malloc_trim(0)``,
+    """Trim now, off the event loop: every pool's idle memory, the cached pymalloc
+    arenas (:func:`arenapool.memory.cache_pymalloc_arenas`), then ``malloc_trim(0)``,
     then (with ``pymalloc``, where this process can) the pages of pymalloc's empty pools.
 
     With ``busy`` (requests are being served), a pool gives back only blocks idle for
     longer than its ``decay``, as its maintenance thread would: the blocks its traffic
     reuses stay committed (decommitting them under load only makes the next requests
-    fault their pages back in). Returns ``{"rss_before", "rss_after", "freed",
-    "seconds", "malloc_trim", "pools"}`` where ``freed`` is the RSS drop (what the OS
-    saw) and ``pools`` the bytes each pool says it returned.
+    fault their pages back in); likewise only cached arenas unused for ``arena_decay``
+    seconds. Returns a :class:`TrimResult`, where ``freed`` is the RSS drop (what the
+    OS saw) and ``pools`` the bytes each pool says it returned.
     """
     targets = _resolve_pools(pools)
     loop = asyncio.get_running_loop()
     before = current_rss()
     started = time.perf_counter()
-    returned, trimmed, released = await loop.run_in_executor(
-        None, _trim_blocking, targets, busy, pymalloc
+    returned, trimmed, released, arenas = await loop.run_in_executor(
+        None, _trim_blocking, targets, busy, pymalloc, arena_decay
     )
     seconds = time.perf_counter() - started
     after = current_rss()
@@ -323,6 +356,7 @@ async def trim_now(
         "malloc_trim": trimmed,
         "pools": returned,
         "pymalloc": released,
+        "arenas": arenas,
     }
 
 
@@ -410,6 +444,9 @@ class Governor:
         if self.config.release_pymalloc:
             found = pymalloc_status()
             self._pymalloc_release = "on" if found.available else str(found.reason)
+        # "on" once start() installed the arena cache, else why not ("off": not asked for)
+        self._arena_cache = "off"
+        self._arena_released_bytes = 0
         self._shed_count = 0
         self._shed_episodes = 0
         self._actions: deque[dict[str, Any]] = deque(maxlen=self.config.history)
@@ -495,6 +532,13 @@ class Governor:
             and not self._heap_held
         ):
             self._heap_held = hold_heap()
+        if config.arena_cache is not None and self._arena_cache != "on":
+            limit = parse_size(config.arena_cache, name="arena_cache", allow_zero=True)
+            if install_arena_cache(limit):
+                self._arena_cache = "on"
+                _ARENA_CACHE_USERS.add(self)
+            else:
+                self._arena_cache = arena_cache_status() or "off"
         log.info(
             "governor started: interval %.2fs, soft %s, hard %s (%s)",
             config.interval,
@@ -506,6 +550,13 @@ class Governor:
     async def stop(self) -> None:
         """Stop the background task and wait for it (idempotent)."""
         task, self._task = self._task, None
+        if self._arena_cache == "on":
+            # nobody gives cached arenas back once the last governor using the cache
+            # stops: it becomes a pass-through, and what it holds goes back now
+            self._arena_cache = "off"
+            _ARENA_CACHE_USERS.discard(self)
+            if not _ARENA_CACHE_USERS:
+                install_arena_cache(0)
         if task is None:
             return
         task.cancel()
@@ -628,6 +679,13 @@ class Governor:
             # soaks: the same median RSS, 3-15% more page faults per request, 1-2.5% fewer
             # requests); the idle release below gives them back once the load stops.
             await self.trim(reason="busy" if in_flight else "idle", pymalloc=False)
+        if self._arena_cache == "on":
+            # cached arenas unused for arena_cache_decay go back as the server runs, all
+            # of them once it is idle (a C call that returns at once when none is due;
+            # a few unmaps when some are)
+            idle = in_flight == 0 and now - self._last_activity >= config.idle_after
+            older = 0.0 if idle else config.arena_cache_decay
+            self._arena_released_bytes += release_arenas(older_than=older)
         if (
             self._pymalloc_release == "on"
             and in_flight == 0
@@ -686,7 +744,12 @@ class Governor:
             busy = reason == "busy"
             if pymalloc is None:
                 pymalloc = self.config.release_pymalloc and not busy
-            result = await trim_now(self._pools, busy=busy, pymalloc=pymalloc)
+            result = await trim_now(
+                self._pools,
+                busy=busy,
+                pymalloc=pymalloc,
+                arena_decay=self.config.arena_cache_decay,
+            )
             self._last_trim = time.monotonic()
             if self._busy is not None:
                 self._busy.record(self._last_trim, result["freed"], result["seconds"])
@@ -702,6 +765,7 @@ class Governor:
             self._trim_seconds += result["seconds"]
             self._pool_returned_bytes += sum(result["pools"].values())
             self._pymalloc_released_bytes += result["pymalloc"]
+            self._arena_released_bytes += result["arenas"]
             if pymalloc and self._pymalloc_release == "on":
                 # released since the last activity: this idle spell's release is done
                 self._pymalloc_idle_since = self._last_activity
@@ -764,6 +828,11 @@ class Governor:
             "pool_returned_bytes": self._pool_returned_bytes,
             "pymalloc_released_bytes": self._pymalloc_released_bytes,
             "pymalloc_release": self._pymalloc_release,
+            "arena_cache": {
+                "state": self._arena_cache,
+                "released_bytes": self._arena_released_bytes,
+                **arena_cache_stats().to_dict(),
+            },
             "shed_count": self._shed_count,
             "shed_episodes": self._shed_episodes,
             "watch": self.watch,
@@ -792,6 +861,10 @@ class Governor:
 def _fmt(nbytes: int | None) -> str:
     return "-" if nbytes is None else format_size(nbytes)
 
+
+#: The running governors that asked for the arena cache (GovernorConfig.arena_cache):
+#: the cache is process-wide, and when the last of them stops it stops caching.
+_ARENA_CACHE_USERS: weakref.WeakSet[Governor] = weakref.WeakSet()
 
 #: What adapters accept for a governor: none (``None``/``False``), the default one
 #: (``True``), one built from a config, or a running :class:`Governor`.

@@ -200,6 +200,10 @@ def malloc_trim(pad: int = 0) -> bool:
 _M_MMAP_THRESHOLD: Final = -3
 #: glibc refuses thresholds above HEAP_MAX_SIZE / 2 (32 MiB on 64-bit)
 MAX_MMAP_THRESHOLD: Final = 32 * 1024 * 1024
+#: glibc's mallopt() parameter number for the most mappings malloc makes (malloc.h)
+_M_MMAP_MAX: Final = -4
+#: glibc's default for it (DEFAULT_MMAP_MAX in malloc.c)
+DEFAULT_MMAP_MAX: Final = 65536
 
 
 def set_mmap_threshold(nbytes: int) -> bool:
@@ -212,7 +216,9 @@ def set_mmap_threshold(nbytes: int) -> bool:
     buffer, a long list) comes from the main heap, where free space stays resident
     until ``malloc_trim``. Setting the threshold explicitly (as ``mallopt`` and the
     ``MALLOC_MMAP_THRESHOLD_`` environment variable do) turns the raising off and
-    fixes the trim threshold too. Process-wide; a no-op returning False off glibc.
+    fixes the trim threshold too. It also lets malloc map again if :func:`hold_heap`
+    had stopped it (glibc's default of 65,536 mappings). Process-wide; a no-op
+    returning False off glibc.
     """
     fn = _libc().mallopt
     if fn is None:
@@ -220,7 +226,7 @@ def set_mmap_threshold(nbytes: int) -> bool:
     if not 0 <= nbytes <= MAX_MMAP_THRESHOLD:
         msg = f"mmap threshold must be 0 to 32 MiB, got {nbytes!r}"
         raise ValueError(msg)
-    return bool(fn(_M_MMAP_THRESHOLD, nbytes))
+    return bool(fn(_M_MMAP_THRESHOLD, nbytes)) and bool(fn(_M_MMAP_MAX, DEFAULT_MMAP_MAX))
 
 
 #: glibc's mallopt() parameter number for the trim threshold (malloc.h)
@@ -234,7 +240,12 @@ def hold_heap() -> bool:
     """Keep ``free()`` from giving the C heap back to the OS; True if glibc took it.
 
     Pins glibc's thresholds where its dynamic ones end up at most: the mmap threshold
-    at 32 MiB and the trim threshold at 64 MiB. Left dynamic, they move with the
+    at 32 MiB and the trim threshold at 64 MiB; and stops malloc from mapping blocks of
+    their own at all (``M_MMAP_MAX`` 0), so a buffer above 32 MiB comes from the heap
+    too: orjson's work buffer for a document over about 2.7 MiB is that large (12 times
+    the document, of which it touches a fraction), and mapped afresh on every request
+    it faulted in about 2,000 pages for a 4 MiB body. Left dynamic, the thresholds move
+    with the
     traffic: a buffer just above the mmap threshold gets a fresh mapping that faults
     in page by page, and a free that leaves more than the trim threshold free at the
     top of the heap shrinks it, so the next request grows it again and faults its
@@ -243,14 +254,18 @@ def hold_heap() -> bool:
     (``orjson.loads`` of such a document allocates about 12 MiB more than the result
     it returns: tracemalloc's peak during the call). Held, large buffers come
     from the heap, warm, and free memory goes back only through ``malloc_trim``: the
-    governor's trims, off the request path. Process-wide; a no-op returning False off
-    glibc.
+    governor's trims, off the request path (``malloc_trim`` gives back free pages
+    anywhere in the heap, not only at its top). Where the heap cannot grow, glibc
+    still maps (its fallback for a failed ``brk``, and for threads' arenas a block
+    larger than their 64 MiB heaps). Process-wide; a no-op returning False off glibc.
     """
     fn = _libc().mallopt
     if fn is None:
         return False
-    return set_mmap_threshold(MAX_MMAP_THRESHOLD) and bool(
-        fn(_M_TRIM_THRESHOLD, HOLD_TRIM_THRESHOLD)
+    return (
+        set_mmap_threshold(MAX_MMAP_THRESHOLD)
+        and bool(fn(_M_TRIM_THRESHOLD, HOLD_TRIM_THRESHOLD))
+        and bool(fn(_M_MMAP_MAX, 0))
     )
 
 

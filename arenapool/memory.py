@@ -9,12 +9,21 @@
 - :func:`malloc_trim` gives glibc's free heap back; :func:`release_pymalloc` the pages
   of pymalloc's empty pools, which CPython itself never gives back while their arena
   holds one live object (:func:`pymalloc_status` says whether this process can).
+- :func:`cache_pymalloc_arenas` keeps the arenas pymalloc frees for it to take again
+  (a large decode then does not fault its small objects' pages in afresh on every
+  request); :func:`release_pymalloc_arenas` gives the cached ones back and
+  :func:`pymalloc_arena_cache` reads the cache. The governor does all three for you
+  (``GovernorConfig.arena_cache``).
 
 See ``arenapool._memory`` for what each figure of a reading means.
 """
 
 from __future__ import annotations
 
+from ._arenacache import ArenaCacheStats
+from ._arenacache import install as cache_pymalloc_arenas
+from ._arenacache import release as release_pymalloc_arenas
+from ._arenacache import stats as pymalloc_arena_cache
 from ._breakdown import PARTS, Breakdown, read_breakdown, read_buckets
 from ._census import Census
 from ._history import History
@@ -39,6 +48,7 @@ from ._verdict import Verdict, classify
 
 __all__ = [
     "PARTS",
+    "ArenaCacheStats",
     "Breakdown",
     "Census",
     "HeapInfo",
@@ -49,6 +59,7 @@ __all__ = [
     "PymallocStatus",
     "Tracer",
     "Verdict",
+    "cache_pymalloc_arenas",
     "cgroup_memory_limit",
     "classify",
     "current_rss",
@@ -56,10 +67,12 @@ __all__ = [
     "hold_heap",
     "malloc_trim",
     "malloc_trim_available",
+    "pymalloc_arena_cache",
     "pymalloc_status",
     "read_breakdown",
     "read_buckets",
     "release_pymalloc",
+    "release_pymalloc_arenas",
     "set_mmap_threshold",
     "snapshot",
 ]

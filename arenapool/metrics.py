@@ -249,6 +249,25 @@ class ArenapoolCollector(Collector):
             ("shed_episodes_total", "shed_episodes", "Times the hard watermark was crossed."),
         ):
             yield CounterMetricFamily(f"arenapool_governor_{name}", doc, value=g[key])
+        cache = g.get("arena_cache")
+        if cache is not None:
+            yield GaugeMetricFamily(
+                "arenapool_governor_arena_cache_bytes",
+                "Bytes of pymalloc's freed arenas the governor's cache holds for reuse.",
+                value=_number(cache.get("cached_bytes")),
+            )
+            for name, key, doc in (
+                ("hits_total", "hits", "Arenas pymalloc took from the cache instead of mapping."),
+                ("misses_total", "misses", "Arenas pymalloc mapped with the cache empty."),
+                (
+                    "released_bytes_total",
+                    "released_bytes",
+                    "Bytes of cached arenas the governor gave back to the OS.",
+                ),
+            ):
+                yield CounterMetricFamily(
+                    f"arenapool_governor_arena_cache_{name}", doc, value=_number(cache.get(key))
+                )
         yield from _container_metrics(g.get("container"))
 
     @staticmethod

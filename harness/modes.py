@@ -203,11 +203,26 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--retain", "0", "--no-calibrate"),
         ),
         Mode(
+            "arenapool-reserves",
+            "arenapool",
+            "arenapool, only the warm reserves calibrated from the traffic kept committed "
+            "when idle: no idle slab memory beyond them (SlabPool retain=0)",
+            args=("--retain", "0"),
+        ),
+        Mode(
             "arenapool-fine",
             "arenapool",
             "arenapool with 4 size classes per doubling from 64 KiB to 1 MiB, as elsewhere "
             "(SlabPool mid_classes=4; the default is 1)",
             args=("--mid-classes", "4"),
+        ),
+        Mode(
+            "arenapool-no-arena-cache",
+            "arenapool",
+            "arenapool without the governor's cache of pymalloc's freed arenas "
+            "(GovernorConfig(arena_cache=None)): pymalloc maps and unmaps them as it does "
+            "alone",
+            args=("--arena-cache", "none"),
         ),
         Mode(
             "arenapool-keep-pools",
@@ -244,9 +259,11 @@ def _modes(recycle_after: int) -> list[Mode]:
                 f"{service}+hold",
                 service,
                 f"{service} handler, glibc's heap held as arenapool's governor holds it "
-                "(MALLOC_MMAP_THRESHOLD_=32 MiB, MALLOC_TRIM_THRESHOLD_=64 MiB)",
+                "(MALLOC_MMAP_THRESHOLD_=32 MiB, MALLOC_TRIM_THRESHOLD_=64 MiB, "
+                "MALLOC_MMAP_MAX_=0)",
                 {
                     "MALLOC_MMAP_THRESHOLD_": str(MAX_MMAP_THRESHOLD),
+                    "MALLOC_MMAP_MAX_": "0",
                     "MALLOC_TRIM_THRESHOLD_": str(HOLD_TRIM_THRESHOLD),
                 },
             )

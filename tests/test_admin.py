@@ -188,6 +188,7 @@ async def test_trim_route_goes_through_the_governor(aiohttp_server: ServerFactor
         "malloc_trim",
         "pools",
         "pymalloc",
+        "arenas",
     } == set(result)
     assert 1 == governor.stats()["trims"]
     assert "admin" == governor.stats()["actions"][-1]["reason"]

@@ -60,6 +60,7 @@ LAYERS: dict[str, int] = {
     "arenapool._governor": 6,
     "arenapool._trimpolicy": 6,
     "arenapool._pymalloc": 6,
+    "arenapool._arenacache": 6,
     "arenapool._census": 6,
     "arenapool.memory": 6,
     # 7. adapters

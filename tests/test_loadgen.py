@@ -421,5 +421,6 @@ def test_the_held_heap_modes_pin_what_the_governor_pins() -> None:
     assert mode.env == {
         "MALLOC_MMAP_THRESHOLD_": str(_memory.MAX_MMAP_THRESHOLD),
         "MALLOC_TRIM_THRESHOLD_": str(_memory.HOLD_TRIM_THRESHOLD),
+        "MALLOC_MMAP_MAX_": "0",
     }
     assert baseline_of("msgspec+hold") == "msgspec"

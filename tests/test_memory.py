@@ -236,9 +236,10 @@ print(json.dumps({{"took": took, "grew": heap_info().mmapped - before}}))
 def test_a_held_heap_serves_large_buffers_warm_and_keeps_them_for_the_trim(
     run_python: RunPython, held: bool
 ) -> None:
-    """Held (hold_heap), a large buffer comes from the heap, not a fresh mapping, and
-    its memory stays in the heap when freed, until malloc_trim gives it back; left
-    dynamic, a fresh process maps it (glibc's first threshold is 128 KiB)."""
+    """Held (hold_heap), a large buffer comes from the heap, not a fresh mapping, even
+    one above glibc's largest mmap threshold (48 MiB: orjson's work buffer for a 4 MiB
+    document), and its memory stays in the heap when freed, until malloc_trim gives it
+    back; left dynamic, a fresh process maps it (glibc's first threshold is 128 KiB)."""
     out = run_python(
         f"""
 import json
@@ -247,8 +248,9 @@ MiB = 1024 * 1024
 took = hold_heap() if {held} else None
 before = heap_info()
 big = bytearray(8 * MiB)
+huge = bytearray(48 * MiB)
 during = heap_info()
-del big
+del big, huge
 after = heap_info()
 resident = current_rss()
 malloc_trim(0)
@@ -263,11 +265,34 @@ print(json.dumps({{
     )
     if held:
         assert out["took"] is True
-        assert 0 == out["mapped"], "held: the 8 MiB buffer came from the heap"
-        assert out["kept"] >= 7 * 1024 * 1024, "held: free() kept its memory in the heap"
-        assert out["returned"] >= 7 * 1024 * 1024, "malloc_trim gave it back (RSS)"
+        assert 0 == out["mapped"], "held: the 8 and 48 MiB buffers came from the heap"
+        assert out["kept"] >= 55 * 1024 * 1024, "held: free() kept their memory in the heap"
+        assert out["returned"] >= 55 * 1024 * 1024, "malloc_trim gave it back (RSS)"
     else:
-        assert out["mapped"] >= 8 * 1024 * 1024, "dynamic: the first large buffer is mapped"
+        assert out["mapped"] >= 56 * 1024 * 1024, "dynamic: large buffers are mapped"
+
+
+def test_an_mmap_threshold_set_after_a_held_heap_maps_again(run_python: RunPython) -> None:
+    """hold_heap stops malloc from mapping; set_mmap_threshold (the governor's opt-in
+    pin) lets it map again above the threshold it sets."""
+    out = run_python(
+        """
+import json
+from arenapool.memory import heap_info, hold_heap, set_mmap_threshold
+MiB = 1024 * 1024
+held = hold_heap()
+before = heap_info().mmapped
+a = bytearray(4 * MiB)
+held_mapped = heap_info().mmapped - before
+pinned = set_mmap_threshold(1 * MiB)
+b = bytearray(4 * MiB)
+pinned_mapped = heap_info().mmapped - before - held_mapped
+print(json.dumps({"held": held, "pinned": pinned, "a": held_mapped, "b": pinned_mapped}))
+"""
+    )
+    assert (True, True) == (out["held"], out["pinned"])
+    assert 0 == out["a"], "held: from the heap"
+    assert out["b"] >= 4 * 1024 * 1024, "pinned at 1 MiB: mapped"
 
 
 def test_set_mmap_threshold_rejects_sizes_glibc_cannot_take() -> None:

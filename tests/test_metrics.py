@@ -45,6 +45,9 @@ def test_every_family_is_prefixed_typed_and_documented(slab: SlabPool) -> None:
     assert "arenapool_governor_trimmed_bytes_total" in text
     assert "arenapool_governor_pymalloc_released_bytes_total" in text
     assert "arenapool_governor_trim_seconds_total" in text
+    assert "arenapool_governor_arena_cache_bytes" in text
+    assert "arenapool_governor_arena_cache_hits_total" in text
+    assert "arenapool_governor_arena_cache_released_bytes_total" in text
 
 
 def test_slab_classes_carry_a_size_class_label(slab: SlabPool) -> None:

@@ -208,6 +208,7 @@ def make_app(
     mmap_threshold: str | None = None,
     hold_heap: bool = True,
     release_pymalloc: bool = True,
+    arena_cache: str | None = "32MiB",
     noop_middleware: bool = False,
 ) -> web.Application:
     """The ingest service in ``mode`` (one of :data:`MODES`).
@@ -226,7 +227,8 @@ def make_app(
     when given (large buffers then get mappings of their own, returned on free);
     otherwise it holds the C heap (``GovernorConfig.hold_heap``) unless ``hold_heap``
     is False. Its trims give back pymalloc's empty pools unless ``release_pymalloc``
-    is False (``GovernorConfig.release_pymalloc``).
+    is False (``GovernorConfig.release_pymalloc``). It caches up to ``arena_cache`` of
+    the arenas pymalloc frees (``GovernorConfig.arena_cache``; ``None``: no cache).
     ``noop_middleware`` appends one middleware that does nothing: what aiohttp's
     middleware machinery alone costs a request (arenapool's own runs as one).
     """
@@ -267,6 +269,7 @@ def make_app(
                 mmap_threshold=mmap_threshold,
                 hold_heap=hold_heap,
                 release_pymalloc=release_pymalloc,
+                arena_cache=arena_cache,
             )
             if governor
             else None
@@ -387,6 +390,12 @@ def main(argv: list[str] | None = None) -> None:
         help="arenapool modes: the governor's trims leave pymalloc's empty pools resident",
     )
     parser.add_argument(
+        "--arena-cache",
+        default="32MiB",
+        help="arenapool modes: most bytes of pymalloc's freed arenas the governor keeps "
+        "for reuse (32MiB; 'none': no cache)",
+    )
+    parser.add_argument(
         "--backlog",
         type=int,
         default=2048,
@@ -414,6 +423,7 @@ def main(argv: list[str] | None = None) -> None:
         mmap_threshold=args.mmap_threshold,
         hold_heap=not args.glibc_heap,
         release_pymalloc=not args.keep_pymalloc_pools,
+        arena_cache=None if args.arena_cache.lower() == "none" else args.arena_cache,
         noop_middleware=args.noop_middleware,
     )
     ready = f"example service ({args.mode}) on http://{args.host}:{args.port} pid {os.getpid()}"
