@@ -1,11 +1,10 @@
 /* arenapool._arenacache_c: keep the arenas pymalloc frees, for it to take again.
  *
  * pymalloc (CPython's small-object allocator) maps 1 MiB arenas and unmaps one as soon
- * as its last object dies, keeping at most one empty arena. A server that decodes a
- * 2 MiB JSON document makes and drops about 8 MiB of small objects: 8 arenas mapped,
- * faulted in page by page (about 2,000 minor faults, each page zeroed by the kernel),
- * then unmapped, on every such request. Measured on this project's machine the faults
- * were half the decode's CPU (benchmarks/README.md, "pymalloc's arena cache").
+ * as its last object dies, keeping at most one empty arena. A large JSON decode makes
+ * and drops megabytes of small objects: their arenas are mapped, faulted in page by
+ * page (each page zeroed by the kernel), then unmapped, on every such request
+ * (benchmarks/arena_cache.py measures it; benchmarks/README.md has the figures).
  *
  * This module installs an arena allocator (PyObject_SetArenaAllocator, CPython's public
  * hook for exactly this) in front of the one it replaces. An arena pymalloc frees goes
