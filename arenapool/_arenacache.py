@@ -34,14 +34,14 @@ place (a limit of 0 turns it into a pass-through).
 
 from __future__ import annotations
 
-import importlib
+import dataclasses
 import sys
 import time
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Final
 
-from ._ext import NO_EXTENSIONS
+from ._ext import NO_EXTENSIONS, c_module
 from ._pymalloc import ARENA_SIZE
 
 __all__ = ["ArenaCacheStats", "install", "release", "stats", "status"]
@@ -77,28 +77,11 @@ class ArenaCacheStats:
 
     def to_dict(self) -> dict[str, object]:
         """The fields as a JSON-ready dict."""
-        return {
-            "available": self.available,
-            "reason": self.reason,
-            "installed": self.installed,
-            "limit": self.limit,
-            "cached_arenas": self.cached_arenas,
-            "cached_bytes": self.cached_bytes,
-            "hits": self.hits,
-            "misses": self.misses,
-            "kept": self.kept,
-            "overflow": self.overflow,
-            "released": self.released,
-        }
+        return dataclasses.asdict(self)
 
 
 def _compiled() -> ModuleType | None:
-    if NO_EXTENSIONS:
-        return None
-    try:  # built only with the extensions (hatch_build.py)
-        return importlib.import_module("arenapool._arenacache_c")
-    except ImportError:
-        return None
+    return c_module("arenapool._arenacache_c")
 
 
 def status() -> str | None:

@@ -31,9 +31,18 @@ import importlib
 import warnings
 from os import environ
 from pathlib import Path
+from types import ModuleType
 from typing import Final
 
-__all__ = ["LOADED", "NO_EXTENSIONS", "STALE", "TWINS", "load_compiled", "source_digest"]
+__all__ = [
+    "LOADED",
+    "NO_EXTENSIONS",
+    "STALE",
+    "TWINS",
+    "c_module",
+    "load_compiled",
+    "source_digest",
+]
 
 #: The twins compiled at install (``hatch_build.py`` reads this list from this file):
 #: each ends with ``_ext.load_compiled(__name__, globals())``. The core (``_arena``,
@@ -52,6 +61,18 @@ STALE: list[str] = []
 #: The attribute the build adds to a compiled module: the digest of the twin it was
 #: compiled from (see :func:`source_digest`).
 DIGEST_ATTR: Final = "__twin_digest__"
+
+
+def c_module(name: str) -> ModuleType | None:
+    """The plain-C module ``name`` (not a twin: ``arenapool._pymalloc_c``,
+    ``arenapool._arenacache_c``), or ``None`` when ``ARENAPOOL_NO_EXTENSIONS`` is set or
+    the install did not build it (``hatch_build.py``)."""
+    if NO_EXTENSIONS:
+        return None
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
 
 
 def source_digest(source: bytes) -> str:

@@ -44,7 +44,6 @@ from any thread; it takes well under a millisecond for a few dozen arenas.
 from __future__ import annotations
 
 import ctypes
-import importlib
 import mmap
 import os
 import struct
@@ -55,7 +54,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Final
 
-from ._ext import NO_EXTENSIONS
+from ._ext import NO_EXTENSIONS, c_module
 
 __all__ = ["PoolRelease", "PymallocStatus", "release_free_pools", "status", "survey"]
 
@@ -140,12 +139,7 @@ def _args(
 
 
 def _compiled() -> ModuleType | None:
-    if NO_EXTENSIONS:
-        return None
-    try:  # built only with the extensions (hatch_build.py)
-        return importlib.import_module("arenapool._pymalloc_c")
-    except ImportError:
-        return None
+    return c_module("arenapool._pymalloc_c")
 
 
 def _locate() -> tuple[_Layout | None, str | None]:

@@ -10,6 +10,7 @@ import pytest
 from _example import load_example
 from aiohttp.test_utils import TestClient
 
+from arenapool import _ext
 from harness.workload import Body, make_body
 
 example = load_example()
@@ -121,3 +122,27 @@ async def test_the_busy_trim_interval_reaches_the_governor(aiohttp_client: Clien
 
     assert (200, body.expected()) == (status, answer)
     assert 4.0 == busy["interval"]
+
+
+@pytest.mark.parametrize(("arena_cache", "limit"), [("32MiB", 32 * 1024 * 1024), (None, 0)])
+async def test_the_arena_cache_option_reaches_the_governor(
+    aiohttp_client: ClientFactory, arena_cache: str | None, limit: int
+) -> None:
+    """``arena_cache`` (``--arena-cache``, ``none`` in the ``arenapool-no-arena-cache``
+    mode) sets the governor's cache of pymalloc's freed arenas: on at its limit in the
+    compiled build (the pure-Python build says why it cannot), off when ``None``; the
+    answers stay the same."""
+    client = await aiohttp_client(
+        example.make_app("arenapool", arena_cache=arena_cache, admin_token="t")
+    )
+    body = make_body(600_000, random.Random(11))
+    status, answer, stats = await ingest_and_stats(client, body)
+    cache = stats["governor"]["arena_cache"]
+
+    assert (200, body.expected()) == (status, answer)
+    if arena_cache is None:
+        assert "off" == cache["state"]
+    elif _ext.NO_EXTENSIONS:
+        assert "ARENAPOOL_NO_EXTENSIONS" in cache["state"]
+    else:
+        assert ("on", limit) == (cache["state"], cache["limit"])
