@@ -652,6 +652,9 @@ class Governor:
             and config.pressure_trim is not None
             and pressure.some_avg10 >= config.pressure_trim
         )
+        # nothing in flight for idle_after: the idle trim, the idle spell's release of
+        # pymalloc's pools, and the arena cache's full release all go by this
+        idle = in_flight == 0 and now - self._last_activity >= config.idle_after
         if (self.soft_limit is not None and level >= self.soft_limit) or pressed:
             # Live data above soft is not trimmable: retrying only when something was
             # freed since the last trim keeps a busy, full server from trimming in vain.
@@ -660,14 +663,10 @@ class Governor:
                 if not soft:
                     self._pressure_trims += 1
                 await self.trim(reason="soft" if soft else "pressure")
-        elif (
-            in_flight == 0
-            and now - self._last_activity >= config.idle_after
-            and (
-                reclaimable > self._trim_threshold
-                or rss - rss_floor > self._trim_threshold
-                or self._kept_warm > self._trim_threshold
-            )
+        elif idle and (
+            reclaimable > self._trim_threshold
+            or rss - rss_floor > self._trim_threshold
+            or self._kept_warm > self._trim_threshold
         ):
             await self.trim(reason="idle")
         elif self._busy is not None and (
@@ -683,13 +682,11 @@ class Governor:
             # cached arenas unused for arena_cache_decay go back as the server runs, all
             # of them once it is idle (a C call that returns at once when none is due;
             # a few unmaps when some are)
-            idle = in_flight == 0 and now - self._last_activity >= config.idle_after
             older = 0.0 if idle else config.arena_cache_decay
             self._arena_released_bytes += release_arenas(older_than=older)
         if (
             self._pymalloc_release == "on"
-            and in_flight == 0
-            and now - self._last_activity >= config.idle_after
+            and idle
             and self._pymalloc_idle_since != self._last_activity
         ):
             # once per idle spell (a walk and a madvise per empty pool, well under a

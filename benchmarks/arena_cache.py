@@ -31,7 +31,7 @@ import subprocess
 import sys
 from typing import Any
 
-from arenapool._units import parse_size
+from arenapool import parse_size
 
 SETUPS = ("plain", "cache", "hold", "both")
 
