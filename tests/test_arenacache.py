@@ -185,10 +185,19 @@ async def test_a_server_reuses_arenas_and_its_governor_gives_them_back(
     requests take arenas the earlier ones freed (hits), an idle check gives them all
     back, and stopping the last governor turns the cache into a pass-through."""
     pool = SlabPool("64MiB", name="arenacache-test")
-    governor = Governor(
-        GovernorConfig(interval=60, idle_after=0, use_cgroup=False, arena_cache="64MiB"),
-        pools=[pool],
+    # The background task checks once at start-up, then not for 60 s. With no trim to
+    # start (neither idle nor busy) that check has no await in it, so it cannot give
+    # back, from a worker thread, arenas the requests below have just cached: only the
+    # test's own check does.
+    config = GovernorConfig(
+        interval=60,
+        idle_after=0,
+        use_cgroup=False,
+        arena_cache="64MiB",
+        trim_threshold="1GiB",
+        busy_trim_threshold=None,
     )
+    governor = Governor(config, pools=[pool])
     app = web.Application()
 
     async def ingest(request: web.Request) -> web.Response:
