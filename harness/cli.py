@@ -358,7 +358,7 @@ def _print_soak_table(console: Console, doc: Mapping[str, Any], idle: float) -> 
     modes = doc["modes"]
     table = Table(title="side by side, one run", title_justify="left")
     for column in (
-        "mode", "requests", "req/s", "CPU/req", "faults/req", "median RSS", "p95 RSS",
+        "mode", "requests", "req/s", "CPU/req (system)", "faults/req", "median RSS", "p95 RSS",
         "drift", "RSS at rest", f"RSS {idle:g} s after load", "left by the load", "errors",
     ):  # fmt: skip
         if column == "mode":  # whole names: arenapool-retain16 and arenapool-warm differ late
@@ -371,7 +371,7 @@ def _print_soak_table(console: Console, doc: Mapping[str, Any], idle: float) -> 
             name,
             f"{m['ok']:,}",
             fmt_num(m["rps"], ".0f"),
-            "n/a" if m["cpu_us_per_request"] is None else f"{m['cpu_us_per_request']:,.0f} us",
+            _cpu_cell(m),
             fmt_num(m["faults_per_request"], ".1f"),
             fmt_mib(m["rss_median"]),
             fmt_mib(m["rss_p95"]),
@@ -419,9 +419,17 @@ def _print_soak_table(console: Console, doc: Mapping[str, Any], idle: float) -> 
         "RSS: psutil readings of each server's process; median and p95 over the load after "
         "the warm-up; drift: least-squares slope of those readings; at rest: read once the "
         "server answered, before its first body; left by the load: after load minus at "
-        "rest. CPU (user + system) and minor page faults per request over the load: the "
-        "server's /proc/PID/stat."
+        "rest. CPU (user + system; system in brackets) and minor page faults per request "
+        "over the load: the server's /proc/PID/stat."
     )
+
+
+def _cpu_cell(m: Mapping[str, Any]) -> str:
+    """CPU per request, with the kernel's share of it in brackets."""
+    cpu, system = m["cpu_us_per_request"], m.get("system_us_per_request")
+    if cpu is None:
+        return "n/a"
+    return f"{cpu:,.0f} us" + ("" if system is None else f" ({system:,.0f})")
 
 
 def _print_soak_segments(console: Console, modes: Mapping[str, Any]) -> None:

@@ -98,6 +98,9 @@ class SoakResult:
     buckets: list[tuple[float, dict[str, int]]] = field(default_factory=list)
     buckets_idle: dict[str, int] | None = None
     cpu_us_per_request: float | None = None
+    #: the kernel's share of ``cpu_us_per_request`` (system time: page faults, madvise,
+    #: the socket's system calls)
+    system_us_per_request: float | None = None
     faults_per_request: float | None = None
     #: RSS and smaps buckets at rest: after the server answered, before any body
     rss_rest: int | None = None
@@ -144,6 +147,7 @@ class SoakResult:
             "rss_rest": self.rss_rest,
             "rss_left_by_load": self.left_by_load(),
             "cpu_us_per_request": rounded(self.cpu_us_per_request, 1),
+            "system_us_per_request": rounded(self.system_us_per_request, 1),
             "faults_per_request": rounded(self.faults_per_request, 2),
             "rss_buckets_median": self.buckets_under_load(),
             "rss_buckets_idle": self.buckets_idle,
@@ -309,9 +313,10 @@ async def run_soak(
                 segments=parts[name] if segments > 1 else [],
             )
         )
-        results[-1].cpu_us_per_request, results[-1].faults_per_request = _per_request(
-            _delta(before[name], after[name]), loads[name].completed
-        )
+        spent, done = _delta(before[name], after[name]), loads[name].completed
+        results[-1].cpu_us_per_request, results[-1].faults_per_request = _per_request(spent, done)
+        if spent is not None and done:
+            results[-1].system_us_per_request = spent.stime * 1e6 / done
     return SoakRun(
         results,
         {

@@ -263,6 +263,7 @@ def test_soak_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         assert mode["ok"] > 0
         assert 0 == mode["errors"] + mode["corrupt"]
         assert mode["cpu_us_per_request"] > 0
+        assert 0 <= mode["system_us_per_request"] <= mode["cpu_us_per_request"]
         assert mode["faults_per_request"] >= 0
         # where the RSS is: smaps buckets that add up to an RSS reading
         under_load, after = mode["rss_buckets_median"], mode["rss_buckets_idle"]
