@@ -262,7 +262,8 @@ async def run_soak(
                 for name, task in zip(servers, tasks, strict=True):
                     result, done = task.result(), loads[name].completed
                     done = result.into(loads[name]).completed - done
-                    cpu, faults = _per_request(_delta(seg_before[name], servers[name].stat()), done)
+                    spent = _delta(seg_before[name], servers[name].stat())
+                    cpu, _, faults = _per_request(spent, done)
                     parts[name].append(SoakSegment(seg_start, seg_end, result.ok, cpu, faults))
         else:
             soak_workload = Workload(
@@ -313,10 +314,10 @@ async def run_soak(
                 segments=parts[name] if segments > 1 else [],
             )
         )
-        spent, done = _delta(before[name], after[name]), loads[name].completed
-        results[-1].cpu_us_per_request, results[-1].faults_per_request = _per_request(spent, done)
-        if spent is not None and done:
-            results[-1].system_us_per_request = spent.stime * 1e6 / done
+        soaked = results[-1]
+        soaked.cpu_us_per_request, soaked.system_us_per_request, soaked.faults_per_request = (
+            _per_request(_delta(before[name], after[name]), loads[name].completed)
+        )
     return SoakRun(
         results,
         {
@@ -343,11 +344,14 @@ def _delta(before: ProcStat | None, after: ProcStat | None) -> ProcStat | None:
     return None if before is None or after is None else after - before
 
 
-def _per_request(spent: ProcStat | None, done: int) -> tuple[float | None, float | None]:
-    """CPU (us) and minor faults per request over ``done`` requests; ``None`` unread."""
+def _per_request(
+    spent: ProcStat | None, done: int
+) -> tuple[float | None, float | None, float | None]:
+    """CPU (us), its system share (us) and minor faults per request over ``done``
+    requests; ``None`` unread."""
     if spent is None or not done:
-        return None, None
-    return spent.cpu * 1e6 / done, spent.minflt / done
+        return None, None, None
+    return spent.cpu * 1e6 / done, spent.stime * 1e6 / done, spent.minflt / done
 
 
 async def _tick_until_done(
