@@ -19,7 +19,7 @@ nothing. :class:`TrimPolicy` trims when it is worth it, busy or idle:
 
 The policy holds no clock and does no I/O: the governor passes ``now`` and the
 measurements in, so the rules are tested without timing. Its counters (trims, paid,
-bytes, seconds, the current interval) go into the governor's stats.
+bytes, seconds, the current interval and its bounds) go into the governor's stats.
 """
 
 from __future__ import annotations
@@ -86,6 +86,8 @@ class TrimPolicy:
         return {
             "threshold": self.threshold,
             "interval": self.interval,
+            "min_interval": self.min_interval,
+            "max_interval": self.max_interval,
             "trims": self.trims,
             "paid": self.paid,
             "freed_bytes": self.freed_bytes,

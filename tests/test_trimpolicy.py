@@ -36,6 +36,8 @@ def test_trims_that_do_not_pay_double_the_wait_up_to_the_cap() -> None:
         policy.record(float(i), freed=1000, seconds=0.001)
         intervals.append(policy.interval)
     assert [2.0, 4.0, 8.0, 8.0, 8.0] == intervals
+    stats = policy.stats()
+    assert (8.0, 1.0, 8.0) == (stats["interval"], stats["min_interval"], stats["max_interval"])
     assert policy.due(4.0 + 7.9, 10 * MiB) is False
     policy.record(20.0, freed=2 * MiB, seconds=0.001)
     assert (1.0, 1, 6) == (policy.interval, policy.paid, policy.trims)
