@@ -34,6 +34,19 @@ request. The ratios ``arenapool / orjson`` and ``arenapool-msgspec / msgspec`` a
 within each round (the same minute of the same machine), and the table gives their
 median.
 
+``--pin`` (where there are two CPUs or more) runs every server on the last CPU this
+process may use and wrk on the others (``harness.cpus``). Left to itself, the scheduler
+sometimes puts the server and wrk on the same core while the other idles (on loopback
+each wakes the other at every request, and the kernel places a woken task beside its
+waker). The server's own threads (arenapool's pool maintenance and trim worker) then
+share its CPU, so a pinned round charges arenapool for them. Off by default: in four A/A
+runs of 2026-12-03 it did not narrow the spread of the rounds (benchmarks/README.md,
+"Pinned rounds, and steal"). What does move them is the hypervisor running other guests
+on this machine's CPUs: each run records the share of the server's CPU time stolen that
+way (``/proc/stat``; all CPUs' unless pinned), each ratio the steal of its rounds, and,
+as a diagnostic beside the median, the median of the rounds neither of whose runs lost
+more than ``QUIET_STEAL`` (5%).
+
 With ``--control``, each baseline also runs in a second server (``orjson#2``,
 ``msgspec#2``) placed beside it in every round, and the table of other ratios gives
 ``orjson#2 / orjson``: an A/A test, the same code in two processes, measured as the
@@ -81,7 +94,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import arenapool
 from arenapool import format_size, parse_size
+from harness import cpus
 from harness.benchkit import check_answers, print_json_line
+from harness.cpus import Split
 from harness.modes import (
     BASELINES,
     CONTROL,
@@ -98,6 +113,9 @@ from harness.workload import Workload, get_workload
 from harness.wrk import deck_files, need_wrk, run_wrk
 
 MODES = ["orjson", "arenapool", "msgspec", "arenapool-msgspec"]
+#: a round is quiet when neither run of its pair lost more than this share (percent) of
+#: the server's CPU time to the hypervisor (steal, from /proc/stat)
+QUIET_STEAL = 5.0
 SIZES = ["1KiB", "64KiB", "200KiB", "1MiB", "4MiB"]
 TARGETS = {"1KiB": 0.98, "64KiB": 1.00, "1MiB": 1.05, "4MiB": 1.05}
 
@@ -216,6 +234,7 @@ class Run:
     p99_ms: float | None
     copy_us_per_request: float | None = None
     copy_faults_per_request: float | None = None
+    steal_pct: float | None = None  # of the server's CPUs' time (all CPUs' if not pinned)
 
 
 @dataclass
@@ -268,6 +287,7 @@ async def measure_size(
                         f"  {size:>6} round {round_ + 1} {name:<18} {r.rps:9.1f} req/s "
                         f"{r.faults_per_request:8.1f} faults/req "
                         f"{r.cpu_us_per_request:9.1f} us CPU/req"
+                        + (f" {r.steal_pct:5.1f}% steal" if r.steal_pct is not None else "")
                         + (
                             f"  copy {r.copy_us_per_request:.1f} us/req"
                             if r.copy_us_per_request is not None
@@ -297,18 +317,36 @@ async def start_servers(
     servers: dict[str, Server] = {}
     try:
         for mode in modes:
-            servers[mode.name] = Server(mode, limit=args.limit).start()
+            servers[mode.name] = Server(mode, limit=args.limit, cpus=server_cpus(args)).start()
         for decoder in floors:
-            servers[f"{decoder}-floor"] = FloorServer(decoder, limit=args.limit).start()
+            floor = FloorServer(decoder, limit=args.limit, cpus=server_cpus(args))
+            servers[f"{decoder}-floor"] = floor.start()
         for server in servers.values():
             await check_answers(server, workload.deck(args.seed), args.seed)
             await run_wrk(
-                server.port, script, bodies, duration=args.warmup, connections=args.connections
+                server.port,
+                script,
+                bodies,
+                duration=args.warmup,
+                connections=args.connections,
+                cpus=client_cpus(args),
             )
     except BaseException:
         await stop_servers(servers)
         raise
     return servers
+
+
+def server_cpus(args: argparse.Namespace) -> frozenset[int] | None:
+    """The CPUs the servers run on (``None``: not pinned)."""
+    split: Split | None = args.split
+    return None if split is None else split.server
+
+
+def client_cpus(args: argparse.Namespace) -> frozenset[int] | None:
+    """The CPUs wrk runs on (``None``: not pinned)."""
+    split: Split | None = args.split
+    return None if split is None else split.client
 
 
 async def stop_servers(servers: dict[str, Server]) -> None:
@@ -330,14 +368,27 @@ async def one_run(
     pid = server.proc.pid
     if args.rewarm > 0:  # back to steady state after idling while the others ran
         await run_wrk(
-            server.port, script, bodies, duration=args.rewarm, connections=args.connections
+            server.port,
+            script,
+            bodies,
+            duration=args.rewarm,
+            connections=args.connections,
+            cpus=client_cpus(args),
         )
     floor_before = server.floor_stats() if isinstance(server, FloorServer) else None
+    steal_before = cpus.steal_ticks(server_cpus(args))
     before = read_stat(pid)
     result = await run_wrk(
-        server.port, script, bodies, duration=args.duration, connections=args.connections
+        server.port,
+        script,
+        bodies,
+        duration=args.duration,
+        connections=args.connections,
+        cpus=client_cpus(args),
     )
     delta = read_stat(pid) - before
+    steal_after = cpus.steal_ticks(server_cpus(args))
+    ticks = steal_after[1] - steal_before[1]
     n = max(1, result.requests)
     run = Run(
         mode=name,
@@ -349,6 +400,7 @@ async def one_run(
         faults_per_request=delta.minflt / n,
         cpu_us_per_request=delta.cpu * 1e6 / n,
         p99_ms=result.percentiles_ms.get(99),
+        steal_pct=100 * (steal_after[0] - steal_before[0]) / ticks if ticks > 0 else None,
     )
     if isinstance(server, FloorServer) and floor_before is not None:
         after = server.floor_stats()
@@ -379,6 +431,7 @@ def summarize(
                 "faults_per_request": med([r.faults_per_request for r in runs]),
                 "cpu_us_per_request": med([r.cpu_us_per_request for r in runs]),
                 "p99_ms": med([r.p99_ms for r in runs if r.p99_ms is not None]),
+                "steal_pct": med([r.steal_pct for r in runs if r.steal_pct is not None]),
                 "errors": sum(r.errors for r in runs),
                 "rounds": len(runs),
             }
@@ -390,14 +443,23 @@ def summarize(
         for mode, base in pairs:
             if mode == base or mode not in by_mode or base not in by_mode:
                 continue
-            per_round = []
+            per_round, steal, quiet = [], [], []
             for r in by_mode[mode]:
                 b = next((x for x in by_mode[base] if x.round == r.round), None)
                 if b is not None and b.rps > 0:
                     per_round.append(r.rps / b.rps)
+                    most = max((x.steal_pct or 0.0) for x in (r, b))
+                    steal.append(most)
+                    if most <= QUIET_STEAL:
+                        quiet.append(r.rps / b.rps)
             ratios[f"{mode}/{base}"] = {
                 "median": med(per_round),
                 "per_round": [round(x, 3) for x in per_round],
+                # the more stolen of the pair's two runs, per round (percent)
+                "per_round_steal_pct": [round(x, 1) for x in steal],
+                # a diagnostic, beside the median: the rounds neither run lost to steal
+                "quiet_median": med(quiet),
+                "quiet_rounds": len(quiet),
             }
         row["ratios"] = ratios
         floor: dict[str, Any] = {}
@@ -458,13 +520,19 @@ def print_tables(rows: list[dict[str, Any]]) -> None:
         for row in rows:
             cells = [fmt(row["ratios"].get(k, {}).get("median"), ".3f") + "x" for k in extra]
             print(f"| {row['size']} | " + " | ".join(cells) + " |")
-    print("\nEach ratio's rounds (in round order):")
-    print("| body | ratio | rounds |")
-    print("|---|---|---|")
+    print(
+        "\nEach ratio's rounds (in round order), the steal of each round (the more stolen of "
+        f"its two runs), and the median of the rounds with <= {QUIET_STEAL:g}% steal:"
+    )
+    print("| body | ratio | rounds | steal % | quiet rounds: median (n) |")
+    print("|---|---|---|---|---|")
     for row in rows:
         for key, ratio in row["ratios"].items():
             rounds = ", ".join(f"{x:.2f}" for x in ratio["per_round"])
-            print(f"| {row['size']} | {key} | {rounds} |")
+            steal = ", ".join(f"{x:.0f}" for x in ratio.get("per_round_steal_pct", []))
+            quiet = ratio.get("quiet_median")
+            quiet_cell = "-" if quiet is None else f"{quiet:.3f}x ({ratio['quiet_rounds']})"
+            print(f"| {row['size']} | {key} | {rounds} | {steal} | {quiet_cell} |")
     print("\nPer request (medians): minor page faults, CPU us (user+system), from /proc/PID/stat:")
     names = sorted({k for row in rows for k in row["modes"]})
     print("| body | " + " | ".join(f"{n} faults | {n} CPU us" for n in names) + " |")
@@ -534,8 +602,16 @@ def main(argv: list[str] | None = None) -> int:
         help="also run a second server of each baseline (orjson#2, msgspec#2) beside it in "
         "every round: the A/A ratio, what two processes of the same code differ by",
     )
+    parser.add_argument(
+        "--pin",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="run the servers on one CPU and wrk on the others, so the two never share a "
+        "core while another idles (default: the OS places them)",
+    )
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     args = parser.parse_args(argv)
+    args.split = cpus.split() if args.pin else None
     need_wrk()
     requested = [m for m in args.modes.split(",") if m]
     if args.control:
@@ -552,7 +628,12 @@ def main(argv: list[str] | None = None) -> int:
     sizes = [s for s in args.sizes.split(",") if s]
     print(
         f"request_path: {', '.join(names)} (+ floor: {', '.join(floors) or 'none'}) x "
-        f"{', '.join(sizes)}, {args.rounds} rounds x {args.duration:g} s, wrk -c{args.connections}",
+        f"{', '.join(sizes)}, {args.rounds} rounds x {args.duration:g} s, wrk -c{args.connections}"
+        + (
+            ""
+            if args.split is None
+            else f", servers on CPU {sorted(args.split.server)}, wrk on {sorted(args.split.client)}"
+        ),
         file=sys.stderr,
     )
     started = time.time()
@@ -576,6 +657,7 @@ def main(argv: list[str] | None = None) -> int:
             "connections": args.connections,
             "fresh_servers_each_round": args.fresh,
             "control": args.control,
+            "pinned": None if args.split is None else args.split.to_dict(),
             "client": "wrk",
             "seed": args.seed,
         },

@@ -26,7 +26,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from aiohttp import web
 
 import arenapool
 
+from .cpus import spawn_on
 from .http import HOST
 from .modes import Mode
 from .procstat import ProcStat, read_stat
@@ -159,8 +160,10 @@ class Server:
         governor: bool = True,
         log_dir: Path | None = None,
         startup_timeout: float = 30.0,
+        cpus: Collection[int] | None = None,
     ) -> None:
         self.mode = mode
+        self.cpus = cpus  # the CPUs its process runs on (None: wherever the OS puts it)
         self.host = HOST
         self.port = free_port()
         self.budget, self.limit, self.decay = budget, limit, decay
@@ -215,7 +218,7 @@ class Server:
         log_dir = self._log_dir or Path(tempfile.gettempdir())
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"server-{self.mode.name}-{self.port}.log"
-        with self.log_path.open("wb") as log:
+        with self.log_path.open("wb") as log, spawn_on(self.cpus):
             self.proc = subprocess.Popen(
                 self.command(app),
                 stdin=subprocess.DEVNULL,

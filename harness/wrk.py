@@ -23,11 +23,12 @@ import contextlib
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cpus import spawn_on
 from .http import HOST
 from .loadgen import LoadResult
 from .workload import Body
@@ -175,28 +176,31 @@ async def run_wrk(
     threads: int = 1,
     timeout: float = 30.0,
     host: str = HOST,
+    cpus: Collection[int] | None = None,
 ) -> WrkResult:
     """Run wrk against ``http://host:port/ingest`` for ``duration`` seconds; its result.
 
     ``threads`` wrk threads share ``connections`` keep-alive connections (one thread
-    by default: on 2 cores the server under test should have the other).
+    by default: on 2 cores the server under test should have the other); ``cpus``, if
+    given, are the CPUs wrk runs on (:func:`harness.cpus.split`).
     """
     wrk = need_wrk()
     seconds = max(1, round(duration))
-    proc = await asyncio.create_subprocess_exec(
-        wrk,
-        f"-t{max(1, min(threads, connections))}",
-        f"-c{connections}",
-        f"-d{seconds}s",
-        f"--timeout={max(1, round(timeout))}s",
-        "-s",
-        str(script),
-        f"http://{host}:{port}/ingest",
-        "--",
-        *(str(p) for p in bodies),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    with spawn_on(cpus):  # asyncio forks wrk in this thread, inside the call
+        proc = await asyncio.create_subprocess_exec(
+            wrk,
+            f"-t{max(1, min(threads, connections))}",
+            f"-c{connections}",
+            f"-d{seconds}s",
+            f"--timeout={max(1, round(timeout))}s",
+            "-s",
+            str(script),
+            f"http://{host}:{port}/ingest",
+            "--",
+            *(str(p) for p in bodies),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), seconds + timeout + 30)
     finally:
