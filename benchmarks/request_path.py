@@ -110,7 +110,7 @@ from harness.procstat import read_stat
 from harness.report import machine_info
 from harness.server import Server, sigterm_interrupts
 from harness.workload import Workload, get_workload
-from harness.wrk import deck_files, need_wrk, run_wrk
+from harness.wrk import WrkResult, deck_files, need_wrk, run_wrk
 
 MODES = ["orjson", "arenapool", "msgspec", "arenapool-msgspec"]
 #: a round is quiet when neither run of its pair lost more than this share (percent) of
@@ -323,14 +323,7 @@ async def start_servers(
             servers[f"{decoder}-floor"] = floor.start()
         for server in servers.values():
             await check_answers(server, workload.deck(args.seed), args.seed)
-            await run_wrk(
-                server.port,
-                script,
-                bodies,
-                duration=args.warmup,
-                connections=args.connections,
-                cpus=client_cpus(args),
-            )
+            await load(server, script, bodies, args.warmup, args)
     except BaseException:
         await stop_servers(servers)
         raise
@@ -347,6 +340,20 @@ def client_cpus(args: argparse.Namespace) -> frozenset[int] | None:
     """The CPUs wrk runs on (``None``: not pinned)."""
     split: Split | None = args.split
     return None if split is None else split.client
+
+
+async def load(
+    server: Server, script: Path, bodies: list[Path], seconds: float, args: argparse.Namespace
+) -> WrkResult:
+    """One wrk run of ``seconds`` against ``server``, with the run's connections and CPUs."""
+    return await run_wrk(
+        server.port,
+        script,
+        bodies,
+        duration=seconds,
+        connections=args.connections,
+        cpus=client_cpus(args),
+    )
 
 
 async def stop_servers(servers: dict[str, Server]) -> None:
@@ -367,25 +374,11 @@ async def one_run(
     assert server.proc is not None
     pid = server.proc.pid
     if args.rewarm > 0:  # back to steady state after idling while the others ran
-        await run_wrk(
-            server.port,
-            script,
-            bodies,
-            duration=args.rewarm,
-            connections=args.connections,
-            cpus=client_cpus(args),
-        )
+        await load(server, script, bodies, args.rewarm, args)
     floor_before = server.floor_stats() if isinstance(server, FloorServer) else None
     steal_before = cpus.steal_ticks(server_cpus(args))
     before = read_stat(pid)
-    result = await run_wrk(
-        server.port,
-        script,
-        bodies,
-        duration=args.duration,
-        connections=args.connections,
-        cpus=client_cpus(args),
-    )
+    result = await load(server, script, bodies, args.duration, args)
     delta = read_stat(pid) - before
     steal_after = cpus.steal_ticks(server_cpus(args))
     ticks = steal_after[1] - steal_before[1]
