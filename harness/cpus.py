@@ -2,19 +2,20 @@
 
 Theory of operation
 -------------------
-On a 2-core machine the scheduler often puts the server and ``wrk`` on the same core:
-on loopback each one wakes the other with every request, and the kernel's wake-affine
-placement pulls the wakee next to the waker. The two then share one core while the
-other idles, and a round's throughput drops by half or more for reasons that have
-nothing to do with the code under test; two servers of the same code read up to 2x
-apart (``benchmarks/README.md``, "Pinned rounds"). :func:`split` gives the server one
-CPU and the client the rest, and :func:`spawn_on` starts a process on a CPU set: the
-child inherits the affinity of the thread that forks it, so the calling thread takes the
-set for the length of the ``with`` block and gets its own back after.
+On a 2-core machine the scheduler sometimes puts the server and ``wrk`` on the same
+core while the other idles: on loopback each one wakes the other with every request,
+and the kernel's wake-affine placement pulls the wakee next to the waker.
+:func:`split` gives the server one CPU and the client the rest, and :func:`spawn_on`
+starts a process on a CPU set: the child inherits the affinity of the thread that forks
+it, so the calling thread takes the set for the length of the ``with`` block and gets
+its own back after.
 
-Pinning does not stop the other noise of a shared virtual machine: the hypervisor
-running another guest on this guest's CPUs (*steal*). :func:`steal_ticks` reads it from
-``/proc/stat``, so a benchmark can say how much of each run was stolen.
+Pinning does not stop the larger noise of a shared virtual machine: the hypervisor
+running another guest on this guest's CPUs (*steal*). In four A/A runs of 2026-12-03
+pinning did not narrow the spread of the rounds, and in a full run the same hour up to
+42% of a run's CPU time was stolen (``benchmarks/README.md``, "Pinned rounds, and
+steal"). :func:`steal_ticks`
+reads steal from ``/proc/stat``, so a benchmark can say how much of each run was stolen.
 """
 
 from __future__ import annotations
