@@ -47,6 +47,16 @@ way (``/proc/stat``; all CPUs' unless pinned), each ratio the steal of its round
 as a diagnostic beside the median, the median of the rounds neither of whose runs lost
 more than ``QUIET_STEAL`` (5%).
 
+``--side-by-side`` loads the servers of a group (an arenapool mode, its baseline and,
+with ``--control``, the baseline's second server) at the same time, each by its own wrk
+with ``--connections`` connections, instead of one after the other. They then share the
+same seconds of the machine: a neighbour's burst or the hypervisor's steal lands on all
+of them, where one after the other it can land on one run of a pair and miss the other.
+On two CPUs each server then gets about an equal share of the machine, so the ratio of
+their requests is the inverse ratio of what a request costs each (CPU, faults, caches),
+not how fast one server runs on an otherwise quiet machine. Each run records its
+window (``started``, ``ended``: wall-clock seconds).
+
 With ``--control``, each baseline also runs in a second server (``orjson#2``,
 ``msgspec#2``) placed beside it in every round, and the table of other ratios gives
 ``orjson#2 / orjson``: an A/A test, the same code in two processes, measured as the
@@ -104,7 +114,7 @@ from harness.modes import (
     baseline_of,
     pair_groups,
     resolve_modes,
-    round_order,
+    round_groups,
 )
 from harness.procstat import read_stat
 from harness.report import machine_info
@@ -235,6 +245,8 @@ class Run:
     copy_us_per_request: float | None = None
     copy_faults_per_request: float | None = None
     steal_pct: float | None = None  # of the server's CPUs' time (all CPUs' if not pinned)
+    started: float | None = None  # the measured wrk run's window (time.time())
+    ended: float | None = None
 
 
 @dataclass
@@ -270,38 +282,52 @@ async def measure_size(
                         script=script,
                         bodies=bodies,
                     )
-                for name in round_order(groups, round_):
-                    out.runs.append(
-                        await one_run(
-                            servers[name],
-                            name,
-                            size=size,
-                            round_=round_,
-                            script=script,
-                            bodies=bodies,
-                            args=args,
+                # side by side: a group's servers are loaded at once; else one by one
+                batches = (
+                    round_groups(groups, round_)
+                    if args.side_by_side
+                    else [[name] for group in round_groups(groups, round_) for name in group]
+                )
+                for batch in batches:
+                    runs = await asyncio.gather(
+                        *(
+                            one_run(
+                                servers[name],
+                                name,
+                                size=size,
+                                round_=round_,
+                                script=script,
+                                bodies=bodies,
+                                args=args,
+                            )
+                            for name in batch
                         )
                     )
-                    r = out.runs[-1]
-                    print(
-                        f"  {size:>6} round {round_ + 1} {name:<18} {r.rps:9.1f} req/s "
-                        f"{r.faults_per_request:8.1f} faults/req "
-                        f"{r.cpu_us_per_request:9.1f} us CPU/req"
-                        + (f" {r.steal_pct:5.1f}% steal" if r.steal_pct is not None else "")
-                        + (
-                            f"  copy {r.copy_us_per_request:.1f} us/req"
-                            if r.copy_us_per_request is not None
-                            else ""
-                        ),
-                        file=sys.stderr,
-                        flush=True,
-                    )
+                    for r in runs:
+                        out.runs.append(r)
+                        print_run(r)
                 if args.fresh:  # the next round samples new processes
                     await stop_servers(servers)
                     servers = {}
     finally:
         await stop_servers(servers)
     return out
+
+
+def print_run(r: Run) -> None:
+    print(
+        f"  {r.size:>6} round {r.round + 1} {r.mode:<18} {r.rps:9.1f} req/s "
+        f"{r.faults_per_request:8.1f} faults/req "
+        f"{r.cpu_us_per_request:9.1f} us CPU/req"
+        + (f" {r.steal_pct:5.1f}% steal" if r.steal_pct is not None else "")
+        + (
+            f"  copy {r.copy_us_per_request:.1f} us/req"
+            if r.copy_us_per_request is not None
+            else ""
+        ),
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 async def start_servers(
@@ -378,7 +404,9 @@ async def one_run(
     floor_before = server.floor_stats() if isinstance(server, FloorServer) else None
     steal_before = cpus.steal_ticks(server_cpus(args))
     before = read_stat(pid)
+    started = time.time()
     result = await load(server, script, bodies, args.duration, args)
+    ended = time.time()
     delta = read_stat(pid) - before
     steal_after = cpus.steal_ticks(server_cpus(args))
     ticks = steal_after[1] - steal_before[1]
@@ -394,6 +422,8 @@ async def one_run(
         cpu_us_per_request=delta.cpu * 1e6 / n,
         p99_ms=result.percentiles_ms.get(99),
         steal_pct=100 * (steal_after[0] - steal_before[0]) / ticks if ticks > 0 else None,
+        started=started,
+        ended=ended,
     )
     if isinstance(server, FloorServer) and floor_before is not None:
         after = server.floor_stats()
@@ -602,6 +632,13 @@ def main(argv: list[str] | None = None) -> int:
         help="run the servers on one CPU and wrk on the others, so the two never share a "
         "core while another idles (default: the OS places them)",
     )
+    parser.add_argument(
+        "--side-by-side",
+        action="store_true",
+        help="load each arenapool mode and its baseline at the same time, each by its own "
+        "wrk, so the two share the same seconds of the machine (default: one after the "
+        "other, seconds apart)",
+    )
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     args = parser.parse_args(argv)
     args.split = cpus.split() if args.pin else None
@@ -626,7 +663,8 @@ def main(argv: list[str] | None = None) -> int:
             ""
             if args.split is None
             else f", servers on CPU {sorted(args.split.server)}, wrk on {sorted(args.split.client)}"
-        ),
+        )
+        + (", side by side" if args.side_by_side else ""),
         file=sys.stderr,
     )
     started = time.time()
@@ -651,6 +689,7 @@ def main(argv: list[str] | None = None) -> int:
             "fresh_servers_each_round": args.fresh,
             "control": args.control,
             "pinned": None if args.split is None else args.split.to_dict(),
+            "side_by_side": args.side_by_side,
             "client": "wrk",
             "seed": args.seed,
         },

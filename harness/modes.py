@@ -33,6 +33,7 @@ __all__ = [
     "pair_groups",
     "repeats",
     "resolve_modes",
+    "round_groups",
     "round_order",
 ]
 
@@ -87,18 +88,23 @@ def pair_groups(names: list[str]) -> list[list[str]]:
     return groups
 
 
-def round_order(groups: list[list[str]], round_: int) -> list[str]:
-    """The order of round ``round_`` (from 0) over :func:`pair_groups`' ``groups``.
+def round_groups(groups: list[list[str]], round_: int) -> list[list[str]]:
+    """Round ``round_``'s groups (from 0) over :func:`pair_groups`' ``groups``, in order.
 
-    The groups rotate by one each round, so none always runs first, and a pair's two
-    modes swap places every other round (A B, then B A): a ratio inside a round comes
-    from two runs seconds apart, and neither side always runs first.
+    The groups rotate by one each round, so none always runs first, and each group's
+    modes reverse every other round (A B, then B A), so neither side of a pair always
+    runs, or starts, first.
     """
     shift = round_ % len(groups) if groups else 0
-    order: list[str] = []
-    for group in groups[shift:] + groups[:shift]:
-        order += group if round_ % 2 == 0 else group[::-1]
-    return order
+    return [g if round_ % 2 == 0 else g[::-1] for g in groups[shift:] + groups[:shift]]
+
+
+def round_order(groups: list[list[str]], round_: int) -> list[str]:
+    """The order of round ``round_`` (from 0) over :func:`pair_groups`' ``groups``: the
+    groups of :func:`round_groups` back to back. A ratio inside a round comes from two
+    runs seconds apart, and neither side always runs first.
+    """
+    return [name for group in round_groups(groups, round_) for name in group]
 
 
 _LIBRARY_FILES = {

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from arenapool import _memory
 from harness.loadgen import LoadResult, percentile, run_load
-from harness.modes import baseline_of, pair_groups, resolve_modes, round_order
+from harness.modes import baseline_of, pair_groups, resolve_modes, round_groups, round_order
 from harness.procstat import read_stat
 from harness.soak import percentile_of
 from harness.workload import (
@@ -424,3 +424,19 @@ def test_the_held_heap_modes_pin_what_the_governor_pins() -> None:
         "MALLOC_MMAP_MAX_": "0",
     }
     assert baseline_of("msgspec+hold") == "msgspec"
+
+
+def test_round_groups_rotate_and_reverse_and_round_order_flattens_them() -> None:
+    """A round's groups (what ``--side-by-side`` loads at once) rotate by one each round
+    and reverse every other round; the one-after-the-other order is the same groups back
+    to back."""
+    groups = [["orjson", "arenapool"], ["msgspec", "arenapool-msgspec"], ["orjson-floor"]]
+    assert round_groups(groups, 0) == groups
+    assert round_groups(groups, 1) == [
+        ["arenapool-msgspec", "msgspec"],
+        ["orjson-floor"],
+        ["arenapool", "orjson"],
+    ]
+    for round_ in range(6):
+        assert round_order(groups, round_) == [n for g in round_groups(groups, round_) for n in g]
+    assert round_groups([], 2) == []

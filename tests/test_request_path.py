@@ -1,0 +1,86 @@
+"""``benchmarks/request_path.py`` run for real: servers on 127.0.0.1 driven by wrk.
+
+Two short runs of one pair (arenapool and its baseline, 1 KiB bodies): one after the
+other by default, at the same time with ``--side-by-side``. Only what the runs record is
+asserted (their windows, their ratios), never how fast anything went.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "request_path.py"
+ROUNDS = 2
+
+
+def run_request_path(tmp_path: Path, *extra: str) -> dict[str, Any]:
+    out = tmp_path / "request_path.json"
+    subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--sizes",
+            "1KiB",
+            "--modes",
+            "orjson,arenapool",
+            "--rounds",
+            str(ROUNDS),
+            "--duration",
+            "1",
+            "--warmup",
+            "0.5",
+            "--rewarm",
+            "0.5",
+            "--no-floor",
+            "--out",
+            str(out),
+            *extra,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    doc: dict[str, Any] = json.loads(out.read_text())
+    return doc
+
+
+def pairs_by_round(doc: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    runs = doc["runs"]
+    pairs = []
+    for round_ in range(ROUNDS):
+        mine = {r["mode"]: r for r in runs if r["round"] == round_}
+        assert {"orjson", "arenapool"} == set(mine)
+        pairs.append((mine["arenapool"], mine["orjson"]))
+    return pairs
+
+
+def overlap(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """Seconds two runs' measured windows share (negative: the gap between them)."""
+    return float(min(a["ended"], b["ended"]) - max(a["started"], b["started"]))
+
+
+@pytest.mark.parametrize("side_by_side", [False, True], ids=["one-after-the-other", "side-by-side"])
+def test_a_pair_runs_together_only_side_by_side(tmp_path: Path, side_by_side: bool) -> None:
+    """With ``--side-by-side`` the two servers of a pair are measured over the same
+    seconds (their windows overlap by most of the run's duration); without it, one after
+    the other (no overlap). Either way each round gives the pair's ratio of requests/s,
+    every request answered, and the settings say which way it ran."""
+    doc = run_request_path(tmp_path, *(["--side-by-side"] if side_by_side else []))
+    assert side_by_side is doc["settings"]["side_by_side"]
+    pairs = pairs_by_round(doc)
+    for mine, base in pairs:
+        assert 0 == mine["errors"] == base["errors"]
+        assert mine["requests"] > 0
+        assert base["requests"] > 0
+        if side_by_side:
+            assert overlap(mine, base) > 0.5
+        else:
+            assert overlap(mine, base) < 0
+    ratio = doc["rows"][0]["ratios"]["arenapool/orjson"]
+    assert [round(m["rps"] / b["rps"], 3) for m, b in pairs] == ratio["per_round"]
