@@ -4,6 +4,7 @@
     python benchmarks/request_path.py --sizes 64KiB --rounds 5 --duration 8
     python benchmarks/request_path.py --modes orjson,arenapool --no-floor   # one pair
     python benchmarks/request_path.py --sizes 1KiB --control     # with an A/A control
+    python benchmarks/request_path.py --side-by-side --control   # each group loaded at once
 
 For every body size (1 KiB, 64 KiB, 200 KiB, 1 MiB, 4 MiB by default: issue 11's four,
 and one between the inline bodies and the large ones, where the copies an arena saves
