@@ -119,6 +119,7 @@ from harness.modes import (
     pair_groups,
     resolve_modes,
     round_groups,
+    round_order,
 )
 from harness.procstat import read_stat
 from harness.report import machine_info
@@ -290,7 +291,7 @@ async def measure_size(
                 batches = (
                     round_groups(groups, round_)
                     if args.side_by_side
-                    else [[name] for group in round_groups(groups, round_) for name in group]
+                    else [[name] for name in round_order(groups, round_)]
                 )
                 for batch in batches:
                     runs = await asyncio.gather(

@@ -14,8 +14,8 @@ Pinning does not stop the larger noise of a shared virtual machine: the hypervis
 running another guest on this guest's CPUs (*steal*). In four A/A runs of 2026-12-03
 pinning did not narrow the spread of the rounds, and in a full run the same hour up to
 42% of a run's CPU time was stolen (``benchmarks/README.md``, "Pinned rounds, and
-steal"). :func:`steal_ticks`
-reads steal from ``/proc/stat``, so a benchmark can say how much of each run was stolen.
+steal"). :func:`steal_ticks` reads steal from ``/proc/stat``, so a benchmark can say how
+much of each run was stolen.
 """
 
 from __future__ import annotations
