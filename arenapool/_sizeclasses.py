@@ -60,6 +60,7 @@ __all__ = [
     "MIN_CLASS",
     "PAGE",
     "SLAB_TARGET",
+    "STRETCH_FROM",
     "blocks_per_slab",
     "class_size",
     "size_classes",
@@ -72,6 +73,9 @@ MIN_CLASS: Final = 4096
 SLAB_TARGET: Final = 256 * 1024
 #: Classes from this size up to :data:`MID_TO` run ``mid_classes`` per doubling.
 MID_FROM: Final = 64 * 1024
+#: The smallest class whose lends may stretch to a larger class's warm block
+#: (``SlabPool(stretch=)``): from here up a slab holds one block.
+STRETCH_FROM: Final = 256 * 1024
 #: The last class of the middle range; classes above it run 4 per doubling again.
 MID_TO: Final = 1024 * 1024
 #: the quarters of a doubling each spacing keeps (a class is ``base * quarter // 4``)

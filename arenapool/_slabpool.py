@@ -40,7 +40,7 @@ from ._container import BudgetDerivation, auto_budget, rederive
 from ._counter import counter, peek
 from ._errors import ArenaPoolError, BudgetExhausted, InvalidSize, PoolClosedError
 from ._registry import register_slab_pool
-from ._sizeclasses import MIN_CLASS, blocks_per_slab, class_size, size_classes
+from ._sizeclasses import MIN_CLASS, STRETCH_FROM, blocks_per_slab, class_size, size_classes
 from ._slab import (
     CALIBRATION_WINDOWS,
     IDLE,
@@ -111,6 +111,13 @@ class SlabPool:
             decommitted on the request path), largest classes and longest idle first,
             warm reserves kept. ``None`` sets no cap: only ``decay`` returns memory. A
             cap trades page faults on reuse for a lower RSS under load.
+        stretch: a lend of 256 KiB or more that finds no warm (committed) idle block in
+            its class takes one from a larger class, up to ``stretch`` times its own
+            size (default 4; ``1``: never), instead of faulting a cold block in. A
+            general allocator hands a freed chunk's warm pages to the next request of
+            any size, where a class's blocks serve only that class. The larger block is
+            charged to the budget whole, so a lend stretches only while it leaves half
+            the budget free.
         retry_after: the ``Retry-After`` hint (seconds) carried by budget errors.
         max_waiters: most async lends queued at once; beyond it ``lend_async`` sheds at
             once with :class:`BudgetExhausted`. ``None`` means unbounded.
@@ -135,6 +142,7 @@ class SlabPool:
         reserve: int = 0,
         calibrate: bool = True,
         retain: int | str | None = "8MiB",
+        stretch: float = 4.0,
         retry_after: float = 1.0,
         max_waiters: int | None = None,
         name: str | None = None,
@@ -162,6 +170,10 @@ class SlabPool:
         if reserve < 0:
             msg = f"reserve must be zero or more blocks, got {reserve!r}"
             raise InvalidSize(msg, value=reserve)
+        if not stretch >= 1:
+            msg = f"stretch must be 1 or more, got {stretch!r}"
+            raise InvalidSize(msg, value=stretch)
+        self.stretch = float(stretch)
         self.decay = decay
         self.calibrate = calibrate
         self.retain = None if retain is None else parse_size(retain, name="retain", allow_zero=True)
@@ -268,6 +280,8 @@ class SlabPool:
                     not (self._closed or self._waiters)
                     and self._lent_bytes + self._quarantined_bytes + size <= self.budget
                 ):
+                    if size >= STRETCH_FROM and self.stretch > 1:
+                        return self._take_class(self._warm_class(index, None))
                     return self._take_class(self._classes[index])
             finally:
                 lock.release()
@@ -613,6 +627,7 @@ class SlabPool:
                 "idle_bytes": idle_bytes,
                 "idle_committed_bytes": self._idle_committed,
                 "retain": self.retain,
+                "stretch": self.stretch,
                 "calibrate": self.calibrate,
                 "idle_blocks": sum(c.idle for c in self._classes),
                 "quarantined_bytes": self._quarantined_bytes,
@@ -788,7 +803,11 @@ class SlabPool:
     def _take(self, nbytes: int, size: int, ticket: Ticket | None = None) -> Block:
         """Lend one block (lock held, budget already checked)."""
         if nbytes <= self.max_class:
-            block = self._take_class(self._classes[_bisect_left(self._sizes, size)])
+            index = _bisect_left(self._sizes, size)
+            cls = self._classes[index]
+            if size >= STRETCH_FROM and self.stretch > 1:
+                cls = self._warm_class(index, ticket)
+            block = self._take_class(cls)
         else:
             slab = self._new_slab(None, size, 1)
             block = slab.blocks[0]
@@ -800,6 +819,28 @@ class SlabPool:
             self._ticket_blocks[block] = ticket
             self._admission.charge(ticket, block.size)
         return block
+
+    def _warm_class(self, index: int, ticket: Ticket | None) -> ClassState:
+        """The class a lend of class ``index`` takes its block from (lock held, budget
+        checked for that class): its own, unless it has no warm idle block on top and a
+        larger class within ``stretch`` has one, the larger block fits the budget (under
+        ``ticket``, see :meth:`_fits`) and leaves half of it free: past half the budget a
+        lend takes its own class, so a pool near its budget charges what it always did."""
+        classes = self._classes
+        cls = classes[index]
+        free = cls.free
+        if free and free[-1].committed:
+            return cls
+        most = cls.size * self.stretch
+        half = self.budget // 2 - self._lent_bytes - self._quarantined_bytes
+        for other in classes[index + 1 :]:
+            size = other.size
+            if size > most or size > half:
+                break
+            free = other.free
+            if free and free[-1].committed:
+                return other if self._fits(size, ticket) else cls
+        return cls
 
     def _take_class(self, cls: ClassState) -> Block:
         """Lend one block of class ``cls`` (lock held, budget already checked)."""

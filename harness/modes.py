@@ -202,6 +202,13 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--retain", "none"),
         ),
         Mode(
+            "arenapool-no-stretch",
+            "arenapool",
+            "arenapool, each lend taking a block of its own class even when only a larger "
+            "class has one warm (SlabPool stretch=1; the default is 4)",
+            args=("--stretch", "1"),
+        ),
+        Mode(
             "arenapool-lean",
             "arenapool",
             "arenapool, the leanest slab pool: no idle slab memory kept committed and no "

@@ -723,6 +723,7 @@ def test_stats_is_json_with_documented_keys(make_pool: Callable[..., SlabPool]) 
         "idle_bytes",
         "idle_committed_bytes",
         "retain",
+        "stretch",
         "calibrate",
         "idle_blocks",
         "quarantined_bytes",

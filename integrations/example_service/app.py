@@ -198,6 +198,7 @@ def make_app(
     limit: str = "8MiB",
     decay: float = 10.0,
     retain: str | None = "8MiB",  # the SlabPool default
+    stretch: float = 4.0,  # the SlabPool default
     calibrate: bool = True,  # the SlabPool default
     mid_classes: int = 1,  # the SlabPool default
     governor: bool = True,
@@ -215,7 +216,7 @@ def make_app(
 
     ``limit`` caps one request body in every mode (aiohttp's ``client_max_size`` for
     ``plain``/``orjson``, the arena limit for arenapool); ``budget`` and ``decay`` size
-    arenapool's ``SlabPool``, as do ``retain``, ``calibrate`` (the warm reserves
+    arenapool's ``SlabPool``, as do ``retain``, ``stretch``, ``calibrate`` (the warm reserves
     recalibrated from the traffic) and ``mid_classes`` (size classes per doubling
     from 64 KiB to 1 MiB); ``governor`` runs arenapool's memory governor (it gives
     freed C heap back to the OS when the server goes idle); ``admin_token`` turns on
@@ -257,6 +258,7 @@ def make_app(
             max_class="16MiB",
             decay=decay,
             retain=retain,
+            stretch=stretch,
             calibrate=calibrate,
             mid_classes=mid_classes,
             name="ingest",
@@ -329,6 +331,13 @@ def main(argv: list[str] | None = None) -> None:
         default="8MiB",
         help="most idle slab memory kept resident between decays (8MiB, the SlabPool "
         "default; 'none': no cap)",
+    )
+    parser.add_argument(
+        "--stretch",
+        type=float,
+        default=4.0,
+        help="a lend of 256 KiB or more with no warm block in its class may take a larger "
+        "class's, up to this factor of its size (4, the SlabPool default; 1: never)",
     )
     parser.add_argument(
         "--no-calibrate",
@@ -413,6 +422,7 @@ def main(argv: list[str] | None = None) -> None:
         limit=args.limit,
         decay=args.decay,
         retain=None if args.retain.lower() == "none" else args.retain,
+        stretch=args.stretch,
         calibrate=args.calibrate,
         mid_classes=args.mid_classes,
         governor=args.governor,
