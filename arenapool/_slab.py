@@ -153,11 +153,23 @@ class Slab:
         self.nblocks = nblocks
         self.buf: mmap.mmap | bytearray
         if backing == "mmap":
-            self.buf = mmap.mmap(-1, self.size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-            if huge_pages and self.size >= HUGE_PAGE and _MADV_HUGEPAGE is not None:
-                # one fault and one kernel clear per 2 MiB instead of 512 faults
+            # the whole huge pages of the slab, from its start
+            whole = self.size // HUGE_PAGE * HUGE_PAGE if huge_pages else 0
+            length = self.size
+            if whole and _MADV_HUGEPAGE is not None:
+                # Linux (6.7 on) places an anonymous mapping whose length is a whole
+                # number of huge pages on a huge-page boundary; a 3 MiB slab mapped as
+                # 3 MiB rarely starts on one, and then no 2 MiB span of it can be a huge
+                # page. Mapped as 4 MiB, its first 2 MiB are one; the last MiB of address
+                # space past the slab is never touched, so it costs no memory.
+                length = -(-self.size // HUGE_PAGE) * HUGE_PAGE
+            self.buf = mmap.mmap(-1, length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+            if whole and _MADV_HUGEPAGE is not None:
+                # one fault and one kernel clear per 2 MiB instead of 512 faults; only
+                # the whole huge pages: past them a huge page would commit up to 2 MiB
+                # for a body that touches a few KiB of the slab's last part
                 with contextlib.suppress(OSError):  # THP "never": the kernel refuses
-                    self.buf.madvise(_MADV_HUGEPAGE)
+                    self.buf.madvise(_MADV_HUGEPAGE, 0, whole)
         else:
             self.buf = bytearray(self.size)
         probe = ctypes.c_char.from_buffer(self.buf)

@@ -6,6 +6,7 @@ import asyncio
 import ctypes
 import json
 import random
+import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -902,3 +903,30 @@ def test_large_slabs_ask_for_transparent_huge_pages() -> None:
         assert seen[True] >= 2048, f"THP mode {thp.strip()!r}: no huge page backs the block"
     else:
         assert 0 == seen[True]
+
+
+def test_a_block_between_huge_pages_starts_on_one() -> None:
+    """A 3 MiB block (not a whole number of huge pages) starts on a 2 MiB boundary, so
+    its first 2 MiB fault in as one huge page; its last MiB stays in small pages, which
+    commit only what a body touches. Unaligned, the kernel found no 2 MiB span inside
+    the mapping and all 768 pages faulted in one by one."""
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    with SlabPool("16MiB", decay=None, max_class="4MiB") as pool:
+        block = pool.lend(3 * MiB)
+        assert block.size == 3 * MiB
+        assert block.view is not None
+        address = ctypes.addressof(ctypes.c_char.from_buffer(block.view))
+        if "[never]" in thp:
+            pool.give_back([block])
+            return
+        assert 0 == address % (2 * MiB)
+        before_huge = _anon_huge_kib()
+        before_faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        ctypes.memset(address, 1, block.size)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before_faults
+        huge = _anon_huge_kib() - before_huge
+        pool.give_back([block])
+    assert 2048 == huge, f"THP mode {thp.strip()!r}: {huge} KiB of huge pages, not 2048"
+    # one fault for the huge page, one per small page of the last MiB (256), a few more
+    # for the interpreter's own pages
+    assert 256 < faults < 300, faults
