@@ -216,6 +216,14 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--retain", "0", "--no-calibrate"),
         ),
         Mode(
+            "arenapool-msgspec-lean",
+            "arenapool-msgspec",
+            "arenapool-msgspec with the leanest slab pool (SlabPool retain=0, "
+            "calibrate=False): arenapool-lean's pool with msgspec's decoder, which has no "
+            "work buffer of its own",
+            args=("--retain", "0", "--no-calibrate"),
+        ),
+        Mode(
             "arenapool-reserves",
             "arenapool",
             "arenapool, only the warm reserves calibrated from the traffic kept committed "
