@@ -105,6 +105,8 @@ def compile_twins(root: Path) -> list[Path]:
         extensions.append(Extension("arenapool._pymalloc_c", ["arenapool/_pymalloc_c.c"]))
         # plain C too: an arena allocator runs inside pymalloc, where no Python may run
         extensions.append(Extension("arenapool._arenacache_c", ["arenapool/_arenacache_c.c"]))
+        # plain C too: a PyMem allocator runs inside CPython's allocation calls
+        extensions.append(Extension("arenapool._blockcache_c", ["arenapool/_blockcache_c.c"]))
     if not extensions:
         return []
     here = Path.cwd()

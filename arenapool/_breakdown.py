@@ -35,6 +35,9 @@ Parts (from the allocators' own counters, each clamped to what its bucket still 
   (``pool.regions()``), pages of lent or quarantined blocks counted as lent. Exact;
   taken out of the bucket the mapping lies in. A pool without ``regions()`` is read from
   ``pool.stats()`` instead (lent bytes and idle committed bytes: an upper bound).
+- ``large_blocks``: the resident pages of the region that serves ``PyMem_Malloc``'s large
+  blocks (a JSON decoder's work buffer; ``arenapool.memory.cache_large_blocks``), by
+  ``mincore(2)`` over it. Exact; taken out of *generic*. 0 without the region.
 - ``python_in_use`` / ``python_free``: pymalloc's ``# bytes in allocated blocks`` and the
   rest of its arenas (``arenas * arena size``), from ``sys._debugmallocstats()``, whose
   output is captured by pointing libc's ``stderr`` at an ``open_memstream`` buffer for
@@ -77,6 +80,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Final, Protocol
 
+from ._blockcache import stats as block_cache_stats
 from ._memory import _bind_mallinfo2, _Mallinfo2
 from ._units import format_size
 
@@ -100,6 +104,7 @@ PARTS: Final = (
     "c_heap_free",
     "slabs_lent",
     "slabs_idle",
+    "large_blocks",
     "stacks",
     "anon_other",
     "unexplained",
@@ -549,6 +554,9 @@ def read_breakdown(slabs: Iterable[SlabSource] = ()) -> Breakdown:
     parts["slabs_lent"] = lent
     parts["slabs_idle"] = idle
     details["slab_source"] = slab_source
+
+    # the large-block region (GovernorConfig.block_cache): mincore over it, exact
+    parts["large_blocks"] = take.take("generic", block_cache_stats().resident)
 
     py = pymalloc_stats()
     if py is not None:

@@ -72,6 +72,12 @@ from ._arenacache import install as install_arena_cache
 from ._arenacache import release as release_arenas
 from ._arenacache import stats as arena_cache_stats
 from ._arenacache import status as arena_cache_status
+from ._blockcache import OFF as BLOCK_CACHE_OFF
+from ._blockcache import REGION as BLOCK_REGION
+from ._blockcache import install as install_block_cache
+from ._blockcache import release as release_blocks
+from ._blockcache import stats as block_cache_stats
+from ._blockcache import status as block_cache_status
 from ._container import Cgroup, ContainerMemory, find_cgroup
 from ._errors import InvalidSize
 from ._memory import (
@@ -111,8 +117,10 @@ class TrimResult(TypedDict):
     wall time, whether ``malloc_trim`` returned memory, the bytes each pool says it
     returned, the bytes of pymalloc's empty pools given back (``pymalloc``; 0 when
     not asked for or not possible here, see :func:`arenapool.memory.release_pymalloc`),
-    and the bytes of cached pymalloc arenas given back (``arenas``, see
-    :func:`arenapool.memory.release_pymalloc_arenas`).
+    the bytes of cached pymalloc arenas given back (``arenas``, see
+    :func:`arenapool.memory.release_pymalloc_arenas`), and the bytes of the large-block
+    region's free address range advised away (``blocks``, see
+    :func:`arenapool.memory.release_large_blocks`; 0 in a busy trim).
     """
 
     rss_before: int
@@ -123,6 +131,7 @@ class TrimResult(TypedDict):
     pools: dict[str, int]
     pymalloc: int
     arenas: int
+    blocks: int
 
 
 @dataclass(frozen=True)
@@ -208,6 +217,19 @@ class GovernorConfig:
     arena_cache_decay: float = 10.0
     """Seconds a cached pymalloc arena may stay unused under load before it is given
     back."""
+    block_cache: int | str | None = "4MiB"
+    """Serve ``PyMem_Malloc``'s blocks of ``block_cache_min`` or more (a JSON decoder's
+    work buffer: orjson's is about 12 times the document) from a region of arenapool's
+    own, keeping the pages of freed ones warm up to this many bytes into it and giving
+    back the rest as each block is freed (``None``: glibc serves them). Under load a
+    decoder's buffers then reuse the same warm pages instead of faulting in fresh ones
+    or sitting in the heap until a trim; the governor gives back the warm part too when
+    the server goes idle or a trim is not a busy one. Process-wide; needs the compiled
+    build and is not installed while ``tracemalloc`` traces (:meth:`Governor.stats`'s
+    ``block_cache`` says why when it is off; see
+    :func:`arenapool.memory.cache_large_blocks`)."""
+    block_cache_min: int | str = "256KiB"
+    """The smallest ``PyMem_Malloc`` block the region serves (``block_cache``)."""
     mmap_threshold: int | str | None = None
     """Pin glibc's mmap threshold here when the governor starts (``None``: leave it).
 
@@ -248,6 +270,15 @@ class GovernorConfig:
             if cache > ARENA_CACHE_MAX:
                 msg = f"arena_cache must be at most 4 GiB, got {self.arena_cache!r}"
                 raise InvalidSize(msg, value=self.arena_cache)
+        if self.block_cache is not None:
+            warm = parse_size(self.block_cache, name="block_cache", allow_zero=True)
+            if warm > BLOCK_REGION:
+                msg = f"block_cache must be at most 1 GiB, got {self.block_cache!r}"
+                raise InvalidSize(msg, value=self.block_cache)
+        smallest = parse_size(self.block_cache_min, name="block_cache_min")
+        if not 4096 <= smallest < BLOCK_CACHE_OFF:
+            msg = f"block_cache_min must be 4 KiB to under 1 GiB, got {self.block_cache_min!r}"
+            raise InvalidSize(msg, value=self.block_cache_min)
         if self.mmap_threshold is not None:
             threshold = parse_size(self.mmap_threshold, name="mmap_threshold", allow_zero=True)
             if threshold > MAX_MMAP_THRESHOLD:
@@ -304,9 +335,10 @@ def _resolve_pools(source: PoolsSource) -> list[SlabPool]:
 
 def _trim_blocking(
     pools: list[SlabPool], busy: bool, pymalloc: bool, arena_decay: float
-) -> tuple[dict[str, int], bool, int, int]:
-    """Return idle slab memory, cached pymalloc arenas, free C heap and (with
-    ``pymalloc``) pymalloc's empty pools to the OS; runs in a worker thread."""
+) -> tuple[dict[str, int], bool, int, int, int]:
+    """Return idle slab memory, cached pymalloc arenas, free C heap, (with ``pymalloc``)
+    pymalloc's empty pools and (unless ``busy``) the large-block region's free pages to
+    the OS; runs in a worker thread."""
     if busy:  # only what the pool's own decay would return: its hot blocks stay hot
         returned = {
             pool.name: 0 if pool.decay is None else pool.trim(older_than=pool.decay)
@@ -318,7 +350,9 @@ def _trim_blocking(
     arenas = release_arenas(older_than=arena_decay if busy else 0.0)
     trimmed = malloc_trim(0)
     released = release_free_pools() if pymalloc else None
-    return returned, trimmed, 0 if released is None else released.bytes, arenas
+    # busy: the region's warm pages are the next decode's (they are bounded by its warm)
+    blocks = 0 if busy else release_blocks()
+    return returned, trimmed, 0 if released is None else released.bytes, arenas, blocks
 
 
 async def trim_now(
@@ -343,7 +377,7 @@ async def trim_now(
     loop = asyncio.get_running_loop()
     before = current_rss()
     started = time.perf_counter()
-    returned, trimmed, released, arenas = await loop.run_in_executor(
+    returned, trimmed, released, arenas, blocks = await loop.run_in_executor(
         None, _trim_blocking, targets, busy, pymalloc, arena_decay
     )
     seconds = time.perf_counter() - started
@@ -357,6 +391,7 @@ async def trim_now(
         "pools": returned,
         "pymalloc": released,
         "arenas": arenas,
+        "blocks": blocks,
     }
 
 
@@ -447,6 +482,11 @@ class Governor:
         # "on" once start() installed the arena cache, else why not ("off": not asked for)
         self._arena_cache = "off"
         self._arena_released_bytes = 0
+        # "on" once start() installed the large-block region, else why not ("off": not
+        # asked for); the idle spell its free pages were last given back in
+        self._block_cache = "off"
+        self._blocks_released_bytes = 0
+        self._blocks_idle_since: float | None = None
         self._shed_count = 0
         self._shed_episodes = 0
         self._actions: deque[dict[str, Any]] = deque(maxlen=self.config.history)
@@ -539,6 +579,14 @@ class Governor:
                 _ARENA_CACHE_USERS.add(self)
             else:
                 self._arena_cache = arena_cache_status() or "off"
+        if config.block_cache is not None and self._block_cache != "on":
+            warm = parse_size(config.block_cache, name="block_cache", allow_zero=True)
+            smallest = parse_size(config.block_cache_min, name="block_cache_min")
+            if install_block_cache(warm, min_size=smallest):
+                self._block_cache = "on"
+                _BLOCK_CACHE_USERS.add(self)
+            else:
+                self._block_cache = block_cache_status() or "off"
         log.info(
             "governor started: interval %.2fs, soft %s, hard %s (%s)",
             config.interval,
@@ -557,6 +605,14 @@ class Governor:
             _ARENA_CACHE_USERS.discard(self)
             if not _ARENA_CACHE_USERS:
                 install_arena_cache(0)
+        if self._block_cache == "on":
+            # likewise the region: new blocks pass through to glibc, and its free pages
+            # go back now (blocks still alive in it are freed into it as before)
+            self._block_cache = "off"
+            _BLOCK_CACHE_USERS.discard(self)
+            if not _BLOCK_CACHE_USERS:
+                install_block_cache(0, min_size=BLOCK_CACHE_OFF)
+                self._blocks_released_bytes += release_blocks()
         if task is None:
             return
         task.cancel()
@@ -684,6 +740,11 @@ class Governor:
             # a few unmaps when some are)
             older = 0.0 if idle else config.arena_cache_decay
             self._arena_released_bytes += release_arenas(older_than=older)
+        if self._block_cache == "on" and idle and self._blocks_idle_since != self._last_activity:
+            # the region's warm pages, once per idle spell (a madvise per free extent
+            # that was ever touched: a handful)
+            self._blocks_idle_since = self._last_activity
+            self._blocks_released_bytes += release_blocks()
         if (
             self._pymalloc_release == "on"
             and idle
@@ -763,6 +824,7 @@ class Governor:
             self._pool_returned_bytes += sum(result["pools"].values())
             self._pymalloc_released_bytes += result["pymalloc"]
             self._arena_released_bytes += result["arenas"]
+            self._blocks_released_bytes += result["blocks"]
             if pymalloc and self._pymalloc_release == "on":
                 # released since the last activity: this idle spell's release is done
                 self._pymalloc_idle_since = self._last_activity
@@ -830,6 +892,11 @@ class Governor:
                 "released_bytes": self._arena_released_bytes,
                 **arena_cache_stats().to_dict(),
             },
+            "block_cache": {
+                "state": self._block_cache,
+                "released_bytes": self._blocks_released_bytes,
+                **block_cache_stats().to_dict(),
+            },
             "shed_count": self._shed_count,
             "shed_episodes": self._shed_episodes,
             "watch": self.watch,
@@ -862,6 +929,8 @@ def _fmt(nbytes: int | None) -> str:
 #: The running governors that asked for the arena cache (GovernorConfig.arena_cache):
 #: the cache is process-wide, and when the last of them stops it stops caching.
 _ARENA_CACHE_USERS: weakref.WeakSet[Governor] = weakref.WeakSet()
+#: Likewise for the large-block region (GovernorConfig.block_cache).
+_BLOCK_CACHE_USERS: weakref.WeakSet[Governor] = weakref.WeakSet()
 
 #: What adapters accept for a governor: none (``None``/``False``), the default one
 #: (``True``), one built from a config, or a running :class:`Governor`.

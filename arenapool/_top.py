@@ -50,6 +50,7 @@ _COLOURS: Final = {
     "c_heap_free": "yellow",
     "slabs_lent": "green",
     "slabs_idle": "dark_sea_green",
+    "large_blocks": "dark_khaki",
     "stacks": "magenta",
     "anon_other": "purple",
     "unexplained": "red",

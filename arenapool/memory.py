@@ -14,6 +14,11 @@
   request); :func:`release_pymalloc_arenas` gives the cached ones back and
   :func:`pymalloc_arena_cache` reads the cache. The governor does all three for you
   (``GovernorConfig.arena_cache``).
+- :func:`cache_large_blocks` serves ``PyMem_Malloc``'s large blocks (a JSON decoder's
+  work buffer) from a region of arenapool's own whose freed pages stay warm up to a
+  bound; :func:`release_large_blocks` gives its free pages back and
+  :func:`large_block_cache` reads it. The governor does this too
+  (``GovernorConfig.block_cache``).
 
 See ``arenapool._memory`` for what each figure of a reading means.
 """
@@ -24,6 +29,10 @@ from ._arenacache import ArenaCacheStats
 from ._arenacache import install as cache_pymalloc_arenas
 from ._arenacache import release as release_pymalloc_arenas
 from ._arenacache import stats as pymalloc_arena_cache
+from ._blockcache import BlockCacheStats
+from ._blockcache import install as cache_large_blocks
+from ._blockcache import release as release_large_blocks
+from ._blockcache import stats as large_block_cache
 from ._breakdown import PARTS, Breakdown, read_breakdown, read_buckets
 from ._census import Census
 from ._history import History
@@ -49,6 +58,7 @@ from ._verdict import Verdict, classify
 __all__ = [
     "PARTS",
     "ArenaCacheStats",
+    "BlockCacheStats",
     "Breakdown",
     "Census",
     "HeapInfo",
@@ -59,18 +69,21 @@ __all__ = [
     "PymallocStatus",
     "Tracer",
     "Verdict",
+    "cache_large_blocks",
     "cache_pymalloc_arenas",
     "cgroup_memory_limit",
     "classify",
     "current_rss",
     "heap_info",
     "hold_heap",
+    "large_block_cache",
     "malloc_trim",
     "malloc_trim_available",
     "pymalloc_arena_cache",
     "pymalloc_status",
     "read_breakdown",
     "read_buckets",
+    "release_large_blocks",
     "release_pymalloc",
     "release_pymalloc_arenas",
     "set_mmap_threshold",

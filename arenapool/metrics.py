@@ -268,6 +268,29 @@ class ArenapoolCollector(Collector):
                 yield CounterMetricFamily(
                     f"arenapool_governor_arena_cache_{name}", doc, value=_number(cache.get(key))
                 )
+        blocks = g.get("block_cache")
+        if blocks is not None:
+            for key, doc in (
+                ("in_use", "Bytes of live blocks in the large-block region."),
+                ("resident", "Resident bytes of the large-block region (in use or kept warm)."),
+            ):
+                yield GaugeMetricFamily(
+                    f"arenapool_governor_block_cache_{key}_bytes",
+                    doc,
+                    value=_number(blocks.get(key)),
+                )
+            for name, key, doc in (
+                ("served_total", "served", "Large PyMem blocks the region handed out."),
+                ("passed_total", "passed", "Large PyMem blocks the region had no room for."),
+                (
+                    "released_bytes_total",
+                    "released_bytes",
+                    "Bytes of the region's free range the governor advised away.",
+                ),
+            ):
+                yield CounterMetricFamily(
+                    f"arenapool_governor_block_cache_{name}", doc, value=_number(blocks.get(key))
+                )
         yield from _container_metrics(g.get("container"))
 
     @staticmethod

@@ -1,21 +1,26 @@
 """What the governor's memory settings save a large decode: page faults and CPU.
 
-Two of the governor's settings act on the memory a decode itself uses, not on the body:
+Three of the governor's settings act on the memory a decode itself uses, not on the body:
 
 - ``GovernorConfig(arena_cache=)``: pymalloc's freed arenas are kept for reuse
   (``arenapool.memory.cache_pymalloc_arenas``) instead of being unmapped, so the next
   decode's small objects do not fault their pages in again;
 - ``GovernorConfig(hold_heap=True)``: glibc's thresholds pinned and its own mappings
   stopped (``arenapool.memory.hold_heap``), so orjson's work buffer (12 times the
-  document) comes from the warm heap even above glibc's 32 MiB mmap threshold.
+  document) comes from the warm heap even above glibc's 32 MiB mmap threshold;
+- ``GovernorConfig(block_cache=)``: that work buffer comes from arenapool's large-block
+  region instead (``arenapool.memory.cache_large_blocks``), which keeps the pages of a
+  freed buffer warm up to a bound (here 64 MiB, so that every size here fits) and gives
+  back the rest.
 
 Each run is a fresh interpreter that decodes one document of the example service's
 shape (``{"records": [{"value", "tag", "pad"}, ...]}``) ``--decodes`` times after two
 unmeasured decodes, with some long-lived objects scattered over pymalloc's arenas first
 (as a server has), and reads its own minor faults (``getrusage``) and CPU
 (``process_time``) around them, then its RSS (psutil) before and after giving the
-cache back. Four setups per size: ``plain`` (neither), ``cache``, ``hold`` and
-``both`` (what the governor does), in an order that rotates every run. Ratios are
+cache and the region back. Six setups per size: ``plain`` (none), ``cache``, ``hold``,
+``both`` (cache and hold), ``region``, and ``all`` (cache, hold and region: what the
+governor does), in an order that rotates every run. Ratios are
 against ``plain`` in the same run; the table shows medians over ``--runs``.
 
     .venv/bin/python benchmarks/arena_cache.py                  # 1, 2, 3, 4 MiB x 5 runs
@@ -33,14 +38,15 @@ from typing import Any
 
 from arenapool import parse_size
 
-SETUPS = ("plain", "cache", "hold", "both")
+SETUPS = ("plain", "cache", "hold", "both", "region", "all")
 
 # One run, in a fresh interpreter: argv = size in bytes, setup, decodes, decoder.
 RUN = """
 import json, random, resource, sys, time
 import orjson
 from arenapool.memory import (
-    cache_pymalloc_arenas, current_rss, hold_heap, release_pymalloc_arenas,
+    cache_large_blocks, cache_pymalloc_arenas, current_rss, hold_heap, release_large_blocks,
+    release_pymalloc_arenas,
 )
 size, setup, decodes, decoder = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
 rng = random.Random(1)
@@ -61,10 +67,12 @@ else:
     loads = orjson.loads
 # long-lived objects scattered over the arenas, as a running server has
 scattered = [str(i) * 3 for i in range(200_000)][::50]
-if setup in ("hold", "both"):
+if setup in ("hold", "both", "all"):
     assert hold_heap(), "hold_heap needs glibc"
-if setup in ("cache", "both"):
+if setup in ("cache", "both", "all"):
     assert cache_pymalloc_arenas(32 * 1024 * 1024), "the cache needs the compiled build"
+if setup in ("region", "all"):
+    assert cache_large_blocks(64 * 1024 * 1024), "the region needs the compiled build"
 for _ in range(2):
     loads(doc)
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -75,6 +83,7 @@ cpu = time.process_time() - cpu
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
 rss = current_rss()
 given = release_pymalloc_arenas()
+release_large_blocks()
 print(json.dumps({
     "bytes": len(doc), "faults": faults / decodes, "cpu_us": cpu / decodes * 1e6,
     "rss": rss, "rss_after_release": current_rss(), "released": given,

@@ -246,6 +246,13 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--arena-cache", "none"),
         ),
         Mode(
+            "arenapool-no-block-cache",
+            "arenapool",
+            "arenapool with glibc serving the decoder's work buffers, not the governor's "
+            "large-block region (GovernorConfig(block_cache=None))",
+            args=("--block-cache", "none"),
+        ),
+        Mode(
             "arenapool-keep-pools",
             "arenapool",
             "arenapool, the governor's trims leaving pymalloc's empty pools resident "

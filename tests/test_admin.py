@@ -189,6 +189,7 @@ async def test_trim_route_goes_through_the_governor(aiohttp_server: ServerFactor
         "pools",
         "pymalloc",
         "arenas",
+        "blocks",
     } == set(result)
     assert 1 == governor.stats()["trims"]
     assert "admin" == governor.stats()["actions"][-1]["reason"]

@@ -149,3 +149,28 @@ async def test_the_arena_cache_option_reaches_the_governor(
         assert "ARENAPOOL_NO_EXTENSIONS" in cache["state"]
     else:
         assert ("on", limit) == (cache["state"], cache["limit"])
+
+
+@pytest.mark.parametrize(("block_cache", "warm"), [("4MiB", 4 * 1024 * 1024), (None, 0)])
+async def test_the_block_cache_option_reaches_the_governor(
+    aiohttp_client: ClientFactory, block_cache: str | None, warm: int
+) -> None:
+    """``block_cache`` (``--block-cache``, ``none`` in the ``arenapool-no-block-cache``
+    mode) sets the governor's large-block region: on with its warm bound in the compiled
+    build (the pure-Python build says why it cannot), off when ``None``; the answers stay
+    the same."""
+    client = await aiohttp_client(
+        example.make_app("arenapool", block_cache=block_cache, admin_token="t")
+    )
+    body = make_body(600_000, random.Random(12))
+    status, answer, stats = await ingest_and_stats(client, body)
+    region = stats["governor"]["block_cache"]
+
+    assert (200, body.expected()) == (status, answer)
+    if block_cache is None:
+        assert "off" == region["state"]
+    elif _ext.NO_EXTENSIONS:
+        assert "ARENAPOOL_NO_EXTENSIONS" in region["state"]
+    else:
+        assert ("on", warm) == (region["state"], region["warm"])
+        assert region["served"] >= 1  # the decoder's work buffer came from the region

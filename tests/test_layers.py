@@ -61,6 +61,7 @@ LAYERS: dict[str, int] = {
     "arenapool._trimpolicy": 6,
     "arenapool._pymalloc": 6,
     "arenapool._arenacache": 6,
+    "arenapool._blockcache": 6,
     "arenapool._census": 6,
     "arenapool.memory": 6,
     # 7. adapters

@@ -210,6 +210,7 @@ def make_app(
     hold_heap: bool = True,
     release_pymalloc: bool = True,
     arena_cache: str | None = "32MiB",
+    block_cache: str | None = "4MiB",
     noop_middleware: bool = False,
 ) -> web.Application:
     """The ingest service in ``mode`` (one of :data:`MODES`).
@@ -229,7 +230,9 @@ def make_app(
     otherwise it holds the C heap (``GovernorConfig.hold_heap``) unless ``hold_heap``
     is False. Its trims give back pymalloc's empty pools unless ``release_pymalloc``
     is False (``GovernorConfig.release_pymalloc``). It caches up to ``arena_cache`` of
-    the arenas pymalloc frees (``GovernorConfig.arena_cache``; ``None``: no cache).
+    the arenas pymalloc frees (``GovernorConfig.arena_cache``; ``None``: no cache), and
+    serves the decoder's work buffers from its large-block region, ``block_cache`` of
+    their pages kept warm (``GovernorConfig.block_cache``; ``None``: glibc serves them).
     ``noop_middleware`` appends one middleware that does nothing: what aiohttp's
     middleware machinery alone costs a request (arenapool's own runs as one).
     """
@@ -272,6 +275,7 @@ def make_app(
                 hold_heap=hold_heap,
                 release_pymalloc=release_pymalloc,
                 arena_cache=arena_cache,
+                block_cache=block_cache,
             )
             if governor
             else None
@@ -405,6 +409,12 @@ def main(argv: list[str] | None = None) -> None:
         "for reuse (32MiB; 'none': no cache)",
     )
     parser.add_argument(
+        "--block-cache",
+        default="4MiB",
+        help="arenapool modes: bytes of the large-block region (the decoder's work "
+        "buffers) the governor keeps warm (4MiB; 'none': glibc serves those blocks)",
+    )
+    parser.add_argument(
         "--backlog",
         type=int,
         default=2048,
@@ -434,6 +444,7 @@ def main(argv: list[str] | None = None) -> None:
         hold_heap=not args.glibc_heap,
         release_pymalloc=not args.keep_pymalloc_pools,
         arena_cache=None if args.arena_cache.lower() == "none" else args.arena_cache,
+        block_cache=None if args.block_cache.lower() == "none" else args.block_cache,
         noop_middleware=args.noop_middleware,
     )
     ready = f"example service ({args.mode}) on http://{args.host}:{args.port} pid {os.getpid()}"

@@ -1,0 +1,369 @@
+/* arenapool._blockcache_c: large blocks of CPython's PyMem_Malloc, from a region of our own.
+ *
+ * A JSON decoder's work buffer is the largest transient allocation a request makes:
+ * orjson (3.x, its yyjson backend) takes PyMem_Malloc(about 12 x the document) for every
+ * loads() and frees it before returning; it touches the document's copy and the parsed
+ * values, 2-4 x the document. glibc serves it from the main heap, where its pages stay
+ * resident until someone trims, or from a fresh mapping, which faults in on every call.
+ *
+ * This module sits in front of PyMem's MEM domain (PyMem_SetAllocator, CPython's public
+ * hook). Allocations of at least ``min_size`` bytes come from one reserved region of
+ * address space (MAP_NORESERVE: nothing is committed until touched), first fit from the
+ * lowest address. Since a decoder's buffers come and go one at a time, each new one lands
+ * where the last one was and reuses its pages warm. Blocks below the region's ``warm``
+ * offset keep their pages when freed; the part of a freed block above it is given back at
+ * once (madvise(MADV_DONTNEED)). So the process holds at most ``warm`` bytes of these
+ * pages between requests, however large the largest document was. release() gives back
+ * the free pages below ``warm`` too (arenapool's governor calls it when the server goes
+ * idle).
+ *
+ * Smaller allocations, calloc, realloc of blocks that are not ours, and whatever does not
+ * fit in the region go to the allocator underneath, untouched. A block is ours exactly
+ * when its address lies in the region: one comparison on every PyMem_Free.
+ *
+ * The MEM domain is entered with the GIL held (CPython's rule for PyMem_Malloc), but
+ * since 3.12 an interpreter may have a GIL of its own, so the region's bookkeeping takes
+ * a mutex: only on the region's own blocks, never on the path of the blocks passed
+ * through. The hook stays installed for the life of the process (blocks in the region
+ * may be freed at any time).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#define PAGE ((size_t)4096)
+#define HEADER ((size_t)64) /* a block's length, before the pointer handed out */
+#define MAX_EXTENTS 1024
+
+typedef struct {
+    size_t start; /* offset into the region */
+    size_t len;
+} extent;
+
+static char *region = NULL;
+static size_t region_size = 0;
+static size_t min_size = 0;
+static size_t warm = 0;
+static int installed = 0;
+static PyMemAllocatorEx under;
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+
+static extent free_list[MAX_EXTENTS]; /* sorted by start, no two adjacent */
+static Py_ssize_t nfree = 0;
+
+/* counters since install: blocks the region handed out (served), blocks of min_size or
+ * more it had no room for (passed), blocks given back to it (returned); bytes */
+static unsigned long long served = 0, passed = 0, returned = 0;
+static size_t in_use = 0, peak = 0, given_back = 0, high = 0;
+
+static inline int
+ours(const void *ptr)
+{
+    return (uintptr_t)ptr - (uintptr_t)region < region_size;
+}
+
+static inline size_t
+round_page(size_t n)
+{
+    return (n + PAGE - 1) & ~(PAGE - 1);
+}
+
+/* give back the pages of [start, start + len) above ``floor`` */
+static void
+drop_above(size_t start, size_t len, size_t floor)
+{
+    size_t end = start + len;
+    if (end <= floor) {
+        return;
+    }
+    if (start < floor) {
+        start = floor;
+    }
+    if (madvise(region + start, end - start, MADV_DONTNEED) == 0) {
+        given_back += end - start;
+    }
+}
+
+/* a block of at least n bytes from the region, or NULL; called with the lock held */
+static void *
+take(size_t n)
+{
+    if (n > region_size - HEADER) {
+        return NULL;
+    }
+    size_t need = round_page(n + HEADER);
+    for (Py_ssize_t i = 0; i < nfree; i++) {
+        if (free_list[i].len >= need) {
+            size_t start = free_list[i].start;
+            free_list[i].start += need;
+            free_list[i].len -= need;
+            if (free_list[i].len == 0) {
+                memmove(free_list + i, free_list + i + 1, (size_t)(nfree - i - 1) * sizeof(extent));
+                nfree--;
+            }
+            char *base = region + start;
+            *(size_t *)base = need;
+            in_use += need;
+            if (in_use > peak) {
+                peak = in_use;
+            }
+            if (start + need > high) {
+                high = start + need;
+            }
+            served++;
+            return base + HEADER;
+        }
+    }
+    return NULL;
+}
+
+/* put [start, start + len) back on the free list, merging with its neighbours; 0 when
+ * the list is full (the range is then lost to the region: it stays unused) */
+static int
+put(size_t start, size_t len)
+{
+    Py_ssize_t i = 0;
+    while (i < nfree && free_list[i].start < start) {
+        i++;
+    }
+    int left = i > 0 && free_list[i - 1].start + free_list[i - 1].len == start;
+    int right = i < nfree && start + len == free_list[i].start;
+    if (left && right) {
+        free_list[i - 1].len += len + free_list[i].len;
+        memmove(free_list + i, free_list + i + 1, (size_t)(nfree - i - 1) * sizeof(extent));
+        nfree--;
+    }
+    else if (left) {
+        free_list[i - 1].len += len;
+    }
+    else if (right) {
+        free_list[i].start = start;
+        free_list[i].len += len;
+    }
+    else {
+        if (nfree == MAX_EXTENTS) {
+            /* the range stays out of use, its pages given back */
+            drop_above(start, len, 0);
+            return 0;
+        }
+        memmove(free_list + i + 1, free_list + i, (size_t)(nfree - i) * sizeof(extent));
+        free_list[i].start = start;
+        free_list[i].len = len;
+        nfree++;
+    }
+    return 1;
+}
+
+/* a block back to the region; called with the lock held */
+static void
+give(void *ptr)
+{
+    char *base = (char *)ptr - HEADER;
+    size_t len = *(size_t *)base;
+    size_t start = (size_t)(base - region);
+    in_use -= len;
+    returned++;
+    drop_above(start, len, warm);
+    put(start, len);
+}
+
+static void *
+hook_malloc(void *ctx, size_t n)
+{
+    (void)ctx;
+    if (n >= min_size) {
+        pthread_mutex_lock(&lock);
+        void *p = take(n);
+        if (p == NULL) {
+            passed++;
+        }
+        pthread_mutex_unlock(&lock);
+        if (p != NULL) {
+            return p;
+        }
+    }
+    return under.malloc(under.ctx, n);
+}
+
+static void *
+hook_calloc(void *ctx, size_t nelem, size_t elsize)
+{
+    (void)ctx;
+    return under.calloc(under.ctx, nelem, elsize);
+}
+
+static void *
+hook_realloc(void *ctx, void *ptr, size_t n)
+{
+    (void)ctx;
+    if (ptr == NULL) {
+        return hook_malloc(NULL, n);
+    }
+    if (!ours(ptr)) {
+        return under.realloc(under.ctx, ptr, n);
+    }
+    size_t have = *(size_t *)((char *)ptr - HEADER) - HEADER;
+    if (n <= have) {
+        return ptr;
+    }
+    void *fresh = hook_malloc(NULL, n);
+    if (fresh == NULL) {
+        return NULL;
+    }
+    memcpy(fresh, ptr, have);
+    pthread_mutex_lock(&lock);
+    give(ptr);
+    pthread_mutex_unlock(&lock);
+    return fresh;
+}
+
+static void
+hook_free(void *ctx, void *ptr)
+{
+    (void)ctx;
+    if (ours(ptr)) {
+        pthread_mutex_lock(&lock);
+        give(ptr);
+        pthread_mutex_unlock(&lock);
+        return;
+    }
+    under.free(under.ctx, ptr);
+}
+
+static PyObject *
+install(PyObject *self, PyObject *args)
+{
+    (void)self;
+    Py_ssize_t lo, size, keep;
+    if (!PyArg_ParseTuple(args, "nnn", &lo, &size, &keep)) {
+        return NULL;
+    }
+    if (lo < (Py_ssize_t)PAGE || keep < 0 || size < (Py_ssize_t)PAGE) {
+        PyErr_SetString(PyExc_ValueError, "min_size and region must be at least a page, warm >= 0");
+        return NULL;
+    }
+    if (!installed) {
+        void *m = mmap(NULL, (size_t)size, PROT_READ | PROT_WRITE,
+                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (m == MAP_FAILED) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return NULL;
+        }
+        region = (char *)m;
+        region_size = (size_t)size;
+        free_list[0].start = 0;
+        free_list[0].len = region_size;
+        nfree = 1;
+        PyMemAllocatorEx mine = {NULL, hook_malloc, hook_calloc, hook_realloc, hook_free};
+        PyMem_GetAllocator(PYMEM_DOMAIN_MEM, &under);
+        PyMem_SetAllocator(PYMEM_DOMAIN_MEM, &mine);
+        installed = 1;
+    }
+    pthread_mutex_lock(&lock);
+    min_size = (size_t)lo;
+    warm = round_page((size_t)keep);
+    pthread_mutex_unlock(&lock);
+    return PyBool_FromLong(1);
+}
+
+/* give back the free pages above ``floor`` */
+static PyObject *
+release(PyObject *self, PyObject *arg)
+{
+    (void)self;
+    Py_ssize_t floor = PyLong_AsSsize_t(arg);
+    if (floor == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (floor < 0) {
+        PyErr_SetString(PyExc_ValueError, "floor must not be negative");
+        return NULL;
+    }
+    pthread_mutex_lock(&lock);
+    size_t before = given_back;
+    for (Py_ssize_t i = 0; i < nfree; i++) {
+        size_t end = free_list[i].start + free_list[i].len;
+        if (end > high) {
+            end = high; /* past the highest block ever handed out nothing was touched */
+        }
+        if (end > free_list[i].start) {
+            drop_above(free_list[i].start, end - free_list[i].start, (size_t)floor);
+        }
+    }
+    size_t done = given_back - before;
+    pthread_mutex_unlock(&lock);
+    return PyLong_FromSize_t(done);
+}
+
+/* the region's pages resident now (mincore over what was ever handed out) */
+static size_t
+resident(void)
+{
+    size_t pages = high / PAGE;
+    if (pages == 0) {
+        return 0;
+    }
+    unsigned char *vec = PyMem_RawMalloc(pages);
+    if (vec == NULL) {
+        return 0;
+    }
+    size_t count = 0;
+    if (mincore(region, high, vec) == 0) {
+        for (size_t i = 0; i < pages; i++) {
+            count += vec[i] & 1;
+        }
+    }
+    PyMem_RawFree(vec);
+    return count * PAGE;
+}
+
+static PyObject *
+stats(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    pthread_mutex_lock(&lock);
+    size_t res = installed ? resident() : 0;
+    size_t now[6] = {min_size, warm, region_size, in_use, peak, given_back};
+    unsigned long long counts[3] = {served, passed, returned};
+    pthread_mutex_unlock(&lock);
+    return Py_BuildValue("(innnnnnKKKn)", installed, (Py_ssize_t)now[0], (Py_ssize_t)now[1],
+                         (Py_ssize_t)now[2], (Py_ssize_t)now[3], (Py_ssize_t)now[4],
+                         (Py_ssize_t)res, counts[0], counts[1], counts[2], (Py_ssize_t)now[5]);
+}
+
+static PyMethodDef methods[] = {
+    {"install", install, METH_VARARGS,
+     "install(min_size, region, warm) -> True: serve PyMem_Malloc's blocks of at least "
+     "min_size bytes from a region of ``region`` bytes (reserved the first time), keeping "
+     "the pages of freed blocks below ``warm`` bytes into it."},
+    {"release", release, METH_O,
+     "release(floor) -> int: give back the free pages above ``floor`` bytes into the region."},
+    {"stats", stats, METH_NOARGS,
+     "stats() -> (installed, min_size, warm, region, in_use, peak, resident, served, passed, "
+     "freed, given_back)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT,
+    "arenapool._blockcache_c",
+    "Large PyMem blocks from a region of arenapool's own (see arenapool/_blockcache.py).",
+    -1,
+    methods,
+    NULL,
+    NULL,
+    NULL,
+    NULL,
+};
+
+PyMODINIT_FUNC
+PyInit__blockcache_c(void)
+{
+    return PyModule_Create(&module);
+}

@@ -1,0 +1,318 @@
+"""The large-block region (``arenapool._blockcache``): ``PyMem_Malloc``'s large blocks,
+a JSON decoder's work buffer first, from a region of arenapool's own.
+
+orjson takes a buffer of about 12 times the document on every ``loads``; above glibc's
+largest mmap threshold (a document of about 2.7 MiB) glibc maps it afresh each time and
+every page it touches faults in again. These tests check what the region is for: the
+buffer's pages do not fault in again (the OS's own fault counter), what it holds between
+requests is bounded by ``warm``, it gives the pages back when asked (mincore, and the
+OS's RSS), blocks grown and shrunk through it keep their contents, and ``tracemalloc``
+cannot knock it out. Each measuring test runs in a fresh interpreter. The compiled build
+serves; the pure-Python build (``ARENAPOOL_NO_EXTENSIONS=1``) says why it cannot and
+changes nothing; CI runs both.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+import arenapool.aiohttp
+from arenapool import Governor, GovernorConfig, InvalidSize, SlabPool, _ext
+from arenapool.memory import (
+    BlockCacheStats,
+    cache_large_blocks,
+    large_block_cache,
+    read_breakdown,
+    release_large_blocks,
+)
+from arenapool.metrics import register
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+COMPILED = not _ext.NO_EXTENSIONS
+MiB = 1024 * 1024
+
+# Run in a fresh interpreter: decode a 3.5 MiB document five times with the region at
+# WARM (or without it: WARM < 0), count the minor faults of the decodes after the first,
+# check the results (the first in full, the others by their size and last row), then
+# give the region back and read RSS around it. pymalloc's freed arenas are cached in
+# both runs, so that the objects' pages do not fault either and what is left is the
+# work buffer's.
+DECODE = """
+import json, resource, sys
+import orjson
+from arenapool.memory import (
+    cache_large_blocks, cache_pymalloc_arenas, current_rss, large_block_cache,
+    release_large_blocks,
+)
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+warm = int(sys.argv[1])
+doc = orjson.dumps(
+    {"rows": [{"id": i, "tag": "t%07d" % i, "v": i / 7} for i in range(70_000)]}
+)
+cache_pymalloc_arenas(256 * 1024 * 1024)
+installed = cache_large_blocks(warm) if warm >= 0 else False
+first = orjson.loads(doc)
+ok = orjson.dumps(first) == doc
+del first
+before = faults()
+for _ in range(4):
+    found = orjson.loads(doc)
+    ok = ok and len(found["rows"]) == 70_000 and found["rows"][-1]["tag"] == "t0069999"
+    del found
+per_decode = (faults() - before) / 4
+held = large_block_cache()
+rss_held = current_rss()
+given = release_large_blocks()
+print(json.dumps({
+    "installed": installed, "ok": ok, "faults": per_decode, "size": len(doc),
+    "held": held.to_dict(), "given": given, "rss_held": rss_held,
+    "rss_after": current_rss(), "after": large_block_cache().to_dict(),
+}))
+"""
+
+
+def run_python(code: str, *args: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONMALLOC": "pymalloc"},
+    )
+    assert (0, "") == (result.returncode, result.stderr.strip()), result.stderr
+    parsed: dict[str, Any] = json.loads(result.stdout)
+    return parsed
+
+
+def test_the_region_stops_the_buffer_faults_and_gives_the_pages_back() -> None:
+    """With the region warm enough for the buffer, decodes after the first fault in a
+    small fraction of the pages they fault in with glibc alone (the OS's count), every
+    result is right, and a release gives back what the region held: RSS drops by at
+    least half of it and no page of it stays resident."""
+    warm = run_python(DECODE, str(64 * MiB))
+    plain = run_python(DECODE, "-1")
+    assert warm["ok"] is True
+    assert plain["ok"] is True
+    if not COMPILED:
+        assert warm["installed"] is False
+        assert warm["held"]["available"] is False
+        assert "ARENAPOOL_NO_EXTENSIONS" in str(warm["held"]["reason"])
+        assert 0 == warm["given"]
+        return
+    # glibc maps the 40 MiB buffer afresh every time: the document's copy and its
+    # values, some 3 times the document, fault in page by page
+    buffer_pages = 3 * warm["size"] // 4096
+    assert plain["faults"] > buffer_pages // 2
+    assert warm["faults"] < plain["faults"] / 4
+    held = warm["held"]
+    assert (True, 64 * MiB, 0) == (held["installed"], held["warm"], held["in_use"])
+    assert held["served"] >= 5  # one buffer per decode
+    assert 0 == held["passed"]
+    assert held["peak"] >= 12 * warm["size"]  # orjson's buffer: about 12 x the document
+    assert held["resident"] >= buffer_pages * 4096 // 2  # the last buffer's pages, warm
+    assert warm["given"] > 0
+    assert warm["rss_held"] - warm["rss_after"] >= held["resident"] // 2
+    assert 0 == warm["after"]["resident"]
+
+
+# Fresh interpreter: the region with a small warm bound; a decode, then lists whose item
+# arrays grow and shrink through PyMem_Realloc inside the region.
+BOUNDS = """
+import json, sys
+import orjson
+from arenapool.memory import cache_large_blocks, large_block_cache
+cache_large_blocks(1024 * 1024)
+doc = orjson.dumps([{"k": i, "s": "x" * (i % 13)} for i in range(60_000)])
+ok = orjson.loads(doc)[-1] == {"k": 59_999, "s": "x" * (59_999 % 13)}
+after_decode = large_block_cache().to_dict()
+grown = list(range(50_000))        # presized: PyMem_Malloc, from the region
+served = large_block_cache().served
+grown.extend(range(50_000, 400_000))  # PyMem_Realloc of a region block: moved, copied
+ok = ok and grown == list(range(400_000))
+moved = large_block_cache().served - served
+del grown[1000:]                    # shrinks in place
+ok = ok and grown == list(range(1000))
+live = large_block_cache().in_use
+del grown
+print(json.dumps({
+    "ok": ok, "after_decode": after_decode, "moved": moved, "live": live,
+    "end": large_block_cache().to_dict(),
+}))
+"""
+
+
+def test_the_region_keeps_no_more_than_warm_and_blocks_keep_their_contents() -> None:
+    """With ``warm`` at 1 MiB a decode's 5 MiB buffer leaves at most 1 MiB resident once
+    freed; a list's item array grown through the region (``PyMem_Realloc``: a new block,
+    the old contents copied) and shrunk again reads back as written, and once the list
+    is gone nothing of the region is in use."""
+    found = run_python(BOUNDS)
+    assert found["ok"] is True
+    if not COMPILED:
+        assert found["end"]["installed"] is False
+        return
+    decoded = found["after_decode"]
+    assert decoded["served"] >= 1
+    assert decoded["peak"] > 4 * MiB
+    assert 0 == decoded["in_use"]
+    assert decoded["resident"] <= 1 * MiB
+    assert decoded["given_back"] > 0
+    assert found["moved"] >= 1
+    assert found["live"] > 0
+    end = found["end"]
+    assert 0 == end["in_use"]
+    assert end["resident"] <= 1 * MiB
+
+
+# Fresh interpreter: tracemalloc tracing refuses the region; tracemalloc started after it
+# wraps it and, stopped, puts it back, while blocks of the region stay alive.
+TRACING = """
+import json, tracemalloc
+import orjson
+from arenapool.memory import cache_large_blocks, large_block_cache
+doc = orjson.dumps([{"k": i} for i in range(40_000)])
+tracemalloc.start()
+refused = cache_large_blocks(4 * 1024 * 1024)
+reason = large_block_cache().reason
+tracemalloc.stop()
+installed = cache_large_blocks(4 * 1024 * 1024)
+kept = list(range(100_000))      # a region block made before tracing starts
+tracemalloc.start()
+ok = orjson.loads(doc) == [{"k": i} for i in range(40_000)]
+traced = tracemalloc.get_traced_memory()[1]
+tracemalloc.stop()
+ok = ok and orjson.loads(doc)[-1] == {"k": 39_999} and kept == list(range(100_000))
+del kept
+print(json.dumps({
+    "refused": refused, "reason": reason, "installed": installed, "ok": ok,
+    "traced": traced, "end": large_block_cache().to_dict(),
+}))
+"""
+
+
+def test_tracemalloc_cannot_knock_the_region_out() -> None:
+    """While tracemalloc traces, the region is not installed (its ``stop()`` would put
+    back the allocator it found, with region blocks alive) and says why; installed
+    first, it keeps serving through a tracemalloc start and stop, tracemalloc sees its
+    blocks, and a block made before the tracing is freed into it afterwards."""
+    found = run_python(TRACING)
+    assert found["ok"] is True
+    assert found["refused"] is False
+    if not COMPILED:
+        assert found["installed"] is False
+        return
+    assert "tracemalloc" in str(found["reason"])
+    assert found["installed"] is True
+    assert found["traced"] > 12 * 40_000 * 9  # the decode's buffer, traced
+    end = found["end"]
+    assert end["served"] >= 3  # the list, and the buffer of each decode
+    assert 0 == end["in_use"]
+
+
+def test_the_functions_refuse_what_makes_no_sense() -> None:
+    """Bounds outside the region and negative floors are refused in both builds."""
+    with pytest.raises(ValueError, match="warm must be 0 to"):
+        cache_large_blocks(-1)
+    with pytest.raises(ValueError, match="warm must be 0 to"):
+        cache_large_blocks(2 * 1024 * MiB)
+    with pytest.raises(ValueError, match="min_size must be 4096 to"):
+        cache_large_blocks(MiB, min_size=100)
+    with pytest.raises(ValueError, match="keep must not be negative"):
+        release_large_blocks(keep=-1)
+    with pytest.raises(InvalidSize, match="block_cache must be at most 1 GiB"):
+        GovernorConfig(block_cache="2GiB")
+    with pytest.raises(InvalidSize, match="block_cache_min must be 4 KiB"):
+        GovernorConfig(block_cache_min="1KiB")
+
+
+def test_stats_say_whether_this_build_can_serve() -> None:
+    found = large_block_cache()
+    assert isinstance(found, BlockCacheStats)
+    if COMPILED:
+        assert found.available is True
+    else:
+        assert found.available is False
+        assert "ARENAPOOL_NO_EXTENSIONS" in str(found.reason)
+        assert cache_large_blocks(4 * MiB) is False
+        assert 0 == release_large_blocks()
+
+
+def big_doc(rows: int) -> bytes:
+    return orjson.dumps({"rows": [{"id": i, "tag": f"t{i:07d}", "v": i / 7} for i in range(rows)]})
+
+
+async def test_a_server_decodes_from_the_region_and_its_governor_gives_it_back(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """A real server decoding 3.5 MiB bodies: its governor installs the region, every
+    decode's buffer comes from it, the breakdown and Prometheus show it, an idle check
+    gives its pages back, and stopping the last governor makes it a pass-through."""
+    pool = SlabPool("64MiB", name="blockcache-test")
+    # The background task checks once at start-up, then not for 60 s (see the same
+    # setup in test_arenacache.py): only the test's own check gives back.
+    config = GovernorConfig(
+        interval=60,
+        idle_after=0,
+        use_cgroup=False,
+        block_cache="64MiB",
+        trim_threshold="1GiB",
+        busy_trim_threshold=None,
+    )
+    governor = Governor(config, pools=[pool])
+    app = web.Application()
+
+    async def ingest(request: web.Request) -> web.Response:
+        doc = await arenapool.aiohttp.read_json(request)
+        return arenapool.aiohttp.json_response({"count": len(doc["rows"])})
+
+    app.router.add_post("/ingest", ingest)
+    arenapool.aiohttp.setup(app, pool=pool, limit="8MiB", governor=governor)
+    client = await aiohttp_client(app)
+    body = big_doc(70_000)
+    assert len(body) > 3 * MiB
+    before = large_block_cache()
+    for _ in range(3):
+        async with client.post("/ingest", data=body) as resp:
+            assert 200 == resp.status
+            assert {"count": 70_000} == await resp.json()
+    stats = governor.stats()["block_cache"]
+    if not COMPILED:
+        assert stats["state"] == "needs the compiled arenapool._blockcache_c " + (
+            "(ARENAPOOL_NO_EXTENSIONS is set)"
+        )
+        assert 0 == stats["served"]
+        return
+    assert ("on", 64 * MiB) == (stats["state"], stats["warm"])
+    assert stats["served"] - before.served >= 3  # each decode's buffer
+    assert stats["resident"] > 3 * MiB  # the last buffer's pages, kept warm
+    assert read_breakdown().parts["large_blocks"] > 3 * MiB
+    registry = CollectorRegistry()
+    register(registry, governor=governor)
+    scraped = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+    }
+    assert scraped["arenapool_governor_block_cache_served_total"] >= stats["served"]
+    assert scraped["arenapool_governor_block_cache_resident_bytes"] > 0
+    await governor.check()  # idle (nothing in flight, idle_after=0): the pages go back
+    stats = governor.stats()["block_cache"]
+    assert 0 == stats["resident"]
+    assert stats["released_bytes"] > 0
+    await governor.stop()
+    assert large_block_cache().min_size >= 1 << 30  # the last user stopped: pass-through
