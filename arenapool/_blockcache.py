@@ -93,6 +93,11 @@ class BlockCacheStats:
         return dataclasses.asdict(self)
 
 
+#: Why the region could not be reserved, once that was tried and failed (an address
+#: space limit, ``ulimit -v``, or strict overcommit, which counts even ``MAP_NORESERVE``).
+_failed: str | None = None
+
+
 def _compiled() -> ModuleType | None:
     return c_module("arenapool._blockcache_c")
 
@@ -106,7 +111,11 @@ def status() -> str | None:
     if module is None:
         why = "ARENAPOOL_NO_EXTENSIONS is set" if NO_EXTENSIONS else "it was not built"
         return f"needs the compiled arenapool._blockcache_c ({why})"
-    if not module.stats()[0] and tracemalloc.is_tracing():
+    if module.stats()[0]:
+        return None
+    if _failed is not None:
+        return _failed
+    if tracemalloc.is_tracing():
         return "tracemalloc is tracing (its stop() would drop the front; install first)"
     return None
 
@@ -126,10 +135,16 @@ def install(warm: int, *, min_size: int = DEFAULT_MIN_SIZE) -> bool:
     if not 4096 <= min_size <= OFF:
         msg = f"min_size must be 4096 to {OFF} bytes, got {min_size}"
         raise ValueError(msg)
+    global _failed  # set once, when the region cannot be reserved
     module = _compiled()
     if module is None or status() is not None:
         return False
-    module.install(min_size, REGION, warm)
+    try:
+        module.install(min_size, REGION, warm)
+    except OSError as exc:
+        _failed = f"could not reserve the region ({exc.strerror or exc})"
+        return False
+    release(keep=warm)  # a lower bound than before: what lies above it goes now
     return True
 
 

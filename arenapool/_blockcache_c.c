@@ -7,7 +7,8 @@
  * resident until someone trims, or from a fresh mapping, which faults in on every call.
  *
  * This module sits in front of PyMem's MEM domain (PyMem_SetAllocator, CPython's public
- * hook). Allocations of at least ``min_size`` bytes come from one reserved region of
+ * hook; after initialisation CPython supports only an allocator that wraps the one it
+ * replaces, as this one does: every block it does not serve goes to that one). Allocations of at least ``min_size`` bytes come from one reserved region of
  * address space (MAP_NORESERVE: nothing is committed until touched), first fit from the
  * lowest address. Since a decoder's buffers come and go one at a time, each new one lands
  * where the last one was and reuses its pages warm. Blocks below the region's ``warm``

@@ -217,7 +217,7 @@ class GovernorConfig:
     arena_cache_decay: float = 10.0
     """Seconds a cached pymalloc arena may stay unused under load before it is given
     back."""
-    block_cache: int | str | None = "4MiB"
+    block_cache: int | str | None = "16MiB"
     """Serve ``PyMem_Malloc``'s blocks of ``block_cache_min`` or more (a JSON decoder's
     work buffer: orjson's is about 12 times the document) from a region of arenapool's
     own, keeping the pages of freed ones warm up to this many bytes into it and giving

@@ -316,3 +316,28 @@ async def test_a_server_decodes_from_the_region_and_its_governor_gives_it_back(
     assert stats["released_bytes"] > 0
     await governor.stop()
     assert large_block_cache().min_size >= 1 << 30  # the last user stopped: pass-through
+
+
+# Fresh interpreter: an address-space limit (``ulimit -v``) leaves no room for the region.
+NO_ROOM = """
+import json, resource
+import psutil
+from arenapool.memory import cache_large_blocks, large_block_cache
+room = psutil.Process().memory_info().vms + 256 * 1024 * 1024
+resource.setrlimit(resource.RLIMIT_AS, (room, room))
+installed = cache_large_blocks(4 * 1024 * 1024)
+found = large_block_cache()
+print(json.dumps({"installed": installed, "reason": found.reason, "on": found.installed}))
+"""
+
+
+def test_no_room_for_the_region_is_said_not_raised() -> None:
+    """Where the address space is limited below the region's 1 GiB (``ulimit -v``; strict
+    overcommit does the same), installing returns False and the stats say why; the
+    process goes on with glibc serving every block."""
+    found = run_python(NO_ROOM)
+    assert (False, False) == (found["installed"], found["on"])
+    if COMPILED:
+        assert "could not reserve the region" in str(found["reason"])
+    else:
+        assert "ARENAPOOL_NO_EXTENSIONS" in str(found["reason"])

@@ -151,7 +151,7 @@ async def test_the_arena_cache_option_reaches_the_governor(
         assert ("on", limit) == (cache["state"], cache["limit"])
 
 
-@pytest.mark.parametrize(("block_cache", "warm"), [("4MiB", 4 * 1024 * 1024), (None, 0)])
+@pytest.mark.parametrize(("block_cache", "warm"), [("16MiB", 16 * 1024 * 1024), (None, 0)])
 async def test_the_block_cache_option_reaches_the_governor(
     aiohttp_client: ClientFactory, block_cache: str | None, warm: int
 ) -> None:

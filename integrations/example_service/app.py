@@ -210,7 +210,7 @@ def make_app(
     hold_heap: bool = True,
     release_pymalloc: bool = True,
     arena_cache: str | None = "32MiB",
-    block_cache: str | None = "4MiB",
+    block_cache: str | None = "16MiB",
     noop_middleware: bool = False,
 ) -> web.Application:
     """The ingest service in ``mode`` (one of :data:`MODES`).
@@ -410,9 +410,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--block-cache",
-        default="4MiB",
+        default="16MiB",
         help="arenapool modes: bytes of the large-block region (the decoder's work "
-        "buffers) the governor keeps warm (4MiB; 'none': glibc serves those blocks)",
+        "buffers) the governor keeps warm (16MiB; 'none': glibc serves those blocks)",
     )
     parser.add_argument(
         "--backlog",
