@@ -249,14 +249,17 @@ class ArenapoolCollector(Collector):
             ("shed_episodes_total", "shed_episodes", "Times the hard watermark was crossed."),
         ):
             yield CounterMetricFamily(f"arenapool_governor_{name}", doc, value=g[key])
-        cache = g.get("arena_cache")
-        if cache is not None:
-            yield GaugeMetricFamily(
-                "arenapool_governor_arena_cache_bytes",
-                "Bytes of pymalloc's freed arenas the governor's cache holds for reuse.",
-                value=_number(cache.get("cached_bytes")),
-            )
-            for name, key, doc in (
+        yield from _families(
+            "arenapool_governor_arena_cache",
+            g.get("arena_cache"),
+            gauges=(
+                (
+                    "bytes",
+                    "cached_bytes",
+                    "Bytes of pymalloc's freed arenas the governor's cache holds for reuse.",
+                ),
+            ),
+            counters=(
                 ("hits_total", "hits", "Arenas pymalloc took from the cache instead of mapping."),
                 ("misses_total", "misses", "Arenas pymalloc mapped with the cache empty."),
                 (
@@ -264,22 +267,20 @@ class ArenapoolCollector(Collector):
                     "released_bytes",
                     "Bytes of cached arenas the governor gave back to the OS.",
                 ),
-            ):
-                yield CounterMetricFamily(
-                    f"arenapool_governor_arena_cache_{name}", doc, value=_number(cache.get(key))
-                )
-        blocks = g.get("block_cache")
-        if blocks is not None:
-            for key, doc in (
-                ("in_use", "Bytes of live blocks in the large-block region."),
-                ("resident", "Resident bytes of the large-block region (in use or kept warm)."),
-            ):
-                yield GaugeMetricFamily(
-                    f"arenapool_governor_block_cache_{key}_bytes",
-                    doc,
-                    value=_number(blocks.get(key)),
-                )
-            for name, key, doc in (
+            ),
+        )
+        yield from _families(
+            "arenapool_governor_block_cache",
+            g.get("block_cache"),
+            gauges=(
+                ("in_use_bytes", "in_use", "Bytes of live blocks in the large-block region."),
+                (
+                    "resident_bytes",
+                    "resident",
+                    "Resident bytes of the large-block region (in use or kept warm).",
+                ),
+            ),
+            counters=(
                 ("served_total", "served", "Large PyMem blocks the region handed out."),
                 ("passed_total", "passed", "Large PyMem blocks the region had no room for."),
                 (
@@ -287,10 +288,8 @@ class ArenapoolCollector(Collector):
                     "released_bytes",
                     "Bytes of the region's free range the governor advised away.",
                 ),
-            ):
-                yield CounterMetricFamily(
-                    f"arenapool_governor_block_cache_{name}", doc, value=_number(blocks.get(key))
-                )
+            ),
+        )
         yield from _container_metrics(g.get("container"))
 
     @staticmethod
@@ -450,6 +449,23 @@ def _admission_metrics(pools: list[Any]) -> Iterator[Metric]:
             refusals.add_metric([name, reason], _number(row.get("refusals", {}).get(reason)))
     yield admits
     yield refusals
+
+
+def _families(
+    prefix: str,
+    values: Mapping[str, Any] | None,
+    *,
+    gauges: tuple[tuple[str, str, str], ...],
+    counters: tuple[tuple[str, str, str], ...],
+) -> Iterator[Metric]:
+    """``prefix_<suffix>`` gauges and counters read from ``values`` by key (nothing when
+    ``values`` is None): each entry is ``(suffix, key, help)``."""
+    if values is None:
+        return
+    for suffix, key, doc in gauges:
+        yield GaugeMetricFamily(f"{prefix}_{suffix}", doc, value=_number(values.get(key)))
+    for suffix, key, doc in counters:
+        yield CounterMetricFamily(f"{prefix}_{suffix}", doc, value=_number(values.get(key)))
 
 
 def _container_metrics(c: Mapping[str, Any] | None) -> Iterator[Metric]:

@@ -14,22 +14,11 @@ changes nothing; CI runs both.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 import orjson
 import pytest
-from aiohttp import web
-from aiohttp.test_utils import TestClient
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from _governed import ClientFactory, governed_decoder, post_times, run_python, scrape
 
-import arenapool.aiohttp
-from arenapool import Governor, GovernorConfig, InvalidSize, SlabPool, _ext
+from arenapool import GovernorConfig, InvalidSize, _ext
 from arenapool.memory import (
     BlockCacheStats,
     cache_large_blocks,
@@ -37,9 +26,6 @@ from arenapool.memory import (
     read_breakdown,
     release_large_blocks,
 )
-from arenapool.metrics import register
-
-ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 COMPILED = not _ext.NO_EXTENSIONS
 MiB = 1024 * 1024
@@ -83,20 +69,6 @@ print(json.dumps({
     "rss_after": current_rss(), "after": large_block_cache().to_dict(),
 }))
 """
-
-
-def run_python(code: str, *args: str) -> dict[str, Any]:
-    result = subprocess.run(
-        [sys.executable, "-c", code, *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, "PYTHONMALLOC": "pymalloc"},
-    )
-    assert (0, "") == (result.returncode, result.stderr.strip()), result.stderr
-    parsed: dict[str, Any] = json.loads(result.stdout)
-    return parsed
 
 
 def test_the_region_stops_the_buffer_faults_and_gives_the_pages_back() -> None:
@@ -262,34 +234,13 @@ async def test_a_server_decodes_from_the_region_and_its_governor_gives_it_back(
     """A real server decoding 3.5 MiB bodies: its governor installs the region, every
     decode's buffer comes from it, the breakdown and Prometheus show it, an idle check
     gives its pages back, and stopping the last governor makes it a pass-through."""
-    pool = SlabPool("64MiB", name="blockcache-test")
-    # The background task checks once at start-up, then not for 60 s (see the same
-    # setup in test_arenacache.py): only the test's own check gives back.
-    config = GovernorConfig(
-        interval=60,
-        idle_after=0,
-        use_cgroup=False,
-        block_cache="64MiB",
-        trim_threshold="1GiB",
-        busy_trim_threshold=None,
+    client, governor = await governed_decoder(
+        aiohttp_client, "blockcache-test", "rows", block_cache="64MiB"
     )
-    governor = Governor(config, pools=[pool])
-    app = web.Application()
-
-    async def ingest(request: web.Request) -> web.Response:
-        doc = await arenapool.aiohttp.read_json(request)
-        return arenapool.aiohttp.json_response({"count": len(doc["rows"])})
-
-    app.router.add_post("/ingest", ingest)
-    arenapool.aiohttp.setup(app, pool=pool, limit="8MiB", governor=governor)
-    client = await aiohttp_client(app)
     body = big_doc(70_000)
     assert len(body) > 3 * MiB
     before = large_block_cache()
-    for _ in range(3):
-        async with client.post("/ingest", data=body) as resp:
-            assert 200 == resp.status
-            assert {"count": 70_000} == await resp.json()
+    await post_times(client, body, 3, 70_000)
     stats = governor.stats()["block_cache"]
     if not COMPILED:
         assert stats["state"] == "needs the compiled arenapool._blockcache_c " + (
@@ -301,13 +252,7 @@ async def test_a_server_decodes_from_the_region_and_its_governor_gives_it_back(
     assert stats["served"] - before.served >= 3  # each decode's buffer
     assert stats["resident"] > 3 * MiB  # the last buffer's pages, kept warm
     assert read_breakdown().parts["large_blocks"] > 3 * MiB
-    registry = CollectorRegistry()
-    register(registry, governor=governor)
-    scraped = {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(generate_latest(registry).decode())
-        for sample in family.samples
-    }
+    scraped = scrape(governor)
     assert scraped["arenapool_governor_block_cache_served_total"] >= stats["served"]
     assert scraped["arenapool_governor_block_cache_resident_bytes"] > 0
     await governor.check()  # idle (nothing in flight, idle_after=0): the pages go back

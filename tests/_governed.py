@@ -1,0 +1,91 @@
+"""Helpers for the tests of the governor's process-wide memory settings (the arena
+cache, the large-block region): a script run in a fresh interpreter, and a real server
+whose governor the test drives by hand, decoding large JSON bodies.
+
+The server reads each body with ``read_json`` and answers how
+many items the document's ``key`` holds; its governor checks once at start-up and then
+not for 60 s, and has no trim to start (neither idle nor busy), so that check has no
+await in it and cannot give back, from a worker thread, what the requests have just
+cached: only the test's own ``governor.check()`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+import arenapool.aiohttp
+from arenapool import Governor, GovernorConfig, SlabPool
+from arenapool.metrics import register
+
+ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
+
+
+async def governed_decoder(
+    aiohttp_client: ClientFactory, name: str, key: str, **settings: Any
+) -> tuple[TestClient[Any, Any], Governor]:
+    """The client of a server as above (its pool named ``name``) and its governor,
+    configured with ``settings`` on top of the hand-driven ones."""
+    pool = SlabPool("64MiB", name=name)
+    config = GovernorConfig(
+        interval=60,
+        idle_after=0,
+        use_cgroup=False,
+        trim_threshold="1GiB",
+        busy_trim_threshold=None,
+        **settings,
+    )
+    governor = Governor(config, pools=[pool])
+    app = web.Application()
+
+    async def ingest(request: web.Request) -> web.Response:
+        doc = await arenapool.aiohttp.read_json(request)
+        return arenapool.aiohttp.json_response({"count": len(doc[key])})
+
+    app.router.add_post("/ingest", ingest)
+    arenapool.aiohttp.setup(app, pool=pool, limit="8MiB", governor=governor)
+    return await aiohttp_client(app), governor
+
+
+async def post_times(client: TestClient[Any, Any], body: bytes, times: int, count: int) -> None:
+    """POST ``body`` ``times`` times; each answer must be 200 with ``count``."""
+    for _ in range(times):
+        async with client.post("/ingest", data=body) as resp:
+            assert 200 == resp.status
+            assert {"count": count} == await resp.json()
+
+
+def scrape(governor: Governor) -> dict[str, float]:
+    """The governor's Prometheus samples, by name."""
+    registry = CollectorRegistry()
+    register(registry, governor=governor)
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(generate_latest(registry).decode())
+        for sample in family.samples
+    }
+
+
+def run_python(code: str, *args: str) -> dict[str, Any]:
+    """Run ``code`` in a fresh interpreter (with pymalloc, whatever this one uses) and
+    return the JSON it prints; it must exit 0 with nothing on stderr."""
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONMALLOC": "pymalloc"},
+    )
+    assert (0, "") == (result.returncode, result.stderr.strip()), result.stderr
+    parsed: dict[str, Any] = json.loads(result.stdout)
+    return parsed
