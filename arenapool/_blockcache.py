@@ -111,7 +111,7 @@ def status() -> str | None:
     if module is None:
         why = "ARENAPOOL_NO_EXTENSIONS is set" if NO_EXTENSIONS else "it was not built"
         return f"needs the compiled arenapool._blockcache_c ({why})"
-    if module.stats()[0]:
+    if module.installed():
         return None
     if _failed is not None:
         return _failed
@@ -172,7 +172,7 @@ def stats() -> BlockCacheStats:
         module.stats()
     )
     return BlockCacheStats(
-        bool(installed) or reason is None,
+        reason is None,
         reason,
         bool(installed),
         int(min_size),

@@ -8,9 +8,10 @@
  *
  * This module sits in front of PyMem's MEM domain (PyMem_SetAllocator, CPython's public
  * hook; after initialisation CPython supports only an allocator that wraps the one it
- * replaces, as this one does: every block it does not serve goes to that one). Allocations of at least ``min_size`` bytes come from one reserved region of
- * address space (MAP_NORESERVE: nothing is committed until touched), first fit from the
- * lowest address. Since a decoder's buffers come and go one at a time, each new one lands
+ * replaces, as this one does: every block it does not serve goes to that one).
+ * Allocations of at least ``min_size`` bytes come from one reserved region of address
+ * space (MAP_NORESERVE: nothing is committed until touched), first fit from the lowest
+ * address. Since a decoder's buffers come and go one at a time, each new one lands
  * where the last one was and reuses its pages warm. Blocks below the region's ``warm``
  * offset keep their pages when freed; the part of a freed block above it is given back at
  * once (madvise(MADV_DONTNEED)). So the process holds at most ``warm`` bytes of these
@@ -35,7 +36,6 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <unistd.h>
 
 #define PAGE ((size_t)4096)
 #define HEADER ((size_t)64) /* a block's length, before the pointer handed out */
@@ -324,6 +324,14 @@ resident(void)
 }
 
 static PyObject *
+is_installed(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    return PyBool_FromLong(installed);
+}
+
+static PyObject *
 stats(PyObject *self, PyObject *unused)
 {
     (void)self;
@@ -345,6 +353,8 @@ static PyMethodDef methods[] = {
      "the pages of freed blocks below ``warm`` bytes into it."},
     {"release", release, METH_O,
      "release(floor) -> int: give back the free pages above ``floor`` bytes into the region."},
+    {"installed", is_installed, METH_NOARGS,
+     "installed() -> bool: whether the front is in place (cheaper than stats())."},
     {"stats", stats, METH_NOARGS,
      "stats() -> (installed, min_size, warm, region, in_use, peak, resident, served, passed, "
      "freed, given_back)"},

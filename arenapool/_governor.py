@@ -828,6 +828,9 @@ class Governor:
             if pymalloc and self._pymalloc_release == "on":
                 # released since the last activity: this idle spell's release is done
                 self._pymalloc_idle_since = self._last_activity
+            if not busy:
+                # so did the region's: an idle trim's check does not release it again
+                self._blocks_idle_since = self._last_activity
             self._record(
                 "trim",
                 reason,
