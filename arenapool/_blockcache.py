@@ -17,7 +17,8 @@ on every call.
 the public hook). Blocks of at least ``min_size`` bytes come from one region of address
 space reserved once (``MAP_NORESERVE``: nothing is committed until touched), first fit
 from its lowest address. Buffers that come and go one at a time, as a decoder's do, so
-land where the last one was and find its pages warm: no fault, no zeroing. When a block
+land where the last one was and find its pages warm: no fault, no zeroing (in 4 KiB
+pages, or in transparent huge pages with ``install(huge_pages=True)``). When a block
 is freed, the part of it that lies above ``warm`` bytes into the region is given back at
 once (``madvise(MADV_DONTNEED)``); the part below stays. So between requests the region
 holds at most ``warm`` bytes, whatever the largest document was; a document whose buffer
@@ -71,7 +72,9 @@ class BlockCacheStats:
     region handed out; ``passed``: blocks of at least ``min_size`` it had no room for
     (they went to the allocator underneath); ``freed``: blocks given back to it;
     ``given_back``: bytes of freed blocks' pages returned to the OS (above ``warm`` as
-    they were freed, and by :func:`release`).
+    they were freed, and by :func:`release`); ``huge_pages``: whether the region is in
+    transparent huge pages (then ``warm`` is a whole number of them, and a freed block
+    gives back whole ones).
     """
 
     available: bool
@@ -87,6 +90,7 @@ class BlockCacheStats:
     passed: int
     freed: int
     given_back: int
+    huge_pages: bool
 
     def to_dict(self) -> dict[str, object]:
         """The fields as a JSON-ready dict."""
@@ -120,10 +124,19 @@ def status() -> str | None:
     return None
 
 
-def install(warm: int, *, min_size: int = DEFAULT_MIN_SIZE) -> bool:
+def install(warm: int, *, min_size: int = DEFAULT_MIN_SIZE, huge_pages: bool = False) -> bool:
     """Serve ``PyMem_Malloc`` blocks of at least ``min_size`` bytes from the region,
     keeping the pages of freed ones warm up to ``warm`` bytes into it (both rounded up to
     whole pages); installs the front the first time, later calls change the bounds.
+
+    ``huge_pages`` backs the region with transparent huge pages where the kernel allows
+    them (THP mode ``madvise`` or ``always``; :attr:`BlockCacheStats.huge_pages` says
+    whether it took): ``warm`` is then rounded up to whole 2 MiB pages, a freed block
+    gives back the whole huge pages of the free space around it (a huge page split by a
+    partial ``madvise`` would fault back in 4 KiB at a time), and what lies above
+    ``warm`` faults back in 2 MiB at a time. A huge page is resident whole once any byte
+    of it is touched, and a decoder touches its buffer sparsely: more RSS for fewer
+    faults, so it is off by default.
 
     Returns False, changing nothing, where :func:`status` says it cannot run. Raises
     ``ValueError`` for ``warm`` outside 0 to the region's size or ``min_size`` below a
@@ -140,7 +153,7 @@ def install(warm: int, *, min_size: int = DEFAULT_MIN_SIZE) -> bool:
     if module is None or status() is not None:
         return False
     try:
-        module.install(min_size, REGION, warm)
+        module.install(min_size, REGION, warm, huge_pages)
     except OSError as exc:
         _failed = f"could not reserve the region ({exc.strerror or exc})"
         return False
@@ -167,10 +180,21 @@ def stats() -> BlockCacheStats:
     reason = status()
     module = _compiled()
     if module is None:
-        return BlockCacheStats(False, reason, False, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
-    installed, min_size, warm, region, in_use, peak, resident, served, passed, freed, given = (
-        module.stats()
-    )
+        return BlockCacheStats(False, reason, False, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, False)
+    (
+        installed,
+        min_size,
+        warm,
+        region,
+        in_use,
+        peak,
+        resident,
+        served,
+        passed,
+        freed,
+        given,
+        grain,
+    ) = module.stats()
     return BlockCacheStats(
         reason is None,
         reason,
@@ -185,4 +209,5 @@ def stats() -> BlockCacheStats:
         int(passed),
         int(freed),
         int(given),
+        grain > 4096,
     )

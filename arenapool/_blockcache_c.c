@@ -17,7 +17,8 @@
  * once (madvise(MADV_DONTNEED)). So the process holds at most ``warm`` bytes of these
  * pages between requests, however large the largest document was. release() gives back
  * the free pages below ``warm`` too (arenapool's governor calls it when the server goes
- * idle).
+ * idle). Installed with ``huge`` set, the region is advised MADV_HUGEPAGE and gives back
+ * only whole huge pages: its pages fault in 2 MiB at a time.
  *
  * Smaller allocations, calloc, realloc of blocks that are not ours, and whatever does not
  * fit in the region go to the allocator underneath, untouched. A block is ours exactly
@@ -38,6 +39,7 @@
 #include <sys/mman.h>
 
 #define PAGE ((size_t)4096)
+#define HUGE_PAGE ((size_t)2 << 20)
 #define HEADER ((size_t)64) /* a block's length, before the pointer handed out */
 #define MAX_EXTENTS 1024
 
@@ -50,7 +52,9 @@ static char *region = NULL;
 static size_t region_size = 0;
 static size_t min_size = 0;
 static size_t warm = 0;
+static size_t grain = PAGE; /* what a free gives back in: pages, or whole huge pages */
 static int installed = 0;
+static int hugeable = 0; /* the region starts on a huge page boundary */
 static PyMemAllocatorEx under;
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -74,16 +78,20 @@ round_page(size_t n)
     return (n + PAGE - 1) & ~(PAGE - 1);
 }
 
-/* give back the pages of [start, start + len) above ``floor`` */
+/* give back the pages of [start, start + len) above ``floor``, in whole units of ``unit``
+ * bytes (a power of two; a huge page split by a partial madvise would fault back in
+ * 4 KiB at a time) */
 static void
-drop_above(size_t start, size_t len, size_t floor)
+drop_above(size_t start, size_t len, size_t floor, size_t unit)
 {
     size_t end = start + len;
-    if (end <= floor) {
-        return;
-    }
     if (start < floor) {
         start = floor;
+    }
+    start = (start + unit - 1) & ~(unit - 1);
+    end &= ~(unit - 1);
+    if (end <= start) {
+        return;
     }
     if (madvise(region + start, end - start, MADV_DONTNEED) == 0) {
         given_back += end - start;
@@ -123,9 +131,10 @@ take(size_t n)
     return NULL;
 }
 
-/* put [start, start + len) back on the free list, merging with its neighbours; 0 when
- * the list is full (the range is then lost to the region: it stays unused) */
-static int
+/* put [start, start + len) back on the free list, merging with its neighbours; returns
+ * the free extent it is now part of, or -1 when the list is full (the range is then lost
+ * to the region: it stays unused, its pages given back) */
+static Py_ssize_t
 put(size_t start, size_t len)
 {
     Py_ssize_t i = 0;
@@ -138,26 +147,26 @@ put(size_t start, size_t len)
         free_list[i - 1].len += len + free_list[i].len;
         memmove(free_list + i, free_list + i + 1, (size_t)(nfree - i - 1) * sizeof(extent));
         nfree--;
+        return i - 1;
     }
-    else if (left) {
+    if (left) {
         free_list[i - 1].len += len;
+        return i - 1;
     }
-    else if (right) {
+    if (right) {
         free_list[i].start = start;
         free_list[i].len += len;
+        return i;
     }
-    else {
-        if (nfree == MAX_EXTENTS) {
-            /* the range stays out of use, its pages given back */
-            drop_above(start, len, 0);
-            return 0;
-        }
-        memmove(free_list + i + 1, free_list + i, (size_t)(nfree - i) * sizeof(extent));
-        free_list[i].start = start;
-        free_list[i].len = len;
-        nfree++;
+    if (nfree == MAX_EXTENTS) {
+        drop_above(start, len, 0, PAGE);
+        return -1;
     }
-    return 1;
+    memmove(free_list + i + 1, free_list + i, (size_t)(nfree - i) * sizeof(extent));
+    free_list[i].start = start;
+    free_list[i].len = len;
+    nfree++;
+    return i;
 }
 
 /* a block back to the region; called with the lock held */
@@ -169,8 +178,26 @@ give(void *ptr)
     size_t start = (size_t)(base - region);
     in_use -= len;
     returned++;
-    drop_above(start, len, warm);
-    put(start, len);
+    Py_ssize_t at = put(start, len);
+    if (at < 0) {
+        return;
+    }
+    if (grain == PAGE) {
+        drop_above(start, len, warm, PAGE);
+        return;
+    }
+    /* In huge pages, the whole ones of the free extent the block joined: its edges may
+     * share a huge page with a neighbour freed earlier. Nothing past ``high`` was ever
+     * touched. */
+    size_t from = free_list[at].start;
+    size_t to = free_list[at].start + free_list[at].len;
+    size_t top = (high + grain - 1) & ~(grain - 1);
+    if (to > top) {
+        to = top;
+    }
+    if (to > from) {
+        drop_above(from, to - from, warm, grain);
+    }
 }
 
 static void *
@@ -241,7 +268,8 @@ install(PyObject *self, PyObject *args)
 {
     (void)self;
     Py_ssize_t lo, size, keep;
-    if (!PyArg_ParseTuple(args, "nnn", &lo, &size, &keep)) {
+    int huge = 0;
+    if (!PyArg_ParseTuple(args, "nnn|p", &lo, &size, &keep, &huge)) {
         return NULL;
     }
     if (lo < (Py_ssize_t)PAGE || keep < 0 || size < (Py_ssize_t)PAGE) {
@@ -257,6 +285,9 @@ install(PyObject *self, PyObject *args)
         }
         region = (char *)m;
         region_size = (size_t)size;
+        /* Linux (6.7 on) places a mapping whose length is a whole number of huge pages
+         * on their boundary; elsewhere the region keeps small pages */
+        hugeable = ((uintptr_t)m & (HUGE_PAGE - 1)) == 0 && size % (Py_ssize_t)HUGE_PAGE == 0;
         free_list[0].start = 0;
         free_list[0].len = region_size;
         nfree = 1;
@@ -267,7 +298,18 @@ install(PyObject *self, PyObject *args)
     }
     pthread_mutex_lock(&lock);
     min_size = (size_t)lo;
-    warm = round_page((size_t)keep);
+    /* a kernel whose THP mode is "never" refuses the advice: small pages, then */
+    if (huge && hugeable && madvise(region, region_size, MADV_HUGEPAGE) == 0) {
+        grain = HUGE_PAGE;
+    }
+    else {
+        if (grain == HUGE_PAGE) {
+            madvise(region, region_size, MADV_NOHUGEPAGE);
+        }
+        grain = PAGE;
+    }
+    warm = (size_t)keep;
+    warm = (warm + grain - 1) & ~(grain - 1);
     pthread_mutex_unlock(&lock);
     return PyBool_FromLong(1);
 }
@@ -289,11 +331,12 @@ release(PyObject *self, PyObject *arg)
     size_t before = given_back;
     for (Py_ssize_t i = 0; i < nfree; i++) {
         size_t end = free_list[i].start + free_list[i].len;
-        if (end > high) {
-            end = high; /* past the highest block ever handed out nothing was touched */
+        size_t top = (high + grain - 1) & ~(grain - 1);
+        if (end > top) {
+            end = top; /* past the highest block ever handed out nothing was touched */
         }
         if (end > free_list[i].start) {
-            drop_above(free_list[i].start, end - free_list[i].start, (size_t)floor);
+            drop_above(free_list[i].start, end - free_list[i].start, (size_t)floor, grain);
         }
     }
     size_t done = given_back - before;
@@ -338,12 +381,13 @@ stats(PyObject *self, PyObject *unused)
     (void)unused;
     pthread_mutex_lock(&lock);
     size_t res = installed ? resident() : 0;
-    size_t now[6] = {min_size, warm, region_size, in_use, peak, given_back};
+    size_t now[7] = {min_size, warm, region_size, in_use, peak, given_back, grain};
     unsigned long long counts[3] = {served, passed, returned};
     pthread_mutex_unlock(&lock);
-    return Py_BuildValue("(innnnnnKKKn)", installed, (Py_ssize_t)now[0], (Py_ssize_t)now[1],
+    return Py_BuildValue("(innnnnnKKKnn)", installed, (Py_ssize_t)now[0], (Py_ssize_t)now[1],
                          (Py_ssize_t)now[2], (Py_ssize_t)now[3], (Py_ssize_t)now[4],
-                         (Py_ssize_t)res, counts[0], counts[1], counts[2], (Py_ssize_t)now[5]);
+                         (Py_ssize_t)res, counts[0], counts[1], counts[2], (Py_ssize_t)now[5],
+                         (Py_ssize_t)now[6]);
 }
 
 static PyMethodDef methods[] = {

@@ -24,7 +24,11 @@ the pool's lock held, a pass does this:
 
 - *Retain* (:func:`enforce_retain`), when asked for and on every tick: while more than
   ``retain`` idle bytes stay committed, decommits idle blocks, largest classes first and
-  longest idle first, warm reserves kept. It trades page faults on reuse for RSS.
+  longest idle first, warm reserves kept. It trades page faults on reuse for RSS. Before
+  that it decommits every idle block of the classes that keep nothing warm (blocks of
+  2 MiB and more in huge pages, unless the pool was made with ``keep_huge_warm``): a
+  huge page faults back in at one fault and a kernel clear, so those blocks are not
+  worth their RSS between large bodies. A return of such a block asks for the pass.
 - *Decay* (:func:`trim_locked`), every ``decay / 4`` seconds: gives blocks idle longer
   than ``decay`` back to the OS, beyond each class's warm reserve: ``madvise(DONTNEED)``
   for a block inside a shared slab, unmapping for a slab that is wholly idle (as long
@@ -92,6 +96,9 @@ class Reservoir(Protocol):
     calibrate: bool
     _classes: list[ClassState]
     _idle_committed: int
+    _cold_idle: bool
+    _calibrated_at: float
+    warm_rate: float | None
     _lent_bytes: int
     _quarantined_bytes: int
     _window_high: int
@@ -114,6 +121,8 @@ def keep(cls: ClassState) -> int:
     """Idle blocks of ``cls`` kept committed through decay and retain: what its warm
     reserve covers beyond the blocks lent now (a reserve counts lent blocks: it is how
     many the traffic has out at once), never fewer than ``base_reserve``."""
+    if cls.cold:
+        return cls.base_reserve
     warm = cls.reserve - cls.lent
     return warm if warm > cls.base_reserve else cls.base_reserve
 
@@ -154,12 +163,25 @@ def trim_locked(pool: Reservoir, cutoff: float, keep_reserve: bool) -> int:
 
 
 def enforce_retain(pool: Reservoir) -> int:
-    """Decommit idle blocks until at most ``retain`` idle bytes stay committed: largest
-    classes first, longest idle first, warm reserves kept. The bytes returned."""
+    """Decommit the idle blocks of the classes that keep nothing warm (``ClassState.cold``)
+    beyond their floors, then idle blocks until at most ``retain`` idle bytes stay
+    committed: largest classes first, longest idle first, warm reserves kept. The bytes
+    returned."""
+    returned = 0
+    if pool._cold_idle:
+        # the classes that keep nothing warm (SlabPool keep_huge_warm, warm_rate) first,
+        # whatever retain is
+        pool._cold_idle = False
+        for cls in pool._classes:
+            if not cls.cold:
+                continue
+            free = cls.free
+            for block in free[: max(len(free) - keep(cls), 0)]:
+                if block.committed:
+                    returned += decommit(pool, block)
     retain = pool.retain
     if retain is None or pool._idle_committed <= retain:
-        return 0
-    returned = 0
+        return returned
     for cls in reversed(pool._classes):
         free = cls.free
         # the stack's bottom holds the blocks idle longest
@@ -179,7 +201,7 @@ def _upper_median(values: deque[int]) -> int:
     return ordered[len(ordered) // 2]
 
 
-def calibrate_locked(pool: Reservoir) -> None:
+def calibrate_locked(pool: Reservoir, now: float) -> None:
     """Close a calibration window: each class's reserve becomes the median of its recent
     active window peaks, never below its ``base_reserve``; then the reserves together are
     fitted into the median of the pool's recent window peaks in bytes (lock held).
@@ -198,11 +220,33 @@ def calibrate_locked(pool: Reservoir) -> None:
     fit keeps the median of those pool-wide peaks, the smallest classes first: for the
     same bytes, they cover the most requests (every class is hit about equally often by
     log-spread sizes, and a fault costs per page, so per byte all classes cost the same).
+
+    Why ``warm_rate``: a class's warm reserve saves page faults only as often as the class
+    is lent. Per byte kept resident, a block saves (lends a second) x (pages per byte)
+    faults a second, whatever its size; so a class lent fewer than ``warm_rate`` blocks a
+    second over the window keeps nothing warm beyond its floor (``ClassState.cold``) and
+    its idle blocks go back at the pass that follows. A window with no lend in any class
+    changes no class's standing. Classes in huge pages (``ClassState.huge``) keep nothing
+    warm at any rate: a huge page faults back in at one fault and a kernel clear.
     """
+    elapsed = now - pool._calibrated_at
+    pool._calibrated_at = now
+    floor_rate = pool.warm_rate
+    if floor_rate is not None and all(cls.lends == cls.lends_seen for cls in pool._classes):
+        floor_rate = None  # a pause is no sample of the rates either (see above)
     for cls in pool._classes:
         peak = cls.window_peak
         peaks = cls.peaks
         cls.window_peak = cls.lent  # the next window starts with what is out now
+        lends = cls.lends - cls.lends_seen
+        cls.lends_seen = cls.lends
+        if floor_rate is None:
+            cold = cls.huge or (pool.warm_rate is not None and cls.cold)
+        else:
+            cold = cls.huge or lends < floor_rate * elapsed
+        if cold and not cls.cold:
+            pool._cold_idle = True  # the pass that follows gives its idle blocks back
+        cls.cold = cold
         if not peak:
             cls.quiet += 1
             if cls.quiet >= QUIET_WINDOWS and peaks:
@@ -224,6 +268,8 @@ def calibrate_locked(pool: Reservoir) -> None:
         return
     room = _upper_median(byte_peaks)
     for cls in pool._classes:  # smallest first
+        if cls.cold:
+            continue
         size = cls.size
         want = cls.reserve
         fits = room // size if room > 0 else 0
@@ -247,7 +293,7 @@ def maintain(pool: Reservoir, now: float, *, tick: bool = True) -> int:
         pool._drain_pending()
         if tick:
             if pool.calibrate:
-                calibrate_locked(pool)
+                calibrate_locked(pool, now)
             decay = pool.decay
             if decay is not None:
                 returned += trim_locked(pool, now - decay, keep_reserve=True)

@@ -39,6 +39,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import enum
+import functools
 import mmap
 import sys
 import weakref
@@ -56,6 +57,24 @@ HUGE_PAGE: Final = 2 * 1024 * 1024
 _MADV_HUGEPAGE: int | None = getattr(mmap, "MADV_HUGEPAGE", None)
 
 _getrefcount = sys.getrefcount
+
+#: The kernel's transparent huge page setting (Linux).
+THP_ENABLED: Final = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+@functools.cache
+def thp_available() -> bool:
+    """Whether ``madvise(MADV_HUGEPAGE)`` gets huge pages here: Linux with THP mode
+    ``always`` or ``madvise`` (the bracketed word of :data:`THP_ENABLED`)."""
+    if _MADV_HUGEPAGE is None:
+        return False
+    try:
+        with open(THP_ENABLED, encoding="ascii") as f:
+            mode = f.read()
+    except OSError:
+        return False
+    return "[always]" in mode or "[madvise]" in mode
+
 
 #: How many calibration windows a class's warm reserve is the median of.
 CALIBRATION_WINDOWS: Final = 8
@@ -108,9 +127,13 @@ class ClassState:
 
     __slots__ = (
         "base_reserve",
+        "cold",
         "free",
         "high_water",
+        "huge",
         "idle",
+        "lends",
+        "lends_seen",
         "lent",
         "peaks",
         "quarantined",
@@ -132,6 +155,12 @@ class ClassState:
         self.window_peak = 0  # the most lent at once since the last calibration
         self.peaks: deque[int] = deque(maxlen=CALIBRATION_WINDOWS)
         self.quiet = 0  # windows in a row without a lend
+        # keeps nothing warm beyond base_reserve now: its idle blocks go back at the next
+        # pass (huge, or lent too seldom: SlabPool keep_huge_warm and warm_rate)
+        self.cold = False
+        self.huge = False  # in huge pages, and the pool keeps no huge block warm
+        self.lends = 0  # blocks lent since the pool began
+        self.lends_seen = 0  # ... at the last calibration
 
 
 class Slab:

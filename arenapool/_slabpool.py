@@ -43,6 +43,7 @@ from ._registry import register_slab_pool
 from ._sizeclasses import MIN_CLASS, STRETCH_FROM, blocks_per_slab, class_size, size_classes
 from ._slab import (
     CALIBRATION_WINDOWS,
+    HUGE_PAGE,
     IDLE,
     LENT,
     ON_LEND,
@@ -55,6 +56,7 @@ from ._slab import (
     Slab,
     arm,
     detach_carrier,
+    thp_available,
 )
 from ._units import format_size, parse_size
 from ._waiters import WaitQueue
@@ -92,6 +94,26 @@ class SlabPool:
         huge_pages: ask for transparent huge pages (``madvise(MADV_HUGEPAGE)``) on
             slabs of 2 MiB and more, so a large block faults in 2 MiB at a time; it
             has an effect where the kernel's THP mode is ``madvise`` or ``always``.
+        keep_huge_warm: ``False`` has the classes of 2 MiB and more keep nothing warm
+            beyond ``reserve=``/``prealloc``, however often they are lent: their idle
+            blocks go back to the OS at the next maintenance pass (off the request path,
+            within ``_decay.WAKE_GAP``), whatever ``retain`` is. It acts with
+            ``huge_pages`` where the kernel gives huge pages, without ``prefault``, and
+            when the pool returns memory at all (``decay`` or ``retain`` set). A huge
+            page faults back in at one fault and one kernel clear per 2 MiB, where small
+            pages cost 512 faults: on this machine refilling 16 MiB given back took
+            1.03 ms more than a warm fill in huge pages and 10.30 ms more in small ones
+            (``benchmarks/huge_refill.py``). Default ``True``: under a mixed load the
+            large blocks kept warm also serve smaller lends (``stretch``).
+        warm_rate: lends a second a class needs to keep a warm reserve (default 20;
+            ``None``: every class keeps its calibrated reserve, however seldom lent). At
+            each tick, a class lent fewer times than that over the window keeps nothing
+            warm beyond its floor: its idle blocks go back at the next pass, whatever
+            ``retain`` allows. A reserve saves faults only as often as its class is lent, so per
+            byte it holds a seldom-lent class saves few; a steady stream of one size
+            keeps its blocks warm. A window without any lend changes nothing. Acts on
+            calibrating pools (``calibrate=True``); ``stats()["cold_classes"]`` lists
+            the classes that keep nothing warm now.
         scrub: zero every block when it comes back, so no later borrower can read it.
         prealloc: blocks to map up front, ``{"64KiB": 32}``; they also set that class's
             warm reserve.
@@ -137,6 +159,8 @@ class SlabPool:
         backing: Backing = "mmap",
         prefault: bool = False,
         huge_pages: bool = True,
+        keep_huge_warm: bool = True,
+        warm_rate: float | None = 20.0,
         scrub: bool = False,
         prealloc: Mapping[int | str, int] | None = None,
         reserve: int = 0,
@@ -190,6 +214,17 @@ class SlabPool:
         # gets a mapping of its own (a class would have to be found above max_class)
         self.max_class = self._sizes[-1]
         self._classes = [ClassState(size, reserve) for size in self._sizes]
+        self.keep_huge_warm = keep_huge_warm
+        if warm_rate is not None and not warm_rate >= 0:
+            msg = f"warm_rate must be None or zero or more lends a second, got {warm_rate!r}"
+            raise InvalidSize(msg, value=warm_rate)
+        self.warm_rate = warm_rate
+        self._calibrated_at = _monotonic()
+        returns = decay is not None or self.retain is not None
+        if not (keep_huge_warm or prefault) and huge_pages and backing == "mmap" and returns:
+            cold_huge = thp_available()
+            for cls in self._classes:
+                cls.cold = cls.huge = cold_huge and cls.size >= HUGE_PAGE
         self._lock = threading.Lock()
         self._slabs: set[Slab] = set()
         self._huge: set[Block] = set()
@@ -216,6 +251,7 @@ class SlabPool:
         # ``retain``, or what the last pass had to keep (the warm reserves) if more, so
         # blocks the reserves keep warm do not ask at every return (_decay.maintain)
         self._wake_above = self.retain
+        self._cold_idle = False
         # arenas opened and closed: next() on a counter is atomic, so arenas come and
         # go without the lock; _arena_counts() reads them
         self._opened = counter()
@@ -496,7 +532,7 @@ class SlabPool:
                     cls.lent -= 1
                 self._make_idle(block, now)
             wake_above = self._wake_above
-            if wake_above is not None and self._idle_committed > wake_above:
+            if self._cold_idle or (wake_above is not None and self._idle_committed > wake_above):
                 # off the request path: a pass of its own decommits (see _decay)
                 self._hold_retain()
             if self._pending:
@@ -629,6 +665,9 @@ class SlabPool:
                 "retain": self.retain,
                 "stretch": self.stretch,
                 "calibrate": self.calibrate,
+                "warm_rate": self.warm_rate,
+                # the classes that keep nothing warm now (keep_huge_warm, warm_rate)
+                "cold_classes": [c.size for c in self._classes if c.cold],
                 "idle_blocks": sum(c.idle for c in self._classes),
                 "quarantined_bytes": self._quarantined_bytes,
                 "quarantined_blocks": sum(c.quarantined for c in self._classes)
@@ -853,6 +892,7 @@ class SlabPool:
         block = cls.free.pop()
         block.slab.idle -= 1
         cls.idle -= 1
+        cls.lends += 1
         if block.committed:
             self._idle_committed -= size
         lent = cls.lent = cls.lent + 1
@@ -945,6 +985,8 @@ class SlabPool:
             block.scrub = False
         block.used = 0
         block.idle_since = now
+        if cls.cold and block.committed:
+            self._cold_idle = True
         cls.free.append(block)
         cls.idle += 1
         slab.idle += 1

@@ -253,6 +253,21 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--block-cache", "none"),
         ),
         Mode(
+            "arenapool-keep-warm",
+            "arenapool",
+            "arenapool with every size class keeping its calibrated warm reserve however "
+            "seldom it is lent (SlabPool warm_rate=None)",
+            args=("--warm-rate", "none"),
+        ),
+        Mode(
+            "arenapool-cold-huge",
+            "arenapool",
+            "arenapool with every size class keeping its calibrated warm reserve except "
+            "blocks of 2 MiB and more, which go back soon after each large body (SlabPool "
+            "warm_rate=None, keep_huge_warm=False)",
+            args=("--warm-rate", "none", "--cold-huge"),
+        ),
+        Mode(
             "arenapool-keep-pools",
             "arenapool",
             "arenapool, the governor's trims leaving pymalloc's empty pools resident "

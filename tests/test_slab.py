@@ -726,6 +726,8 @@ def test_stats_is_json_with_documented_keys(make_pool: Callable[..., SlabPool]) 
         "retain",
         "stretch",
         "calibrate",
+        "warm_rate",
+        "cold_classes",
         "idle_blocks",
         "quarantined_bytes",
         "quarantined_blocks",

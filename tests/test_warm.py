@@ -15,7 +15,9 @@ import resource
 import threading
 import time
 
-from arenapool import SlabPool, _decay
+import pytest
+
+from arenapool import InvalidSize, SlabPool, _decay, _slab
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -314,3 +316,85 @@ def test_the_lean_pool_faults_a_reused_block_in_again() -> None:
 
     # the count is the whole process's: other faults only add to it
     assert (64 * KiB, True) == (returned, faults >= PAGES_PER_64K), faults
+
+
+def test_huge_page_blocks_keep_nothing_warm_and_fault_back_cheaply() -> None:
+    """Where the kernel gives huge pages, an idle 4 MiB block (its class in huge pages)
+    is not kept warm: give_back leaves it committed (nothing is decommitted on the
+    request path) and asks for a pass, and the pass gives it back whatever ``retain``
+    allows, while a 64 KiB block stays warm under the same cap. Its next fill faults
+    in 2 MiB at a time: a few faults, not 1,024. Made with ``keep_huge_warm=True`` the
+    pool keeps it warm like any other block, and where the kernel gives no huge pages
+    every class is kept warm. (``warm_rate=None``: no class is cold for its rate.)"""
+
+    def cycle(keep_huge_warm: bool) -> tuple[bool, bool, int, int, bool, object]:
+        with SlabPool("64MiB", decay=None, keep_huge_warm=keep_huge_warm, warm_rate=None) as pool:
+            pool._decay_thread = threading.current_thread()  # only these passes
+            pool._maintenance.clear()
+            touch(pool, 64 * KiB)
+            small = pool.lend(64 * KiB)
+            pool.give_back([small])
+            touch(pool, 4 * MiB)
+            large = pool.lend(4 * MiB)
+            asked = pool._maintenance.is_set()
+            pool.give_back([large])
+            asked = asked or pool._maintenance.is_set()
+            committed_after_return = large.committed
+            _decay.maintain(pool, time.monotonic())  # a tick, as the thread's
+            returned = pool.stats()["returned_bytes"]
+            before = minor_faults()
+            touch(pool, 4 * MiB)
+            faults = minor_faults() - before
+            return (
+                committed_after_return,
+                asked,
+                returned,
+                faults,
+                small.committed,
+                min(pool.stats()["cold_classes"], default=None),
+            )
+
+    cold = cycle(keep_huge_warm=False)
+    warm = cycle(keep_huge_warm=True)
+    pages = 4 * MiB // resource.getpagesize()
+    # the fault counts are the whole process's: other faults only add to them
+    assert (True, 0, True, None) == (warm[0], warm[2], warm[4], warm[5])
+    assert warm[3] < pages // 8
+    if not _slab.thp_available():
+        assert cold[:3] == warm[:3]
+        assert cold[5] is None
+        return
+    assert (True, True, 4 * MiB, True, 2 * MiB) == (cold[0], cold[1], cold[2], cold[4], cold[5])
+    assert cold[3] < pages // 8  # huge pages: 2 faults and a clear each, not 1,024
+
+
+def test_a_class_lent_seldom_keeps_nothing_warm() -> None:
+    """``warm_rate``: at a tick, a class lent fewer than ``warm_rate`` blocks a second
+    over the window keeps nothing warm beyond its floor, and the pass that follows gives
+    its idle blocks back whatever ``retain`` allows; a class lent often keeps its
+    calibrated reserve. A window with no lend at all (a pause) changes no class's
+    standing, and ``warm_rate=None`` keeps every reserve."""
+
+    def run(warm_rate: float | None) -> tuple[list[int], bool, bool, list[int], bool]:
+        with SlabPool("64MiB", decay=None, warm_rate=warm_rate) as pool:
+            pool._decay_thread = threading.current_thread()  # only these passes
+            start = time.monotonic()
+            pool._calibrated_at = start
+            for _ in range(40):  # 64 KiB: 40 lends in the window
+                touch(pool, 64 * KiB)
+            touch(pool, 256 * KiB)  # 256 KiB: one
+            hot = pool.lend(64 * KiB)
+            seldom = pool.lend(256 * KiB)
+            pool.give_back([hot, seldom])
+            # a one-second window, whatever the wall clock says
+            _decay.maintain(pool, start + 1.0)
+            cold = sorted(set(pool.stats()["cold_classes"]) & {64 * KiB, 256 * KiB})
+            kept = (hot.committed, seldom.committed)
+            _decay.maintain(pool, start + 2.0)  # a window without a lend: a pause
+            after_pause = sorted(set(pool.stats()["cold_classes"]) & {64 * KiB, 256 * KiB})
+            return cold, kept[0], kept[1], after_pause, hot.committed
+
+    assert ([256 * KiB], True, False, [256 * KiB], True) == run(20.0)
+    assert ([], True, True, [], True) == run(None)
+    with pytest.raises(InvalidSize, match="warm_rate must be None or zero or more"):
+        SlabPool("64MiB", warm_rate=-1.0)

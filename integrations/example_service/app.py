@@ -201,6 +201,8 @@ def make_app(
     stretch: float = 4.0,  # the SlabPool default
     calibrate: bool = True,  # the SlabPool default
     mid_classes: int = 1,  # the SlabPool default
+    keep_huge_warm: bool = True,  # the SlabPool default
+    warm_rate: float | None = 20.0,  # the SlabPool default
     governor: bool = True,
     admin_token: str | None = None,
     trim_interval: float = 0.0,
@@ -211,6 +213,7 @@ def make_app(
     release_pymalloc: bool = True,
     arena_cache: str | None = "32MiB",
     block_cache: str | None = "16MiB",
+    block_cache_huge_pages: bool = False,
     noop_middleware: bool = False,
 ) -> web.Application:
     """The ingest service in ``mode`` (one of :data:`MODES`).
@@ -218,9 +221,11 @@ def make_app(
     ``limit`` caps one request body in every mode (aiohttp's ``client_max_size`` for
     ``plain``/``orjson``, the arena limit for arenapool); ``budget`` and ``decay`` size
     arenapool's ``SlabPool``, as do ``retain``, ``stretch``, ``calibrate`` (the warm reserves
-    recalibrated from the traffic) and ``mid_classes`` (size classes per doubling
-    from 64 KiB to 1 MiB); ``governor`` runs arenapool's memory governor (it gives
-    freed C heap back to the OS when the server goes idle); ``admin_token`` turns on
+    recalibrated from the traffic), ``mid_classes`` (size classes per doubling
+    from 64 KiB to 1 MiB), ``keep_huge_warm`` (idle blocks of 2 MiB and more kept warm
+    too) and ``warm_rate`` (the lends a second a class needs to keep idle blocks warm);
+    ``governor`` runs arenapool's memory governor (it gives freed C heap back to the OS
+    when the server goes idle); ``admin_token`` turns on
     arenapool's admin routes (``/_arenapool/stats`` and the dashboard);
     ``trim_interval`` > 0 runs the ``malloc_trim(0)`` loop (:func:`add_trim_loop`).
     The governor trims under load when ``busy_trim`` of freed C heap is worth it
@@ -232,9 +237,10 @@ def make_app(
     is False (``GovernorConfig.release_pymalloc``). It caches up to ``arena_cache`` of
     the arenas pymalloc frees (``GovernorConfig.arena_cache``; ``None``: no cache), and
     serves the decoder's work buffers from its large-block region, ``block_cache`` of
-    their pages kept warm (``GovernorConfig.block_cache``; ``None``: glibc serves them).
-    ``noop_middleware`` appends one middleware that does nothing: what aiohttp's
-    middleware machinery alone costs a request (arenapool's own runs as one).
+    their pages kept warm (``GovernorConfig.block_cache``; ``None``: glibc serves them),
+    in transparent huge pages when ``block_cache_huge_pages``. ``noop_middleware``
+    appends one middleware that does nothing: what aiohttp's middleware machinery alone
+    costs a request (arenapool's own runs as one).
     """
     if mode not in MODES:
         msg = f"unknown mode {mode!r}; choose from {', '.join(MODES)}"
@@ -264,6 +270,8 @@ def make_app(
             stretch=stretch,
             calibrate=calibrate,
             mid_classes=mid_classes,
+            keep_huge_warm=keep_huge_warm,
+            warm_rate=warm_rate,
             name="ingest",
         )
         governor_config = (
@@ -276,6 +284,7 @@ def make_app(
                 release_pymalloc=release_pymalloc,
                 arena_cache=arena_cache,
                 block_cache=block_cache,
+                block_cache_huge_pages=block_cache_huge_pages,
             )
             if governor
             else None
@@ -359,6 +368,20 @@ def main(argv: list[str] | None = None) -> None:
         "SlabPool default; 4: as fine as elsewhere)",
     )
     parser.add_argument(
+        "--cold-huge",
+        dest="keep_huge_warm",
+        action="store_false",
+        help="arenapool modes: idle blocks of 2 MiB and more (in huge pages) go back to the "
+        "OS soon after each large body, however often they are lent (SlabPool "
+        "keep_huge_warm=False)",
+    )
+    parser.add_argument(
+        "--warm-rate",
+        default="20",
+        help="arenapool modes: lends a second a size class needs to keep idle blocks warm "
+        "(20, the SlabPool default; 'none': every class keeps its calibrated reserve)",
+    )
+    parser.add_argument(
         "--no-governor",
         dest="governor",
         action="store_false",
@@ -415,6 +438,12 @@ def main(argv: list[str] | None = None) -> None:
         "buffers) the governor keeps warm (16MiB; 'none': glibc serves those blocks)",
     )
     parser.add_argument(
+        "--block-cache-huge-pages",
+        action="store_true",
+        help="arenapool modes: back the large-block region with transparent huge pages "
+        "(GovernorConfig(block_cache_huge_pages=True))",
+    )
+    parser.add_argument(
         "--backlog",
         type=int,
         default=2048,
@@ -435,6 +464,8 @@ def main(argv: list[str] | None = None) -> None:
         stretch=args.stretch,
         calibrate=args.calibrate,
         mid_classes=args.mid_classes,
+        keep_huge_warm=args.keep_huge_warm,
+        warm_rate=None if args.warm_rate.lower() == "none" else float(args.warm_rate),
         governor=args.governor,
         admin_token=args.admin_token,
         trim_interval=args.trim_interval,
@@ -445,6 +476,7 @@ def main(argv: list[str] | None = None) -> None:
         release_pymalloc=not args.keep_pymalloc_pools,
         arena_cache=None if args.arena_cache.lower() == "none" else args.arena_cache,
         block_cache=None if args.block_cache.lower() == "none" else args.block_cache,
+        block_cache_huge_pages=args.block_cache_huge_pages,
         noop_middleware=args.noop_middleware,
     )
     ready = f"example service ({args.mode}) on http://{args.host}:{args.port} pid {os.getpid()}"
