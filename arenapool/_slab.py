@@ -159,7 +159,9 @@ class ClassState:
         # pass (huge, or lent too seldom: SlabPool keep_huge_warm and warm_rate)
         self.cold = False
         self.huge = False  # in huge pages, and the pool keeps no huge block warm
-        self.lends = 0  # blocks lent since the pool began
+        # lends that asked for this class since the pool began (a lend that stretched
+        # into a larger class counts here, not there: the rate is the traffic's)
+        self.lends = 0
         self.lends_seen = 0  # ... at the last calibration
 
 

@@ -105,11 +105,13 @@ class SlabPool:
             1.03 ms more than a warm fill in huge pages and 10.30 ms more in small ones
             (``benchmarks/huge_refill.py``). Default ``True``: under a mixed load the
             large blocks kept warm also serve smaller lends (``stretch``).
-        warm_rate: lends a second a class needs to keep a warm reserve (default 20;
-            ``None``: every class keeps its calibrated reserve, however seldom lent). At
-            each tick, a class lent fewer times than that over the window keeps nothing
-            warm beyond its floor: its idle blocks go back at the next pass, whatever
-            ``retain`` allows. A reserve saves faults only as often as its class is lent, so per
+        warm_rate: lends a second a class needs to keep a warm reserve (default
+            ``None``: every class keeps its calibrated reserve, however seldom lent; 20
+            is the value measured under a mixed load, see docs/core.md). At each tick,
+            a class asked for fewer times than that over the window keeps nothing warm
+            beyond its floor: its idle blocks go back at the next pass, whatever
+            ``retain`` allows (a lend that stretches counts for the class it asked
+            for). A reserve saves faults only as often as its class is lent, so per
             byte it holds a seldom-lent class saves few; a steady stream of one size
             keeps its blocks warm. A window without any lend changes nothing. Acts on
             calibrating pools (``calibrate=True``); ``stats()["cold_classes"]`` lists
@@ -160,7 +162,7 @@ class SlabPool:
         prefault: bool = False,
         huge_pages: bool = True,
         keep_huge_warm: bool = True,
-        warm_rate: float | None = 20.0,
+        warm_rate: float | None = None,
         scrub: bool = False,
         prealloc: Mapping[int | str, int] | None = None,
         reserve: int = 0,
@@ -316,9 +318,11 @@ class SlabPool:
                     not (self._closed or self._waiters)
                     and self._lent_bytes + self._quarantined_bytes + size <= self.budget
                 ):
+                    cls = self._classes[index]
+                    cls.lends += 1  # the class asked for, even when a lend stretches
                     if size >= STRETCH_FROM and self.stretch > 1:
                         return self._take_class(self._warm_class(index, None))
-                    return self._take_class(self._classes[index])
+                    return self._take_class(cls)
             finally:
                 lock.release()
         # everything else, and every refusal with its error
@@ -844,6 +848,7 @@ class SlabPool:
         if nbytes <= self.max_class:
             index = _bisect_left(self._sizes, size)
             cls = self._classes[index]
+            cls.lends += 1  # the class asked for, even when a lend stretches
             if size >= STRETCH_FROM and self.stretch > 1:
                 cls = self._warm_class(index, ticket)
             block = self._take_class(cls)
@@ -892,7 +897,6 @@ class SlabPool:
         block = cls.free.pop()
         block.slab.idle -= 1
         cls.idle -= 1
-        cls.lends += 1
         if block.committed:
             self._idle_committed -= size
         lent = cls.lent = cls.lent + 1

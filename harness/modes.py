@@ -253,19 +253,18 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--block-cache", "none"),
         ),
         Mode(
-            "arenapool-keep-warm",
+            "arenapool-warm-rate",
             "arenapool",
-            "arenapool with every size class keeping its calibrated warm reserve however "
-            "seldom it is lent (SlabPool warm_rate=None)",
-            args=("--warm-rate", "none"),
+            "arenapool whose size classes lent fewer than 20 blocks a second keep nothing "
+            "warm (SlabPool warm_rate=20): under a mix of sizes, about the leanest pool",
+            args=("--warm-rate", "20"),
         ),
         Mode(
             "arenapool-cold-huge",
             "arenapool",
-            "arenapool with every size class keeping its calibrated warm reserve except "
-            "blocks of 2 MiB and more, which go back soon after each large body (SlabPool "
-            "warm_rate=None, keep_huge_warm=False)",
-            args=("--warm-rate", "none", "--cold-huge"),
+            "arenapool with blocks of 2 MiB and more going back soon after each large body "
+            "however often they are lent (SlabPool keep_huge_warm=False)",
+            args=("--cold-huge",),
         ),
         Mode(
             "arenapool-keep-pools",

@@ -398,3 +398,26 @@ def test_a_class_lent_seldom_keeps_nothing_warm() -> None:
     assert ([], True, True, [], True) == run(None)
     with pytest.raises(InvalidSize, match="warm_rate must be None or zero or more"):
         SlabPool("64MiB", warm_rate=-1.0)
+
+
+def test_a_lend_that_stretches_counts_for_the_class_it_asked_for() -> None:
+    """``warm_rate`` reads the traffic, not where the blocks came from: 40 lends of a
+    1 MiB class that each stretched into a warm 2 MiB block count for the 1 MiB class, so
+    at the tick the 2 MiB class, asked for once, keeps nothing warm and its block goes
+    back; counted where the block came from, the stretch would keep the larger class hot
+    and warm on the smaller one's traffic."""
+    with SlabPool("64MiB", decay=None, warm_rate=20.0) as pool:
+        pool._decay_thread = threading.current_thread()  # only these passes
+        start = time.monotonic()
+        pool._calibrated_at = start
+        touch(pool, 2 * MiB)
+        stretched = 0
+        for _ in range(40):
+            block = pool.lend(1 * MiB)
+            stretched += block.size == 2 * MiB
+            pool.give_back([block])
+        _decay.maintain(pool, start + 1.0)  # a one-second window
+        cold = set(pool.stats()["cold_classes"])
+        returned = pool.stats()["returned_bytes"]
+
+    assert (40, True, False, 2 * MiB) == (stretched, 2 * MiB in cold, 1 * MiB in cold, returned)

@@ -202,7 +202,7 @@ def make_app(
     calibrate: bool = True,  # the SlabPool default
     mid_classes: int = 1,  # the SlabPool default
     keep_huge_warm: bool = True,  # the SlabPool default
-    warm_rate: float | None = 20.0,  # the SlabPool default
+    warm_rate: float | None = None,  # the SlabPool default
     governor: bool = True,
     admin_token: str | None = None,
     trim_interval: float = 0.0,
@@ -377,9 +377,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--warm-rate",
-        default="20",
+        default="none",
         help="arenapool modes: lends a second a size class needs to keep idle blocks warm "
-        "(20, the SlabPool default; 'none': every class keeps its calibrated reserve)",
+        "('none', the SlabPool default: every class keeps its calibrated reserve)",
     )
     parser.add_argument(
         "--no-governor",
