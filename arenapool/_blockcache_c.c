@@ -72,10 +72,11 @@ ours(const void *ptr)
     return (uintptr_t)ptr - (uintptr_t)region < region_size;
 }
 
+/* n rounded up to a multiple of ``unit`` (a power of two) */
 static inline size_t
-round_page(size_t n)
+round_up(size_t n, size_t unit)
 {
-    return (n + PAGE - 1) & ~(PAGE - 1);
+    return (n + unit - 1) & ~(unit - 1);
 }
 
 /* give back the pages of [start, start + len) above ``floor``, in whole units of ``unit``
@@ -88,7 +89,7 @@ drop_above(size_t start, size_t len, size_t floor, size_t unit)
     if (start < floor) {
         start = floor;
     }
-    start = (start + unit - 1) & ~(unit - 1);
+    start = round_up(start, unit);
     end &= ~(unit - 1);
     if (end <= start) {
         return;
@@ -105,7 +106,7 @@ take(size_t n)
     if (n > region_size - HEADER) {
         return NULL;
     }
-    size_t need = round_page(n + HEADER);
+    size_t need = round_up(n + HEADER, PAGE);
     for (Py_ssize_t i = 0; i < nfree; i++) {
         if (free_list[i].len >= need) {
             size_t start = free_list[i].start;
@@ -191,7 +192,7 @@ give(void *ptr)
      * touched. */
     size_t from = free_list[at].start;
     size_t to = free_list[at].start + free_list[at].len;
-    size_t top = (high + grain - 1) & ~(grain - 1);
+    size_t top = round_up(high, grain);
     if (to > top) {
         to = top;
     }
@@ -308,8 +309,7 @@ install(PyObject *self, PyObject *args)
         }
         grain = PAGE;
     }
-    warm = (size_t)keep;
-    warm = (warm + grain - 1) & ~(grain - 1);
+    warm = round_up((size_t)keep, grain);
     pthread_mutex_unlock(&lock);
     return PyBool_FromLong(1);
 }
@@ -329,9 +329,9 @@ release(PyObject *self, PyObject *arg)
     }
     pthread_mutex_lock(&lock);
     size_t before = given_back;
+    size_t top = round_up(high, grain);
     for (Py_ssize_t i = 0; i < nfree; i++) {
         size_t end = free_list[i].start + free_list[i].len;
-        size_t top = (high + grain - 1) & ~(grain - 1);
         if (end > top) {
             end = top; /* past the highest block ever handed out nothing was touched */
         }

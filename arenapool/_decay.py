@@ -233,20 +233,18 @@ def calibrate_locked(pool: Reservoir, now: float) -> None:
     pool._calibrated_at = now
     floor_rate = pool.warm_rate
     if floor_rate is not None and all(cls.lends == cls.lends_seen for cls in pool._classes):
-        floor_rate = None  # a pause is no sample of the rates either (see above)
+        floor_rate = None  # a pause is no sample of the rates either: standings stay
     for cls in pool._classes:
         peak = cls.window_peak
         peaks = cls.peaks
         cls.window_peak = cls.lent  # the next window starts with what is out now
         lends = cls.lends - cls.lends_seen
         cls.lends_seen = cls.lends
-        if floor_rate is None:
-            cold = cls.huge or (pool.warm_rate is not None and cls.cold)
-        else:
+        if floor_rate is not None:
             cold = cls.huge or lends < floor_rate * elapsed
-        if cold and not cls.cold:
-            pool._cold_idle = True  # the pass that follows gives its idle blocks back
-        cls.cold = cold
+            if cold and not cls.cold:
+                pool._cold_idle = True  # the pass that follows gives its idle blocks back
+            cls.cold = cold
         if not peak:
             cls.quiet += 1
             if cls.quiet >= QUIET_WINDOWS and peaks:

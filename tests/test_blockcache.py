@@ -14,13 +14,11 @@ changes nothing; CI runs both.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import orjson
 import pytest
 from _governed import ClientFactory, governed_decoder, post_times, run_python, scrape
 
-from arenapool import GovernorConfig, InvalidSize, _ext
+from arenapool import GovernorConfig, InvalidSize, _ext, _slab
 from arenapool.memory import (
     BlockCacheStats,
     cache_large_blocks,
@@ -105,12 +103,6 @@ def test_the_region_stops_the_buffer_faults_and_gives_the_pages_back() -> None:
     assert 0 == warm["after"]["resident"]
 
 
-def thp_mode() -> str:
-    """The kernel's transparent huge page mode: the bracketed word of ``enabled``."""
-    text = Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
-    return text[text.index("[") + 1 : text.index("]")]
-
-
 def test_in_huge_pages_a_region_that_keeps_nothing_warm_still_saves_the_faults() -> None:
     """With ``warm`` at 0 every freed buffer's pages go back at once. In 4 KiB pages each
     decode then faults all of them in again, as glibc's fresh mappings do; in huge pages
@@ -124,7 +116,7 @@ def test_in_huge_pages_a_region_that_keeps_nothing_warm_still_saves_the_faults()
         assert huge["installed"] is False
         return
     assert small["held"]["huge_pages"] is False
-    assert huge["held"]["huge_pages"] is (thp_mode() in ("madvise", "always"))
+    assert huge["held"]["huge_pages"] is _slab.thp_available()
     buffer_pages = 3 * small["size"] // 4096
     assert small["faults"] > buffer_pages // 2
     for found in (small, huge):
