@@ -60,6 +60,7 @@ from ._errors import (
     InvalidSize,
     NotBytesLike,
 )
+from ._slab import POPULATE_MIN
 from ._units import format_size, parse_size
 
 if TYPE_CHECKING:
@@ -595,6 +596,8 @@ class Arena:
         block is the allocation's alone; otherwise it becomes the current chunk."""
         root = block.view
         assert root is not None
+        if nbytes >= POPULATE_MIN and block.fresh:  # its pages were given back
+            block.populate(nbytes)  # one call, not a fault per page as it is filled
         block.scrub = self._scrub
         self._blocks.append(block)
         size = block.size

@@ -216,6 +216,13 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--retain", "0", "--no-calibrate"),
         ),
         Mode(
+            "arenapool-lean-demand",
+            "arenapool",
+            "arenapool-lean whose cold blocks fault in page by page as each body is read "
+            "into them (SlabPool populate=False), to measure populate",
+            args=("--retain", "0", "--no-calibrate", "--no-populate"),
+        ),
+        Mode(
             "arenapool-msgspec-lean",
             "arenapool-msgspec",
             "arenapool-msgspec with the leanest slab pool (SlabPool retain=0, "

@@ -725,6 +725,7 @@ def test_stats_is_json_with_documented_keys(make_pool: Callable[..., SlabPool]) 
         "idle_committed_bytes",
         "retain",
         "stretch",
+        "populate",
         "calibrate",
         "warm_rate",
         "cold_classes",

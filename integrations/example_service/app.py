@@ -203,6 +203,7 @@ def make_app(
     mid_classes: int = 1,  # the SlabPool default
     keep_huge_warm: bool = True,  # the SlabPool default
     warm_rate: float | None = None,  # the SlabPool default
+    populate: bool = True,  # the SlabPool default
     governor: bool = True,
     admin_token: str | None = None,
     trim_interval: float = 0.0,
@@ -223,7 +224,8 @@ def make_app(
     arenapool's ``SlabPool``, as do ``retain``, ``stretch``, ``calibrate`` (the warm reserves
     recalibrated from the traffic), ``mid_classes`` (size classes per doubling
     from 64 KiB to 1 MiB), ``keep_huge_warm`` (idle blocks of 2 MiB and more kept warm
-    too) and ``warm_rate`` (the lends a second a class needs to keep idle blocks warm);
+    too), ``warm_rate`` (the lends a second a class needs to keep idle blocks warm) and
+    ``populate`` (a cold block's pages faulted in with one call before it is filled);
     ``governor`` runs arenapool's memory governor (it gives freed C heap back to the OS
     when the server goes idle); ``admin_token`` turns on
     arenapool's admin routes (``/_arenapool/stats`` and the dashboard);
@@ -272,6 +274,7 @@ def make_app(
             mid_classes=mid_classes,
             keep_huge_warm=keep_huge_warm,
             warm_rate=warm_rate,
+            populate=populate,
             name="ingest",
         )
         governor_config = (
@@ -382,6 +385,13 @@ def main(argv: list[str] | None = None) -> None:
         "('none', the SlabPool default: every class keeps its calibrated reserve)",
     )
     parser.add_argument(
+        "--no-populate",
+        dest="populate",
+        action="store_false",
+        help="arenapool modes: a block whose pages were given back faults them in page by "
+        "page as its body is read into it (SlabPool populate=False)",
+    )
+    parser.add_argument(
         "--no-governor",
         dest="governor",
         action="store_false",
@@ -466,6 +476,7 @@ def main(argv: list[str] | None = None) -> None:
         mid_classes=args.mid_classes,
         keep_huge_warm=args.keep_huge_warm,
         warm_rate=None if args.warm_rate.lower() == "none" else float(args.warm_rate),
+        populate=args.populate,
         governor=args.governor,
         admin_token=args.admin_token,
         trim_interval=args.trim_interval,
