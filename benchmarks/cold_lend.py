@@ -13,9 +13,9 @@ take an arena, allocate ``size`` bytes, fill them (``memoryview`` slice assignme
 ``memcpy``), release the arena; once with ``populate=True`` and once with ``False``,
 the order alternating between rounds. It prints, per size, the median over ``--rounds``
 of each setting's median cycle, their ratio (demand faults / populate: above 1 means
-populate is faster) and the minor faults per cycle (``getrusage``). A warm cycle (no
-trim between) is printed for the floor: what the same allocation and fill cost with the
-pages resident.
+populate is faster) and the minor faults per cycle (``getrusage``), then one JSON
+line. A warm cycle (no trim between) is printed for the floor: what the same allocation
+and fill cost with the pages resident.
 
     .venv/bin/python benchmarks/cold_lend.py                      # 64 KiB-4 MiB, 7 rounds
     .venv/bin/python benchmarks/cold_lend.py --sizes 1MiB --rounds 11
@@ -28,7 +28,6 @@ import json
 import resource
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 from arenapool import SlabPool, parse_size
@@ -63,7 +62,6 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="64KiB,256KiB,1MiB,4MiB", help="allocation sizes")
     parser.add_argument("--cycles", type=int, default=40, help="cycles timed per setting (40)")
     parser.add_argument("--rounds", type=int, default=7, help="alternating rounds (7)")
-    parser.add_argument("--json", type=Path, help="also write the rounds here")
     args = parser.parse_args(argv)
     sizes = [parse_size(s) for s in args.sizes.split(",")]
     results: dict[str, Any] = {}
@@ -88,10 +86,9 @@ def main(argv: list[str] | None = None) -> None:
             f"{med['populate'] * 1e6:8.1f}us {med['demand'] * 1e6:8.1f}us "
             f"{statistics.median(ratios):6.2f}x {faults:8.0f}"
         )
-        results[str(size)] = {"median_s": med, "ratios": ratios, "rounds": rounds}
+        results[str(size)] = {"median_s": med, "ratio": statistics.median(ratios)}
     print("ratio: demand faults / populate, the median of the rounds' ratios (> 1: faster)")
-    if args.json:
-        args.json.write_text(json.dumps(results))
+    print(json.dumps({"benchmark": "cold_lend", "cycles": args.cycles, "sizes": results}))
 
 
 if __name__ == "__main__":
