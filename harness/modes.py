@@ -216,6 +216,14 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--retain", "0", "--no-calibrate"),
         ),
         Mode(
+            "arenapool-capped",
+            "arenapool",
+            "arenapool whose idle slab memory is capped at 2 MiB with no calibrated warm "
+            "reserves (SlabPool retain=2MiB, calibrate=False): between the default and "
+            "the leanest pool",
+            args=("--retain", "2MiB", "--no-calibrate"),
+        ),
+        Mode(
             "arenapool-lean-demand",
             "arenapool",
             "arenapool-lean whose cold blocks fault in page by page as each body is read "
