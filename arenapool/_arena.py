@@ -596,10 +596,10 @@ class Arena:
         block is the allocation's alone; otherwise it becomes the current chunk."""
         root = block.view
         assert root is not None
+        block.scrub = self._scrub
+        self._blocks.append(block)  # the arena's now: its release gives it back
         if nbytes >= POPULATE_MIN and block.fresh:  # its pages were given back
             block.populate(nbytes)  # one call, not a fault per page as it is filled
-        block.scrub = self._scrub
-        self._blocks.append(block)
         size = block.size
         self._reserved += size
         view = root[:nbytes]
