@@ -43,7 +43,9 @@ the pool's lock held, a pass does this:
   pin its peak for good, and a pause does not cool it; ``QUIET_WINDOWS`` ticks without
   a lend reset it (bytebufferpool recalibrates its sizes every 42,000 calls from a
   histogram of the sizes seen; Netty 4.2's adaptive allocator sizes its chunks from
-  histograms). A pool made with ``calibrate=False`` skips this step: its reserves stay
+  histograms). A class that took less than the pool's ``warm_share`` of the lends over
+  those ticks keeps only its floor: under a spread of sizes, ``retain`` alone holds
+  the idle memory. A pool made with ``calibrate=False`` skips this step: its reserves stay
   at their floors, and ``retain`` alone says how much idle memory stays committed.
 
 ``decay=0`` alone still returns memory at once, inside ``give_back``: it asks for that.
@@ -99,6 +101,7 @@ class Reservoir(Protocol):
     _cold_idle: bool
     _calibrated_at: float
     warm_rate: float | None
+    warm_share: float | None
     _lent_bytes: int
     _quarantined_bytes: int
     _window_high: int
@@ -228,13 +231,32 @@ def calibrate_locked(pool: Reservoir, now: float) -> None:
     its idle blocks go back at the pass that follows. A window with no lend in any class
     changes no class's standing. Classes in huge pages (``ClassState.huge``) keep nothing
     warm at any rate: a huge page faults back in at one fault and a kernel clear.
+
+    Why ``warm_share``: a reserve is the median of a class's window peaks, and a class
+    lent now and then by a mix peaks at one or two blocks while it has, on average, a
+    fraction of one out: the reserve holds idle what the traffic seldom needs. A class
+    that takes a large share of the pool's lends is one the traffic leans on, and its
+    peaks are close to what it has out. So a class whose lends over the recent active
+    windows (the windows the medians cover) are under ``warm_share`` of the pool's keeps
+    no calibrated reserve (``ClassState.minor``), only its floor, and ``retain`` alone
+    decides whether its idle blocks stay warm. A steady size (or two, or three) keeps
+    its reserve; under a spread over a dozen classes none does, and the pool acts as one
+    made with ``calibrate=False``. Unlike ``warm_rate``, it reads no rate: the same
+    traffic, slower or faster, keeps the same classes warm.
     """
     elapsed = now - pool._calibrated_at
     pool._calibrated_at = now
-    floor_rate = pool.warm_rate
-    if floor_rate is not None and all(cls.lends == cls.lends_seen for cls in pool._classes):
-        floor_rate = None  # a pause is no sample of the rates either: standings stay
-    for cls in pool._classes:
+    classes = pool._classes
+    # a pause is no sample of the rates or the shares either: standings stay
+    active = any(cls.lends != cls.lends_seen for cls in classes)
+    floor_rate = pool.warm_rate if active else None
+    share = pool.warm_share if active else None
+    share_floor = 0.0
+    if share is not None:
+        for cls in classes:
+            cls.recent_lends.append(cls.lends - cls.lends_seen)
+        share_floor = share * sum(sum(cls.recent_lends) for cls in classes)
+    for cls in classes:
         peak = cls.window_peak
         peaks = cls.peaks
         cls.window_peak = cls.lent  # the next window starts with what is out now
@@ -245,16 +267,21 @@ def calibrate_locked(pool: Reservoir, now: float) -> None:
             if cold and not cls.cold:
                 pool._cold_idle = True  # the pass that follows gives its idle blocks back
             cls.cold = cold
+        if share is not None:
+            cls.minor = sum(cls.recent_lends) < share_floor
         if not peak:
             cls.quiet += 1
             if cls.quiet >= QUIET_WINDOWS and peaks:
                 peaks.clear()
                 cls.reserve = cls.base_reserve
+            elif cls.minor:
+                cls.reserve = cls.base_reserve
             continue
         cls.quiet = 0
         peaks.append(peak)
         median = _upper_median(peaks)
-        cls.reserve = median if median > cls.base_reserve else cls.base_reserve
+        floor = cls.base_reserve
+        cls.reserve = median if median > floor and not cls.minor else floor
     high = pool._window_high
     pool._window_high = pool._lent_bytes + pool._quarantined_bytes
     byte_peaks = pool._byte_peaks

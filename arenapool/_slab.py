@@ -145,9 +145,11 @@ class ClassState:
         "lends",
         "lends_seen",
         "lent",
+        "minor",
         "peaks",
         "quarantined",
         "quiet",
+        "recent_lends",
         "reserve",
         "size",
         "window_peak",
@@ -173,6 +175,11 @@ class ClassState:
         # into a larger class counts here, not there: the rate is the traffic's)
         self.lends = 0
         self.lends_seen = 0  # ... at the last calibration
+        # lends per active window over the same windows as ``peaks``, and whether they
+        # are under the pool's warm_share of all its lends then (a minor class keeps no
+        # calibrated reserve: retain alone keeps its idle blocks warm or not)
+        self.recent_lends: deque[int] = deque(maxlen=CALIBRATION_WINDOWS)
+        self.minor = False
 
 
 class Slab:

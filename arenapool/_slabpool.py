@@ -126,6 +126,17 @@ class SlabPool:
             keeps its blocks warm. A window without any lend changes nothing. Acts on
             calibrating pools (``calibrate=True``); ``stats()["cold_classes"]`` lists
             the classes that keep nothing warm now.
+        warm_share: the share of the pool's lends a class needs to keep a calibrated
+            warm reserve (default 0.25; ``None``: every class keeps its own). At each
+            tick, a class asked for less than that share of the pool's lends over the
+            recent active windows (the 8 ticks its reserve's median covers) keeps only
+            its floor, and ``retain`` alone decides whether its idle blocks stay warm.
+            A mix of sizes spread over many classes has each class peak at a block or
+            two while it has a fraction of one out on average, so per-class reserves
+            hold idle what the traffic seldom needs; a steady size (or two or three)
+            the traffic leans on keeps its reserve. Unlike ``warm_rate`` it
+            reads no rate: the same traffic keeps the same classes warm at any speed.
+            ``stats()["minor_classes"]`` lists the classes under it now.
         scrub: zero every block when it comes back, so no later borrower can read it.
         prealloc: blocks to map up front, ``{"64KiB": 32}``; they also set that class's
             warm reserve.
@@ -140,11 +151,12 @@ class SlabPool:
             floors goes back to the OS soon after it comes back, and the next lend of
             it faults its pages in again.
         retain: most idle bytes kept committed (resident) between decays (default
-            8 MiB); beyond it, the pool's maintenance thread returns idle blocks to the
+            2 MiB); beyond it, the pool's maintenance thread returns idle blocks to the
             OS soon after they come back (``give_back`` itself never does: nothing is
             decommitted on the request path), largest classes and longest idle first,
             warm reserves kept. ``None`` sets no cap: only ``decay`` returns memory. A
-            cap trades page faults on reuse for a lower RSS under load.
+            cap trades page faults on reuse for a lower RSS under load; the classes
+            that keep a calibrated reserve (``warm_share``) are not under it.
         stretch: a lend of 256 KiB or more that finds no warm (committed) idle block in
             its class takes one from a larger class, up to ``stretch`` times its own
             size (default 4; ``1``: never), instead of faulting a cold block in. A
@@ -174,11 +186,12 @@ class SlabPool:
         huge_pages: bool = True,
         keep_huge_warm: bool = True,
         warm_rate: float | None = None,
+        warm_share: float | None = 0.25,
         scrub: bool = False,
         prealloc: Mapping[int | str, int] | None = None,
         reserve: int = 0,
         calibrate: bool = True,
-        retain: int | str | None = "8MiB",
+        retain: int | str | None = "2MiB",
         stretch: float = 4.0,
         retry_after: float = 1.0,
         max_waiters: int | None = None,
@@ -233,6 +246,10 @@ class SlabPool:
             msg = f"warm_rate must be None or zero or more lends a second, got {warm_rate!r}"
             raise InvalidSize(msg, value=warm_rate)
         self.warm_rate = warm_rate
+        if warm_share is not None and not 0 <= warm_share <= 1:
+            msg = f"warm_share must be None or a share of the lends from 0 to 1, got {warm_share!r}"
+            raise InvalidSize(msg, value=warm_share)
+        self.warm_share = warm_share
         self._calibrated_at = _monotonic()
         returns = decay is not None or self.retain is not None
         if not (keep_huge_warm or prefault) and huge_pages and backing == "mmap" and returns:
@@ -683,6 +700,9 @@ class SlabPool:
                 "populate": self.populate,
                 "calibrate": self.calibrate,
                 "warm_rate": self.warm_rate,
+                "warm_share": self.warm_share,
+                # the classes under warm_share of the lends: no calibrated reserve now
+                "minor_classes": [c.size for c in self._classes if c.minor],
                 # the classes that keep nothing warm now (keep_huge_warm, warm_rate)
                 "cold_classes": [c.size for c in self._classes if c.cold],
                 "idle_blocks": sum(c.idle for c in self._classes),

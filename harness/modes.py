@@ -224,6 +224,14 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--retain", "2MiB", "--no-calibrate"),
         ),
         Mode(
+            "arenapool-every-class",
+            "arenapool",
+            "arenapool whose every size class keeps its calibrated warm reserve, with up "
+            "to 8 MiB of idle slab memory committed beyond them (SlabPool warm_share=None, "
+            "retain=8MiB): the default pool before 2026-12-05",
+            args=("--retain", "8MiB", "--warm-share", "none"),
+        ),
+        Mode(
             "arenapool-lean-demand",
             "arenapool",
             "arenapool-lean whose cold blocks fault in page by page as each body is read "

@@ -728,6 +728,8 @@ def test_stats_is_json_with_documented_keys(make_pool: Callable[..., SlabPool]) 
         "populate",
         "calibrate",
         "warm_rate",
+        "warm_share",
+        "minor_classes",
         "cold_classes",
         "idle_blocks",
         "quarantined_bytes",

@@ -41,7 +41,7 @@ def touch(pool: SlabPool, nbytes: int) -> None:
 def test_a_warm_64k_cycle_causes_no_minor_fault() -> None:
     """Lending, filling and giving back a 64 KiB block, once warm, faults none of its pages:
     the same block comes back (LIFO) with its pages still committed."""
-    with SlabPool("64MiB") as pool:  # the defaults: decay 10 s, retain 8 MiB
+    with SlabPool("64MiB") as pool:  # the defaults: decay 10 s, retain 2 MiB
         for _ in range(20):
             touch(pool, 64 * KiB)
         first = pool.lend(64 * KiB)
@@ -325,10 +325,13 @@ def test_huge_page_blocks_keep_nothing_warm_and_fault_back_cheaply() -> None:
     allows, while a 64 KiB block stays warm under the same cap. Its next fill faults
     in 2 MiB at a time: a few faults, not 1,024. Made with ``keep_huge_warm=True`` the
     pool keeps it warm like any other block, and where the kernel gives no huge pages
-    every class is kept warm. (``warm_rate=None``: no class is cold for its rate.)"""
+    every class is kept warm. (``warm_rate=None``: no class is cold for its rate; a
+    ``retain`` of 8 MiB holds both idle blocks, so only coldness gives one back.)"""
 
     def cycle(keep_huge_warm: bool) -> tuple[bool, bool, int, int, bool, object]:
-        with SlabPool("64MiB", decay=None, keep_huge_warm=keep_huge_warm, warm_rate=None) as pool:
+        with SlabPool(
+            "64MiB", decay=None, retain="8MiB", keep_huge_warm=keep_huge_warm, warm_rate=None
+        ) as pool:
             pool._decay_thread = threading.current_thread()  # only these passes
             pool._maintenance.clear()
             touch(pool, 64 * KiB)
@@ -421,3 +424,70 @@ def test_a_lend_that_stretches_counts_for_the_class_it_asked_for() -> None:
         returned = pool.stats()["returned_bytes"]
 
     assert (40, True, False, 2 * MiB) == (stretched, 2 * MiB in cold, 1 * MiB in cold, returned)
+
+
+def lend_in_waves(pool: SlabPool, sizes: list[int], waves: int) -> None:
+    """``waves`` times: lend one block of each size in ``sizes`` at once, fill them, give
+    them back (so a size listed three times has three blocks out at once)."""
+    for _ in range(waves):
+        blocks = [pool.lend(size) for size in sizes]
+        for block, size in zip(blocks, sizes, strict=True):
+            assert block.view is not None
+            ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(block.view)), 0xAB, size)
+        pool.give_back(blocks)
+
+
+def test_a_class_with_a_small_share_of_the_lends_keeps_no_calibrated_reserve() -> None:
+    """``warm_share``: at a tick, a class asked for less than ``warm_share`` of the pool's
+    lends over the recent windows keeps only its floor, and ``retain`` decides whether its
+    idle blocks stay warm; a class the traffic leans on keeps its calibrated reserve,
+    however little ``retain`` allows. With ``retain=0``: a steady 1 MiB stream with three
+    bodies out at once keeps its three blocks warm while the 64 KiB body that came once
+    in 61 lends has its block given back; the same traffic spread evenly over eight
+    classes (an eighth of the lends each) keeps none warm, and ``warm_share=None``
+    keeps every class's reserve. The share reads no rate: the same lends over a window a
+    hundred times longer leave the same classes minor. A window without a lend (a pause)
+    changes no class's standing."""
+
+    def run(
+        sizes: list[int], share: float | None, window: float
+    ) -> tuple[list[int], int, list[int], int]:
+        with SlabPool("64MiB", decay=None, retain=0, warm_share=share) as pool:
+            pool._decay_thread = threading.current_thread()  # only these passes
+            start = time.monotonic()
+            pool._calibrated_at = start
+            lend_in_waves(pool, sizes, 20)
+            _decay.maintain(pool, start + window)
+            minor = pool.stats()["minor_classes"]
+            kept = pool.stats()["idle_committed_bytes"]
+            _decay.maintain(pool, start + 2 * window)  # a window without a lend: a pause
+            return (
+                sorted(set(minor) & set(sizes)),
+                kept,
+                sorted(set(pool.stats()["minor_classes"]) & set(sizes)),
+                pool.stats()["idle_committed_bytes"],
+            )
+
+    steady = [1 * MiB] * 3
+    # the odd body: one lend in the window, beside 60 of 1 MiB
+    with SlabPool("64MiB", decay=None, retain=0) as pool:
+        pool._decay_thread = threading.current_thread()
+        start = time.monotonic()
+        pool._calibrated_at = start
+        lend_in_waves(pool, steady, 20)
+        odd = pool.lend(64 * KiB)
+        pool.give_back([odd])
+        _decay.maintain(pool, start + 1.0)
+        minor = pool.stats()["minor_classes"]
+        assert (64 * KiB in minor, 1 * MiB in minor) == (True, False)
+        assert (odd.committed, pool.stats()["idle_committed_bytes"]) == (False, 3 * MiB)
+
+    assert ([], 3 * MiB, [], 3 * MiB) == run(steady, 0.25, 1.0)
+    assert ([], 3 * MiB, [], 3 * MiB) == run(steady, 0.25, 100.0)
+    spread = [64 * KiB << i for i in range(5)] + [5 * MiB // 4, 3 * MiB // 2, 7 * MiB // 4]
+    for window in (1.0, 100.0):
+        assert (spread, 0, spread, 0) == run(spread, 0.25, window)
+    assert ([], sum(spread), [], sum(spread)) == run(spread, None, 1.0)
+    for bad in (-0.1, 1.5):
+        with pytest.raises(InvalidSize, match="warm_share must be None or a share"):
+            SlabPool("64MiB", warm_share=bad)

@@ -197,12 +197,13 @@ def make_app(
     budget: str = "256MiB",
     limit: str = "8MiB",
     decay: float = 10.0,
-    retain: str | None = "8MiB",  # the SlabPool default
+    retain: str | None = "2MiB",  # the SlabPool default
     stretch: float = 4.0,  # the SlabPool default
     calibrate: bool = True,  # the SlabPool default
     mid_classes: int = 1,  # the SlabPool default
     keep_huge_warm: bool = True,  # the SlabPool default
     warm_rate: float | None = None,  # the SlabPool default
+    warm_share: float | None = 0.25,  # the SlabPool default
     populate: bool = True,  # the SlabPool default
     governor: bool = True,
     admin_token: str | None = None,
@@ -224,7 +225,8 @@ def make_app(
     arenapool's ``SlabPool``, as do ``retain``, ``stretch``, ``calibrate`` (the warm reserves
     recalibrated from the traffic), ``mid_classes`` (size classes per doubling
     from 64 KiB to 1 MiB), ``keep_huge_warm`` (idle blocks of 2 MiB and more kept warm
-    too), ``warm_rate`` (the lends a second a class needs to keep idle blocks warm) and
+    too), ``warm_rate`` (the lends a second a class needs to keep idle blocks warm),
+    ``warm_share`` (the share of the lends a class needs to keep a calibrated reserve) and
     ``populate`` (a cold block's pages faulted in with one call before it is filled);
     ``governor`` runs arenapool's memory governor (it gives freed C heap back to the OS
     when the server goes idle); ``admin_token`` turns on
@@ -274,6 +276,7 @@ def make_app(
             mid_classes=mid_classes,
             keep_huge_warm=keep_huge_warm,
             warm_rate=warm_rate,
+            warm_share=warm_share,
             populate=populate,
             name="ingest",
         )
@@ -344,8 +347,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--decay", type=float, default=10.0, help="seconds before idle slabs go")
     parser.add_argument(
         "--retain",
-        default="8MiB",
-        help="most idle slab memory kept resident between decays (8MiB, the SlabPool "
+        default="2MiB",
+        help="most idle slab memory kept resident between decays (2MiB, the SlabPool "
         "default; 'none': no cap)",
     )
     parser.add_argument(
@@ -383,6 +386,13 @@ def main(argv: list[str] | None = None) -> None:
         default="none",
         help="arenapool modes: lends a second a size class needs to keep idle blocks warm "
         "('none', the SlabPool default: every class keeps its calibrated reserve)",
+    )
+    parser.add_argument(
+        "--warm-share",
+        default="0.25",
+        help="arenapool modes: the share of the pool's lends a size class needs to keep a "
+        "calibrated warm reserve (0.25, the SlabPool default; 'none': every class keeps "
+        "its own)",
     )
     parser.add_argument(
         "--no-populate",
@@ -476,6 +486,7 @@ def main(argv: list[str] | None = None) -> None:
         mid_classes=args.mid_classes,
         keep_huge_warm=args.keep_huge_warm,
         warm_rate=None if args.warm_rate.lower() == "none" else float(args.warm_rate),
+        warm_share=None if args.warm_share.lower() == "none" else float(args.warm_share),
         populate=args.populate,
         governor=args.governor,
         admin_token=args.admin_token,
