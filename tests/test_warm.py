@@ -450,44 +450,42 @@ def test_a_class_with_a_small_share_of_the_lends_keeps_no_calibrated_reserve() -
     changes no class's standing."""
 
     def run(
-        sizes: list[int], share: float | None, window: float
-    ) -> tuple[list[int], int, list[int], int]:
+        sizes: list[int], share: float | None, window: float, odd: int | None = None
+    ) -> tuple[list[int], int, list[int], int, bool | None]:
+        """Twenty waves of ``sizes`` (and one lend of ``odd`` after them) in a window of
+        ``window`` seconds, then a window without a lend: the minor classes among the
+        sizes lent and the idle committed bytes after each, and whether the odd block
+        is still committed."""
+        lent = {*sizes, odd} if odd else set(sizes)
         with SlabPool("64MiB", decay=None, retain=0, warm_share=share) as pool:
             pool._decay_thread = threading.current_thread()  # only these passes
             start = time.monotonic()
             pool._calibrated_at = start
             lend_in_waves(pool, sizes, 20)
+            odd_block = pool.lend(odd) if odd else None
+            if odd_block is not None:
+                pool.give_back([odd_block])
             _decay.maintain(pool, start + window)
-            minor = pool.stats()["minor_classes"]
+            minor = sorted(set(pool.stats()["minor_classes"]) & lent)
             kept = pool.stats()["idle_committed_bytes"]
             _decay.maintain(pool, start + 2 * window)  # a window without a lend: a pause
             return (
-                sorted(set(minor) & set(sizes)),
+                minor,
                 kept,
-                sorted(set(pool.stats()["minor_classes"]) & set(sizes)),
+                sorted(set(pool.stats()["minor_classes"]) & lent),
                 pool.stats()["idle_committed_bytes"],
+                None if odd_block is None else odd_block.committed,
             )
 
     steady = [1 * MiB] * 3
     # the odd body: one lend in the window, beside 60 of 1 MiB
-    with SlabPool("64MiB", decay=None, retain=0) as pool:
-        pool._decay_thread = threading.current_thread()
-        start = time.monotonic()
-        pool._calibrated_at = start
-        lend_in_waves(pool, steady, 20)
-        odd = pool.lend(64 * KiB)
-        pool.give_back([odd])
-        _decay.maintain(pool, start + 1.0)
-        minor = pool.stats()["minor_classes"]
-        assert (64 * KiB in minor, 1 * MiB in minor) == (True, False)
-        assert (odd.committed, pool.stats()["idle_committed_bytes"]) == (False, 3 * MiB)
-
-    assert ([], 3 * MiB, [], 3 * MiB) == run(steady, 0.25, 1.0)
-    assert ([], 3 * MiB, [], 3 * MiB) == run(steady, 0.25, 100.0)
+    assert ([64 * KiB], 3 * MiB, [64 * KiB], 3 * MiB, False) == run(steady, 0.25, 1.0, 64 * KiB)
+    for window in (1.0, 100.0):
+        assert ([], 3 * MiB, [], 3 * MiB, None) == run(steady, 0.25, window)
     spread = [64 * KiB << i for i in range(5)] + [5 * MiB // 4, 3 * MiB // 2, 7 * MiB // 4]
     for window in (1.0, 100.0):
-        assert (spread, 0, spread, 0) == run(spread, 0.25, window)
-    assert ([], sum(spread), [], sum(spread)) == run(spread, None, 1.0)
+        assert (spread, 0, spread, 0, None) == run(spread, 0.25, window)
+    assert ([], sum(spread), [], sum(spread), None) == run(spread, None, 1.0)
     for bad in (-0.1, 1.5):
         with pytest.raises(InvalidSize, match="warm_share must be None or a share"):
             SlabPool("64MiB", warm_share=bad)
