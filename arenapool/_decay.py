@@ -251,11 +251,13 @@ def calibrate_locked(pool: Reservoir, now: float) -> None:
     active = any(cls.lends != cls.lends_seen for cls in classes)
     floor_rate = pool.warm_rate if active else None
     share = pool.warm_share if active else None
-    share_floor = 0.0
     if share is not None:
         for cls in classes:
             cls.recent_lends.append(cls.lends - cls.lends_seen)
-        share_floor = share * sum(sum(cls.recent_lends) for cls in classes)
+        recent = [sum(cls.recent_lends) for cls in classes]
+        share_floor = share * sum(recent)
+        for cls, taken in zip(classes, recent, strict=True):
+            cls.minor = taken < share_floor
     for cls in classes:
         peak = cls.window_peak
         peaks = cls.peaks
@@ -267,21 +269,18 @@ def calibrate_locked(pool: Reservoir, now: float) -> None:
             if cold and not cls.cold:
                 pool._cold_idle = True  # the pass that follows gives its idle blocks back
             cls.cold = cold
-        if share is not None:
-            cls.minor = sum(cls.recent_lends) < share_floor
         if not peak:
             cls.quiet += 1
             if cls.quiet >= QUIET_WINDOWS and peaks:
                 peaks.clear()
                 cls.reserve = cls.base_reserve
-            elif cls.minor:
-                cls.reserve = cls.base_reserve
-            continue
-        cls.quiet = 0
-        peaks.append(peak)
-        median = _upper_median(peaks)
-        floor = cls.base_reserve
-        cls.reserve = median if median > floor and not cls.minor else floor
+        else:
+            cls.quiet = 0
+            peaks.append(peak)
+            median = _upper_median(peaks)
+            cls.reserve = median if median > cls.base_reserve else cls.base_reserve
+        if cls.minor:  # under warm_share: its floor only, whatever its peaks say
+            cls.reserve = cls.base_reserve
     high = pool._window_high
     pool._window_high = pool._lent_bytes + pool._quarantined_bytes
     byte_peaks = pool._byte_peaks

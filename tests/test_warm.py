@@ -30,11 +30,16 @@ def minor_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+def fill(block: _slab.Block, nbytes: int) -> None:
+    """Write the first ``nbytes`` of ``block``, as a body read into it would."""
+    assert block.view is not None
+    ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(block.view)), 0xAB, nbytes)
+
+
 def touch(pool: SlabPool, nbytes: int) -> None:
     """One request's worth: lend a block, write all of it, give it back."""
     block = pool.lend(nbytes)
-    assert block.view is not None
-    ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(block.view)), 0xAB, nbytes)
+    fill(block, nbytes)
     pool.give_back([block])
 
 
@@ -432,8 +437,7 @@ def lend_in_waves(pool: SlabPool, sizes: list[int], waves: int) -> None:
     for _ in range(waves):
         blocks = [pool.lend(size) for size in sizes]
         for block, size in zip(blocks, sizes, strict=True):
-            assert block.view is not None
-            ctypes.memset(ctypes.addressof(ctypes.c_char.from_buffer(block.view)), 0xAB, size)
+            fill(block, size)
         pool.give_back(blocks)
 
 
