@@ -84,6 +84,7 @@ from ._memory import (
     MAX_MMAP_THRESHOLD,
     cgroup_memory_limit,
     current_rss,
+    freeze_startup_objects,
     hold_heap,
     malloc_trim,
     set_mmap_threshold,
@@ -237,6 +238,13 @@ class GovernorConfig:
     ``block_cache`` is rounded up to a whole number of huge pages. Off by default: a
     huge page is resident whole once any byte of it is touched, and a decoder touches
     its buffer sparsely (see :func:`arenapool.memory.cache_large_blocks`)."""
+    freeze_gc: bool = True
+    """At its start, collect once and freeze what the process holds then (its modules,
+    the app and its routes) out of the cyclic collector's sight, once per process
+    (:func:`arenapool.memory.freeze_startup_objects`): full collections then walk only
+    what requests made. Frozen objects are never collected, so start the governor once
+    the app is built (``arenapool.aiohttp.setup`` starts it with the app). ``False``
+    leaves the collector as it is."""
     mmap_threshold: int | str | None = None
     """Pin glibc's mmap threshold here when the governor starts (``None``: leave it).
 
@@ -475,6 +483,7 @@ class Governor:
         self._trims = 0
         self._mmap_threshold: int | None = None  # what start() pinned, if anything
         self._heap_held = False  # start() pinned glibc's thresholds (hold_heap)
+        self._gc_frozen: int | None = None  # objects frozen at start (freeze_gc)
         self._trimmed_bytes = 0
         self._trim_seconds = 0.0
         self._pool_returned_bytes = 0
@@ -579,6 +588,8 @@ class Governor:
             and not self._heap_held
         ):
             self._heap_held = hold_heap()
+        if config.freeze_gc:
+            self._gc_frozen = freeze_startup_objects()
         if config.arena_cache is not None and self._arena_cache != "on":
             limit = parse_size(config.arena_cache, name="arena_cache", allow_zero=True)
             if install_arena_cache(limit):
@@ -888,6 +899,7 @@ class Governor:
             "trim_threshold": self._trim_threshold,
             "mmap_threshold": self._mmap_threshold,
             "heap_held": self._heap_held,
+            "gc_frozen": self._gc_frozen,
             "interval": self.config.interval,
             "last_rss": self._last_rss,
             "last_check": self._last_check,

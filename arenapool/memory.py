@@ -19,6 +19,9 @@
   bound; :func:`release_large_blocks` gives its free pages back and
   :func:`large_block_cache` reads it. The governor does this too
   (``GovernorConfig.block_cache``).
+- :func:`freeze_startup_objects` moves what a server holds from start-up out of the
+  cyclic collector's sight (``gc.freeze()``, once), so full collections walk only what
+  requests made. The governor does this at its start (``GovernorConfig.freeze_gc``).
 
 See ``arenapool._memory`` for what each figure of a reading means.
 """
@@ -41,6 +44,7 @@ from ._memory import (
     MemorySnapshot,
     cgroup_memory_limit,
     current_rss,
+    freeze_startup_objects,
     heap_info,
     hold_heap,
     malloc_trim,
@@ -74,6 +78,7 @@ __all__ = [
     "cgroup_memory_limit",
     "classify",
     "current_rss",
+    "freeze_startup_objects",
     "heap_info",
     "hold_heap",
     "large_block_cache",

@@ -191,7 +191,7 @@ def _modes(recycle_after: int) -> list[Mode]:
             "arenapool-retain16",
             "arenapool",
             "arenapool, up to 16 MiB of idle slab memory kept committed (SlabPool retain=; "
-            "the default is 8 MiB)",
+            "the default is 2 MiB)",
             args=("--retain", "16MiB"),
         ),
         Mode(
@@ -267,6 +267,13 @@ def _modes(recycle_after: int) -> list[Mode]:
             "(GovernorConfig(arena_cache=None)): pymalloc maps and unmaps them as it does "
             "alone",
             args=("--arena-cache", "none"),
+        ),
+        Mode(
+            "arenapool-no-gc-freeze",
+            "arenapool",
+            "arenapool whose governor leaves the cyclic collector as it is, without "
+            "freezing the objects alive at its start (GovernorConfig(freeze_gc=False))",
+            args=("--no-gc-freeze",),
         ),
         Mode(
             "arenapool-no-block-cache",

@@ -213,6 +213,7 @@ def make_app(
     mmap_threshold: str | None = None,
     hold_heap: bool = True,
     release_pymalloc: bool = True,
+    freeze_gc: bool = True,
     arena_cache: str | None = "32MiB",
     block_cache: str | None = "16MiB",
     block_cache_huge_pages: bool = False,
@@ -238,7 +239,9 @@ def make_app(
     when given (large buffers then get mappings of their own, returned on free);
     otherwise it holds the C heap (``GovernorConfig.hold_heap``) unless ``hold_heap``
     is False. Its trims give back pymalloc's empty pools unless ``release_pymalloc``
-    is False (``GovernorConfig.release_pymalloc``). It caches up to ``arena_cache`` of
+    is False (``GovernorConfig.release_pymalloc``). At its start it freezes what the
+    process holds out of the cyclic collector's sight unless ``freeze_gc`` is False
+    (``GovernorConfig.freeze_gc``). It caches up to ``arena_cache`` of
     the arenas pymalloc frees (``GovernorConfig.arena_cache``; ``None``: no cache), and
     serves the decoder's work buffers from its large-block region, ``block_cache`` of
     their pages kept warm (``GovernorConfig.block_cache``; ``None``: glibc serves them),
@@ -288,6 +291,7 @@ def make_app(
                 mmap_threshold=mmap_threshold,
                 hold_heap=hold_heap,
                 release_pymalloc=release_pymalloc,
+                freeze_gc=freeze_gc,
                 arena_cache=arena_cache,
                 block_cache=block_cache,
                 block_cache_huge_pages=block_cache_huge_pages,
@@ -446,6 +450,12 @@ def main(argv: list[str] | None = None) -> None:
         help="arenapool modes: the governor's trims leave pymalloc's empty pools resident",
     )
     parser.add_argument(
+        "--no-gc-freeze",
+        action="store_true",
+        help="arenapool modes: the governor leaves the cyclic collector as it is instead "
+        "of freezing the objects alive at its start (GovernorConfig(freeze_gc=False))",
+    )
+    parser.add_argument(
         "--arena-cache",
         default="32MiB",
         help="arenapool modes: most bytes of pymalloc's freed arenas the governor keeps "
@@ -496,6 +506,7 @@ def main(argv: list[str] | None = None) -> None:
         mmap_threshold=args.mmap_threshold,
         hold_heap=not args.glibc_heap,
         release_pymalloc=not args.keep_pymalloc_pools,
+        freeze_gc=not args.no_gc_freeze,
         arena_cache=None if args.arena_cache.lower() == "none" else args.arena_cache,
         block_cache=None if args.block_cache.lower() == "none" else args.block_cache,
         block_cache_huge_pages=args.block_cache_huge_pages,
