@@ -66,6 +66,7 @@ from aiohttp import web  # noqa: E402
 
 from arenapool import parse_size  # noqa: E402
 from harness.modes import BASELINES  # noqa: E402
+from harness.run import SOAK_SETTINGS  # noqa: E402
 from harness.server import free_port  # noqa: E402
 from harness.workload import Body, get_workload, make_body  # noqa: E402
 from harness.wrk import deck_files, need_wrk, run_wrk  # noqa: E402
@@ -81,7 +82,7 @@ MIXED = "mixed"
 def bodies(size: str) -> list[Body]:
     """The bodies wrk sends: the soak's seeded deck for ``mixed``, else 16 of ``size``."""
     if size == MIXED:
-        return get_workload(MIXED).deck(1)
+        return get_workload(MIXED).deck(SOAK_SETTINGS.seed)
     return [make_body(int(size), random.Random(i)) for i in range(16)]
 
 
