@@ -34,6 +34,9 @@ the limit; read on the container, all of them see the same level and shed togeth
                                       counts and the pools give back only blocks idle
                                       past their decay: the blocks the traffic reuses
                                       stay committed.
+    heap_trim_every set, not idle,
+      and that long since its last -> malloc_trim(0) alone, on the loop, no reading
+                                      (in place of the busy trims above)
 
 With the limit from the cgroup, it is read again at every tick, so the watermarks follow
 a container resized in place.
@@ -193,9 +196,19 @@ class GovernorConfig:
     """Most seconds between busy trims: each trim that does not pay doubles the wait."""
     trim_min_yield: int | str = "1MiB"
     """A trim that returns less than this to the OS did not pay (the busy trims back off)."""
+    heap_trim_every: float | None = None
+    """Under load, call glibc's ``malloc_trim(0)`` every this many seconds on the event
+    loop, with no reading before or after it (``None``: off): the once-a-second trim that
+    users write by hand (aiohttp issue #11043), inside the governor. It takes the place of
+    the busy trims: with it set, ``busy_trim_threshold`` is not used and glibc's
+    thresholds stay dynamic (no ``hold_heap``). The pools' idle blocks, the caches and
+    pymalloc's pools are left to their own decay and to the idle trim. Each call runs on
+    the loop, as the hand-written task's does (:meth:`Governor.stats`'s ``heap_trims``
+    counts the calls and the seconds they took)."""
     hold_heap: bool = True
     """Hold the C heap while the governor trims under load: when it starts (with
-    ``busy_trim_threshold`` set and no ``mmap_threshold``), pin glibc's thresholds so
+    ``busy_trim_threshold`` set, no ``heap_trim_every`` and no ``mmap_threshold``), pin
+    glibc's thresholds so
     that ``free()`` never gives memory back on the request path and large buffers come
     from the warm heap; the governor's trims return what is free, on their schedule
     (see :func:`arenapool.memory.hold_heap`). Process-wide."""
@@ -261,6 +274,10 @@ class GovernorConfig:
             if not isinstance(value, (int, float)) or value < 0:
                 msg = f"{name} must be zero or more seconds, got {value!r}"
                 raise InvalidSize(msg, value=value)
+        every = self.heap_trim_every
+        if every is not None and (not isinstance(every, (int, float)) or every <= 0):
+            msg = f"heap_trim_every must be None or positive seconds, got {every!r}"
+            raise InvalidSize(msg, value=every)
         if self.interval <= 0:
             msg = f"interval must be positive, got {self.interval!r}"
             raise InvalidSize(msg, value=self.interval)
@@ -446,7 +463,11 @@ class Governor:
             self.config.trim_threshold, name="trim_threshold", allow_zero=True
         )
         self._busy: TrimPolicy | None = None  # trims under load (None: idle/soft only)
-        if config.busy_trim_threshold is not None:
+        # the plain periodic trim under load, in place of the busy trims (heap_trim_every)
+        self._heap_trims = 0
+        self._heap_trim_seconds = 0.0
+        self._last_heap_trim = float("-inf")
+        if config.busy_trim_threshold is not None and config.heap_trim_every is None:
             self._busy = TrimPolicy(
                 parse_size(config.busy_trim_threshold, allow_zero=True),
                 min_interval=config.busy_trim_interval,
@@ -584,7 +605,7 @@ class Governor:
         elif (
             threshold is None
             and config.hold_heap
-            and config.busy_trim_threshold is not None
+            and self._busy is not None
             and not self._heap_held
         ):
             self._heap_held = hold_heap()
@@ -754,6 +775,17 @@ class Governor:
             # soaks: the same median RSS, 3-15% more page faults per request, 1-2.5% fewer
             # requests); the idle release below gives them back once the load stops.
             await self.trim(reason="busy" if in_flight else "idle", pymalloc=False)
+        elif (
+            config.heap_trim_every is not None
+            and not idle
+            # (a tenth of a tick's slack: a check that runs a hair early still counts)
+            and now - self._last_heap_trim >= config.heap_trim_every - config.interval / 10
+        ):
+            self._last_heap_trim = now
+            started = time.perf_counter()
+            malloc_trim(0)
+            self._heap_trim_seconds += time.perf_counter() - started
+            self._heap_trims += 1
         if self._arena_cache == "on":
             # cached arenas unused for arena_cache_decay go back as the server runs, all
             # of them once it is idle (a C call that returns at once when none is due;
@@ -928,6 +960,13 @@ class Governor:
             "pressure_sheds": self._pressure_sheds,
             "container": _container_stats(self._container),
             "busy_trim": None if self._busy is None else self._busy.stats(),
+            "heap_trims": None
+            if self.config.heap_trim_every is None
+            else {
+                "every": self.config.heap_trim_every,
+                "count": self._heap_trims,
+                "seconds": round(self._heap_trim_seconds, 6),
+            },
             "actions": list(self._actions),
         }
 

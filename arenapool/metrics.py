@@ -290,6 +290,15 @@ class ArenapoolCollector(Collector):
                 ),
             ),
         )
+        yield from _families(
+            "arenapool_governor_heap_trims",
+            g.get("heap_trims"),
+            gauges=(),
+            counters=(
+                ("total", "count", "malloc_trim(0) calls under load (heap_trim_every)."),
+                ("seconds_total", "seconds", "Seconds those calls took, on the event loop."),
+            ),
+        )
         yield from _container_metrics(g.get("container"))
 
     @staticmethod

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,27 @@ import orjson
 from .http import closes_after, read_body, read_head
 from .workload import Body, Plan
 
-__all__ = ["LoadResult", "percentile", "run_load"]
+__all__ = ["LoadResult", "Pacing", "percentile", "run_load"]
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """Send each body in pieces of ``piece`` bytes, awaiting ``pause()`` before each
+    piece after the first, the way a body arrives over a real network: the server's
+    handler then runs while the rest of its body is still on the way, where a body
+    written whole is usually buffered whole before the handler starts.
+
+    ``pause`` is ``lambda: asyncio.sleep(gap)`` for a load (``benchmarks/
+    callgrind_request.py --trickle``); a test can await an event instead.
+    """
+
+    piece: int
+    pause: Callable[[], Awaitable[object]]
+
+    def __post_init__(self) -> None:
+        if self.piece < 1:
+            msg = "a piece must be at least 1 byte"
+            raise ValueError(msg)
 
 
 @dataclass
@@ -113,8 +133,9 @@ class _StaleConnection(Exception):
 class _Connection:
     """One keep-alive connection of the load client, reopened when the server closes it."""
 
-    def __init__(self, host: str, port: int) -> None:
+    def __init__(self, host: str, port: int, pacing: Pacing | None = None) -> None:
         self.host, self.port = host, port
+        self.pacing = pacing
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
         self.used = 0  # requests answered on the current connection
@@ -128,10 +149,19 @@ class _Connection:
             self.used = 0
         assert self.reader is not None
         self.writer.write(head)
-        self.writer.write(body)
+        pacing = self.pacing
         # A server may answer (413, 503) and close before reading the whole body; its
         # answer can still be in our receive buffer, so read it rather than give up.
         with contextlib.suppress(ConnectionError):
+            if pacing is None:
+                self.writer.write(body)
+            else:
+                view = memoryview(body)
+                for start in range(0, len(body), pacing.piece):
+                    if start:
+                        await self.writer.drain()
+                        await pacing.pause()
+                    self.writer.write(view[start : start + pacing.piece])
             await self.writer.drain()
         try:
             status, headers = await read_head(self.reader)
@@ -200,12 +230,16 @@ async def run_load(
     path: str = "/ingest",
     result: LoadResult | None = None,
     on_response: Callable[[LoadResult], None] | None = None,
+    pacing: Pacing | None = None,
 ) -> LoadResult:
     """Send at most ``requests`` requests for at most ``duration`` seconds; verify answers.
 
     ``concurrency`` connections each send one request at a time (keep-alive). Pass a
     ``result`` to watch it fill in from another task; ``on_response`` is called after
-    every response. Always returns within ``duration + 2 * timeout`` seconds.
+    every response; ``pacing`` sends each body in pieces (:class:`Pacing`; default:
+    whole). Always returns within ``duration + 2 * timeout`` seconds, as long as
+    ``pacing``'s pauses end (each request, its pauses included, is bounded by
+    ``timeout``).
     """
     if requests < 0 or duration < 0 or concurrency < 1:
         msg = "requests and duration must be >= 0 and concurrency >= 1"
@@ -221,7 +255,7 @@ async def run_load(
 
     async def worker() -> None:
         nonlocal issued
-        conn = _Connection(host, port)
+        conn = _Connection(host, port, pacing)
         try:
             while issued < requests and time.perf_counter() < deadline:
                 issued += 1

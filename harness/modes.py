@@ -276,6 +276,14 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--no-gc-freeze",),
         ),
         Mode(
+            "arenapool-heap-trim",
+            "arenapool",
+            "arenapool whose governor calls malloc_trim(0) every second under load on the "
+            "loop, as the trim loop does, instead of its busy trims "
+            "(GovernorConfig(heap_trim_every=1.0)): glibc's thresholds stay dynamic",
+            args=("--heap-trim-every", "1"),
+        ),
+        Mode(
             "arenapool-no-block-cache",
             "arenapool",
             "arenapool with glibc serving the decoder's work buffers, not the governor's "

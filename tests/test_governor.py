@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import psutil  # type: ignore[import-untyped]  # psutil ships no types
 import pytest
+from _governed import scrape
 from _memhelpers import MiB, ServerProcess, allocate, poll_until
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -19,6 +20,7 @@ from aiohttp.test_utils import TestClient
 from arenapool import SlabPool
 from arenapool._errors import InvalidSize
 from arenapool._governor import Governor, GovernorConfig
+from arenapool._memory import current_rss
 from arenapool._units import format_size
 from arenapool.aiohttp import AdminConfig, add_admin_routes, governor_middleware, setup
 
@@ -50,6 +52,7 @@ def test_config_rejects_mmap_threshold_above_glibc_cap() -> None:
         ({}, True),
         ({"hold_heap": False}, False),
         ({"busy_trim_threshold": None}, False),  # nothing would trim the heap under load
+        ({"heap_trim_every": 1.0}, False),  # the plain periodic trim leaves glibc be
         ({"mmap_threshold": "1MiB"}, False),  # a low threshold, pinned on purpose
     ],
 )
@@ -145,6 +148,38 @@ async def test_busy_server_is_not_trimmed_until_idle(caplog: pytest.LogCaptureFi
     assert any("trim (idle)" in r.getMessage() for r in caplog.records)
     await governor.check()  # nothing new to reclaim: no further trim
     assert 2 == governor.stats()["trims"]
+
+
+def test_config_rejects_a_heap_trim_period_that_is_not_positive() -> None:
+    with pytest.raises(InvalidSize, match="heap_trim_every must be None or positive"):
+        GovernorConfig(heap_trim_every=0)
+
+
+async def test_heap_trim_every_gives_the_heap_back_under_load() -> None:
+    """With ``heap_trim_every``, a check under load calls ``malloc_trim(0)`` itself, at
+    most once a period, and nothing else: no trim action, no busy-trim policy, the pools
+    left alone. The heap a request freed goes back while it is still in flight."""
+    governor = Governor(
+        GovernorConfig(interval=1, idle_after=60, use_cgroup=False, heap_trim_every=1.0)
+    )
+    await governor.trim()  # start from a trimmed heap
+    governor.note_request_start()
+    try:
+        freed_resident = allocate(64 * MiB)  # freed at once, the pins keep the holes
+        await governor.check()
+        after = current_rss()
+        first = governor.stats()
+        await governor.check()  # the same period: no second call
+        second = governor.stats()
+    finally:
+        governor.note_request_end()
+    assert (1, 1) == (first["heap_trims"]["count"], second["heap_trims"]["count"])
+    assert first["heap_trims"]["every"] == 1.0
+    assert (1, None) == (second["trims"], second["busy_trim"])  # only the trim above
+    assert freed_resident - after >= 32 * MiB
+    scraped = scrape(governor)
+    assert 1 == scraped["arenapool_governor_heap_trims_total"]
+    assert scraped["arenapool_governor_heap_trims_seconds_total"] > 0
 
 
 async def test_an_idle_server_trims_what_the_last_requests_freed() -> None:

@@ -15,7 +15,7 @@ from _example import load_example
 from aiohttp import web
 
 from arenapool import _memory
-from harness.loadgen import LoadResult, percentile, run_load
+from harness.loadgen import LoadResult, Pacing, percentile, run_load
 from harness.modes import baseline_of, pair_groups, resolve_modes, round_groups, round_order
 from harness.procstat import read_stat
 from harness.soak import percentile_of
@@ -249,6 +249,48 @@ async def test_chunked_answers_are_read(aiohttp_server: Any) -> None:
     server = await aiohttp_server(app)
     result = await drive(server, tiny_plan(), requests=12)
     assert 12 == result.ok
+
+
+async def test_paced_bodies_arrive_in_pieces(aiohttp_server: Any) -> None:
+    """With a Pacing, each body goes out in pieces, the next one only after the pause:
+    the handler reads each piece on its own while the rest is still to come, and the
+    answers are checked as usual."""
+    arrived: asyncio.Queue[int] = asyncio.Queue()
+    reads: list[list[int]] = []
+
+    async def ingest(request: web.Request) -> web.StreamResponse:
+        chunks: list[int] = []
+        reads.append(chunks)
+        data = bytearray()
+        while chunk := await request.content.readany():
+            chunks.append(len(chunk))
+            data += chunk
+            if len(data) < (request.content_length or 0):  # more to come: say so
+                arrived.put_nowait(len(chunk))
+        answer = summarize_body(orjson.loads(data)["records"])
+        return web.Response(body=orjson.dumps(answer))
+
+    app = web.Application()
+    app.router.add_post("/ingest", ingest)
+    server = await aiohttp_server(app)
+    plan = Plan(Workload("paced", 4 * KiB, 4 * KiB, "fixed", 1).deck(1), 1)
+    piece = 512
+
+    async def pause() -> None:  # until the server has read what was sent so far
+        await arrived.get()
+
+    result = await drive(server, plan, concurrency=1, requests=4, pacing=Pacing(piece, pause))
+    assert (4, 0) == (result.ok, result.errors)
+    for chunks in reads:
+        # never two pieces in one read: the client waited for each to be read
+        assert all(n <= piece for n in chunks)
+        assert sum(chunks) == 4 * KiB
+        assert len(chunks) >= 4 * KiB // piece
+
+
+def test_pacing_needs_a_piece() -> None:
+    with pytest.raises(ValueError, match="at least 1 byte"):
+        Pacing(0, asyncio.sleep)
 
 
 async def test_stale_keep_alive_is_retried_once() -> None:

@@ -210,6 +210,7 @@ def make_app(
     trim_interval: float = 0.0,
     busy_trim: str | None = "8MiB",
     busy_trim_interval: float = 1.0,
+    heap_trim_every: float | None = None,
     mmap_threshold: str | None = None,
     hold_heap: bool = True,
     release_pymalloc: bool = True,
@@ -235,7 +236,9 @@ def make_app(
     ``trim_interval`` > 0 runs the ``malloc_trim(0)`` loop (:func:`add_trim_loop`).
     The governor trims under load when ``busy_trim`` of freed C heap is worth it
     (``None``: only when idle), at most once every ``busy_trim_interval`` seconds while
-    the trims pay, and pins glibc's mmap threshold at ``mmap_threshold``
+    the trims pay; with ``heap_trim_every`` it calls ``malloc_trim(0)`` that often under
+    load instead (``GovernorConfig.heap_trim_every``). It pins glibc's mmap threshold at
+    ``mmap_threshold``
     when given (large buffers then get mappings of their own, returned on free);
     otherwise it holds the C heap (``GovernorConfig.hold_heap``) unless ``hold_heap``
     is False. Its trims give back pymalloc's empty pools unless ``release_pymalloc``
@@ -288,6 +291,7 @@ def make_app(
                 busy_trim_threshold=busy_trim,
                 busy_trim_interval=busy_trim_interval,
                 busy_trim_max_interval=max(32.0, busy_trim_interval),
+                heap_trim_every=heap_trim_every,
                 mmap_threshold=mmap_threshold,
                 hold_heap=hold_heap,
                 release_pymalloc=release_pymalloc,
@@ -435,6 +439,13 @@ def main(argv: list[str] | None = None) -> None:
         help="arenapool modes: least seconds between two busy trims while they pay (1.0)",
     )
     parser.add_argument(
+        "--heap-trim-every",
+        type=float,
+        default=None,
+        help="arenapool modes: under load, malloc_trim(0) every this many seconds on the "
+        "loop instead of the busy trims (default: off)",
+    )
+    parser.add_argument(
         "--mmap-threshold",
         default=None,
         help="arenapool modes: pin glibc's mmap threshold at this size (default: leave it)",
@@ -503,6 +514,7 @@ def main(argv: list[str] | None = None) -> None:
         trim_interval=args.trim_interval,
         busy_trim=None if args.busy_trim.lower() == "none" else args.busy_trim,
         busy_trim_interval=args.busy_trim_interval,
+        heap_trim_every=args.heap_trim_every,
         mmap_threshold=args.mmap_threshold,
         hold_heap=not args.glibc_heap,
         release_pymalloc=not args.keep_pymalloc_pools,
