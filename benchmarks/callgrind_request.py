@@ -41,8 +41,8 @@ Under valgrind the server runs tens of times slower than its client, so a body w
 whole has arrived whole before its handler runs, and arenapool's body path takes its
 cheapest branch (one allocation, no waiting for the rest). A loaded server at full speed
 sees large bodies arrive while their handlers run. ``--trickle PIECE`` sends every body
-in pieces of PIECE bytes, ``--trickle-gap`` seconds apart (5 ms by default: longer than
-valgrind's server takes to read a piece), so the counts include that path: each piece
+in pieces of PIECE bytes, ``--trickle-gap`` seconds apart (5 ms by default), so the
+counts include that path: each piece
 read, the first step, the admission and the growth into the declared size for
 arenapool; ``readany`` and the growing ``bytearray`` for ``request.read()``. Only the
 measured requests and their warm-up are paced; the gaps are idle time, which the

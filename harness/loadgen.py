@@ -237,9 +237,8 @@ async def run_load(
     ``concurrency`` connections each send one request at a time (keep-alive). Pass a
     ``result`` to watch it fill in from another task; ``on_response`` is called after
     every response; ``pacing`` sends each body in pieces (:class:`Pacing`; default:
-    whole). Always returns within ``duration + 2 * timeout`` seconds, as long as
-    ``pacing``'s pauses end (each request, its pauses included, is bounded by
-    ``timeout``).
+    whole; a request's pauses count in its ``timeout``). Always returns within
+    ``duration + 2 * timeout`` seconds.
     """
     if requests < 0 or duration < 0 or concurrency < 1:
         msg = "requests and duration must be >= 0 and concurrency >= 1"
