@@ -208,10 +208,9 @@ class GovernorConfig:
     hold_heap: bool = True
     """Hold the C heap while the governor trims under load: when it starts (with
     ``busy_trim_threshold`` set, no ``heap_trim_every`` and no ``mmap_threshold``), pin
-    glibc's thresholds so
-    that ``free()`` never gives memory back on the request path and large buffers come
-    from the warm heap; the governor's trims return what is free, on their schedule
-    (see :func:`arenapool.memory.hold_heap`). Process-wide."""
+    glibc's thresholds so that ``free()`` never gives memory back on the request path and
+    large buffers come from the warm heap; the governor's trims return what is free, on
+    their schedule (see :func:`arenapool.memory.hold_heap`). Process-wide."""
     release_pymalloc: bool = True
     """Give back the pages of pymalloc's empty pools, which CPython keeps resident for as
     long as one object lives in their arena: once each time the server goes idle (after

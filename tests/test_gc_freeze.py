@@ -11,9 +11,9 @@ back as JSON.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from typing import Any
+
+from _governed import run_python
 
 # Run in a fresh interpreter with the governor config's keywords as argv[1] (JSON).
 SERVER = """
@@ -82,16 +82,7 @@ asyncio.run(main())
 
 
 def serve(**config: Any) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, "-c", SERVER, json.dumps(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return report
+    return run_python(SERVER, json.dumps(config))
 
 
 def test_the_governor_freezes_what_the_server_holds_at_start() -> None:

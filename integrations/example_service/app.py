@@ -238,19 +238,19 @@ def make_app(
     (``None``: only when idle), at most once every ``busy_trim_interval`` seconds while
     the trims pay; with ``heap_trim_every`` it calls ``malloc_trim(0)`` that often under
     load instead (``GovernorConfig.heap_trim_every``). It pins glibc's mmap threshold at
-    ``mmap_threshold``
-    when given (large buffers then get mappings of their own, returned on free);
-    otherwise it holds the C heap (``GovernorConfig.hold_heap``) unless ``hold_heap``
-    is False. Its trims give back pymalloc's empty pools unless ``release_pymalloc``
-    is False (``GovernorConfig.release_pymalloc``). At its start it freezes what the
-    process holds out of the cyclic collector's sight unless ``freeze_gc`` is False
-    (``GovernorConfig.freeze_gc``). It caches up to ``arena_cache`` of
-    the arenas pymalloc frees (``GovernorConfig.arena_cache``; ``None``: no cache), and
-    serves the decoder's work buffers from its large-block region, ``block_cache`` of
-    their pages kept warm (``GovernorConfig.block_cache``; ``None``: glibc serves them),
-    in transparent huge pages when ``block_cache_huge_pages``. ``noop_middleware``
-    appends one middleware that does nothing: what aiohttp's middleware machinery alone
-    costs a request (arenapool's own runs as one).
+    ``mmap_threshold`` when given (large buffers then get mappings of their own,
+    returned on free); otherwise it holds the C heap (``GovernorConfig.hold_heap``)
+    unless ``hold_heap`` is False. Its trims give back pymalloc's empty pools unless
+    ``release_pymalloc`` is False (``GovernorConfig.release_pymalloc``). At its start it
+    freezes what the process holds out of the cyclic collector's sight unless
+    ``freeze_gc`` is False (``GovernorConfig.freeze_gc``). It caches up to
+    ``arena_cache`` of the arenas pymalloc frees (``GovernorConfig.arena_cache``;
+    ``None``: no cache), and serves the decoder's work buffers from its large-block
+    region, ``block_cache`` of their pages kept warm (``GovernorConfig.block_cache``;
+    ``None``: glibc serves them), in transparent huge pages when
+    ``block_cache_huge_pages``. ``noop_middleware`` appends one middleware that does
+    nothing: what aiohttp's middleware machinery alone costs a request (arenapool's own
+    runs as one).
     """
     if mode not in MODES:
         msg = f"unknown mode {mode!r}; choose from {', '.join(MODES)}"
