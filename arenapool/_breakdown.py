@@ -81,7 +81,7 @@ from functools import lru_cache
 from typing import Any, Final, Protocol
 
 from ._blockcache import stats as block_cache_stats
-from ._memory import _bind_mallinfo2, _Mallinfo2
+from ._memory import _bind_mallinfo2, _Mallinfo2, resident_pages
 from ._units import format_size
 
 __all__ = [
@@ -241,7 +241,6 @@ def read_buckets(pid: int | None = None) -> dict[str, int]:
 @dataclass(frozen=True)
 class _Glibc:
     mallinfo2: Callable[[], _Mallinfo2] | None
-    mincore: Callable[[int, int, Any], int] | None
     open_memstream: Callable[[Any, Any], int | None] | None
     fclose: Callable[[int], int] | None
     free: Callable[[int], None] | None
@@ -250,7 +249,7 @@ class _Glibc:
 
 @lru_cache(maxsize=1)
 def _glibc() -> _Glibc:
-    none = _Glibc(None, None, None, None, None, None)
+    none = _Glibc(None, None, None, None, None)
     if not sys.platform.startswith("linux"):
         return none
     try:
@@ -263,9 +262,6 @@ def _glibc() -> _Glibc:
     if not hasattr(lib, "gnu_get_libc_version"):  # musl and friends: not glibc
         return none
     mallinfo2 = _bind_mallinfo2(lib)
-    mincore = lib.mincore
-    mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
-    mincore.restype = ctypes.c_int
     open_memstream = lib.open_memstream
     open_memstream.argtypes = [ctypes.POINTER(ctypes.c_char_p), ctypes.POINTER(ctypes.c_size_t)]
     open_memstream.restype = ctypes.c_void_p
@@ -279,7 +275,7 @@ def _glibc() -> _Glibc:
         stderr = ctypes.c_void_p.in_dll(everyone, "stderr")
     except ValueError:  # pragma: no cover - no exported stderr symbol
         stderr = None
-    return _Glibc(mallinfo2, mincore, open_memstream, fclose, free, stderr)
+    return _Glibc(mallinfo2, open_memstream, fclose, free, stderr)
 
 
 # -- pymalloc --------------------------------------------------------------------------
@@ -372,19 +368,6 @@ def pymalloc_stats() -> PymallocStats | None:
 # -- slabs -----------------------------------------------------------------------------
 
 
-def _resident_pages(addr: int, length: int) -> bytes | None:
-    """``mincore`` over a page-aligned range: one byte per page, low bit set if resident."""
-    fn = _glibc().mincore
-    if fn is None or length <= 0:
-        return None
-    start = addr - addr % PAGE
-    npages = -(-(addr + length - start) // PAGE)
-    vec = ctypes.create_string_buffer(npages)
-    if fn(start, npages * PAGE, vec) != 0:
-        return None
-    return vec.raw
-
-
 def _slab_residency(
     mapped: Iterable[tuple[int, int]], lent: Iterable[tuple[int, int]]
 ) -> list[tuple[int, int, int]] | None:
@@ -396,7 +379,7 @@ def _slab_residency(
     starts = [a for a, _ in slabs]
     vecs: list[bytes] = []
     for addr, length in slabs:
-        vec = _resident_pages(addr, length)
+        vec = resident_pages(addr, length)
         if vec is None:
             return None
         vecs.append(vec)

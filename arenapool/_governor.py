@@ -36,7 +36,14 @@ the limit; read on the container, all of them see the same level and shed togeth
                                       stay committed.
     heap_trim_every set, not idle,
       and that long since its last -> malloc_trim(0) alone, on the loop, no reading
-                                      (in place of the busy trims above)
+                                      before it (in place of the busy trims above)
+
+Every trim's yield from glibc's main heap (its resident pages before and after, by
+``mincore``: :func:`arenapool.memory.heap_resident`) is counted by reason, and so is
+how much of it the next reading finds resident again: a trim under steady load whose
+pages the traffic faults straight back in shows as ``back`` close to ``judged`` (the
+returned bytes of the trims a reading has looked at) in :meth:`Governor.stats`'s
+``heap_returns``.
 
 With the limit from the cgroup, it is read again at every tick, so the watermarks follow
 a container resized in place.
@@ -88,6 +95,7 @@ from ._memory import (
     cgroup_memory_limit,
     current_rss,
     freeze_startup_objects,
+    heap_resident,
     hold_heap,
     malloc_trim,
     set_mmap_threshold,
@@ -124,7 +132,9 @@ class TrimResult(TypedDict):
     the bytes of cached pymalloc arenas given back (``arenas``, see
     :func:`arenapool.memory.release_pymalloc_arenas`), and the bytes of the large-block
     region's free address range advised away (``blocks``, see
-    :func:`arenapool.memory.release_large_blocks`; 0 in a busy trim).
+    :func:`arenapool.memory.release_large_blocks`; 0 in a busy trim), and glibc's main
+    heap's resident bytes before and after (``heap_before``, ``heap_after``, from
+    :func:`arenapool.memory.heap_resident`; ``None`` off glibc).
     """
 
     rss_before: int
@@ -136,6 +146,8 @@ class TrimResult(TypedDict):
     pymalloc: int
     arenas: int
     blocks: int
+    heap_before: int | None
+    heap_after: int | None
 
 
 @dataclass(frozen=True)
@@ -198,13 +210,15 @@ class GovernorConfig:
     """A trim that returns less than this to the OS did not pay (the busy trims back off)."""
     heap_trim_every: float | None = None
     """Under load, call glibc's ``malloc_trim(0)`` every this many seconds on the event
-    loop, with no reading before or after it (``None``: off): the once-a-second trim that
-    users write by hand (aiohttp issue #11043), inside the governor. It takes the place of
-    the busy trims: with it set, ``busy_trim_threshold`` is not used and glibc's
-    thresholds stay dynamic (no ``hold_heap``). The pools' idle blocks, the caches and
-    pymalloc's pools are left to their own decay and to the idle trim. Each call runs on
-    the loop, as the hand-written task's does (:meth:`Governor.stats`'s ``heap_trims``
-    counts the calls and the seconds they took)."""
+    loop (``None``: off), with no reading before it and one count of the main heap's
+    resident pages after it (about 70 us, :func:`arenapool.memory.heap_resident`): the
+    once-a-second trim that users write by hand (aiohttp issue #11043), inside the
+    governor. It takes the place of the busy trims: with it set, ``busy_trim_threshold``
+    is not used and glibc's thresholds stay dynamic (no ``hold_heap``). The pools' idle
+    blocks, the caches and pymalloc's pools are left to their own decay and to the idle
+    trim. Each call runs on the loop, as the hand-written task's does
+    (:meth:`Governor.stats`'s ``heap_trims`` counts the calls and the seconds they took,
+    and ``heap_returns["heap"]`` what they gave back and what came back)."""
     hold_heap: bool = True
     """Hold the C heap while the governor trims under load: when it starts (with
     ``busy_trim_threshold`` set, no ``heap_trim_every`` and no ``mmap_threshold``), pin
@@ -407,12 +421,14 @@ async def trim_now(
     targets = _resolve_pools(pools)
     loop = asyncio.get_running_loop()
     before = current_rss()
+    heap_before = heap_resident()
     started = time.perf_counter()
     returned, trimmed, released, arenas, blocks = await loop.run_in_executor(
         None, _trim_blocking, targets, busy, pymalloc, arena_decay
     )
     seconds = time.perf_counter() - started
     after = current_rss()
+    heap_after = heap_resident()
     return {
         "rss_before": before,
         "rss_after": after,
@@ -423,6 +439,8 @@ async def trim_now(
         "pymalloc": released,
         "arenas": arenas,
         "blocks": blocks,
+        "heap_before": heap_before,
+        "heap_after": heap_after,
     }
 
 
@@ -466,6 +484,13 @@ class Governor:
         self._heap_trims = 0
         self._heap_trim_seconds = 0.0
         self._last_heap_trim = float("-inf")
+        # what each kind of trim gave back from the main heap, and how much of it was
+        # resident again at the next reading: {reason: [trims, returned, judged, back]},
+        # judged: the returned bytes of the trims a reading has looked at since
+        self._heap_returns: dict[str, list[int]] = {}
+        # the last trim's (reason, bytes returned, heap resident right after), until the
+        # next reading says how much came back
+        self._heap_pending: tuple[str, int, int] | None = None
         if config.busy_trim_threshold is not None and config.heap_trim_every is None:
             self._busy = TrimPolicy(
                 parse_size(config.busy_trim_threshold, allow_zero=True),
@@ -694,6 +719,14 @@ class Governor:
         self._last_rss = rss
         self._last_check = time.time()
         in_flight, ended = self._requests()
+        pending = self._heap_pending
+        if pending is not None and reading.heap_resident is not None:
+            # the last trim's yield, one reading on: what the heap holds again of it
+            self._heap_pending = None
+            reason, returned, after = pending
+            row = self._heap_returns[reason]
+            row[2] += returned
+            row[3] += min(returned, max(0, reading.heap_resident - after))
         if ended != self._ended_seen:  # requests ended since the last check
             self._ended_seen = ended
             self._last_activity = now
@@ -785,6 +818,9 @@ class Governor:
             malloc_trim(0)
             self._heap_trim_seconds += time.perf_counter() - started
             self._heap_trims += 1
+            # (one mincore of the heap after it, about 70 us: its yield, against the
+            # reading this check began with)
+            self._note_heap_return("heap", reading.heap_resident, heap_resident())
         if self._arena_cache == "on":
             # cached arenas unused for arena_cache_decay go back as the server runs, all
             # of them once it is idle (a C call that returns at once when none is due;
@@ -862,6 +898,7 @@ class Governor:
             self._last_trim = time.monotonic()
             if self._busy is not None:
                 self._busy.record(self._last_trim, result["freed"], result["seconds"])
+            self._note_heap_return(reason, result["heap_before"], result["heap_after"])
             reading = snapshot(
                 slab_pools=_resolve_pools(self._pools), object_pools=(), breakdown=False
             )
@@ -907,6 +944,16 @@ class Governor:
             ):
                 self._stop_shedding(level)
             return result
+
+    def _note_heap_return(self, reason: str, before: int | None, after: int | None) -> None:
+        """Count a trim's yield from the main heap; the next reading says what came back."""
+        if before is None or after is None:
+            return
+        returned = max(0, before - after)
+        row = self._heap_returns.setdefault(reason, [0, 0, 0, 0])
+        row[0] += 1
+        row[1] += returned
+        self._heap_pending = (reason, returned, after)
 
     def _record(self, action: str, reason: str, **data: Any) -> None:
         self._actions.append({"time": time.time(), "action": action, "reason": reason, **data})
@@ -959,6 +1006,15 @@ class Governor:
             "pressure_sheds": self._pressure_sheds,
             "container": _container_stats(self._container),
             "busy_trim": None if self._busy is None else self._busy.stats(),
+            "heap_returns": {
+                reason: {
+                    "trims": trims,
+                    "returned_bytes": returned,
+                    "judged_bytes": judged,
+                    "back_bytes": back,
+                }
+                for reason, (trims, returned, judged, back) in self._heap_returns.items()
+            },
             "heap_trims": None
             if self.config.heap_trim_every is None
             else {

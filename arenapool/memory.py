@@ -6,6 +6,8 @@
   history, and a :class:`Verdict` on its trend (:func:`classify`).
 - :class:`Census`: heap censuses by type in a forked child, with leak suspects.
 - :class:`Tracer`: tracemalloc for a bounded window, then off again.
+- :func:`heap_resident` reads how much of glibc's main heap is resident, page by page
+  (glibc's own free count goes on counting the pages a trim gave back).
 - :func:`malloc_trim` gives glibc's free heap back; :func:`release_pymalloc` the pages
   of pymalloc's empty pools, which CPython itself never gives back while their arena
   holds one live object (:func:`pymalloc_status` says whether this process can).
@@ -46,6 +48,7 @@ from ._memory import (
     current_rss,
     freeze_startup_objects,
     heap_info,
+    heap_resident,
     hold_heap,
     malloc_trim,
     malloc_trim_available,
@@ -80,6 +83,7 @@ __all__ = [
     "current_rss",
     "freeze_startup_objects",
     "heap_info",
+    "heap_resident",
     "hold_heap",
     "large_block_cache",
     "malloc_trim",

@@ -160,7 +160,16 @@ class ArenapoolCollector(Collector):
             ("rss_bytes", "rss", "Resident set size of the process."),
             ("rss_peak_bytes", "peak_rss", "Peak resident set size of the process."),
             ("c_heap_in_use_bytes", "heap_in_use", "C heap in use (glibc mallinfo2)."),
-            ("c_heap_free_bytes", "heap_free", "Free C heap still held (glibc fordblks)."),
+            (
+                "c_heap_free_bytes",
+                "heap_free",
+                "Free C heap by glibc's count (fordblks), pages a trim gave back included.",
+            ),
+            (
+                "c_heap_resident_bytes",
+                "heap_resident",
+                "Resident bytes of glibc's main heap, page by page (mincore).",
+            ),
             ("c_heap_mmapped_bytes", "heap_mmapped", "C heap blocks served by mmap (hblkhd)."),
             ("c_heap_arena_bytes", "heap_arena", "Non-mmapped C heap obtained from the OS."),
             ("python_allocated_blocks", "py_allocated_blocks", "pymalloc blocks allocated."),
@@ -299,6 +308,28 @@ class ArenapoolCollector(Collector):
                 ("seconds_total", "seconds", "Seconds those calls took, on the event loop."),
             ),
         )
+        returns = g.get("heap_returns") or {}
+        for suffix, key, doc in (
+            (
+                "heap_returned_bytes_total",
+                "returned_bytes",
+                "Resident bytes of the main heap the governor's trims gave back, by reason.",
+            ),
+            (
+                "heap_judged_bytes_total",
+                "judged_bytes",
+                "Of those, the bytes of trims the governor's next reading has looked at.",
+            ),
+            (
+                "heap_back_bytes_total",
+                "back_bytes",
+                "Of the judged bytes, those resident again at that reading, by reason.",
+            ),
+        ):
+            family = CounterMetricFamily(f"arenapool_governor_{suffix}", doc, labels=["reason"])
+            for reason, row in sorted(returns.items()):
+                family.add_metric([reason], _number(row.get(key)))
+            yield family
         yield from _container_metrics(g.get("container"))
 
     @staticmethod

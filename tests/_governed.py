@@ -65,11 +65,17 @@ async def post_times(client: TestClient[Any, Any], body: bytes, times: int, coun
 
 
 def scrape(governor: Governor) -> dict[str, float]:
-    """The governor's Prometheus samples, by name."""
+    """The governor's Prometheus samples, by name (and ``name{label=value,...}`` for a
+    sample with labels, so that each of a family's samples is there)."""
     registry = CollectorRegistry()
     register(registry, governor=governor)
     return {
-        sample.name: sample.value
+        sample.name
+        + (
+            "{" + ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items())) + "}"
+            if sample.labels
+            else ""
+        ): sample.value
         for family in text_string_to_metric_families(generate_latest(registry).decode())
         for sample in family.samples
     }

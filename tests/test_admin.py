@@ -190,6 +190,8 @@ async def test_trim_route_goes_through_the_governor(aiohttp_server: ServerFactor
         "pymalloc",
         "arenas",
         "blocks",
+        "heap_before",
+        "heap_after",
     } == set(result)
     assert 1 == governor.stats()["trims"]
     assert "admin" == governor.stats()["actions"][-1]["reason"]

@@ -177,9 +177,47 @@ async def test_heap_trim_every_gives_the_heap_back_under_load() -> None:
     assert first["heap_trims"]["every"] == 1.0
     assert (1, None) == (second["trims"], second["busy_trim"])  # only the trim above
     assert freed_resident - after >= 32 * MiB
+    # its yield, read from the main heap's pages; the next check found none of it back
+    # (nothing ran between the two checks)
+    heap = second["heap_returns"]["heap"]
+    assert 1 == heap["trims"]
+    assert heap["returned_bytes"] >= 32 * MiB
+    assert (heap["returned_bytes"], 0) == (
+        heap["judged_bytes"],
+        first["heap_returns"]["heap"]["judged_bytes"],
+    )
+    assert 0 <= heap["back_bytes"] < MiB
     scraped = scrape(governor)
     assert 1 == scraped["arenapool_governor_heap_trims_total"]
     assert scraped["arenapool_governor_heap_trims_seconds_total"] > 0
+    returned = "arenapool_governor_heap_returned_bytes_total{reason=heap}"
+    assert heap["returned_bytes"] == scraped[returned]
+    assert heap["back_bytes"] == scraped["arenapool_governor_heap_back_bytes_total{reason=heap}"]
+    assert scraped["arenapool_c_heap_resident_bytes"] > 0
+
+
+async def test_heap_trims_count_what_the_traffic_faults_back_in() -> None:
+    """A trim's pages that requests touch again before the next reading are counted as
+    back: under a steady load that reuses the heap, a periodic trim returns nothing that
+    lasts, and ``heap_returns`` shows it."""
+    governor = Governor(
+        GovernorConfig(interval=1, idle_after=60, use_cgroup=False, heap_trim_every=1.0)
+    )
+    await governor.trim()  # start from a trimmed heap
+    governor.note_request_start()
+    try:
+        allocate(32 * MiB)  # a request's heap, freed into holes
+        await governor.check()  # the heap trim gives it back
+        allocate(32 * MiB)  # the next requests touch as much again
+        await governor.check()  # the same period: no trim, the last one judged
+    finally:
+        governor.note_request_end()
+    heap = governor.stats()["heap_returns"]["heap"]
+    assert 1 == heap["trims"]
+    assert heap["returned_bytes"] >= 16 * MiB
+    assert heap["judged_bytes"] == heap["returned_bytes"]  # the second check judged it
+    assert heap["back_bytes"] >= heap["judged_bytes"] // 2
+    assert heap["back_bytes"] <= heap["judged_bytes"]
 
 
 async def test_an_idle_server_trims_what_the_last_requests_freed() -> None:

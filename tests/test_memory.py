@@ -272,6 +272,39 @@ print(json.dumps({{
         assert out["mapped"] >= 56 * 1024 * 1024, "dynamic: large buffers are mapped"
 
 
+def test_heap_resident_counts_the_pages_a_trim_gave_back(run_python: RunPython) -> None:
+    """heap_resident() reads glibc's main heap page by page: a freed 32 MiB hole stays
+    resident in a held heap until malloc_trim gives its pages back, and then it is out
+    of heap_resident() while glibc's free count (heap_free) still counts all of it."""
+    out = run_python(
+        """
+import json
+from arenapool.memory import heap_info, heap_resident, hold_heap, malloc_trim, snapshot
+MiB = 1024 * 1024
+hold_heap()  # free() keeps memory in the heap: only malloc_trim gives it back
+base = heap_resident()
+big = bytearray(32 * MiB)  # written (zeroed): resident, in the main heap
+pin = bytearray(2 * MiB)  # from the top, above it: the freed buffer is a hole
+touched = heap_resident()
+del big
+freed = heap_resident()
+free_before = heap_info().free
+malloc_trim(0)
+print(json.dumps({
+    "base": base, "touched": touched, "freed": freed, "trimmed": heap_resident(),
+    "free_before": free_before, "free_after": heap_info().free,
+    "in_snapshot": snapshot(breakdown=False).heap_resident,
+}))
+"""
+    )
+    assert out["touched"] - out["base"] >= 31 * MiB, "the buffer's pages are the heap's"
+    assert out["freed"] - out["base"] >= 31 * MiB, "freed into a held heap: still resident"
+    assert out["freed"] - out["trimmed"] >= 31 * MiB, "the trim gave them back"
+    assert out["free_after"] >= out["free_before"] - MiB, "glibc still counts them free"
+    assert out["free_before"] >= 32 * MiB
+    assert abs(out["in_snapshot"] - out["trimmed"]) < 4 * MiB
+
+
 def test_an_mmap_threshold_set_after_a_held_heap_maps_again(run_python: RunPython) -> None:
     """hold_heap stops malloc from mapping; set_mmap_threshold (the governor's opt-in
     pin) lets it map again above the threshold it sets."""
