@@ -74,7 +74,8 @@ def heap_returns(server: Server) -> dict[str, dict[str, int]]:
 def between(
     first: dict[str, dict[str, int]], last: dict[str, dict[str, int]]
 ) -> dict[str, dict[str, int]]:
-    """Each reason's trims, bytes returned and bytes back from ``first`` to ``last``."""
+    """Each reason's trims and bytes returned, judged and back from ``first`` to ``last``
+    (reasons with no trim in between are left out)."""
     zero = {"trims": 0, "returned_bytes": 0, "judged_bytes": 0, "back_bytes": 0}
     rows = {}
     for reason, row in last.items():
