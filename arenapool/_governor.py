@@ -124,6 +124,26 @@ Watch = Literal["auto", "process", "container"]
 DEFAULT_CGROUP_ROOT = "/sys/fs/cgroup"
 
 
+@dataclass
+class _HeapReturns:
+    """One trim reason's yield from the main heap (``Governor.stats()["heap_returns"]``):
+    its trims, the bytes they gave back, the part of those a later reading has looked at
+    (``judged``), and of that, the bytes resident again at that reading (``back``)."""
+
+    trims: int = 0
+    returned: int = 0
+    judged: int = 0
+    back: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "trims": self.trims,
+            "returned_bytes": self.returned,
+            "judged_bytes": self.judged,
+            "back_bytes": self.back,
+        }
+
+
 class TrimResult(TypedDict):
     """What a trim did: RSS before and after (``freed`` is the drop the OS saw), its
     wall time, whether ``malloc_trim`` returned memory, the bytes each pool says it
@@ -485,12 +505,11 @@ class Governor:
         self._heap_trim_seconds = 0.0
         self._last_heap_trim = float("-inf")
         # what each kind of trim gave back from the main heap, and how much of it was
-        # resident again at the next reading: {reason: [trims, returned, judged, back]},
-        # judged: the returned bytes of the trims a reading has looked at since
-        self._heap_returns: dict[str, list[int]] = {}
-        # the last trim's (reason, bytes returned, heap resident right after), until the
-        # next reading says how much came back
-        self._heap_pending: tuple[str, int, int] | None = None
+        # resident again at the next reading, by reason
+        self._heap_returns: dict[str, _HeapReturns] = {}
+        # the last trim's (its reason's row, bytes returned, heap resident right after),
+        # until the next reading says how much came back
+        self._heap_pending: tuple[_HeapReturns, int, int] | None = None
         if config.busy_trim_threshold is not None and config.heap_trim_every is None:
             self._busy = TrimPolicy(
                 parse_size(config.busy_trim_threshold, allow_zero=True),
@@ -723,10 +742,9 @@ class Governor:
         if pending is not None and reading.heap_resident is not None:
             # the last trim's yield, one reading on: what the heap holds again of it
             self._heap_pending = None
-            reason, returned, after = pending
-            row = self._heap_returns[reason]
-            row[2] += returned
-            row[3] += min(returned, max(0, reading.heap_resident - after))
+            row, returned, after = pending
+            row.judged += returned
+            row.back += min(returned, max(0, reading.heap_resident - after))
         if ended != self._ended_seen:  # requests ended since the last check
             self._ended_seen = ended
             self._last_activity = now
@@ -950,10 +968,12 @@ class Governor:
         if before is None or after is None:
             return
         returned = max(0, before - after)
-        row = self._heap_returns.setdefault(reason, [0, 0, 0, 0])
-        row[0] += 1
-        row[1] += returned
-        self._heap_pending = (reason, returned, after)
+        row = self._heap_returns.get(reason)
+        if row is None:
+            row = self._heap_returns[reason] = _HeapReturns()
+        row.trims += 1
+        row.returned += returned
+        self._heap_pending = (row, returned, after)
 
     def _record(self, action: str, reason: str, **data: Any) -> None:
         self._actions.append({"time": time.time(), "action": action, "reason": reason, **data})
@@ -1006,15 +1026,7 @@ class Governor:
             "pressure_sheds": self._pressure_sheds,
             "container": _container_stats(self._container),
             "busy_trim": None if self._busy is None else self._busy.stats(),
-            "heap_returns": {
-                reason: {
-                    "trims": trims,
-                    "returned_bytes": returned,
-                    "judged_bytes": judged,
-                    "back_bytes": back,
-                }
-                for reason, (trims, returned, judged, back) in self._heap_returns.items()
-            },
+            "heap_returns": {reason: row.as_dict() for reason, row in self._heap_returns.items()},
             "heap_trims": None
             if self.config.heap_trim_every is None
             else {
