@@ -114,6 +114,16 @@ _SYNC_DRAIN = hasattr(StreamReader, "_read_nowait_chunk") and "_buffer" in getat
 _COUNTED = {"total_bytes", "_eof", "_exception"} <= set(getattr(StreamReader, "__slots__", ()))
 # ... and its flow control's marks (pause above _high_water, resume below _low_water)
 _WIDEN = {"_low_water", "_high_water"} <= set(getattr(StreamReader, "__slots__", ()))
+# ... and the rest of what ``_read_nowait_chunk`` keeps: then every chunk buffered is
+# copied in one pass (:func:`_drain`), with one flow-control check after it
+_BATCH = _SYNC_DRAIN and {
+    "_buffer_offset",
+    "_cursor",
+    "_size",
+    "_low_water",
+    "_http_chunk_splits",
+    "_protocol",
+} <= set(getattr(StreamReader, "__slots__", ()))
 
 
 def serve(
@@ -657,15 +667,27 @@ async def read_into_arena(request: web.Request, state: RequestState) -> memoryvi
             size = min(cap, max(FIRST_STEP, buffered))  # (a declared one was judged above)
         view = await _budget(request, state, arena.alloc_async, size)
         while True:
-            if _SYNC_DRAIN and content._buffer:
+            chunk: bytes | None = None
+            if _BATCH and content._http_chunk_splits is None:
+                # not chunked: whatever is buffered is copied in one pass, below
+                if not content._buffer:
+                    if content._exception is not None:
+                        raise content._exception
+                    if content._eof:
+                        break
+                    await content._wait("readchunk")  # readchunk()'s wait, no chunk taken
+                    continue
+                end = filled + content._size
+            elif _SYNC_DRAIN and content._buffer:
                 chunk = content._read_nowait_chunk(-1)
+                end = filled + len(chunk)
             else:
                 chunk, _ = await content.readchunk()
                 if not chunk:
                     if content.at_eof():
                         break
                     continue  # the end of an HTTP chunk: nothing to copy
-            end = filled + len(chunk)
+                end = filled + len(chunk)
             if end > size:
                 if end > cap:
                     # (a declared body past its length: the parser bounds it; be sure)
@@ -682,10 +704,16 @@ async def read_into_arena(request: web.Request, state: RequestState) -> memoryvi
                     token = current_ticket.set(ticket)
                     size = cap
                 else:  # no declared size: double (or take what is buffered, if more)
-                    size = min(cap, max(size * 2, end + getattr(content, "_size", 0)))
+                    ahead = 0 if chunk is None else getattr(content, "_size", 0)
+                    size = min(cap, max(size * 2, end + ahead))
                 # realloc gives the old block back at once
                 view = await _budget(request, state, arena.realloc_async, size, view)
-            view[filled:end] = chunk
+                if chunk is None:
+                    continue  # more may have arrived while it waited: count it again
+            if chunk is None:
+                _drain(content, view, filled)
+            else:
+                view[filled:end] = chunk
             filled = end
     except ConnectionError as exc:
         raise disconnected(request, declared) from exc
@@ -713,10 +741,50 @@ async def read_into_arena(request: web.Request, state: RequestState) -> memoryvi
     return view
 
 
+def _drain(content: StreamReader, view: memoryview, filled: int) -> None:
+    """Copy every chunk ``content`` holds into ``view`` from ``filled`` on, in one pass.
+
+    What aiohttp's ``_read_nowait_chunk`` does for one chunk, done once for them all:
+    the stream's counts move by the bytes taken, and its flow control is checked once,
+    after the last. ``_read_nowait_chunk`` resumes the protocol below the low-water mark
+    whether or not it was paused, and each resume feeds the parser an empty read and
+    asks the transport to resume: for a body admitted whole (its low-water mark raised
+    to :data:`WIDE_READ_AHEAD`) that was a protocol round per chunk. Here the protocol
+    is resumed only when its reading is paused (``_reading_paused``, which aiohttp sets
+    whenever it pauses the parser). The caller counted ``content._size`` bytes of room
+    with no await since: the chunks fit.
+    """
+    buffer = content._buffer
+    start = filled
+    offset = content._buffer_offset
+    if offset:  # the first chunk was partly read (a bounded read before ours)
+        first = memoryview(buffer.popleft())[offset:]
+        end = filled + len(first)
+        view[filled:end] = first
+        filled = end
+        content._buffer_offset = 0
+    for chunk in buffer:
+        end = filled + len(chunk)
+        view[filled:end] = chunk
+        filled = end
+    buffer.clear()
+    taken = filled - start
+    content._size -= taken
+    content._cursor += taken
+    protocol = content._protocol
+    if content._size < content._low_water and protocol._reading_paused:
+        protocol.resume_reading()
+
+
 def _fill_buffered(
     view: memoryview, content: StreamReader, declared: int, arena: _arena.Arena
 ) -> None:
     """Copy a declared body that aiohttp holds whole into ``view``, its allocation."""
+    if _BATCH and content._http_chunk_splits is None:
+        if content._size > declared:  # (the parser bounds a declared body; be sure)
+            raise too_large(content._size, arena.limit, declared=False, used=arena.used)
+        _drain(content, view, 0)
+        return
     filled = 0
     buffer = content._buffer
     while buffer and filled < declared:
@@ -1160,6 +1228,7 @@ INTERPRETED = (
     "refused",
     "read_into_arena",
     "_fill_buffered",
+    "_drain",
 )
 
 # The compiled build of this very file, when the install made one (see arenapool/_ext.py):
