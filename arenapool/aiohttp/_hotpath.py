@@ -114,16 +114,22 @@ _SYNC_DRAIN = hasattr(StreamReader, "_read_nowait_chunk") and "_buffer" in getat
 _COUNTED = {"total_bytes", "_eof", "_exception"} <= set(getattr(StreamReader, "__slots__", ()))
 # ... and its flow control's marks (pause above _high_water, resume below _low_water)
 _WIDEN = {"_low_water", "_high_water"} <= set(getattr(StreamReader, "__slots__", ()))
-# ... and the rest of what ``_read_nowait_chunk`` keeps: then every chunk buffered is
-# copied in one pass (:func:`_drain`), with one flow-control check after it
-_BATCH = _SYNC_DRAIN and {
-    "_buffer_offset",
-    "_cursor",
-    "_size",
-    "_low_water",
-    "_http_chunk_splits",
-    "_protocol",
-} <= set(getattr(StreamReader, "__slots__", ()))
+# ... and the rest of what ``_read_nowait_chunk`` keeps, and the wait ``readchunk``
+# uses: then every chunk buffered is copied in one pass (:func:`_drain`), with one
+# flow-control check after it, and an empty stream is waited on without taking a chunk
+_BATCH = (
+    _SYNC_DRAIN
+    and hasattr(StreamReader, "_wait")
+    and {
+        "_buffer_offset",
+        "_cursor",
+        "_size",
+        "_low_water",
+        "_http_chunk_splits",
+        "_protocol",
+    }
+    <= set(getattr(StreamReader, "__slots__", ()))
+)
 
 
 def serve(
