@@ -124,7 +124,6 @@ _BATCH = (
         "_buffer_offset",
         "_cursor",
         "_size",
-        "_low_water",
         "_http_chunk_splits",
         "_protocol",
     }
@@ -755,10 +754,11 @@ def _drain(content: StreamReader, view: memoryview, filled: int) -> None:
     after the last. ``_read_nowait_chunk`` resumes the protocol below the low-water mark
     whether or not it was paused, and each resume feeds the parser an empty read and
     asks the transport to resume: for a body admitted whole (its low-water mark raised
-    to :data:`WIDE_READ_AHEAD`) that was a protocol round per chunk. Here the protocol
-    is resumed only when its reading is paused (``_reading_paused``, which aiohttp sets
-    whenever it pauses the parser). The caller counted ``content._size`` bytes of room
-    with no await since: the chunks fit.
+    to :data:`WIDE_READ_AHEAD`) that was a protocol round per chunk. Here the stream is
+    left empty, below any low-water mark, so the protocol is resumed exactly when its
+    reading is paused (``_reading_paused``, which aiohttp sets whenever it pauses the
+    parser). The caller counted ``content._size`` bytes of room with no await since:
+    the chunks fit.
     """
     buffer = content._buffer
     start = filled
@@ -778,7 +778,7 @@ def _drain(content: StreamReader, view: memoryview, filled: int) -> None:
     content._size -= taken
     content._cursor += taken
     protocol = content._protocol
-    if content._size < content._low_water and protocol._reading_paused:
+    if protocol._reading_paused:  # (the stream is empty: under its low-water mark)
         protocol.resume_reading()
 
 
