@@ -9,12 +9,15 @@ counters, :meth:`Governor.count_requests`), the ``shedding`` flag, counters, a r
 recent actions, and the *reclaim floor*: the C heap's free bytes plus the pools' idle
 bytes right after the last trim, lowered whenever a reading comes in under it.
 
-One background task wakes every ``interval`` seconds, takes a :func:`snapshot` and
-applies these rules, in order, to *level*: the process's RSS, or, when the watermarks
-come from the container's cgroup limit, the container's working set (its usage minus
-inactive file cache, as the kubelet counts it: ``arenapool._container``). Workers that
-share a container each stay under a watermark on their own RSS while their sum passes
-the limit; read on the container, all of them see the same level and shed together::
+One background task wakes every ``interval`` seconds, takes a reading of what the rules
+below compare (RSS, the C heap's free and resident bytes, the pools' idle bytes, and of
+the container its PSI, or all of it when its limit or working set is compared: not a
+whole :func:`snapshot`) and applies these rules, in order, to *level*: the process's
+RSS, or, when the watermarks come from the container's cgroup limit, the container's
+working set (its usage minus inactive file cache, as the kubelet counts it:
+``arenapool._container``). Workers that share a container each stay under a watermark
+on their own RSS while their sum passes the limit; read on the container, all of them
+see the same level and shed together::
 
     level >= hard                  -> shedding = True (logged once per episode)
     PSI full avg10 >= pressure_shed-> shedding = True (off unless configured)
@@ -74,7 +77,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, TypedDict
 
 from . import _registry
 from ._arenacache import MAX_LIMIT as ARENA_CACHE_MAX
@@ -88,13 +91,14 @@ from ._blockcache import install as install_block_cache
 from ._blockcache import release as release_blocks
 from ._blockcache import stats as block_cache_stats
 from ._blockcache import status as block_cache_status
-from ._container import Cgroup, ContainerMemory, find_cgroup
+from ._container import Cgroup, ContainerMemory, Pressure, find_cgroup
 from ._errors import InvalidSize
 from ._memory import (
     MAX_MMAP_THRESHOLD,
     cgroup_memory_limit,
     current_rss,
     freeze_startup_objects,
+    heap_info,
     heap_resident,
     hold_heap,
     malloc_trim,
@@ -391,6 +395,33 @@ class GovernorConfig:
         return None, None, None
 
 
+class _TickReading(NamedTuple):
+    """What a tick's rules read of the process: RSS, the C heap's free bytes and
+    resident bytes, and the pools' idle bytes."""
+
+    rss: int
+    heap_free: int | None
+    heap_resident: int | None
+    slab_idle_bytes: int
+
+
+def _tick_reading(pools: Iterable[SlabPool]) -> _TickReading:
+    """One tick's reading: what :meth:`Governor.check` looks at, and nothing more.
+
+    ``snapshot()`` also builds every pool's whole ``stats()`` (a dict per size class),
+    the collector's statistics and pymalloc's block count: a few hundred objects made and
+    dropped every second on the event loop, which no rule reads. (A trim's own reading,
+    rare, still takes the whole snapshot.)
+    """
+    heap = heap_info()
+    return _TickReading(
+        rss=current_rss(),
+        heap_free=None if heap is None else heap.free,
+        heap_resident=heap_resident(),
+        slab_idle_bytes=sum(pool.idle_bytes for pool in pools),
+    )
+
+
 def _resolve_pools(source: PoolsSource) -> list[SlabPool]:
     if source is None:
         return _registry.slab_pools()
@@ -493,6 +524,16 @@ class Governor:
             else "process"
         )
         self._container: ContainerMemory | None = None
+        #: the container is read whole at every tick only when its limit sets the
+        #: watermarks or its working set is the level; else a tick reads its PSI alone
+        #: (when a pressure rule is set), and stats() reads the rest when asked
+        self._tick_reads_container = self._cgroup is not None and (
+            self.limit_source == "cgroup" or self.watch == "container"
+        )
+        self._wants_pressure = (
+            self.config.pressure_shed is not None or self.config.pressure_trim is not None
+        )
+        self._pressure: Pressure | None = None
         self._pressure_trims = 0
         self._pressure_sheds = 0
         self._stalled = False  # PSI past pressure_shed at the last reading
@@ -730,8 +771,7 @@ class Governor:
 
     async def check(self) -> None:
         """Take one reading and apply the rules (the background task calls this)."""
-        pools = _resolve_pools(self._pools)
-        reading = snapshot(slab_pools=pools, object_pools=(), breakdown=False)
+        reading = _tick_reading(_resolve_pools(self._pools))
         now = time.monotonic()
         rss = reading.rss
         self._checks += 1
@@ -760,7 +800,7 @@ class Governor:
 
         level = self._level(rss)
         what = "RSS" if self.watch == "process" else "container working set"
-        pressure = None if self._container is None else self._container.pressure
+        pressure = self._pressure
         config = self.config
         stalled = self._stalled = (
             pressure is not None
@@ -864,11 +904,19 @@ class Governor:
 
     def _level(self, rss: int) -> int:
         """What the watermarks compare now: RSS, or the container's working set (read
-        again, with its limit: watermarks from the cgroup follow a resized container)."""
+        again, with its limit: watermarks from the cgroup follow a resized container).
+        Sets the PSI reading the pressure rules look at."""
         group = self._cgroup
         if group is None:
             return rss
+        if not self._tick_reads_container:
+            # Only the pressure file, if a rule looks at it: the whole container (its
+            # limit up the hierarchy, usage, memory.stat, OOM kills) took about 0.7 ms of
+            # file reads and parsing per tick here, and made a few hundred objects
+            self._pressure = group.pressure() if self._wants_pressure else None
+            return rss
         container = self._container = group.read()
+        self._pressure = container.pressure
         if (
             self.limit_source == "cgroup"
             and container.limit is not None
@@ -1024,7 +1072,7 @@ class Governor:
             "watch": self.watch,
             "pressure_trims": self._pressure_trims,
             "pressure_sheds": self._pressure_sheds,
-            "container": _container_stats(self._container),
+            "container": _container_stats(self._container_now()),
             "busy_trim": None if self._busy is None else self._busy.stats(),
             "heap_returns": {reason: row.as_dict() for reason, row in self._heap_returns.items()},
             "heap_trims": None
@@ -1036,6 +1084,13 @@ class Governor:
             },
             "actions": list(self._actions),
         }
+
+    def _container_now(self) -> ContainerMemory | None:
+        """The container's reading for stats(): the last tick's when ticks read it
+        whole, else read now (``None`` outside a cgroup)."""
+        if self._cgroup is None or self._tick_reads_container:
+            return self._container
+        return self._cgroup.read()
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

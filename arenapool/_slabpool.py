@@ -315,6 +315,13 @@ class SlabPool:
         return self._lent_bytes
 
     @property
+    def idle_bytes(self) -> int:
+        """Bytes of the size classes' idle blocks, kept for reuse (committed or not),
+        as ``stats()["idle_bytes"]`` counts them, without the rest of ``stats()``."""
+        with self._lock:
+            return sum(c.idle * c.size for c in self._classes)
+
+    @property
     def available(self) -> int:
         """Bytes the budget still allows to be lent."""
         return max(0, self.budget - self._lent_bytes - self._quarantined_bytes)

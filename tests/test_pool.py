@@ -19,6 +19,7 @@ from arenapool import (
     ObjectPool,
     PoolClosedError,
     PoolTimeout,
+    SlabPool,
 )
 from arenapool.testing import assert_no_leaks
 
@@ -543,3 +544,19 @@ async def test_release_from_a_thread_wakes_an_async_waiter() -> None:
     assert got is held
     pool.release(got)
     assert_no_leaks(pool)
+
+
+def test_idle_bytes_is_what_stats_counts() -> None:
+    """``SlabPool.idle_bytes`` (what the governor reads every tick) agrees with
+    ``stats()["idle_bytes"]`` as blocks are lent and given back."""
+    pool = SlabPool("64MiB", decay=None)
+    try:
+        assert pool.idle_bytes == pool.stats()["idle_bytes"]
+        blocks = [pool.lend(n) for n in (4096, 100_000, 1_000_000, 3_000_000)]
+        assert pool.idle_bytes == pool.stats()["idle_bytes"]
+        pool.give_back(blocks[:3])
+        assert pool.idle_bytes == pool.stats()["idle_bytes"] > 0
+        pool.give_back(blocks[3:])
+        assert pool.idle_bytes == pool.stats()["idle_bytes"] > 0
+    finally:
+        pool.close()

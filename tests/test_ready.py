@@ -171,3 +171,24 @@ def test_setup_caps_aiohttp_read_ahead_unless_the_app_chose() -> None:
         app._handler_args["read_bufsize"],
         chosen._handler_args["read_bufsize"],
     )
+
+
+async def test_a_tick_reads_only_the_pressure_of_a_container_it_does_not_watch(
+    tmp_path: Path,
+) -> None:
+    """Without a container limit (the watermarks are the config's, the level is RSS) a
+    tick reads the container's PSI and nothing else: the pressure rules still act on
+    it, and stats() reads the rest of the container when asked, not a tick's copy."""
+    stalled = PSI_CALM.replace("full avg10=0.00", "full avg10=35.00")
+    root = container(tmp_path, usage=100 * MiB, psi=stalled)
+    (root / "sys/fs/cgroup/memory.max").write_text("max\n")
+    governor = Governor(GovernorConfig(container_root=str(root), pressure_shed=30.0))
+    assert (None, "process") == (governor.limit_source, governor.watch)
+    await governor.check()
+    assert (True, 1) == (governor.shedding, governor.stats()["pressure_sheds"])
+    set_usage(root, 300 * MiB)  # no tick since: stats() reads it now
+    seen = governor.stats()["container"]
+    assert (300 * MiB, 35.0) == (seen["usage"], seen["pressure_full_avg10"])
+    (root / "sys/fs/cgroup/memory.pressure").write_text(PSI_CALM)
+    await governor.check()  # calm again, and no watermark set: shedding ends
+    assert not governor.shedding
