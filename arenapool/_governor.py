@@ -10,14 +10,14 @@ recent actions, and the *reclaim floor*: the C heap's free bytes plus the pools'
 bytes right after the last trim, lowered whenever a reading comes in under it.
 
 One background task wakes every ``interval`` seconds, takes a reading of what the rules
-below compare (RSS, the C heap's free and resident bytes, the pools' idle bytes, and of
-the container its PSI, or all of it when its limit or working set is compared: not a
-whole :func:`snapshot`) and applies these rules, in order, to *level*: the process's
-RSS, or, when the watermarks come from the container's cgroup limit, the container's
-working set (its usage minus inactive file cache, as the kubelet counts it:
-``arenapool._container``). Workers that share a container each stay under a watermark
-on their own RSS while their sum passes the limit; read on the container, all of them
-see the same level and shed together::
+below compare (RSS, the C heap's free bytes, the pools' idle bytes, the heap's resident
+bytes after a trim, and of the container its PSI, or all of it when its limit or
+working set is compared: not a whole :func:`snapshot`) and applies these rules, in
+order, to *level*: the process's RSS, or, when the watermarks come from the container's
+cgroup limit, the container's working set (its usage minus inactive file cache, as the
+kubelet counts it: ``arenapool._container``). Workers that share a container each stay
+under a watermark on their own RSS while their sum passes the limit; read on the
+container, all of them see the same level and shed together::
 
     level >= hard                  -> shedding = True (logged once per episode)
     PSI full avg10 >= pressure_shed-> shedding = True (off unless configured)
@@ -405,19 +405,21 @@ class _TickReading(NamedTuple):
     slab_idle_bytes: int
 
 
-def _tick_reading(pools: Iterable[SlabPool]) -> _TickReading:
+def _tick_reading(pools: Iterable[SlabPool], *, resident: bool) -> _TickReading:
     """One tick's reading: what :meth:`Governor.check` looks at, and nothing more.
 
     ``snapshot()`` also builds every pool's whole ``stats()`` (a dict per size class),
     the collector's statistics and pymalloc's block count: a few hundred objects made and
     dropped every second on the event loop, which no rule reads. (A trim's own reading,
-    rare, still takes the whole snapshot.)
+    rare, still takes the whole snapshot.) The heap's resident bytes (a ``mincore`` of
+    the whole heap, about 70 us) only with ``resident``: the one rule that reads them
+    judges the last trim's yield, at the tick after it.
     """
     heap = heap_info()
     return _TickReading(
         rss=current_rss(),
         heap_free=None if heap is None else heap.free,
-        heap_resident=heap_resident(),
+        heap_resident=heap_resident() if resident else None,
         slab_idle_bytes=sum(pool.idle_bytes for pool in pools),
     )
 
@@ -771,7 +773,9 @@ class Governor:
 
     async def check(self) -> None:
         """Take one reading and apply the rules (the background task calls this)."""
-        reading = _tick_reading(_resolve_pools(self._pools))
+        reading = _tick_reading(
+            _resolve_pools(self._pools), resident=self._heap_pending is not None
+        )
         now = time.monotonic()
         rss = reading.rss
         self._checks += 1
@@ -872,13 +876,15 @@ class Governor:
             and now - self._last_heap_trim >= config.heap_trim_every - config.interval / 10
         ):
             self._last_heap_trim = now
+            # (a mincore of the heap before and after it, about 70 us each: its yield)
+            before = reading.heap_resident
+            if before is None:
+                before = heap_resident()
             started = time.perf_counter()
             malloc_trim(0)
             self._heap_trim_seconds += time.perf_counter() - started
             self._heap_trims += 1
-            # (one mincore of the heap after it, about 70 us: its yield, against the
-            # reading this check began with)
-            self._note_heap_return("heap", reading.heap_resident, heap_resident())
+            self._note_heap_return("heap", before, heap_resident())
         if self._arena_cache == "on":
             # cached arenas unused for arena_cache_decay go back as the server runs, all
             # of them once it is idle (a C call that returns at once when none is due;
