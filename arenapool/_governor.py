@@ -12,12 +12,12 @@ bytes right after the last trim, lowered whenever a reading comes in under it.
 One background task wakes every ``interval`` seconds, takes a reading of what the rules
 below compare (RSS, the C heap's free bytes, the pools' idle bytes, the heap's resident
 bytes after a trim, and of the container its PSI, or all of it when its limit or
-working set is compared: not a whole :func:`snapshot`) and applies these rules, in
-order, to *level*: the process's RSS, or, when the watermarks come from the container's
-cgroup limit, the container's working set (its usage minus inactive file cache, as the
-kubelet counts it: ``arenapool._container``). Workers that share a container each stay
-under a watermark on their own RSS while their sum passes the limit; read on the
-container, all of them see the same level and shed together::
+working set is compared: not a whole ``arenapool.memory.snapshot()``) and applies these
+rules, in order, to *level*: the process's RSS, or, when the watermarks come from the
+container's cgroup limit, the container's working set (its usage minus inactive file
+cache, as the kubelet counts it: ``arenapool._container``). Workers that share a
+container each stay under a watermark on their own RSS while their sum passes the
+limit; read on the container, all of them see the same level and shed together::
 
     level >= hard                  -> shedding = True (logged once per episode)
     PSI full avg10 >= pressure_shed-> shedding = True (off unless configured)
@@ -103,7 +103,6 @@ from ._memory import (
     hold_heap,
     malloc_trim,
     set_mmap_threshold,
-    snapshot,
 )
 from ._pymalloc import release_free_pools
 from ._pymalloc import status as pymalloc_status
@@ -395,8 +394,8 @@ class GovernorConfig:
         return None, None, None
 
 
-class _TickReading(NamedTuple):
-    """What a tick's rules read of the process: RSS, the C heap's free bytes and
+class _Reading(NamedTuple):
+    """What the governor's rules read of the process: RSS, the C heap's free bytes and
     resident bytes, and the pools' idle bytes."""
 
     rss: int
@@ -405,18 +404,18 @@ class _TickReading(NamedTuple):
     slab_idle_bytes: int
 
 
-def _tick_reading(pools: Iterable[SlabPool], *, resident: bool) -> _TickReading:
-    """One tick's reading: what :meth:`Governor.check` looks at, and nothing more.
+def _reading(pools: Iterable[SlabPool], *, resident: bool) -> _Reading:
+    """One reading for :meth:`Governor.check` (every tick) and :meth:`Governor.trim`
+    (after each trim): what their rules look at, and nothing more.
 
     ``snapshot()`` also builds every pool's whole ``stats()`` (a dict per size class),
     the collector's statistics and pymalloc's block count: a few hundred objects made and
-    dropped every second on the event loop, which no rule reads. (A trim's own reading,
-    rare, still takes the whole snapshot.) The heap's resident bytes (a ``mincore`` of
-    the whole heap, about 70 us) only with ``resident``: the one rule that reads them
-    judges the last trim's yield, at the tick after it.
+    dropped every second on the event loop, which no rule reads. The heap's resident
+    bytes (a ``mincore`` of the whole heap, about 70 us) only with ``resident``: the one
+    rule that reads them judges the last trim's yield, at the tick after it.
     """
     heap = heap_info()
-    return _TickReading(
+    return _Reading(
         rss=current_rss(),
         heap_free=None if heap is None else heap.free,
         heap_resident=heap_resident() if resident else None,
@@ -773,9 +772,7 @@ class Governor:
 
     async def check(self) -> None:
         """Take one reading and apply the rules (the background task calls this)."""
-        reading = _tick_reading(
-            _resolve_pools(self._pools), resident=self._heap_pending is not None
-        )
+        reading = _reading(_resolve_pools(self._pools), resident=self._heap_pending is not None)
         now = time.monotonic()
         rss = reading.rss
         self._checks += 1
@@ -971,9 +968,7 @@ class Governor:
             if self._busy is not None:
                 self._busy.record(self._last_trim, result["freed"], result["seconds"])
             self._note_heap_return(reason, result["heap_before"], result["heap_after"])
-            reading = snapshot(
-                slab_pools=_resolve_pools(self._pools), object_pools=(), breakdown=False
-            )
+            reading = _reading(_resolve_pools(self._pools), resident=False)
             self._heap_floor = reading.heap_free or 0
             self._floor = self._heap_floor + reading.slab_idle_bytes
             self._kept_warm = reading.slab_idle_bytes if reason == "busy" else 0

@@ -51,12 +51,11 @@ from typing import Any
 # The checkout's root: harness/ (and arenapool, when the checkout is not installed).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from arenapool import parse_size
 from harness.modes import resolve_modes
 from harness.procstat import read_stat
 from harness.run import SOAK_SETTINGS
 from harness.server import Server
-from harness.workload import Workload, get_workload
+from harness.workload import size_workload
 from harness.wrk import deck_files, run_wrk
 
 DEFAULT_MODES = "orjson+trim,arenapool,orjson+trim#2"
@@ -84,13 +83,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--symbols", default="", help="symbols always shown, comma-separated")
     parser.add_argument("--out", default=None, help="write the JSON here too")
     return parser.parse_args(argv)
-
-
-def workload_for(size: str) -> Workload:
-    if size == "mixed":
-        return get_workload("mixed")
-    n = parse_size(size)
-    return Workload(size, n, n, "fixed", 32)
 
 
 def read_samples(path: Path) -> tuple[collections.Counter[str], collections.Counter[str]]:
@@ -293,7 +285,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if len(modes) < 2:  # a ratio needs two
         msg = "cpu_split needs at least two modes it can run here"
         raise SystemExit(msg)
-    workload = workload_for(args.size)
+    workload = size_workload(args.size)
     servers = [Server(m).start() for m in modes]
     rows: list[dict[str, Any]] = []
     try:

@@ -124,7 +124,7 @@ from harness.modes import (
 from harness.procstat import read_stat
 from harness.report import machine_info
 from harness.server import Server, sigterm_interrupts
-from harness.workload import Workload, get_workload
+from harness.workload import Workload, size_workload
 from harness.wrk import WrkResult, deck_files, need_wrk, run_wrk
 
 MODES = ["orjson", "arenapool", "msgspec", "arenapool-msgspec"]
@@ -260,17 +260,10 @@ class SizeResult:
     runs: list[Run] = field(default_factory=list)
 
 
-def workload_for(size: str) -> Workload:
-    if size == "mixed":
-        return get_workload("mixed")
-    n = parse_size(size)
-    return Workload(size, n, n, "fixed", 32)
-
-
 async def measure_size(
     size: str, modes: list[Mode], args: argparse.Namespace, floors: list[str]
 ) -> SizeResult:
-    workload = workload_for(size)
+    workload = size_workload(size)
     servers: dict[str, Server] = {}
     out = SizeResult(size)
     names = [m.name for m in modes] + [f"{d}-floor" for d in floors]

@@ -41,11 +41,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from arenapool import parse_size
 from harness.modes import resolve_modes
 from harness.run import SOAK_SETTINGS
 from harness.server import Server
-from harness.workload import Workload, get_workload
+from harness.workload import Workload, size_workload
 from harness.wrk import deck_files, need_wrk, run_wrk
 
 TOKEN = "trim-returns"
@@ -54,10 +53,7 @@ MIXED = "mixed"
 
 def workload_for(load: str) -> tuple[Workload, int]:
     """The deck's workload and wrk's connections for ``load``."""
-    if load == MIXED:
-        return get_workload(MIXED), 8
-    size = parse_size(load, name="load")
-    return Workload(load, size, size, "fixed", 32), 32
+    return size_workload(load, name="load"), 8 if load == MIXED else 32
 
 
 def heap_returns(server: Server) -> dict[str, dict[str, int]]:

@@ -33,6 +33,7 @@ __all__ = [
     "burst_workload",
     "get_workload",
     "make_body",
+    "size_workload",
     "summarize_body",
 ]
 
@@ -224,6 +225,16 @@ def get_workload(name: str, *, budget: int | str = "256MiB", scale: float = 1.0)
         msg = f"unknown workload {name!r}; choose from {names}"
         raise ValueError(msg) from None
     return workload if scale == 1.0 else workload.scaled(scale)
+
+
+def size_workload(size: str, *, name: str = "size") -> Workload:
+    """The deck the throughput benchmarks send for ``size``: ``mixed`` (the soak's 1 KiB-4
+    MiB log-uniform deck), or bodies of that one size (``"64KiB"``), 32 in flight.
+    ``name`` is what a size that does not parse is called in its error."""
+    if size == "mixed":
+        return get_workload("mixed")
+    n = parse_size(size, name=name)
+    return Workload(size, n, n, "fixed", 32)
 
 
 class Plan:

@@ -9,14 +9,13 @@ kernel counted for the same process), never how fast anything went.
 from __future__ import annotations
 
 import importlib.util
-import json
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "cpu_split.py"
+from _benchscript import BENCHMARKS, run_benchmark
+
+SCRIPT = BENCHMARKS / "cpu_split.py"
 ROUNDS = 2
 MODES = ("orjson", "arenapool")
 
@@ -31,32 +30,22 @@ def load_script() -> ModuleType:
 
 
 def run_cpu_split(tmp_path: Path) -> dict[str, Any]:
-    out = tmp_path / "cpu_split.json"
-    subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--modes",
-            ",".join(MODES),
-            "--size",
-            "64KiB",
-            "--rounds",
-            str(ROUNDS),
-            "--duration",
-            "3",
-            "--warmup",
-            "1",
-            "--symbols",
-            "_PyObject_Malloc",
-            "--out",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
+    return run_benchmark(
+        "cpu_split.py",
+        tmp_path / "cpu_split.json",
+        "--modes",
+        ",".join(MODES),
+        "--size",
+        "64KiB",
+        "--rounds",
+        str(ROUNDS),
+        "--duration",
+        "3",
+        "--warmup",
+        "1",
+        "--symbols",
+        "_PyObject_Malloc",
     )
-    doc: dict[str, Any] = json.loads(out.read_text())
-    return doc
 
 
 def test_every_round_of_every_server_is_sampled_and_adds_up(tmp_path: Path) -> None:

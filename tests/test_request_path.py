@@ -7,47 +7,34 @@ asserted (their windows, their ratios), never how fast anything went.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from _benchscript import run_benchmark
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "request_path.py"
 ROUNDS = 2
 
 
 def run_request_path(tmp_path: Path, *extra: str) -> dict[str, Any]:
-    out = tmp_path / "request_path.json"
-    subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--sizes",
-            "1KiB",
-            "--modes",
-            "orjson,arenapool",
-            "--rounds",
-            str(ROUNDS),
-            "--duration",
-            "1",
-            "--warmup",
-            "0.5",
-            "--rewarm",
-            "0.5",
-            "--no-floor",
-            "--out",
-            str(out),
-            *extra,
-        ],
-        check=True,
-        capture_output=True,
-        timeout=300,
+    return run_benchmark(
+        "request_path.py",
+        tmp_path / "request_path.json",
+        "--sizes",
+        "1KiB",
+        "--modes",
+        "orjson,arenapool",
+        "--rounds",
+        str(ROUNDS),
+        "--duration",
+        "1",
+        "--warmup",
+        "0.5",
+        "--rewarm",
+        "0.5",
+        "--no-floor",
+        *extra,
     )
-    doc: dict[str, Any] = json.loads(out.read_text())
-    return doc
 
 
 def pairs_by_round(doc: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any]]]:

@@ -7,38 +7,27 @@ went or how much came back.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "trim_returns.py"
+from _benchscript import run_benchmark
 
 
 def test_a_run_counts_each_trim_and_what_came_back(tmp_path: Path) -> None:
-    out = tmp_path / "trim_returns.json"
-    subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            "--modes",
-            "arenapool-heap-trim",
-            "--loads",
-            "256KiB",
-            "--duration",
-            "8",
-            "--warmup",
-            "2",
-            "--rounds",
-            "1",
-            "--out",
-            str(out),
-        ],
-        check=True,
-        capture_output=True,
+    doc = run_benchmark(
+        "trim_returns.py",
+        tmp_path / "trim_returns.json",
+        "--modes",
+        "arenapool-heap-trim",
+        "--loads",
+        "256KiB",
+        "--duration",
+        "8",
+        "--warmup",
+        "2",
+        "--rounds",
+        "1",
         timeout=120,
     )
-    doc = json.loads(out.read_text())
     (run,) = doc["runs"]
     assert ("arenapool-heap-trim", "256KiB") == (run["mode"], run["load"])
     assert run["requests"] > 0
