@@ -33,10 +33,12 @@ limit; read on the container, all of them see the same level and shed together::
       and the back-off allows      -> trim, busy or idle (arenapool._trimpolicy: each
                                       trim's yield and time; one that does not pay
                                       doubles the wait, up to busy_trim_max_interval).
-                                      Busy (requests in flight), only the free C heap
-                                      counts and the pools give back only blocks idle
-                                      past their decay: the blocks the traffic reuses
-                                      stay committed.
+                                      Busy (not idle: a request in flight or one
+                                      ended within idle_after), only the free C heap
+                                      counts, and the pools, the arena cache and the
+                                      large-block region give back only what sat idle
+                                      past their decay: what the traffic reuses stays
+                                      committed, between two requests too.
     heap_trim_every set, not idle,
       and that long since its last -> malloc_trim(0) alone, on the loop, no reading
                                       before it (in place of the busy trims above)
@@ -222,9 +224,13 @@ class GovernorConfig:
     """The ``Retry-After`` (seconds) a shed request is told."""
     history: int = 50
     """How many recent actions :meth:`Governor.stats` keeps."""
-    busy_trim_threshold: int | str | None = "8MiB"
+    busy_trim_threshold: int | str | None = "2MiB"
     """Reclaimable growth that makes a trim worth it under load too (``None``: trim only
-    when idle or past the soft watermark). See :mod:`arenapool._trimpolicy`."""
+    when idle or past the soft watermark). See :mod:`arenapool._trimpolicy`. A busy trim
+    returns free C heap and keeps what the traffic reuses warm, so it is cheap enough to
+    come often: in the issue's 12-minute soak 2 MiB held 0.908x the trim loop's median
+    RSS against 0.915x for 4 MiB and 0.931x for 8 MiB, the requests alike
+    (benchmarks/README.md, "Busy between two requests")."""
     busy_trim_interval: float = 1.0
     """Least seconds between two busy trims while trims pay."""
     busy_trim_max_interval: float = 32.0
@@ -857,15 +863,19 @@ class Governor:
             or self._kept_warm > self._trim_threshold
         ):
             await self.trim(reason="idle")
-        elif self._busy is not None and (
-            self._busy.due(now, heap_reclaimable) if in_flight else self._busy.due(now, reclaimable)
+        elif self._busy is not None and self._busy.due(
+            now, reclaimable if idle else heap_reclaimable
         ):
             # under load too: the free heap is worth a trim, and trims have paid lately.
-            # Never pymalloc's pools here, even between two requests (nothing in flight
-            # for an instant): under load they are taken again within the second (4-minute
-            # soaks: the same median RSS, 3-15% more page faults per request, 1-2.5% fewer
-            # requests); the idle release below gives them back once the load stops.
-            await self.trim(reason="busy" if in_flight else "idle", pymalloc=False)
+            # Busy unless idle: between two requests of a loaded server nothing is in
+            # flight for an instant, and a full trim then (every idle block, every cached
+            # arena, the region's warm pages) cost 3% of the CPU per request in
+            # benchmarks/cpu_split.py, the next requests faulting it all back in. Never
+            # pymalloc's pools here: under load they are taken again within the second
+            # (4-minute soaks: the same median RSS, 3-15% more page faults per request,
+            # 1-2.5% fewer requests); the idle release below gives them back once the
+            # load stops.
+            await self.trim(reason="idle" if idle else "busy", pymalloc=False)
         elif (
             config.heap_trim_every is not None
             and not idle

@@ -208,7 +208,7 @@ def make_app(
     governor: bool = True,
     admin_token: str | None = None,
     trim_interval: float = 0.0,
-    busy_trim: str | None = "8MiB",
+    busy_trim: str | None = "2MiB",
     busy_trim_interval: float = 1.0,
     heap_trim_every: float | None = None,
     mmap_threshold: str | None = None,
@@ -428,9 +428,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--busy-trim",
-        default="8MiB",
+        default="2MiB",
         help="arenapool modes: freed C heap that makes the governor trim under load "
-        "(8MiB; 'none': only when idle)",
+        "(2MiB; 'none': only when idle)",
     )
     parser.add_argument(
         "--busy-trim-interval",
