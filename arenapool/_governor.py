@@ -228,9 +228,9 @@ class GovernorConfig:
     """Reclaimable growth that makes a trim worth it under load too (``None``: trim only
     when idle or past the soft watermark). See :mod:`arenapool._trimpolicy`. A busy trim
     returns free C heap and keeps what the traffic reuses warm, so it is cheap enough to
-    come often: in the issue's 12-minute soak 2 MiB held 0.908x the trim loop's median
-    RSS against 0.915x for 4 MiB and 0.931x for 8 MiB, the requests alike
-    (benchmarks/README.md, "Busy between two requests")."""
+    come often: in the issue's 12-minute soak 2 MiB held 0.903x and 0.908x the trim
+    loop's median RSS (two runs) against 0.915x for 4 MiB and 0.931x for 8 MiB, with
+    1.008-1.017x its requests (benchmarks/README.md, "Busy between two requests")."""
     busy_trim_interval: float = 1.0
     """Least seconds between two busy trims while trims pay."""
     busy_trim_max_interval: float = 32.0
