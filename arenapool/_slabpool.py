@@ -319,7 +319,13 @@ class SlabPool:
         """Bytes of the size classes' idle blocks, kept for reuse (committed or not),
         as ``stats()["idle_bytes"]`` counts them, without the rest of ``stats()``."""
         with self._lock:
-            return sum(c.idle * c.size for c in self._classes)
+            self._drain_pending()  # as stats() does: quarantined blocks whose views died
+            return self._idle_bytes_locked()
+
+    def _idle_bytes_locked(self) -> int:
+        """The size classes' idle bytes, under the lock: :attr:`idle_bytes` and
+        ``stats()`` (``repr()`` reads it and the rest without, once it has drained)."""
+        return sum(c.idle * c.size for c in self._classes)
 
     @property
     def available(self) -> int:
@@ -686,7 +692,7 @@ class SlabPool:
                 for c in self._classes
                 if c.lent or c.idle or c.quarantined or c.high_water
             ]
-            idle_bytes = sum(c.idle * c.size for c in self._classes)
+            idle_bytes = self._idle_bytes_locked()
             arenas_open, arenas_total = self._arena_counts()
             return {
                 "name": self.name,
@@ -768,7 +774,7 @@ class SlabPool:
             self._drain_pending()
         lent_blocks = sum(c.lent for c in self._classes) + self._huge_lent
         idle_blocks = sum(c.idle for c in self._classes)
-        idle_bytes = sum(c.idle * c.size for c in self._classes)
+        idle_bytes = self._idle_bytes_locked()
         parts = [
             f"in use {lent_blocks} blocks / {format_size(self._lent_bytes)}",
             f"idle {idle_blocks} / {format_size(idle_bytes)}",

@@ -39,7 +39,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import json
 import shutil
 import statistics
 import subprocess
@@ -51,6 +50,7 @@ from typing import Any
 # The checkout's root: harness/ (and arenapool, when the checkout is not installed).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from harness.benchkit import print_json_line
 from harness.modes import resolve_modes
 from harness.procstat import read_stat
 from harness.run import SOAK_SETTINGS
@@ -341,11 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     if shutil.which("perf") is None or shutil.which("wrk") is None:
         print("cpu_split needs perf (linux-perf) and wrk: scripts/bootstrap installs both")
         return 2
-    doc = asyncio.run(run(args))
-    text = json.dumps(doc)
-    if args.out:
-        Path(args.out).write_text(text)
-    print(text)
+    print_json_line(asyncio.run(run(args)), args.out)
     return 0
 
 

@@ -41,6 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from harness.benchkit import print_json_line
 from harness.modes import resolve_modes
 from harness.run import SOAK_SETTINGS
 from harness.server import Server
@@ -167,10 +168,7 @@ def main() -> None:
         )
     doc = {"benchmark": "trim_returns", "runs": runs, "table": table, **vars(args)}
     doc["out"] = str(args.out) if args.out else None
-    line = json.dumps(doc)
-    print(line)
-    if args.out:
-        args.out.write_text(line + "\n")
+    print_json_line(doc, doc["out"])
 
 
 if __name__ == "__main__":
