@@ -254,6 +254,7 @@ def test_soak_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     out = capsys.readouterr().out
     assert "MiB/min" in out
     assert "arenapool / orjson+trim: median RSS" in out
+    assert "(target <= 0.90x: m" in " ".join(out.split())  # met or missed, as it comes
     doc = json.loads((tmp_path / "arenapool-soak.json").read_text())
     assert ["orjson", "orjson+trim", "arenapool"] == list(doc["modes"])
     for mode in doc["modes"].values():
@@ -280,7 +281,24 @@ def test_soak_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "where the RSS is" in out
     assert "left by the load" in out
     assert "held at rest before the load" in out
+    flat = " ".join(out.split())  # the console wraps long lines
+    assert "under load (median) it holds" in flat
+    assert "of what the load added" in flat
     assert_png(tmp_path / "arenapool-soak.png")
+
+
+def test_soak_verdict_says_whether_each_target_is_met() -> None:
+    """The soak's verdict gives each ratio to three decimals beside its target and says
+    met or missed: at two decimals 0.904x printed as the 0.90x it misses."""
+    against = harness_cli._against
+    assert "0.904x (target <= 0.90x: missed)" == against(904, 1000, "<=", 0.90)
+    assert "0.900x (target <= 0.90x: met)" == against(900, 1000, "<=", 0.90)
+    # judged unrounded: 0.9004x prints as 0.900x but misses
+    assert "0.900x (target <= 0.90x: missed)" == against(9004, 10000, "<=", 0.90)
+    assert "0.999x (target >= 1.00x: missed)" == against(999, 1000, ">=", 1.00)
+    assert "1.004x (target >= 1.00x: met)" == against(1004, 1000, ">=", 1.00)
+    assert "- (target <= 1.00x)" == against(None, 1000, "<=", 1.00)
+    assert "- (target <= 1.00x)" == against(1000, 0, "<=", 1.00)
 
 
 @pytest.mark.parametrize("client", ["wrk", "python"])
