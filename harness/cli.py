@@ -408,17 +408,19 @@ def _print_soak_table(console: Console, doc: Mapping[str, Any], idle: float) -> 
         rest, base_rest = m.get("rss_rest"), base.get("rss_rest")
         left, base_left = m.get("rss_left_by_load"), base.get("rss_left_by_load")
         if None not in (rest, base_rest, left, base_left):
-            # the median too, split the same way: what each server holds before any body
-            # (its code: arenapool's modules and extensions) is apart from what the load adds
+            # the median and the RSS after load, each split the same way: what each
+            # server holds before any body (its code: arenapool's modules and
+            # extensions) apart from what the load added or left
+            held = rest - base_rest
             median = m["rss_median"] - base["rss_median"]
             console.print(
                 f"  under load (median) it holds {fmt_mib_delta(median)} against "
-                f"orjson+trim: {fmt_mib_delta(rest - base_rest)} held at rest before the "
-                f"load, {fmt_mib_delta(median - (rest - base_rest))} of what the load added"
+                f"orjson+trim: {fmt_mib_delta(held)} held at rest before the "
+                f"load, {fmt_mib_delta(median - held)} of what the load added"
             )
             console.print(
                 f"  after load it holds {fmt_mib_delta(m['rss_idle'] - base['rss_idle'])} "
-                f"against orjson+trim: {fmt_mib_delta(rest - base_rest)} held at rest "
+                f"against orjson+trim: {fmt_mib_delta(held)} held at rest "
                 f"before the load, {fmt_mib_delta(left - base_left)} of what the load "
                 "left behind"
             )

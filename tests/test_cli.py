@@ -252,9 +252,10 @@ def test_soak_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     argv = ["soak", "--duration", "2", "--warmup", "0.5", "--interval", "0.1", "--idle", "0.3"]
     assert 0 == cli.main([*argv, "--out", str(tmp_path), *TINY])
     out = capsys.readouterr().out
+    flat = " ".join(out.split())  # the console wraps long lines
     assert "MiB/min" in out
     assert "arenapool / orjson+trim: median RSS" in out
-    assert "(target <= 0.90x: m" in " ".join(out.split())  # met or missed, as it comes
+    assert "(target <= 0.90x: m" in flat  # met or missed, as it comes
     doc = json.loads((tmp_path / "arenapool-soak.json").read_text())
     assert ["orjson", "orjson+trim", "arenapool"] == list(doc["modes"])
     for mode in doc["modes"].values():
@@ -281,7 +282,6 @@ def test_soak_reports_drift(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert "where the RSS is" in out
     assert "left by the load" in out
     assert "held at rest before the load" in out
-    flat = " ".join(out.split())  # the console wraps long lines
     assert "under load (median) it holds" in flat
     assert "of what the load added" in flat
     assert_png(tmp_path / "arenapool-soak.png")
