@@ -74,7 +74,12 @@ class BlockCacheStats:
     ``given_back``: bytes of freed blocks' pages returned to the OS (above ``warm`` as
     they were freed, and by :func:`release`); ``huge_pages``: whether the region is in
     transparent huge pages (then ``warm`` is a whole number of them, and a freed block
-    gives back whole ones).
+    gives back whole ones); ``over_warm``: freed blocks that had pages in use above
+    ``warm`` (counted in 4 KiB pages only: not with ``huge_pages``), and
+    ``over_warm_bytes`` those pages' bytes, read with ``mincore`` just before they were
+    given back: what the blocks that reach past the bound fault in again each time. A
+    bound that fits the traffic keeps both low; their rate against ``freed`` says how
+    often, and how far, the traffic's decodes reach past it.
     """
 
     available: bool
@@ -91,6 +96,8 @@ class BlockCacheStats:
     freed: int
     given_back: int
     huge_pages: bool
+    over_warm: int = 0
+    over_warm_bytes: int = 0
 
     def to_dict(self) -> dict[str, object]:
         """The fields as a JSON-ready dict."""
@@ -194,6 +201,8 @@ def stats() -> BlockCacheStats:
         freed,
         given,
         grain,
+        over,
+        over_bytes,
     ) = module.stats()
     return BlockCacheStats(
         reason is None,
@@ -210,4 +219,6 @@ def stats() -> BlockCacheStats:
         int(freed),
         int(given),
         grain > 4096,
+        int(over),
+        int(over_bytes),
     )

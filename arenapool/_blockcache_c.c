@@ -66,6 +66,13 @@ static Py_ssize_t nfree = 0;
 static unsigned long long served = 0, passed = 0, returned = 0;
 static size_t in_use = 0, peak = 0, given_back = 0, high = 0;
 
+/* freed blocks that had pages resident above ``warm`` (over), and those pages' bytes
+ * (over_bytes): what the decodes that reach past the bound fault in again */
+static unsigned long long over = 0;
+static size_t over_bytes = 0;
+#define VEC_PAGES ((size_t)4096)
+static unsigned char vec[VEC_PAGES]; /* mincore's answer, a chunk at a time; under lock */
+
 static inline int
 ours(const void *ptr)
 {
@@ -170,6 +177,28 @@ put(size_t start, size_t len)
     return i;
 }
 
+/* bytes of the region's pages resident in [start, end) (offsets, whole pages); called
+ * with the lock held */
+static size_t
+resident_in(size_t start, size_t end)
+{
+    size_t count = 0;
+    while (start < end) {
+        size_t pages = (end - start) / PAGE;
+        if (pages > VEC_PAGES) {
+            pages = VEC_PAGES;
+        }
+        if (mincore(region + start, pages * PAGE, vec) != 0) {
+            return count * PAGE;
+        }
+        for (size_t i = 0; i < pages; i++) {
+            count += vec[i] & 1;
+        }
+        start += pages * PAGE;
+    }
+    return count * PAGE;
+}
+
 /* a block back to the region; called with the lock held */
 static void
 give(void *ptr)
@@ -184,6 +213,16 @@ give(void *ptr)
         return;
     }
     if (grain == PAGE) {
+        size_t from = round_up(start > warm ? start : warm, PAGE);
+        size_t to = start + len; /* a whole number of pages: take() rounds blocks up */
+        if (to > from) {
+            /* before they go: how much of the block above the bound was in use */
+            size_t above = resident_in(from, to);
+            if (above > 0) {
+                over++;
+                over_bytes += above;
+            }
+        }
         drop_above(start, len, warm, PAGE);
         return;
     }
@@ -381,13 +420,13 @@ stats(PyObject *self, PyObject *unused)
     (void)unused;
     pthread_mutex_lock(&lock);
     size_t res = installed ? resident() : 0;
-    size_t now[7] = {min_size, warm, region_size, in_use, peak, given_back, grain};
-    unsigned long long counts[3] = {served, passed, returned};
+    size_t now[8] = {min_size, warm, region_size, in_use, peak, given_back, grain, over_bytes};
+    unsigned long long counts[4] = {served, passed, returned, over};
     pthread_mutex_unlock(&lock);
-    return Py_BuildValue("(innnnnnKKKnn)", installed, (Py_ssize_t)now[0], (Py_ssize_t)now[1],
+    return Py_BuildValue("(innnnnnKKKnnKn)", installed, (Py_ssize_t)now[0], (Py_ssize_t)now[1],
                          (Py_ssize_t)now[2], (Py_ssize_t)now[3], (Py_ssize_t)now[4],
                          (Py_ssize_t)res, counts[0], counts[1], counts[2], (Py_ssize_t)now[5],
-                         (Py_ssize_t)now[6]);
+                         (Py_ssize_t)now[6], counts[3], (Py_ssize_t)now[7]);
 }
 
 static PyMethodDef methods[] = {
@@ -401,7 +440,7 @@ static PyMethodDef methods[] = {
      "installed() -> bool: whether the front is in place (cheaper than stats())."},
     {"stats", stats, METH_NOARGS,
      "stats() -> (installed, min_size, warm, region, in_use, peak, resident, served, passed, "
-     "freed, given_back)"},
+     "freed, given_back, grain, over, over_bytes)"},
     {NULL, NULL, 0, NULL},
 };
 

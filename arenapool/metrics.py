@@ -293,6 +293,17 @@ class ArenapoolCollector(Collector):
                 ("served_total", "served", "Large PyMem blocks the region handed out."),
                 ("passed_total", "passed", "Large PyMem blocks the region had no room for."),
                 (
+                    "over_warm_total",
+                    "over_warm",
+                    "Freed blocks of the region that had pages in use above its warm bound.",
+                ),
+                (
+                    "over_warm_bytes_total",
+                    "over_warm_bytes",
+                    "Bytes of pages in use above the region's warm bound, given back as "
+                    "their blocks were freed (faulted in again by the next such block).",
+                ),
+                (
                     "released_bytes_total",
                     "released_bytes",
                     "Bytes of the region's free range the governor advised away.",

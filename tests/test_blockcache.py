@@ -101,6 +101,8 @@ def test_the_region_stops_the_buffer_faults_and_gives_the_pages_back() -> None:
     assert warm["given"] > 0
     assert warm["rss_held"] - warm["rss_after"] >= held["resident"] // 2
     assert 0 == warm["after"]["resident"]
+    # nothing reached past a 64 MiB bound (and in huge pages nothing is counted)
+    assert (0, 0) == (held["over_warm"], held["over_warm_bytes"])
 
 
 def test_in_huge_pages_a_region_that_keeps_nothing_warm_still_saves_the_faults() -> None:
@@ -124,6 +126,13 @@ def test_in_huge_pages_a_region_that_keeps_nothing_warm_still_saves_the_faults()
         assert (0, 0) == (held["warm"], held["in_use"])
         assert held["served"] >= 5
         assert held["resident"] < 2 * MiB  # given back as each buffer was freed
+    # In 4 KiB pages every freed buffer had its pages above the bound (0) in use, and
+    # what went back is what the next decode faulted in again: the OS's count of the
+    # four decodes after the first, against the region's of all five.
+    held = small["held"]
+    assert held["over_warm"] >= 5
+    given_per_decode = held["over_warm_bytes"] / held["over_warm"]
+    assert small["faults"] * 4096 / 2 < given_per_decode < small["faults"] * 4096 * 2
     if huge["held"]["huge_pages"]:
         assert huge["faults"] < small["faults"] / 8
 
@@ -156,9 +165,10 @@ print(json.dumps({
 
 def test_the_region_keeps_no_more_than_warm_and_blocks_keep_their_contents() -> None:
     """With ``warm`` at 1 MiB a decode's 5 MiB buffer leaves at most 1 MiB resident once
-    freed; a list's item array grown through the region (``PyMem_Realloc``: a new block,
-    the old contents copied) and shrunk again reads back as written, and once the list
-    is gone nothing of the region is in use."""
+    freed, and the region counts the pages it had in use above the bound; a list's item
+    array grown through the region (``PyMem_Realloc``: a new block, the old contents
+    copied) and shrunk again reads back as written, and once the list is gone nothing of
+    the region is in use."""
     found = run_python(BOUNDS)
     assert found["ok"] is True
     if not COMPILED:
@@ -170,6 +180,9 @@ def test_the_region_keeps_no_more_than_warm_and_blocks_keep_their_contents() -> 
     assert 0 == decoded["in_use"]
     assert decoded["resident"] <= 1 * MiB
     assert decoded["given_back"] > 0
+    # the decode's buffer had pages in use past the 1 MiB bound: counted as they went
+    assert 1 == decoded["over_warm"]
+    assert 1 * MiB < decoded["over_warm_bytes"] <= decoded["given_back"]
     assert found["moved"] >= 1
     assert found["live"] > 0
     end = found["end"]
@@ -281,6 +294,10 @@ async def test_a_server_decodes_from_the_region_and_its_governor_gives_it_back(
     scraped = scrape(governor)
     assert scraped["arenapool_governor_block_cache_served_total"] >= stats["served"]
     assert scraped["arenapool_governor_block_cache_resident_bytes"] > 0
+    assert scraped["arenapool_governor_block_cache_over_warm_total"] == stats["over_warm"]
+    assert (
+        scraped["arenapool_governor_block_cache_over_warm_bytes_total"] == stats["over_warm_bytes"]
+    )
     await governor.check()  # idle (nothing in flight, idle_after=0): the pages go back
     stats = governor.stats()["block_cache"]
     assert 0 == stats["resident"]
