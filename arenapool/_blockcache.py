@@ -182,6 +182,17 @@ def release(*, keep: int = 0) -> int:
     return int(module.release(keep))
 
 
+def take_reach() -> int:
+    """How far into the region (bytes from its start) the furthest page in use above
+    ``warm`` lay when its block was freed, since the last call; 0 when none was (or there
+    is no front). Resets it: each caller's window starts at its last call. 4 KiB pages
+    only, as :attr:`BlockCacheStats.over_warm`."""
+    module = _compiled()
+    if module is None:
+        return 0
+    return int(module.take_reach())
+
+
 def stats() -> BlockCacheStats:
     """The front's state and counters now."""
     reason = status()

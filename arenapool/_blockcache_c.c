@@ -70,6 +70,8 @@ static size_t in_use = 0, peak = 0, given_back = 0, high = 0;
  * (over_bytes): what the decodes that reach past the bound fault in again */
 static unsigned long long over = 0;
 static size_t over_bytes = 0;
+/* the furthest into the region such a page lay (its end), since take_reach() last read it */
+static size_t reach = 0;
 #define VEC_PAGES ((size_t)4096)
 static unsigned char vec[VEC_PAGES]; /* mincore's answer, a chunk at a time; under lock */
 
@@ -177,10 +179,11 @@ put(size_t start, size_t len)
     return i;
 }
 
-/* bytes of the region's pages resident in [start, end) (offsets, whole pages); called
- * with the lock held */
+/* bytes of the region's pages resident in [start, end) (offsets, whole pages), and in
+ * *top the end of the last of them (unchanged when there is none); called with the lock
+ * held */
 static size_t
-resident_in(size_t start, size_t end)
+resident_in(size_t start, size_t end, size_t *top)
 {
     size_t count = 0;
     while (start < end) {
@@ -192,7 +195,10 @@ resident_in(size_t start, size_t end)
             return count * PAGE;
         }
         for (size_t i = 0; i < pages; i++) {
-            count += vec[i] & 1;
+            if (vec[i] & 1) {
+                count++;
+                *top = start + (i + 1) * PAGE;
+            }
         }
         start += pages * PAGE;
     }
@@ -217,10 +223,14 @@ give(void *ptr)
         size_t to = start + len; /* a whole number of pages: take() rounds blocks up */
         if (to > from) {
             /* before they go: how much of the block above the bound was in use */
-            size_t above = resident_in(from, to);
+            size_t top = 0;
+            size_t above = resident_in(from, to, &top);
             if (above > 0) {
                 over++;
                 over_bytes += above;
+                if (top > reach) {
+                    reach = top;
+                }
             }
         }
         drop_above(start, len, warm, PAGE);
@@ -429,6 +439,18 @@ stats(PyObject *self, PyObject *unused)
                          (Py_ssize_t)now[6], counts[3], (Py_ssize_t)now[7]);
 }
 
+static PyObject *
+take_reach(PyObject *self, PyObject *unused)
+{
+    (void)self;
+    (void)unused;
+    pthread_mutex_lock(&lock);
+    size_t found = reach;
+    reach = 0;
+    pthread_mutex_unlock(&lock);
+    return PyLong_FromSize_t(found);
+}
+
 static PyMethodDef methods[] = {
     {"install", install, METH_VARARGS,
      "install(min_size, region, warm) -> True: serve PyMem_Malloc's blocks of at least "
@@ -441,6 +463,9 @@ static PyMethodDef methods[] = {
     {"stats", stats, METH_NOARGS,
      "stats() -> (installed, min_size, warm, region, in_use, peak, resident, served, passed, "
      "freed, given_back, grain, over, over_bytes)"},
+    {"take_reach", take_reach, METH_NOARGS,
+     "take_reach() -> int: how far into the region (bytes) the furthest page in use above "
+     "``warm`` lay when its block was freed, since the last call (0: none); resets it."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -93,6 +93,7 @@ from ._blockcache import install as install_block_cache
 from ._blockcache import release as release_blocks
 from ._blockcache import stats as block_cache_stats
 from ._blockcache import status as block_cache_status
+from ._blockcache import take_reach as block_cache_reach
 from ._container import Cgroup, ContainerMemory, Pressure, find_cgroup
 from ._errors import InvalidSize
 from ._memory import (
@@ -120,6 +121,17 @@ log = logging.getLogger("arenapool.governor")
 
 #: Under the soft watermark a trim is retried only once this much became free again.
 _MIN_SOFT_RECLAIM = 1024 * 1024
+
+#: GovernorConfig.block_cache_fit: the step the region's warm bound moves down by, the
+#: lowest it goes, and the freed blocks a judgement needs
+_FIT_STEP = 1024 * 1024
+_FIT_FLOOR = 1024 * 1024
+_FIT_MIN_FREED = 20
+
+
+def _round_up(n: int, unit: int) -> int:
+    return -(-n // unit) * unit
+
 
 PoolsSource = Iterable["SlabPool"] | Callable[[], Iterable["SlabPool"]] | None
 LimitSource = Literal["config", "cgroup"] | None
@@ -293,6 +305,28 @@ class GovernorConfig:
     ``block_cache`` is rounded up to a whole number of huge pages. Off by default: a
     huge page is resident whole once any byte of it is touched, and a decoder touches
     its buffer sparsely (see :func:`arenapool.memory.cache_large_blocks`)."""
+    block_cache_fit: bool = False
+    """Move the region's warm bound with the traffic, between 1 MiB and ``block_cache``
+    (then the ceiling, and where the bound starts): at each tick that saw at least 20
+    blocks freed, lower it by 1 MiB (at most every ``block_cache_fit_hold`` seconds) while
+    the pages the region gave back in use (``over_warm_bytes`` in
+    :func:`arenapool.memory.large_block_cache`) came to at most a quarter of
+    ``block_cache_fit_budget`` per freed block, and raise it to cover the furthest of
+    them when they came to more than the budget. The bound then keeps warm what most
+    decodes reach, and the rare larger ones fault their excess in again, instead of the
+    largest document's buffer staying resident. 4 KiB pages only (not with
+    ``block_cache_huge_pages``). Off by default: measured in soaks, not yet against a
+    steady stream of large documents (benchmarks/README.md, "The region's warm bound,
+    measured against the deck")."""
+    block_cache_fit_budget: int | str = "256KiB"
+    """With ``block_cache_fit``: the bytes in use the region may give back per freed
+    block, on average over a judgement, before the bound rises; it steps down only while
+    they stay under a quarter of this (256 KiB: 64 pages faulted in again). The gap
+    between the two marks keeps the bound from moving on the spread from one judgement
+    to the next."""
+    block_cache_fit_hold: float = 5.0
+    """With ``block_cache_fit``: least seconds between a move of the bound and a step
+    down."""
     freeze_gc: bool = True
     """At its start, collect once and freeze what the process holds then (its modules,
     the app and its routes) out of the cyclic collector's sight, once per process
@@ -353,6 +387,12 @@ class GovernorConfig:
         if not 4096 <= smallest < BLOCK_CACHE_OFF:
             msg = f"block_cache_min must be 4 KiB to under 1 GiB, got {self.block_cache_min!r}"
             raise InvalidSize(msg, value=self.block_cache_min)
+        if parse_size(self.block_cache_fit_budget, name="block_cache_fit_budget") <= 0:
+            msg = f"block_cache_fit_budget must be positive, got {self.block_cache_fit_budget!r}"
+            raise InvalidSize(msg, value=self.block_cache_fit_budget)
+        if self.block_cache_fit_hold < 0:
+            msg = f"block_cache_fit_hold must not be negative, got {self.block_cache_fit_hold!r}"
+            raise InvalidSize(msg, value=self.block_cache_fit_hold)
         if self.mmap_threshold is not None:
             threshold = parse_size(self.mmap_threshold, name="mmap_threshold", allow_zero=True)
             if threshold > MAX_MMAP_THRESHOLD:
@@ -615,6 +655,11 @@ class Governor:
         self._block_cache = "off"
         self._blocks_released_bytes = 0
         self._blocks_idle_since: float | None = None
+        # block_cache_fit: the region's counters (freed, over_warm, over_warm_bytes) at
+        # the start of the window it judges, when it last moved the bound, how often
+        self._fit_start: tuple[int, int, int] | None = None
+        self._fit_moved = float("-inf")
+        self._fit_moves = 0
         self._shed_count = 0
         self._shed_episodes = 0
         self._actions: deque[dict[str, Any]] = deque(maxlen=self.config.history)
@@ -903,6 +948,8 @@ class Governor:
             # that was ever touched: a handful)
             self._blocks_idle_since = self._last_activity
             self._blocks_released_bytes += release_blocks()
+        if self._block_cache == "on" and config.block_cache_fit:
+            self._fit_block_cache(now)
         if (
             self._pymalloc_release == "on"
             and idle
@@ -914,6 +961,50 @@ class Governor:
             released = release_free_pools()
             if released is not None:
                 self._pymalloc_released_bytes += released.bytes
+
+    def _fit_block_cache(self, now: float) -> None:
+        """Move the region's warm bound with the traffic (``block_cache_fit``): judge the
+        blocks freed since the last judgement, once there are enough of them."""
+        found = block_cache_stats()
+        if not found.installed or found.huge_pages:
+            return
+        counts = (found.freed, found.over_warm, found.over_warm_bytes)
+        start = self._fit_start
+        if start is None or counts[0] < start[0]:
+            self._fit_start = counts  # (the counters restart with a new process only)
+            block_cache_reach()  # the window starts here
+            return
+        freed = counts[0] - start[0]
+        if freed < _FIT_MIN_FREED:
+            return
+        self._fit_start = counts
+        reach = block_cache_reach()
+        over = counts[1] - start[1]
+        over_bytes = counts[2] - start[2]
+        config = self.config
+        budget = parse_size(config.block_cache_fit_budget, name="block_cache_fit_budget")
+        ceiling = parse_size(config.block_cache or 0, name="block_cache", allow_zero=True)
+        warm = found.warm
+        bound = warm
+        if over_bytes > budget * freed:
+            # decodes reach past it often and far: cover the furthest of them (a decoder
+            # touches its buffer sparsely: the pages counted fall short of the reach)
+            bound = min(
+                ceiling, _round_up(max(reach, warm + over_bytes // max(1, over)), _FIT_STEP)
+            )
+        elif (
+            over_bytes * 4 <= budget * freed
+            and now - self._fit_moved >= config.block_cache_fit_hold
+        ):
+            # few reach past it: a step down (the next judgement says if it was too far)
+            bound = max(min(_FIT_FLOOR, ceiling), warm - _FIT_STEP)
+        if bound != warm:
+            smallest = parse_size(config.block_cache_min, name="block_cache_min")
+            install_block_cache(bound, min_size=smallest, huge_pages=False)
+            self._fit_moved = now
+            self._fit_moves += 1
+            reason = "raise" if bound > warm else "lower"
+            self._record("block_cache_fit", reason, warm_before=warm, warm=bound)
 
     def _level(self, rss: int) -> int:
         """What the watermarks compare now: RSS, or the container's working set (read
@@ -1076,6 +1167,8 @@ class Governor:
             "block_cache": {
                 "state": self._block_cache,
                 "released_bytes": self._blocks_released_bytes,
+                "fit": self.config.block_cache_fit,
+                "fit_moves": self._fit_moves,
                 **block_cache_stats().to_dict(),
             },
             "shed_count": self._shed_count,

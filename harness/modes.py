@@ -291,6 +291,13 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--block-cache", "none"),
         ),
         Mode(
+            "arenapool-block-fit",
+            "arenapool",
+            "arenapool whose governor moves the large-block region's warm bound with the "
+            "traffic, up to its 16 MiB (GovernorConfig(block_cache_fit=True))",
+            args=("--block-cache-fit",),
+        ),
+        Mode(
             "arenapool-warm-rate",
             "arenapool",
             "arenapool whose size classes lent fewer than 20 blocks a second keep nothing "

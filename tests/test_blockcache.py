@@ -329,3 +329,44 @@ def test_no_room_for_the_region_is_said_not_raised() -> None:
         assert "could not reserve the region" in str(found["reason"])
     else:
         assert "ARENAPOOL_NO_EXTENSIONS" in str(found["reason"])
+
+
+async def test_the_warm_bound_follows_how_far_the_decodes_reach(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """With ``block_cache_fit`` the region's warm bound starts at ``block_cache`` and
+    steps down a MiB per judgement while the decodes stay under it, to 1 MiB when they
+    all do; a run of large documents that reach past it raises it to cover their reach,
+    and then their pages stay warm: the next ones give back nothing in use."""
+    client, governor = await governed_decoder(
+        aiohttp_client,
+        "fit-test",
+        "rows",
+        block_cache="8MiB",
+        block_cache_fit=True,
+        block_cache_fit_hold=0,
+    )
+    small = big_doc(6_000)  # its buffer touches under 1 MiB of the region
+    large = big_doc(30_000)  # about 4.5 MiB
+    for _ in range(8):  # a judgement needs 20 freed blocks
+        await post_times(client, small, 20, 6_000)
+        await governor.check()
+    stats = governor.stats()["block_cache"]
+    assert stats["fit"] is True
+    if not COMPILED:
+        assert "ARENAPOOL_NO_EXTENSIONS" in stats["state"]
+        assert 0 == stats["fit_moves"]
+        return
+    assert 1 * MiB == stats["warm"]  # 8 MiB down to the floor, a MiB at a time
+    assert stats["fit_moves"] >= 7
+    await post_times(client, large, 20, 30_000)
+    await governor.check()  # each one reached MiBs past the bound: it covers them now
+    raised = large_block_cache()
+    assert 4 * MiB <= raised.warm <= 8 * MiB
+    await post_times(client, large, 20, 30_000)
+    after = large_block_cache()
+    assert after.freed - raised.freed >= 20
+    assert after.over_warm == raised.over_warm  # none reached past the raised bound
+    moves = [a for a in governor.stats()["actions"] if a["action"] == "block_cache_fit"]
+    assert {"lower", "raise"} <= {a["reason"] for a in moves}
+    await governor.stop()

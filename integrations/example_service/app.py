@@ -218,6 +218,7 @@ def make_app(
     arena_cache: str | None = "32MiB",
     block_cache: str | None = "16MiB",
     block_cache_huge_pages: bool = False,
+    block_cache_fit: bool = False,
     noop_middleware: bool = False,
 ) -> web.Application:
     """The ingest service in ``mode`` (one of :data:`MODES`).
@@ -248,7 +249,8 @@ def make_app(
     ``None``: no cache), and serves the decoder's work buffers from its large-block
     region, ``block_cache`` of their pages kept warm (``GovernorConfig.block_cache``;
     ``None``: glibc serves them), in transparent huge pages when
-    ``block_cache_huge_pages``. ``noop_middleware`` appends one middleware that does
+    ``block_cache_huge_pages``; with ``block_cache_fit`` that bound moves with the traffic
+    (``GovernorConfig.block_cache_fit``). ``noop_middleware`` appends one middleware that does
     nothing: what aiohttp's middleware machinery alone costs a request (arenapool's own
     runs as one).
     """
@@ -299,6 +301,7 @@ def make_app(
                 arena_cache=arena_cache,
                 block_cache=block_cache,
                 block_cache_huge_pages=block_cache_huge_pages,
+                block_cache_fit=block_cache_fit,
             )
             if governor
             else None
@@ -485,6 +488,12 @@ def main(argv: list[str] | None = None) -> None:
         "(GovernorConfig(block_cache_huge_pages=True))",
     )
     parser.add_argument(
+        "--block-cache-fit",
+        action="store_true",
+        help="arenapool modes: move the large-block region's warm bound with the traffic, "
+        "up to --block-cache (GovernorConfig(block_cache_fit=True))",
+    )
+    parser.add_argument(
         "--backlog",
         type=int,
         default=2048,
@@ -522,6 +531,7 @@ def main(argv: list[str] | None = None) -> None:
         arena_cache=None if args.arena_cache.lower() == "none" else args.arena_cache,
         block_cache=None if args.block_cache.lower() == "none" else args.block_cache,
         block_cache_huge_pages=args.block_cache_huge_pages,
+        block_cache_fit=args.block_cache_fit,
         noop_middleware=args.noop_middleware,
     )
     ready = f"example service ({args.mode}) on http://{args.host}:{args.port} pid {os.getpid()}"
