@@ -249,6 +249,10 @@ def test_the_functions_refuse_what_makes_no_sense() -> None:
         GovernorConfig(block_cache="2GiB")
     with pytest.raises(InvalidSize, match="block_cache_min must be 4 KiB"):
         GovernorConfig(block_cache_min="1KiB")
+    with pytest.raises(InvalidSize, match="block_cache_fit_budget must be positive"):
+        GovernorConfig(block_cache_fit_budget=0)
+    with pytest.raises(InvalidSize, match="block_cache_fit_hold must not be negative"):
+        GovernorConfig(block_cache_fit_hold=-1.0)
 
 
 def test_stats_say_whether_this_build_can_serve() -> None:
