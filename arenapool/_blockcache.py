@@ -182,15 +182,37 @@ def release(*, keep: int = 0) -> int:
     return int(module.release(keep))
 
 
-def take_reach() -> int:
-    """How far into the region (bytes from its start) the furthest page in use above
-    ``warm`` lay when its block was freed, since the last call; 0 when none was (or there
-    is no front). Resets it: each caller's window starts at its last call. 4 KiB pages
-    only, as :attr:`BlockCacheStats.over_warm`."""
+@dataclass(frozen=True)
+class Spread:
+    """Where the pages in use that freed blocks gave back lay (:func:`take_spread`).
+
+    ``freed``: blocks given back to the region, ever (as :attr:`BlockCacheStats.freed`);
+    ``warm``: the bound now; ``by_mib``: the bytes of pages in use above the bound that
+    freed blocks gave back since the last :func:`take_spread`, by MiB of the region
+    (``by_mib[k]``: those between ``k`` and ``k + 1`` MiB into it; the 256th takes
+    everything past it; empty when none). The bytes of the buckets at and above a bound
+    are what that bound would have given back in use over the same blocks, for any bound
+    at or above the one they were freed under."""
+
+    freed: int
+    warm: int
+    by_mib: tuple[int, ...]
+
+    def above(self, bound: int) -> int:
+        """The bytes in use counted at or above ``bound`` (a whole number of MiB)."""
+        return sum(self.by_mib[bound >> 20 :])
+
+
+def take_spread() -> Spread:
+    """The counts of :class:`Spread` since the last call, which it resets: each caller's
+    window starts at its last call. Counters only (cheaper than :func:`stats`, which
+    reads the region's resident pages with ``mincore``). 4 KiB pages only, as
+    :attr:`BlockCacheStats.over_warm`; where there is no front, nothing."""
     module = _compiled()
     if module is None:
-        return 0
-    return int(module.take_reach())
+        return Spread(0, 0, ())
+    freed, warm, by_mib = module.take_spread()
+    return Spread(int(freed), int(warm), tuple(by_mib))
 
 
 def stats() -> BlockCacheStats:

@@ -70,8 +70,12 @@ static size_t in_use = 0, peak = 0, given_back = 0, high = 0;
  * (over_bytes): what the decodes that reach past the bound fault in again */
 static unsigned long long over = 0;
 static size_t over_bytes = 0;
-/* the furthest into the region such a page lay (its end), since take_reach() last read it */
-static size_t reach = 0;
+/* the same pages' bytes by where they lay, a MiB of the region a bucket (the last one
+ * takes everything past it), since take_spread() last read them: how much a lower or
+ * higher bound would have given back in use */
+#define SPREAD_SHIFT 20
+#define SPREAD_BUCKETS ((size_t)256)
+static size_t spread[SPREAD_BUCKETS];
 #define VEC_PAGES ((size_t)4096)
 static unsigned char vec[VEC_PAGES]; /* mincore's answer, a chunk at a time; under lock */
 
@@ -179,11 +183,11 @@ put(size_t start, size_t len)
     return i;
 }
 
-/* bytes of the region's pages resident in [start, end) (offsets, whole pages), and in
- * *top the end of the last of them (unchanged when there is none); called with the lock
- * held */
+/* bytes of the region's pages resident in [start, end) (offsets, whole pages); with
+ * ``by_mib`` set, each of them is also counted in its MiB's bucket of spread[]; called
+ * with the lock held */
 static size_t
-resident_in(size_t start, size_t end, size_t *top)
+resident_in(size_t start, size_t end, int by_mib)
 {
     size_t count = 0;
     while (start < end) {
@@ -197,7 +201,10 @@ resident_in(size_t start, size_t end, size_t *top)
         for (size_t i = 0; i < pages; i++) {
             if (vec[i] & 1) {
                 count++;
-                *top = start + (i + 1) * PAGE;
+                if (by_mib) {
+                    size_t at = (start + i * PAGE) >> SPREAD_SHIFT;
+                    spread[at < SPREAD_BUCKETS ? at : SPREAD_BUCKETS - 1] += PAGE;
+                }
             }
         }
         start += pages * PAGE;
@@ -222,15 +229,11 @@ give(void *ptr)
         size_t from = round_up(start > warm ? start : warm, PAGE);
         size_t to = start + len; /* a whole number of pages: take() rounds blocks up */
         if (to > from) {
-            /* before they go: how much of the block above the bound was in use */
-            size_t top = 0;
-            size_t above = resident_in(from, to, &top);
+            /* before they go: how much of the block above the bound was in use, and where */
+            size_t above = resident_in(from, to, 1);
             if (above > 0) {
                 over++;
                 over_bytes += above;
-                if (top > reach) {
-                    reach = top;
-                }
             }
         }
         drop_above(start, len, warm, PAGE);
@@ -393,26 +396,12 @@ release(PyObject *self, PyObject *arg)
     return PyLong_FromSize_t(done);
 }
 
-/* the region's pages resident now (mincore over what was ever handed out) */
+/* the region's pages resident now (mincore over what was ever handed out); called with
+ * the lock held */
 static size_t
 resident(void)
 {
-    size_t pages = high / PAGE;
-    if (pages == 0) {
-        return 0;
-    }
-    unsigned char *vec = PyMem_RawMalloc(pages);
-    if (vec == NULL) {
-        return 0;
-    }
-    size_t count = 0;
-    if (mincore(region, high, vec) == 0) {
-        for (size_t i = 0; i < pages; i++) {
-            count += vec[i] & 1;
-        }
-    }
-    PyMem_RawFree(vec);
-    return count * PAGE;
+    return resident_in(0, round_up(high, PAGE), 0);
 }
 
 static PyObject *
@@ -440,15 +429,36 @@ stats(PyObject *self, PyObject *unused)
 }
 
 static PyObject *
-take_reach(PyObject *self, PyObject *unused)
+take_spread(PyObject *self, PyObject *unused)
 {
     (void)self;
     (void)unused;
+    size_t now[SPREAD_BUCKETS];
     pthread_mutex_lock(&lock);
-    size_t found = reach;
-    reach = 0;
+    unsigned long long freed = returned;
+    size_t bound = warm;
+    size_t used = 0; /* buckets up to the last one that is not empty */
+    for (size_t i = 0; i < SPREAD_BUCKETS; i++) {
+        now[i] = spread[i];
+        if (spread[i] != 0) {
+            used = i + 1;
+            spread[i] = 0;
+        }
+    }
     pthread_mutex_unlock(&lock);
-    return PyLong_FromSize_t(found);
+    PyObject *by_mib = PyTuple_New((Py_ssize_t)used);
+    if (by_mib == NULL) {
+        return NULL;
+    }
+    for (size_t i = 0; i < used; i++) {
+        PyObject *n = PyLong_FromSize_t(now[i]);
+        if (n == NULL) {
+            Py_DECREF(by_mib);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(by_mib, (Py_ssize_t)i, n);
+    }
+    return Py_BuildValue("(KnN)", freed, (Py_ssize_t)bound, by_mib);
 }
 
 static PyMethodDef methods[] = {
@@ -463,9 +473,10 @@ static PyMethodDef methods[] = {
     {"stats", stats, METH_NOARGS,
      "stats() -> (installed, min_size, warm, region, in_use, peak, resident, served, passed, "
      "freed, given_back, grain, over, over_bytes)"},
-    {"take_reach", take_reach, METH_NOARGS,
-     "take_reach() -> int: how far into the region (bytes) the furthest page in use above "
-     "``warm`` lay when its block was freed, since the last call (0: none); resets it."},
+    {"take_spread", take_spread, METH_NOARGS,
+     "take_spread() -> (freed, warm, by_mib): blocks freed ever, the warm bound, and the "
+     "bytes of pages in use above ``warm`` that freed blocks gave back, by MiB of the "
+     "region, since the last call (which it resets); no mincore of its own."},
     {NULL, NULL, 0, NULL},
 };
 

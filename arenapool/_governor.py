@@ -93,7 +93,7 @@ from ._blockcache import install as install_block_cache
 from ._blockcache import release as release_blocks
 from ._blockcache import stats as block_cache_stats
 from ._blockcache import status as block_cache_status
-from ._blockcache import take_reach as block_cache_reach
+from ._blockcache import take_spread as block_cache_spread
 from ._container import Cgroup, ContainerMemory, Pressure, find_cgroup
 from ._errors import InvalidSize
 from ._memory import (
@@ -122,11 +122,14 @@ log = logging.getLogger("arenapool.governor")
 #: Under the soft watermark a trim is retried only once this much became free again.
 _MIN_SOFT_RECLAIM = 1024 * 1024
 
-#: GovernorConfig.block_cache_fit: the step the region's warm bound moves down by, the
-#: lowest it goes, and the freed blocks a judgement needs
+#: GovernorConfig.block_cache_fit: the region's warm bound moves in whole MiB, and not
+#: below one; a judgement needs this many freed blocks; after a step down that went too
+#: far, the next one waits twice as long as the last such wait, up to this many
+#: block_cache_fit_hold
 _FIT_STEP = 1024 * 1024
 _FIT_FLOOR = 1024 * 1024
 _FIT_MIN_FREED = 20
+_FIT_MAX_WAIT_HOLDS = 16
 
 
 def _round_up(n: int, unit: int) -> int:
@@ -306,27 +309,30 @@ class GovernorConfig:
     huge page is resident whole once any byte of it is touched, and a decoder touches
     its buffer sparsely (see :func:`arenapool.memory.cache_large_blocks`)."""
     block_cache_fit: bool = False
-    """Move the region's warm bound with the traffic, between 1 MiB and ``block_cache``
-    (then the ceiling, and where the bound starts): at each tick that saw at least 20
-    blocks freed, lower it by 1 MiB (at most every ``block_cache_fit_hold`` seconds) while
-    the pages the region gave back in use (``over_warm_bytes`` in
-    :func:`arenapool.memory.large_block_cache`) came to at most a quarter of
-    ``block_cache_fit_budget`` per freed block, and raise it to cover the furthest of
-    them when they came to more than the budget. The bound then keeps warm what most
-    decodes reach, and the rare larger ones fault their excess in again, instead of the
-    largest document's buffer staying resident. 4 KiB pages only (not with
-    ``block_cache_huge_pages``). Off by default: measured in soaks, not yet against a
-    steady stream of large documents (benchmarks/README.md, "The region's warm bound,
-    measured against the deck")."""
-    block_cache_fit_budget: int | str = "256KiB"
+    """Move the region's warm bound with the traffic, in whole MiB between 1 MiB and
+    ``block_cache`` (the ceiling, and where the bound starts), so that it keeps warm
+    what most decodes reach and the rare larger ones fault their excess in again,
+    instead of the largest document's buffer staying resident for good.
+
+    The governor judges the blocks freed over each ``block_cache_fit_hold`` (and at
+    least 20 of them) by the pages in use that the region gave back above the bound
+    (``over_warm_bytes`` in :func:`arenapool.memory.large_block_cache`), which the
+    region counts by MiB of its address range as it frees them. Over
+    ``block_cache_fit_budget`` per freed block, the bound rises to the lowest MiB above
+    which those pages come to the budget (read from the counts: no trial). Within the
+    budget, it steps down a MiB (by half, to no less than 1 MiB, while they come to
+    under an eighth of it); the next judgement says whether that went too far, and if it
+    did the bound goes back up and the next step down waits twice as long as the last
+    such wait (from ``2 * block_cache_fit_hold`` to 16 times it). 4 KiB pages only (not
+    with ``block_cache_huge_pages``). Off by default: see benchmarks/README.md, "The
+    region's warm bound, measured against the deck"."""
+    block_cache_fit_budget: int | str = "128KiB"
     """With ``block_cache_fit``: the bytes in use the region may give back per freed
-    block, on average over a judgement, before the bound rises; it steps down only while
-    they stay under a quarter of this (256 KiB: 64 pages faulted in again). The gap
-    between the two marks keeps the bound from moving on the spread from one judgement
-    to the next."""
+    block, on average over a judgement (128 KiB: 32 pages faulted in again per decode
+    that reaches past the bound)."""
     block_cache_fit_hold: float = 5.0
-    """With ``block_cache_fit``: least seconds between a move of the bound and a step
-    down."""
+    """With ``block_cache_fit``: the least seconds a judgement covers (about a thousand
+    freed blocks under the soak's load)."""
     freeze_gc: bool = True
     """At its start, collect once and freeze what the process holds then (its modules,
     the app and its routes) out of the cyclic collector's sight, once per process
@@ -655,11 +661,18 @@ class Governor:
         self._block_cache = "off"
         self._blocks_released_bytes = 0
         self._blocks_idle_since: float | None = None
-        # block_cache_fit: the region's counters (freed, over_warm, over_warm_bytes) at
-        # the start of the window it judges, when it last moved the bound, how often
-        self._fit_start: tuple[int, int, int] | None = None
-        self._fit_moved = float("-inf")
+        # block_cache_fit: its sizes (budget, ceiling, floor, block_cache_min), parsed at
+        # start; the window it judges (blocks freed ever and the time at its start, the
+        # pages in use given back by MiB since); how often it moved the bound, whether
+        # the last move was a step down, and how long a step down waits after one that
+        # went too far, until when
+        self._fit: tuple[int, int, int, int] | None = None
+        self._fit_window: tuple[int, float] | None = None
+        self._fit_by_mib: list[int] = []
         self._fit_moves = 0
+        self._fit_lowered = False
+        self._fit_wait = 0.0
+        self._fit_blocked_until = float("-inf")
         self._shed_count = 0
         self._shed_episodes = 0
         self._actions: deque[dict[str, Any]] = deque(maxlen=self.config.history)
@@ -762,6 +775,11 @@ class Governor:
             ):
                 self._block_cache = "on"
                 _BLOCK_CACHE_USERS.add(self)
+                if config.block_cache_fit and not block_cache_stats().huge_pages:
+                    budget = parse_size(
+                        config.block_cache_fit_budget, name="block_cache_fit_budget"
+                    )
+                    self._fit = (budget, warm, min(_FIT_FLOOR, warm), smallest)
             else:
                 self._block_cache = block_cache_status() or "off"
         log.info(
@@ -965,46 +983,64 @@ class Governor:
     def _fit_block_cache(self, now: float) -> None:
         """Move the region's warm bound with the traffic (``block_cache_fit``): judge the
         blocks freed since the last judgement, once there are enough of them."""
-        found = block_cache_stats()
-        if not found.installed or found.huge_pages:
+        fit = self._fit
+        if fit is None:
             return
-        counts = (found.freed, found.over_warm, found.over_warm_bytes)
-        start = self._fit_start
-        if start is None or counts[0] < start[0]:
-            self._fit_start = counts  # (the counters restart with a new process only)
-            block_cache_reach()  # the window starts here
+        spread = block_cache_spread()
+        window = self._fit_window
+        if window is None or spread.freed < window[0]:
+            # the window starts here (the counters restart with a new process only)
+            self._fit_window = (spread.freed, now)
+            self._fit_by_mib = []
             return
-        freed = counts[0] - start[0]
-        if freed < _FIT_MIN_FREED:
-            return
-        self._fit_start = counts
-        reach = block_cache_reach()
-        over = counts[1] - start[1]
-        over_bytes = counts[2] - start[2]
+        counts = self._fit_by_mib
+        if len(counts) < len(spread.by_mib):
+            counts.extend([0] * (len(spread.by_mib) - len(counts)))
+        for at, n in enumerate(spread.by_mib):
+            counts[at] += n
+        freed = spread.freed - window[0]
         config = self.config
-        budget = parse_size(config.block_cache_fit_budget, name="block_cache_fit_budget")
-        ceiling = parse_size(config.block_cache or 0, name="block_cache", allow_zero=True)
-        warm = found.warm
-        bound = warm
-        if over_bytes > budget * freed:
-            # decodes reach past it often and far: cover the furthest of them (a decoder
-            # touches its buffer sparsely: the pages counted fall short of the reach)
-            bound = min(
-                ceiling, _round_up(max(reach, warm + over_bytes // max(1, over)), _FIT_STEP)
-            )
-        elif (
-            over_bytes * 4 <= budget * freed
-            and now - self._fit_moved >= config.block_cache_fit_hold
-        ):
-            # few reach past it: a step down (the next judgement says if it was too far)
-            bound = max(min(_FIT_FLOOR, ceiling), warm - _FIT_STEP)
+        if freed < _FIT_MIN_FREED or now - window[1] < config.block_cache_fit_hold:
+            return
+        self._fit_window = (spread.freed, now)
+        self._fit_by_mib = []
+        budget, ceiling, floor, smallest = fit
+        allowed = budget * freed
+        over = sum(counts)
+        warm = bound = spread.warm
+        lowered = self._fit_lowered
+        if over > allowed:
+            # the lowest whole MiB above which the pages in use came to the budget: every
+            # one of them was counted above the bound they were freed under, this one
+            bound = _round_up(warm + 1, _FIT_STEP)
+            while bound < ceiling and sum(counts[bound // _FIT_STEP :]) > allowed:
+                bound += _FIT_STEP
+            bound = min(bound, ceiling)
+            if lowered:
+                # the last step down went too far: the next one waits longer
+                hold = config.block_cache_fit_hold
+                self._fit_wait = min(max(2 * self._fit_wait, 2 * hold), _FIT_MAX_WAIT_HOLDS * hold)
+            self._fit_blocked_until = now + self._fit_wait
+        else:
+            if lowered:
+                self._fit_wait = 0.0  # the last step down held
+            if now >= self._fit_blocked_until and warm > floor:
+                if over * 8 <= allowed:
+                    bound = warm // 2 // _FIT_STEP * _FIT_STEP
+                else:
+                    bound = (warm - 1) // _FIT_STEP * _FIT_STEP
+                bound = max(bound, floor)
+        self._fit_lowered = bound < warm
         if bound != warm:
-            smallest = parse_size(config.block_cache_min, name="block_cache_min")
             install_block_cache(bound, min_size=smallest, huge_pages=False)
-            self._fit_moved = now
             self._fit_moves += 1
-            reason = "raise" if bound > warm else "lower"
-            self._record("block_cache_fit", reason, warm_before=warm, warm=bound)
+            self._record(
+                "block_cache_fit",
+                "raise" if bound > warm else "lower",
+                warm_before=warm,
+                warm=bound,
+                over_per_block=over // freed,
+            )
 
     def _level(self, rss: int) -> int:
         """What the watermarks compare now: RSS, or the container's working set (read
@@ -1169,6 +1205,7 @@ class Governor:
                 "released_bytes": self._blocks_released_bytes,
                 "fit": self.config.block_cache_fit,
                 "fit_moves": self._fit_moves,
+                "fit_wait": self._fit_wait,
                 **block_cache_stats().to_dict(),
             },
             "shed_count": self._shed_count,

@@ -14,6 +14,8 @@ changes nothing; CI runs both.
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 from _governed import ClientFactory, governed_decoder, post_times, run_python, scrape
@@ -38,11 +40,14 @@ MiB = 1024 * 1024
 # work buffer's.
 DECODE = """
 import json, resource, sys
+from typing import Any
+
 import orjson
 from arenapool.memory import (
     cache_large_blocks, cache_pymalloc_arenas, current_rss, large_block_cache,
     release_large_blocks,
 )
+from arenapool._blockcache import take_spread
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 warm = int(sys.argv[1])
@@ -62,11 +67,13 @@ for _ in range(4):
     del found
 per_decode = (faults() - before) / 4
 held = large_block_cache()
+spread = take_spread()
 rss_held = current_rss()
 given = release_large_blocks()
 print(json.dumps({
     "installed": installed, "ok": ok, "faults": per_decode, "size": len(doc),
     "held": held.to_dict(), "given": given, "rss_held": rss_held,
+    "spread": [spread.freed, spread.warm, spread.by_mib], "again": take_spread().by_mib,
     "rss_after": current_rss(), "after": large_block_cache().to_dict(),
 }))
 """
@@ -133,6 +140,14 @@ def test_in_huge_pages_a_region_that_keeps_nothing_warm_still_saves_the_faults()
     assert held["over_warm"] >= 5
     given_per_decode = held["over_warm_bytes"] / held["over_warm"]
     assert small["faults"] * 4096 / 2 < given_per_decode < small["faults"] * 4096 * 2
+    # The same pages by where they lay, a MiB a bucket: all of them, from the region's
+    # start (the buffer's copy of the document) to past the document's size; read once.
+    freed, warm, by_mib = small["spread"]
+    assert (held["freed"], 0) == (freed, warm)
+    assert held["over_warm_bytes"] == sum(by_mib)
+    assert by_mib[0] > 0
+    assert len(by_mib) > small["size"] // MiB
+    assert [] == small["again"]
     if huge["held"]["huge_pages"]:
         assert huge["faults"] < small["faults"] / 8
 
@@ -141,6 +156,8 @@ def test_in_huge_pages_a_region_that_keeps_nothing_warm_still_saves_the_faults()
 # arrays grow and shrink through PyMem_Realloc inside the region.
 BOUNDS = """
 import json, sys
+from typing import Any
+
 import orjson
 from arenapool.memory import cache_large_blocks, large_block_cache
 cache_large_blocks(1024 * 1024, huge_pages=False)
@@ -194,6 +211,8 @@ def test_the_region_keeps_no_more_than_warm_and_blocks_keep_their_contents() -> 
 # wraps it and, stopped, puts it back, while blocks of the region stay alive.
 TRACING = """
 import json, tracemalloc
+from typing import Any
+
 import orjson
 from arenapool.memory import cache_large_blocks, large_block_cache
 doc = orjson.dumps([{"k": i} for i in range(40_000)])
@@ -339,38 +358,57 @@ async def test_the_warm_bound_follows_how_far_the_decodes_reach(
     aiohttp_client: ClientFactory,
 ) -> None:
     """With ``block_cache_fit`` the region's warm bound starts at ``block_cache`` and
-    steps down a MiB per judgement while the decodes stay under it, to 1 MiB when they
-    all do; a run of large documents that reach past it raises it to cover their reach,
-    and then their pages stay warm: the next ones give back nothing in use."""
+    halves at each judgement that finds almost nothing in use above it, to 1 MiB when
+    the decodes all stay under it. A run of large documents that reach past it then
+    raises it to the lowest MiB that keeps what they give back in use within the budget;
+    a step down from there goes too far, and the next judgement puts it back."""
+    budget = 128 * 1024
     client, governor = await governed_decoder(
         aiohttp_client,
         "fit-test",
         "rows",
         block_cache="8MiB",
         block_cache_fit=True,
+        block_cache_fit_budget=budget,
         block_cache_fit_hold=0,
     )
     small = big_doc(6_000)  # its buffer touches under 1 MiB of the region
     large = big_doc(30_000)  # about 4.5 MiB
-    for _ in range(8):  # a judgement needs 20 freed blocks
-        await post_times(client, small, 20, 6_000)
+
+    async def judge(body: bytes, count: int) -> list[dict[str, Any]]:
+        """20 decodes of ``body`` (what a judgement needs), a judgement, and its moves."""
+        before = governor.stats()["block_cache"]["fit_moves"]
+        await post_times(client, body, 20, count)
         await governor.check()
+        moves = [a for a in governor.stats()["actions"] if a["action"] == "block_cache_fit"]
+        return moves[len(moves) - (governor.stats()["block_cache"]["fit_moves"] - before) :]
+
+    await governor.check()  # the first window starts here
+    halvings = [await judge(small, 6_000) for _ in range(4)]
     stats = governor.stats()["block_cache"]
     assert stats["fit"] is True
     if not COMPILED:
         assert "ARENAPOOL_NO_EXTENSIONS" in stats["state"]
         assert 0 == stats["fit_moves"]
         return
-    assert 1 * MiB == stats["warm"]  # 8 MiB down to the floor, a MiB at a time
-    assert stats["fit_moves"] >= 7
-    await post_times(client, large, 20, 30_000)
-    await governor.check()  # each one reached MiBs past the bound: it covers them now
+    assert 1 * MiB == stats["warm"]
+    steps = [(m["reason"], m["warm_before"] // MiB, m["warm"] // MiB) for j in halvings for m in j]
+    assert [("lower", 8, 4), ("lower", 4, 2), ("lower", 2, 1)] == steps
+    (rise,) = await judge(large, 30_000)  # each one reached MiBs past the bound
+    assert ("raise", 1 * MiB) == (rise["reason"], rise["warm_before"])
+    assert rise["over_per_block"] > budget
     raised = large_block_cache()
-    assert 4 * MiB <= raised.warm <= 8 * MiB
-    await post_times(client, large, 20, 30_000)
+    assert 2 * MiB <= raised.warm == rise["warm"] <= 8 * MiB
+    # under the raised bound, what they give back in use is within the budget ...
+    (step,) = await judge(large, 30_000)
     after = large_block_cache()
     assert after.freed - raised.freed >= 20
-    assert after.over_warm == raised.over_warm  # none reached past the raised bound
-    moves = [a for a in governor.stats()["actions"] if a["action"] == "block_cache_fit"]
-    assert {"lower", "raise"} <= {a["reason"] for a in moves}
+    given = after.over_warm_bytes - raised.over_warm_bytes
+    assert given <= budget * (after.freed - raised.freed)
+    # ... and it is the lowest such MiB: the step down it allowed goes back up
+    assert ("lower", raised.warm) == (step["reason"], step["warm_before"])
+    assert step["warm"] < raised.warm
+    (back,) = await judge(large, 30_000)
+    assert ("raise", raised.warm) == (back["reason"], back["warm"])
+    assert back["over_per_block"] > budget
     await governor.stop()
