@@ -317,13 +317,14 @@ class GovernorConfig:
     The governor judges the blocks freed over each ``block_cache_fit_hold`` (and at
     least 20 of them) by the pages in use that the region gave back above the bound
     (``over_warm_bytes`` in :func:`arenapool.memory.large_block_cache`), which the
-    region counts by MiB of its address range as it frees them. Over
-    ``block_cache_fit_budget`` per freed block, the bound rises to the lowest MiB above
-    which those pages come to the budget (read from the counts: no trial). Within the
-    budget, it steps down a MiB (by half, to no less than 1 MiB, while they come to
-    under an eighth of it); the next judgement says whether that went too far, and if it
-    did the bound goes back up and the next step down waits twice as long as the last
-    such wait (from ``2 * block_cache_fit_hold`` to 16 times it). 4 KiB pages only (not
+    region counts by MiB of its address range as it frees them. Over one and a half
+    times ``block_cache_fit_budget`` per freed block, the bound rises to the lowest MiB
+    above which those pages come to no more (read from the counts: no trial). Within
+    the budget, it steps down a MiB (by half, to no less than 1 MiB, while they come to
+    under an eighth of it); between the two it stays. The next judgement says whether a
+    step down went too far, and if it did the bound goes back up and the next step down
+    waits twice as long as the last such wait (from ``2 * block_cache_fit_hold`` to 16
+    times it). 4 KiB pages only (not
     with ``block_cache_huge_pages``). Off by default: see benchmarks/README.md, "The
     region's warm bound, measured against the deck"."""
     block_cache_fit_budget: int | str = "128KiB"
@@ -1009,19 +1010,20 @@ class Governor:
         over = sum(counts)
         warm = bound = spread.warm
         lowered = self._fit_lowered
-        if over > allowed:
-            # the lowest whole MiB above which the pages in use came to the budget: every
-            # one of them was counted above the bound they were freed under, this one
+        tolerated = allowed * 3 // 2  # (the spread of one judgement at a bound that meets it)
+        if over > tolerated:
+            # up to the lowest whole MiB above which the pages in use came to no more:
+            # every one of them was counted above the bound they were freed under, this one
             bound = _round_up(warm + 1, _FIT_STEP)
-            while bound < ceiling and sum(counts[bound // _FIT_STEP :]) > allowed:
+            while bound < ceiling and sum(counts[bound // _FIT_STEP :]) > tolerated:
                 bound += _FIT_STEP
             bound = min(bound, ceiling)
             if lowered:
                 # the last step down went too far: the next one waits longer
                 hold = config.block_cache_fit_hold
                 self._fit_wait = min(max(2 * self._fit_wait, 2 * hold), _FIT_MAX_WAIT_HOLDS * hold)
-            self._fit_blocked_until = now + self._fit_wait
-        else:
+                self._fit_blocked_until = now + self._fit_wait
+        elif over <= allowed:
             if lowered:
                 self._fit_wait = 0.0  # the last step down held
             if now >= self._fit_blocked_until and warm > floor:

@@ -360,8 +360,9 @@ async def test_the_warm_bound_follows_how_far_the_decodes_reach(
     """With ``block_cache_fit`` the region's warm bound starts at ``block_cache`` and
     halves at each judgement that finds almost nothing in use above it, to 1 MiB when
     the decodes all stay under it. A run of large documents that reach past it then
-    raises it to the lowest MiB that keeps what they give back in use within the budget;
-    a step down from there goes too far, and the next judgement puts it back."""
+    raises it to the lowest MiB that keeps what they give back in use within half again
+    the budget; a step down from there goes too far, and the next judgement puts it
+    back."""
     budget = 128 * 1024
     client, governor = await governed_decoder(
         aiohttp_client,
@@ -399,16 +400,23 @@ async def test_the_warm_bound_follows_how_far_the_decodes_reach(
     assert rise["over_per_block"] > budget
     raised = large_block_cache()
     assert 2 * MiB <= raised.warm == rise["warm"] <= 8 * MiB
-    # under the raised bound, what they give back in use is within the budget ...
-    (step,) = await judge(large, 30_000)
+    # under the raised bound, what they give back in use is within half again the
+    # budget (what a bound may give back before it rises) ...
+    moves = await judge(large, 30_000)
     after = large_block_cache()
     assert after.freed - raised.freed >= 20
-    given = after.over_warm_bytes - raised.over_warm_bytes
-    assert given <= budget * (after.freed - raised.freed)
-    # ... and it is the lowest such MiB: the step down it allowed goes back up
+    per_block = (after.over_warm_bytes - raised.over_warm_bytes) / (after.freed - raised.freed)
+    assert per_block <= budget * 1.5
+    if per_block > budget:  # (between the two marks the bound stays)
+        assert [] == moves
+        await governor.stop()
+        return
+    # ... and it is the lowest such MiB: the step down it allowed gives back more, and
+    # the next judgement puts the bound back
+    (step,) = moves
     assert ("lower", raised.warm) == (step["reason"], step["warm_before"])
     assert step["warm"] < raised.warm
     (back,) = await judge(large, 30_000)
     assert ("raise", raised.warm) == (back["reason"], back["warm"])
-    assert back["over_per_block"] > budget
+    assert back["over_per_block"] > budget * 1.5
     await governor.stop()
