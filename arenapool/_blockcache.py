@@ -198,10 +198,6 @@ class Spread:
     warm: int
     by_mib: tuple[int, ...]
 
-    def above(self, bound: int) -> int:
-        """The bytes in use counted at or above ``bound`` (a whole number of MiB)."""
-        return sum(self.by_mib[bound >> 20 :])
-
 
 def take_spread() -> Spread:
     """The counts of :class:`Spread` since the last call, which it resets: each caller's

@@ -324,9 +324,8 @@ class GovernorConfig:
     under an eighth of it); between the two it stays. The next judgement says whether a
     step down went too far, and if it did the bound goes back up and the next step down
     waits twice as long as the last such wait (from ``2 * block_cache_fit_hold`` to 16
-    times it). 4 KiB pages only (not
-    with ``block_cache_huge_pages``). Off by default: see benchmarks/README.md, "The
-    region's warm bound, measured against the deck"."""
+    times it). 4 KiB pages only (not with ``block_cache_huge_pages``). Off by default:
+    see benchmarks/README.md, "The fit judged by where the pages lay"."""
     block_cache_fit_budget: int | str = "128KiB"
     """With ``block_cache_fit``: the bytes in use the region may give back per freed
     block, on average over a judgement (128 KiB: 32 pages faulted in again per decode
