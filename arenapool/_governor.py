@@ -132,10 +132,6 @@ _FIT_MIN_FREED = 20
 _FIT_MAX_WAIT_HOLDS = 16
 
 
-def _round_up(n: int, unit: int) -> int:
-    return -(-n // unit) * unit
-
-
 PoolsSource = Iterable["SlabPool"] | Callable[[], Iterable["SlabPool"]] | None
 LimitSource = Literal["config", "cgroup"] | None
 Watch = Literal["auto", "process", "container"]
@@ -1013,7 +1009,7 @@ class Governor:
         if over > tolerated:
             # up to the lowest whole MiB above which the pages in use came to no more:
             # every one of them was counted above the bound they were freed under, this one
-            bound = _round_up(warm + 1, _FIT_STEP)
+            bound = (warm // _FIT_STEP + 1) * _FIT_STEP
             while bound < ceiling and sum(counts[bound // _FIT_STEP :]) > tolerated:
                 bound += _FIT_STEP
             bound = min(bound, ceiling)

@@ -40,8 +40,6 @@ MiB = 1024 * 1024
 # work buffer's.
 DECODE = """
 import json, resource, sys
-from typing import Any
-
 import orjson
 from arenapool.memory import (
     cache_large_blocks, cache_pymalloc_arenas, current_rss, large_block_cache,
@@ -156,8 +154,6 @@ def test_in_huge_pages_a_region_that_keeps_nothing_warm_still_saves_the_faults()
 # arrays grow and shrink through PyMem_Realloc inside the region.
 BOUNDS = """
 import json, sys
-from typing import Any
-
 import orjson
 from arenapool.memory import cache_large_blocks, large_block_cache
 cache_large_blocks(1024 * 1024, huge_pages=False)
@@ -211,8 +207,6 @@ def test_the_region_keeps_no_more_than_warm_and_blocks_keep_their_contents() -> 
 # wraps it and, stopped, puts it back, while blocks of the region stay alive.
 TRACING = """
 import json, tracemalloc
-from typing import Any
-
 import orjson
 from arenapool.memory import cache_large_blocks, large_block_cache
 doc = orjson.dumps([{"k": i} for i in range(40_000)])
