@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
 import re
 import subprocess
@@ -47,7 +48,7 @@ from .report import (
 )
 from .run import BENCH_SETTINGS, DEMO_SETTINGS, SOAK_SETTINGS, Progress, RunSettings
 from .server import find_example_service, service_env, sigterm_interrupts
-from .soak import CLIENTS, run_soak
+from .soak import CLIENTS, rotated, run_soak, summarize_runs
 from .workload import BENCH_WORKLOADS, WORKLOADS, get_workload
 from .wrk import wrk_path
 
@@ -332,26 +333,83 @@ def cmd_soak(args: argparse.Namespace) -> int:
     if args.segments > 1 and client != "wrk":
         console.print("error: --segments needs the wrk client (apt-get install wrk)")
         return 2
-    with _measuring(console, args) as (logs, progress):
-        settings = _run_settings(args, SOAK_SETTINGS, duration=args.duration, log_dir=logs)
-        soak = asyncio.run(
-            run_soak(
-                settings=settings,
-                modes=args.modes,
-                workload=workload,
-                warmup=args.warmup,
-                interval=args.interval,
-                client=client,
-                connections=connections,
-                progress=progress,
-                segments=args.segments,
+    docs = []
+    for run in range(args.runs):
+        # (with --runs, the places rotate: no mode always starts first)
+        order = rotated(args.modes, run)
+        if args.runs > 1:
+            console.print(f"[bold]run {run + 1} of {args.runs}[/]: {', '.join(order)}")
+        with _measuring(console, args) as (logs, progress):
+            settings = _run_settings(args, SOAK_SETTINGS, duration=args.duration, log_dir=logs)
+            soak = asyncio.run(
+                run_soak(
+                    settings=settings,
+                    modes=order,
+                    workload=workload,
+                    warmup=args.warmup,
+                    interval=args.interval,
+                    client=client,
+                    connections=connections,
+                    progress=progress,
+                    segments=args.segments,
+                )
             )
-        )
-    doc = soak.to_dict()
-    written = _write_outputs(args, "arenapool-soak", doc, lambda path: plot_soak(soak, path))
-    _print_soak_table(console, doc, args.idle)
-    console.print("wrote " + ", ".join(str(p) for p in written))
-    return 0 if all(m["corrupt"] == 0 for m in doc["modes"].values()) else 1
+        doc = soak.to_dict()
+        stem = "arenapool-soak" if args.runs == 1 else f"arenapool-soak-{run + 1}"
+        written = _write_outputs(args, stem, doc, functools.partial(plot_soak, soak))
+        _print_soak_table(console, doc, args.idle)
+        console.print("wrote " + ", ".join(str(p) for p in written))
+        docs.append(doc)
+    if args.runs > 1:
+        summary = summarize_runs(docs, args.modes)
+        path = Path(args.out) / "arenapool-soak-runs.json"
+        write_json(path, summary)
+        _print_soak_runs(console, summary)
+        console.print(f"wrote {path}")
+    return 0 if all(m["corrupt"] == 0 for doc in docs for m in doc["modes"].values()) else 1
+
+
+def _print_soak_runs(console: Console, summary: Mapping[str, Any]) -> None:
+    """With --runs: each mode's ratios against the baseline run by run, their medians,
+    and issue 11's targets judged on the medians."""
+    base, runs = summary["baseline"], summary["runs"]
+    table = Table(
+        title=f"{runs} runs, each mode against {base} in the same run: each run, then the median",
+        title_justify="left",
+    )
+    table.add_column("mode", no_wrap=True)
+    figures = (
+        ("rss_median", "median RSS"),
+        ("rss_idle", "RSS after load"),
+        ("ok", "requests"),
+        ("cpu_us_per_request", "CPU/req"),
+        ("faults_per_request", "faults/req"),
+    )
+    for _, column in figures:
+        table.add_column(column, justify="right")
+    for name, entry in summary["modes"].items():
+        cells = []
+        for key, _ in figures:
+            each = ", ".join("-" if v is None else f"{v:.3f}" for v in entry["ratios"][key])
+            median = entry["medians"][key]
+            cells.append(f"{each}: " + ("-" if median is None else f"[bold]{median:.3f}x[/]"))
+        table.add_row(name, *cells)
+    console.print(table)
+    for name, entry in summary["modes"].items():
+        targets = entry.get("targets")
+        if not targets:
+            continue
+        said = []
+        for key, label in figures[:3]:
+            t, median = targets[key], entry["medians"][key]
+            verdict = "met" if t["median_met"] else "missed"
+            value = "-" if median is None else f"{median:.3f}x"
+            said.append(
+                f"{label} {value} (target {t['op']} {t['mark']:.2f}x: {verdict}; met in "
+                f"{t['runs_met']} of {runs} runs)"
+            )
+        console.print(f"{name} / {base}, medians over {runs} runs: " + ", ".join(said))
+    console.print("places, run by run: " + "; ".join(", ".join(p) for p in summary["places"]))
 
 
 def _against(mine: float | None, base: float | None, op: str, target: float) -> str:
@@ -407,7 +465,7 @@ def _print_soak_table(console: Console, doc: Mapping[str, Any], idle: float) -> 
         )
         rest, base_rest = m.get("rss_rest"), base.get("rss_rest")
         left, base_left = m.get("rss_left_by_load"), base.get("rss_left_by_load")
-        if None not in (rest, base_rest, left, base_left):
+        if None not in (rest, base_rest, left, base_left, m["rss_median"], base["rss_median"]):
             # the median and the RSS after load, each split the same way: what each
             # server holds before any body (its code: arenapool's modules and
             # extensions) apart from what the load added or left
@@ -751,6 +809,15 @@ def _add_soak(sub: Any) -> None:
         type=positive_float,
         default=1.0,
         help="seconds between RSS readings (default: 1)",
+    )
+    soak.add_argument(
+        "--runs",
+        type=positive_int,
+        default=1,
+        help="run the whole soak this many times, the servers' places rotated by one each "
+        "run, and report each mode's ratios against orjson+trim run by run with their "
+        "medians (default: 1; writes arenapool-soak-N.json per run and "
+        "arenapool-soak-runs.json)",
     )
     soak.add_argument(
         "--segments",

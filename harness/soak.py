@@ -25,6 +25,14 @@ With ``segments`` > 1 (wrk only) the load is that many wrk runs back to back, ea
 ``duration / segments`` seconds, and every mode also reports its requests, CPU and
 faults per request in each segment: whether a ratio between modes holds over the
 whole load or opens up as the servers age. The totals are the segments' sums.
+
+One run is one sample of a noisy machine: two servers of the same code differ in one run
+by a few percent in median RSS and requests. ``arenapool soak --runs N`` runs the whole
+soak N times, the servers' places rotated by one each run (:func:`rotated`: no mode
+always starts first or sits beside the same neighbour), and :func:`summarize_runs` sets
+each mode's ratios against the baseline of each run side by side, with their medians
+and, for arenapool's modes, issue 11's targets judged on the medians
+(:data:`SOAK_TARGETS`) and counted run by run.
 """
 
 from __future__ import annotations
@@ -48,9 +56,90 @@ from .server import Server
 from .workload import Plan, Workload, get_workload
 from .wrk import deck_files, run_wrk, wrk_path
 
-__all__ = ["CLIENTS", "SoakResult", "SoakRun", "SoakSegment", "percentile_of", "run_soak"]
+__all__ = [
+    "CLIENTS",
+    "SOAK_TARGETS",
+    "SoakResult",
+    "SoakRun",
+    "SoakSegment",
+    "percentile_of",
+    "rotated",
+    "run_soak",
+    "summarize_runs",
+]
 
 CLIENTS = ("wrk", "python")
+
+
+#: Issue 11's targets for an arenapool mode against ``orjson+trim`` in the same run: the
+#: figure of :meth:`SoakResult.to_dict` compared, how, and the mark (median RSS at most
+#: 0.90x, RSS after load at most 1.00x, requests at least 1.00x)
+SOAK_TARGETS: tuple[tuple[str, str, float], ...] = (
+    ("rss_median", "<=", 0.90),
+    ("rss_idle", "<=", 1.00),
+    ("ok", ">=", 1.00),
+)
+#: the figures :func:`summarize_runs` sets against the baseline's, each run
+_RUN_FIGURES = ("rss_median", "rss_idle", "ok", "cpu_us_per_request", "faults_per_request")
+
+
+def rotated(modes: Sequence[str], run: int) -> list[str]:
+    """``modes`` in run ``run``'s places (from 0): rotated left by one each run, so that
+    over ``len(modes)`` runs every mode takes every place once."""
+    if not modes:
+        return []
+    shift = run % len(modes)
+    return [*modes[shift:], *modes[:shift]]
+
+
+def meets(value: float, op: str, mark: float) -> bool:
+    """Whether ``value`` meets a target ``op mark`` (``"<="`` or ``">="``)."""
+    return value <= mark if op == "<=" else value >= mark
+
+
+def summarize_runs(
+    docs: Sequence[dict[str, Any]], modes: Sequence[str], baseline: str = "orjson+trim"
+) -> dict[str, Any]:
+    """Several soaks of the same ``modes`` (each a :meth:`SoakRun.to_dict`): per mode,
+    each run's ratios against ``baseline`` in that run (median RSS, RSS after load,
+    requests answered, CPU and page faults per request), their medians, and for
+    arenapool's modes each of :data:`SOAK_TARGETS` judged on the median and counted run
+    by run. Empty ``modes`` entries where ``baseline`` did not run."""
+    summary: dict[str, Any] = {
+        "baseline": baseline,
+        "runs": len(docs),
+        "places": [list(doc["modes"]) for doc in docs],
+        "modes": {},
+    }
+    if not docs or any(baseline not in doc["modes"] for doc in docs):
+        return summary
+    for name in modes:
+        if name == baseline:
+            continue
+        ratios: dict[str, list[float | None]] = {}
+        for key in _RUN_FIGURES:
+            ratios[key] = []
+            for doc in docs:
+                mine, base = doc["modes"][name].get(key), doc["modes"][baseline].get(key)
+                ratios[key].append(None if mine is None or not base else round(mine / base, 4))
+        medians: dict[str, float | None] = {}
+        for key, values in ratios.items():
+            known = [v for v in values if v is not None]
+            medians[key] = round(statistics.median(known), 4) if len(known) == len(docs) else None
+        entry: dict[str, Any] = {"ratios": ratios, "medians": medians}
+        if name.startswith("arenapool"):
+            targets = {}
+            for key, op, mark in SOAK_TARGETS:
+                median = medians[key]
+                targets[key] = {
+                    "op": op,
+                    "mark": mark,
+                    "median_met": median is not None and meets(median, op, mark),
+                    "runs_met": sum(1 for v in ratios[key] if v is not None and meets(v, op, mark)),
+                }
+            entry["targets"] = targets
+        summary["modes"][name] = entry
+    return summary
 
 
 def percentile_of(values: Sequence[float], q: float) -> float | None:

@@ -18,7 +18,7 @@ from rich.console import Console
 from arenapool import cli
 from arenapool._top import render
 from harness import cli as harness_cli
-from harness import modes, rss, server
+from harness import modes, rss, server, soak
 from harness.modes import resolve_modes
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -299,6 +299,52 @@ def test_soak_verdict_says_whether_each_target_is_met() -> None:
     assert "1.004x (target >= 1.00x: met)" == against(1004, 1000, ">=", 1.00)
     assert "- (target <= 1.00x)" == against(None, 1000, "<=", 1.00)
     assert "- (target <= 1.00x)" == against(1000, 0, "<=", 1.00)
+
+
+def test_soak_runs_the_whole_soak_again_with_the_places_rotated(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--runs 2` runs the soak twice, the servers' places rotated by one, and writes
+    each run as a soak of its own; the summary sets each mode's ratios against the trim
+    loop of each run (those of the run's own file) beside their median, and judges
+    arenapool's targets on the medians, counting the runs that met each."""
+    argv = ["soak", "--modes", "orjson+trim,arenapool", "--duration", "2", "--idle", "0"]
+    argv += ["--warmup", "0.5", "--interval", "0.1"]
+    assert 0 == cli.main([*argv, "--runs", "2", "--no-plot", "--out", str(tmp_path), *TINY])
+    out = " ".join(capsys.readouterr().out.split())
+    first, second = (
+        json.loads((tmp_path / f"arenapool-soak-{n}.json").read_text()) for n in (1, 2)
+    )
+    assert not (tmp_path / "arenapool-soak.json").exists()
+    assert ["orjson+trim", "arenapool"] == list(first["modes"])
+    assert ["arenapool", "orjson+trim"] == list(second["modes"])
+    summary = json.loads((tmp_path / "arenapool-soak-runs.json").read_text())
+    assert (2, "orjson+trim") == (summary["runs"], summary["baseline"])
+    assert [list(first["modes"]), list(second["modes"])] == summary["places"]
+    (entry,) = summary["modes"].values()
+    assert ["arenapool"] == list(summary["modes"])
+    runs = (first, second)
+    for key in ("rss_median", "rss_idle", "ok"):
+        each = [run["modes"]["arenapool"][key] / run["modes"]["orjson+trim"][key] for run in runs]
+        assert entry["ratios"][key] == pytest.approx(each, abs=1e-4)
+        assert entry["medians"][key] == pytest.approx(sum(each) / 2, abs=1e-4)
+        target = entry["targets"][key]
+        met = [v <= target["mark"] if target["op"] == "<=" else v >= target["mark"] for v in each]
+        assert sum(met) == target["runs_met"]
+    assert "arenapool / orjson+trim, medians over 2 runs: median RSS" in out
+    assert "of 2 runs)" in out
+    assert "places, run by run: orjson+trim, arenapool; arenapool, orjson+trim" in out
+
+
+def test_the_places_rotate_so_each_mode_takes_each_once() -> None:
+    """Over as many runs as there are modes, each mode takes each place once."""
+    modes = ["orjson+trim", "arenapool", "arenapool-lean"]
+    orders = [soak.rotated(modes, run) for run in range(3)]
+    assert modes == orders[0]
+    for place in range(3):
+        assert sorted(modes) == sorted(order[place] for order in orders)
+    assert modes == soak.rotated(modes, 3)
+    assert [] == soak.rotated([], 1)
 
 
 @pytest.mark.parametrize("client", ["wrk", "python"])
