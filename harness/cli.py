@@ -48,7 +48,7 @@ from .report import (
 )
 from .run import BENCH_SETTINGS, DEMO_SETTINGS, SOAK_SETTINGS, Progress, RunSettings
 from .server import find_example_service, service_env, sigterm_interrupts
-from .soak import CLIENTS, rotated, run_soak, summarize_runs
+from .soak import CLIENTS, meets, rotated, run_soak, summarize_runs
 from .workload import BENCH_WORKLOADS, WORKLOADS, get_workload
 from .wrk import wrk_path
 
@@ -419,7 +419,7 @@ def _against(mine: float | None, base: float | None, op: str, target: float) -> 
     if mine is None or not base:
         return f"- (target {op} {target:.2f}x)"
     value = mine / base
-    met = value <= target if op == "<=" else value >= target
+    met = meets(value, op, target)
     return f"{value:.3f}x (target {op} {target:.2f}x: {'met' if met else 'missed'})"
 
 

@@ -29,7 +29,7 @@ whole load or opens up as the servers age. The totals are the segments' sums.
 One run is one sample of a noisy machine: two servers of the same code differ in one run
 by a few percent in median RSS and requests. ``arenapool soak --runs N`` runs the whole
 soak N times, the servers' places rotated by one each run (:func:`rotated`: no mode
-always starts first or sits beside the same neighbour), and :func:`summarize_runs` sets
+always takes the same place, first to start or last), and :func:`summarize_runs` sets
 each mode's ratios against the baseline of each run side by side, with their medians
 and, for arenapool's modes, issue 11's targets judged on the medians
 (:data:`SOAK_TARGETS`) and counted run by run.
@@ -62,6 +62,7 @@ __all__ = [
     "SoakResult",
     "SoakRun",
     "SoakSegment",
+    "meets",
     "percentile_of",
     "rotated",
     "run_soak",
