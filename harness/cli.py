@@ -48,7 +48,15 @@ from .report import (
 )
 from .run import BENCH_SETTINGS, DEMO_SETTINGS, SOAK_SETTINGS, Progress, RunSettings
 from .server import find_example_service, service_env, sigterm_interrupts
-from .soak import CLIENTS, meets, rotated, run_soak, summarize_runs
+from .soak import (
+    CLIENTS,
+    RUN_FIGURES,
+    SOAK_TARGETS,
+    meets,
+    rotated,
+    run_soak,
+    summarize_runs,
+)
 from .workload import BENCH_WORKLOADS, WORKLOADS, get_workload
 from .wrk import wrk_path
 
@@ -378,18 +386,11 @@ def _print_soak_runs(console: Console, summary: Mapping[str, Any]) -> None:
         title_justify="left",
     )
     table.add_column("mode", no_wrap=True)
-    figures = (
-        ("rss_median", "median RSS"),
-        ("rss_idle", "RSS after load"),
-        ("ok", "requests"),
-        ("cpu_us_per_request", "CPU/req"),
-        ("faults_per_request", "faults/req"),
-    )
-    for _, column in figures:
+    for column in RUN_FIGURES.values():
         table.add_column(column, justify="right")
     for name, entry in summary["modes"].items():
         cells = []
-        for key, _ in figures:
+        for key in RUN_FIGURES:
             each = ", ".join("-" if v is None else f"{v:.3f}" for v in entry["ratios"][key])
             median = entry["medians"][key]
             cells.append(f"{each}: " + ("-" if median is None else f"[bold]{median:.3f}x[/]"))
@@ -400,12 +401,12 @@ def _print_soak_runs(console: Console, summary: Mapping[str, Any]) -> None:
         if not targets:
             continue
         said = []
-        for key, label in figures[:3]:
+        for key, op, mark in SOAK_TARGETS:
             t, median = targets[key], entry["medians"][key]
             verdict = "met" if t["median_met"] else "missed"
             value = "-" if median is None else f"{median:.3f}x"
             said.append(
-                f"{label} {value} (target {t['op']} {t['mark']:.2f}x: {verdict}; met in "
+                f"{RUN_FIGURES[key]} {value} (target {op} {mark:.2f}x: {verdict}; met in "
                 f"{t['runs_met']} of {runs} runs)"
             )
         console.print(f"{name} / {base}, medians over {runs} runs: " + ", ".join(said))
@@ -458,10 +459,11 @@ def _print_soak_table(console: Console, doc: Mapping[str, Any], idle: float) -> 
         if base is None or not name.startswith("arenapool"):
             continue
         console.print(
-            f"{name} / orjson+trim: median RSS "
-            f"{_against(m['rss_median'], base['rss_median'], '<=', 0.90)}, RSS after load "
-            f"{_against(m['rss_idle'], base['rss_idle'], '<=', 1.00)}, requests "
-            f"{_against(m['ok'], base['ok'], '>=', 1.00)}"
+            f"{name} / orjson+trim: "
+            + ", ".join(
+                f"{RUN_FIGURES[key]} {_against(m[key], base[key], op, mark)}"
+                for key, op, mark in SOAK_TARGETS
+            )
         )
         rest, base_rest = m.get("rss_rest"), base.get("rss_rest")
         left, base_left = m.get("rss_left_by_load"), base.get("rss_left_by_load")

@@ -58,6 +58,7 @@ from .wrk import deck_files, run_wrk, wrk_path
 
 __all__ = [
     "CLIENTS",
+    "RUN_FIGURES",
     "SOAK_TARGETS",
     "SoakResult",
     "SoakRun",
@@ -80,8 +81,15 @@ SOAK_TARGETS: tuple[tuple[str, str, float], ...] = (
     ("rss_idle", "<=", 1.00),
     ("ok", ">=", 1.00),
 )
-#: the figures :func:`summarize_runs` sets against the baseline's, each run
-_RUN_FIGURES = ("rss_median", "rss_idle", "ok", "cpu_us_per_request", "faults_per_request")
+#: the figures :func:`summarize_runs` sets against the baseline's, each run, by the names
+#: the soak's tables give them (those of :data:`SOAK_TARGETS` first)
+RUN_FIGURES = {
+    "rss_median": "median RSS",
+    "rss_idle": "RSS after load",
+    "ok": "requests",
+    "cpu_us_per_request": "CPU/req",
+    "faults_per_request": "faults/req",
+}
 
 
 def rotated(modes: Sequence[str], run: int) -> list[str]:
@@ -118,7 +126,7 @@ def summarize_runs(
         if name == baseline:
             continue
         ratios: dict[str, list[float | None]] = {}
-        for key in _RUN_FIGURES:
+        for key in RUN_FIGURES:
             ratios[key] = []
             for doc in docs:
                 mine, base = doc["modes"][name].get(key), doc["modes"][baseline].get(key)
