@@ -301,6 +301,30 @@ def test_soak_verdict_says_whether_each_target_is_met() -> None:
     assert "- (target <= 1.00x)" == against(1000, 0, "<=", 1.00)
 
 
+def test_a_series_is_judged_on_its_unrounded_ratios() -> None:
+    """Several runs' verdicts are judged on the exact ratios, as one run's are: a run at
+    0.90004x reports 0.9000x and misses 0.90x; the median of the exact ratios is judged
+    the same way."""
+
+    def run(mine: int, base: int) -> dict[str, Any]:
+        figures = {"rss_idle": 1, "ok": 1, "cpu_us_per_request": 1, "faults_per_request": 1}
+        return {
+            "modes": {
+                "orjson+trim": {"rss_median": base, **figures},
+                "arenapool": {"rss_median": mine, **figures},
+            }
+        }
+
+    docs = [run(900_040, 1_000_000), run(900_040, 1_000_000), run(899_000, 1_000_000)]
+    entry = soak.summarize_runs(docs, ["orjson+trim", "arenapool"])["modes"]["arenapool"]
+    assert entry["ratios"]["rss_median"] == [0.9, 0.9, 0.899]
+    assert entry["medians"]["rss_median"] == 0.9
+    verdict = entry["targets"]["rss_median"]
+    assert verdict["runs_met"] == 1
+    assert verdict["median_met"] is False
+    assert entry["targets"]["ok"] == {"op": ">=", "mark": 1.0, "median_met": True, "runs_met": 3}
+
+
 def test_soak_runs_the_whole_soak_again_with_the_places_rotated(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
