@@ -9,6 +9,7 @@ import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
 import orjson
@@ -145,6 +146,9 @@ async def test_a_hopeless_body_is_refused_by_its_connection_once_its_route_is_kn
             assert int(headers["retry-after"]) >= 1
             assert payload["retry_after"] == int(headers["retry-after"])
         assert "close" == second[1]["connection"].lower()
+        # the connection writes its answer itself: the same shape aiohttp wrote
+        assert first[1]["content-type"] == second[1]["content-type"] == "application/json"
+        assert first[2] == second[2]
         assert ["/raw"] == seen  # the second never became a request
         counts = route(app, "POST /raw")
         assert (2, 2) == (counts["requests"], counts["status_503"])
@@ -208,7 +212,8 @@ async def test_a_body_over_the_limit_is_413_on_its_head_even_sent_whole(
     assert 20_000 == (await response.json())["nbytes"]
     answer = await asyncio.to_thread(send_whole_then_read, client.server.port, "/raw", 8 * MiB)
     head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 413 ")
+    assert head.startswith(f"HTTP/1.1 413 {HTTPStatus(413).phrase}\r\n".encode())  # aiohttp's
+    assert b"\r\ncontent-type: application/json\r\n" in head.lower()
     assert b"connection: close" in head.lower()
     payload = orjson.loads(body)
     assert ("body_too_large", 64 * KiB) == (payload["error"], payload["limit"])

@@ -68,6 +68,7 @@ import gc
 import threading
 import time
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -79,7 +80,7 @@ from aiohttp.web_server import Server
 from .._errors import ArenaPoolError, BudgetExhausted
 from ._hotpath import _WIDEN, FIRST_STEP, expect_body, too_large, widen_read_ahead
 from ._ready import READ_AHEAD
-from ._responses import count_status, drop_unread, error_answer
+from ._responses import count_status, drop_unread, error_parts
 
 if TYPE_CHECKING:
     from .._slabpool import SlabPool
@@ -263,7 +264,7 @@ class HeadJudge(collections.deque):  # type: ignore[type-arg]
         GC_HOLD.refused()
         transport = protocol.transport
         if transport is not None and not transport.is_closing():
-            transport.write(raw_answer(error_answer(error)))
+            transport.write(raw_answer(*error_parts(error)))
             drop_unread(protocol, transport)
         return True
 
@@ -285,18 +286,23 @@ def narrow_read_ahead(content: Any) -> None:
             protocol.pause_reading()
 
 
-def raw_answer(response: web.Response) -> bytes:
-    """``response`` (bytes body) as HTTP/1.1 bytes, closing the connection."""
-    body = response.body
-    assert isinstance(body, bytes)
-    lines = [f"HTTP/1.1 {response.status} {response.reason}"]
-    lines.extend(f"{name}: {value}" for name, value in response.headers.items())
+def raw_answer(status: int, headers: dict[str, str], body: bytes) -> bytes:
+    """An error answer (``_responses.error_parts``: its status, its headers beside the
+    JSON content type, its JSON body) as HTTP/1.1 bytes, closing the connection: the
+    bytes aiohttp would write for ``error_answer``'s response, with no response object
+    made (in a burst every refused head pays for it)."""
+    lines = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}"]
+    lines.extend(f"{name}: {value}" for name, value in headers.items())
+    lines.append("Content-Type: application/json")
     lines.append(f"Content-Length: {len(body)}")
     lines.append(f"Date: {_date()}")
     lines.append(f"Server: {SERVER_SOFTWARE}")
     lines.append("Connection: close")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
+
+#: status -> reason phrase, as aiohttp's responses give them
+_REASONS = {status.value: status.phrase for status in HTTPStatus}
 
 _DATE: list[Any] = [0, ""]
 

@@ -52,6 +52,7 @@ __all__ = [
     "detach_body",
     "drop_unread",
     "error_answer",
+    "error_parts",
     "error_response",
 ]
 
@@ -103,6 +104,20 @@ def error_response(
     ``retry_after`` (seconds) sets both the ``Retry-After`` header (whole seconds,
     at least 1) and a ``retry_after`` field in the body.
     """
+    headers, body = _error_body(code, detail, retry_after, extra)
+    return web.Response(
+        body=body,
+        status=status if status is not None else ERROR_CODES.get(code, 500),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _error_body(
+    code: str, detail: str, retry_after: float | None, extra: dict[str, Any]
+) -> tuple[dict[str, str], bytes]:
+    """The headers beside the JSON content type (``Retry-After``) and the JSON body of
+    an error answer (:func:`error_response`)."""
     body: dict[str, Any] = {"error": code, "detail": detail}
     headers: dict[str, str] = {}
     if retry_after is not None:
@@ -110,12 +125,7 @@ def error_response(
         headers["Retry-After"] = str(seconds)
         body["retry_after"] = seconds
     body.update(extra)
-    return web.Response(
-        body=orjson.dumps(body),
-        status=status if status is not None else ERROR_CODES.get(code, 500),
-        content_type="application/json",
-        headers=headers,
-    )
+    return headers, orjson.dumps(body)
 
 
 def answer_error(request: web.Request, exc: ArenaPoolError, counters: Any) -> web.StreamResponse:
@@ -145,7 +155,14 @@ def count_status(counters: Any, status: int) -> None:
 def error_answer(exc: ArenaPoolError) -> web.Response:
     """The documented error shape for ``exc``: its code and status, and the fields of
     its kind (``position`` ..., ``limit``, ``received``/``expected``, ``retry_after``)."""
-    status = exc.status_hint
+    status, headers, body = error_parts(exc)
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+
+
+def error_parts(exc: ArenaPoolError) -> tuple[int, dict[str, str], bytes]:
+    """:func:`error_answer`'s answer to ``exc`` in parts: its status, the headers beside
+    the JSON content type, and the JSON body; for a connection that writes its answer
+    itself, without a response object (a refusal on the head, ``_heads``)."""
     extra: dict[str, Any] = {}
     retry_after = None
     if isinstance(exc, InvalidJSON):
@@ -161,9 +178,10 @@ def error_answer(exc: ArenaPoolError) -> web.Response:
         extra = {"received": exc.received, "expected": exc.expected}
     elif isinstance(exc, ArenaLimitExceeded):
         extra = {"limit": exc.limit}
-    elif status in (429, 503):
+    elif exc.status_hint in (429, 503):
         retry_after = getattr(exc, "retry_after", None) or 1.0
-    return error_response(exc.code, exc.message, status=status, retry_after=retry_after, **extra)
+    headers, body = _error_body(exc.code, exc.message, retry_after, extra)
+    return exc.status_hint, headers, body
 
 
 def close_unread(request: web.Request, response: web.StreamResponse) -> None:
