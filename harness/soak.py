@@ -138,8 +138,8 @@ def summarize_runs(
         for key, values in exact.items():
             known = [v for v in values if v is not None]
             middle[key] = statistics.median(known) if len(known) == len(docs) else None
-        ratios = {key: [_four(v) for v in values] for key, values in exact.items()}
-        medians = {key: _four(value) for key, value in middle.items()}
+        ratios = {key: [rounded(v, 4) for v in values] for key, values in exact.items()}
+        medians = {key: rounded(value, 4) for key, value in middle.items()}
         entry: dict[str, Any] = {"ratios": ratios, "medians": medians}
         if name.startswith("arenapool"):
             targets = {}
@@ -154,11 +154,6 @@ def summarize_runs(
             entry["targets"] = targets
         summary["modes"][name] = entry
     return summary
-
-
-def _four(value: float | None) -> float | None:
-    """``value`` to four decimals, as the summary reports ratios."""
-    return None if value is None else round(value, 4)
 
 
 def percentile_of(values: Sequence[float], q: float) -> float | None:
