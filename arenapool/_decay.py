@@ -61,7 +61,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 if TYPE_CHECKING:
     from ._slab import Backing, Block, ClassState, Slab
@@ -102,6 +102,7 @@ class Reservoir(Protocol):
     _calibrated_at: float
     warm_rate: float | None
     warm_share: float | None
+    _spread: bool
     _lent_bytes: int
     _quarantined_bytes: int
     _window_high: int
@@ -204,6 +205,12 @@ def _upper_median(values: deque[int]) -> int:
     return ordered[len(ordered) // 2]
 
 
+#: A pool's traffic is *spread* (``SlabPool.spread``) while no size class took this share
+#: of its lends over the recent active windows. One steady size takes them all; the
+#: issue-11 soak's mix of 1 KiB-4 MiB bodies gave its largest class about a quarter.
+SPREAD_SHARE: Final = 0.5
+
+
 def calibrate_locked(pool: Reservoir, now: float) -> None:
     """Close a calibration window: each class's reserve becomes the median of its recent
     active window peaks, never below its ``base_reserve``; then the reserves together are
@@ -243,6 +250,11 @@ def calibrate_locked(pool: Reservoir, now: float) -> None:
     its reserve; under a spread over a dozen classes none does, and the pool acts as one
     made with ``calibrate=False``. Unlike ``warm_rate``, it reads no rate: the same
     traffic, slower or faster, keeps the same classes warm.
+
+    The same standings say whether the pool's sizes are *spread* (``SlabPool.spread``,
+    whatever ``warm_share`` is): no class took :data:`SPREAD_SHARE` of the recent lends.
+    The governor then trims the C heap on a clock instead of by its busy rule
+    (``GovernorConfig.spread_trim_every``).
     """
     elapsed = now - pool._calibrated_at
     pool._calibrated_at = now
@@ -251,13 +263,17 @@ def calibrate_locked(pool: Reservoir, now: float) -> None:
     active = any(cls.lends != cls.lends_seen for cls in classes)
     floor_rate = pool.warm_rate if active else None
     share = pool.warm_share if active else None
-    if share is not None:
+    if active:
         for cls in classes:
             cls.recent_lends.append(cls.lends - cls.lends_seen)
         recent = [sum(cls.recent_lends) for cls in classes]
-        share_floor = share * sum(recent)
-        for cls, taken in zip(classes, recent, strict=True):
-            cls.minor = taken < share_floor
+        total = sum(recent)
+        if share is not None:
+            share_floor = share * total
+            for cls, taken in zip(classes, recent, strict=True):
+                cls.minor = taken < share_floor
+        # no class took SPREAD_SHARE of the recent lends: the sizes are spread
+        pool._spread = max(recent) < SPREAD_SHARE * total
     for cls in classes:
         peak = cls.window_peak
         peaks = cls.peaks

@@ -30,7 +30,9 @@ limit; read on the container, all of them see the same level and shed together::
     idle and reclaimable > thresh  -> trim (also when the last trim was a busy one that
                                       left more than thresh of idle blocks warm)
     reclaimable >= busy threshold
-      and the back-off allows      -> trim, busy or idle (arenapool._trimpolicy: each
+      and the back-off allows
+      (idle, or busy while no pool's
+      traffic is spread)           -> trim, busy or idle (arenapool._trimpolicy: each
                                       trim's yield and time; one that does not pay
                                       doubles the wait, up to busy_trim_max_interval).
                                       Busy (not idle: a request in flight or one
@@ -42,6 +44,11 @@ limit; read on the container, all of them see the same level and shed together::
     heap_trim_every set, not idle,
       and that long since its last -> malloc_trim(0) alone, on the loop, no reading
                                       before it (in place of the busy trims above)
+    spread_trim_every set (the
+      default, 1 s), not idle, a
+      pool's traffic spread over
+      sizes (SlabPool.spread), and
+      that long since its last     -> the same call, in place of the busy trims
 
 Every trim's yield from glibc's main heap (its resident pages before and after, by
 ``mincore``: :func:`arenapool.memory.heap_resident`) is counted by reason, and so is
@@ -259,6 +266,22 @@ class GovernorConfig:
     trim. Each call runs on the loop, as the hand-written task's does
     (:meth:`Governor.stats`'s ``heap_trims`` counts the calls and the seconds they took,
     and ``heap_returns["heap"]`` what they gave back and what came back)."""
+    spread_trim_every: float | None = 1.0
+    """While the traffic is spread over body sizes (a slab pool's :attr:`SlabPool.spread`:
+    no size class took half of its recent lends), call ``malloc_trim(0)`` every this
+    many seconds under load, on the event loop, in place of the busy trims (``None``:
+    the busy trims whatever the traffic); the heap stays held (``hold_heap``). Under a
+    spread of sizes the busy rule lets the freed heap sit: in the issue's 12-minute
+    soak the trim every second held 1.6-2.0 MB less median RSS than the busy trims
+    beside it, for the same requests (0.872-0.899x the trim loop's in six runs). Under
+    one steady size the busy trims stay: the next body of that size takes again what
+    the last one freed, and a trim every second only makes it fault those pages in
+    (at 1 MiB, 26.8 faults per request against the busy trims' 16.2 and plain
+    orjson's 27.9). benchmarks/README.md, "The heap trimmed every second while the
+    sizes are spread". ``heap_trim_every`` takes precedence. The calls are counted in
+    :meth:`Governor.stats`'s ``heap_trims`` (``spread_count``; ``spread``: whether the
+    last reading found a pool's sizes spread) and what they gave back in
+    ``heap_returns["spread"]``."""
     hold_heap: bool = True
     """Hold the C heap while the governor trims under load: when it starts (with
     ``busy_trim_threshold`` set, no ``heap_trim_every`` and no ``mmap_threshold``), pin
@@ -352,10 +375,11 @@ class GovernorConfig:
             if not isinstance(value, (int, float)) or value < 0:
                 msg = f"{name} must be zero or more seconds, got {value!r}"
                 raise InvalidSize(msg, value=value)
-        every = self.heap_trim_every
-        if every is not None and (not isinstance(every, (int, float)) or every <= 0):
-            msg = f"heap_trim_every must be None or positive seconds, got {every!r}"
-            raise InvalidSize(msg, value=every)
+        for name in ("heap_trim_every", "spread_trim_every"):
+            every = getattr(self, name)
+            if every is not None and (not isinstance(every, (int, float)) or every <= 0):
+                msg = f"{name} must be None or positive seconds, got {every!r}"
+                raise InvalidSize(msg, value=every)
         if self.interval <= 0:
             msg = f"interval must be positive, got {self.interval!r}"
             raise InvalidSize(msg, value=self.interval)
@@ -593,6 +617,9 @@ class Governor:
         # the plain periodic trim under load, in place of the busy trims (heap_trim_every)
         self._heap_trims = 0
         self._heap_trim_seconds = 0.0
+        # ... and those of them made while a pool's traffic was spread (spread_trim_every)
+        self._spread_trims = 0
+        self._spread = False  # a pool's traffic was spread at the last reading
         self._last_heap_trim = float("-inf")
         # what each kind of trim gave back from the main heap, and how much of it was
         # resident again at the next reading, by reason
@@ -837,7 +864,8 @@ class Governor:
 
     async def check(self) -> None:
         """Take one reading and apply the rules (the background task calls this)."""
-        reading = _reading(_resolve_pools(self._pools), resident=self._heap_pending is not None)
+        pools = _resolve_pools(self._pools)
+        reading = _reading(pools, resident=self._heap_pending is not None)
         now = time.monotonic()
         rss = reading.rss
         self._checks += 1
@@ -908,6 +936,16 @@ class Governor:
         # nothing in flight for idle_after: the idle trim, the idle spell's release of
         # pymalloc's pools, and the arena cache's full release all go by this
         idle = in_flight == 0 and now - self._last_activity >= config.idle_after
+        # the periodic heap trim under load: always (heap_trim_every), or while the
+        # traffic is spread over sizes (spread_trim_every), in place of the busy trims
+        every = config.heap_trim_every
+        spread = self._spread = (
+            every is None
+            and config.spread_trim_every is not None
+            and any(pool.spread for pool in pools)
+        )
+        if spread:
+            every = config.spread_trim_every
         if (self.soft_limit is not None and level >= self.soft_limit) or pressed:
             # Live data above soft is not trimmable: retrying only when something was
             # freed since the last trim keeps a busy, full server from trimming in vain.
@@ -922,8 +960,10 @@ class Governor:
             or self._kept_warm > self._trim_threshold
         ):
             await self.trim(reason="idle")
-        elif self._busy is not None and self._busy.due(
-            now, reclaimable if idle else heap_reclaimable
+        elif (
+            self._busy is not None
+            and (idle or not spread)
+            and self._busy.due(now, reclaimable if idle else heap_reclaimable)
         ):
             # under load too: the free heap is worth a trim, and trims have paid lately.
             # Busy unless idle: between two requests of a loaded server nothing is in
@@ -936,10 +976,10 @@ class Governor:
             # load stops.
             await self.trim(reason="idle" if idle else "busy", pymalloc=False)
         elif (
-            config.heap_trim_every is not None
+            every is not None
             and not idle
             # (a tenth of a tick's slack: a check that runs a hair early still counts)
-            and now - self._last_heap_trim >= config.heap_trim_every - config.interval / 10
+            and now - self._last_heap_trim >= every - config.interval / 10
         ):
             self._last_heap_trim = now
             # (a mincore of the heap before and after it, about 70 us each: its yield)
@@ -950,7 +990,9 @@ class Governor:
             malloc_trim(0)
             self._heap_trim_seconds += time.perf_counter() - started
             self._heap_trims += 1
-            self._note_heap_return("heap", before, heap_resident())
+            if spread:
+                self._spread_trims += 1
+            self._note_heap_return("spread" if spread else "heap", before, heap_resident())
         if self._arena_cache == "on":
             # cached arenas unused for arena_cache_decay go back as the server runs, all
             # of them once it is idle (a C call that returns at once when none is due;
@@ -1214,10 +1256,13 @@ class Governor:
             "busy_trim": None if self._busy is None else self._busy.stats(),
             "heap_returns": {reason: row.as_dict() for reason, row in self._heap_returns.items()},
             "heap_trims": None
-            if self.config.heap_trim_every is None
+            if self.config.heap_trim_every is None and self.config.spread_trim_every is None
             else {
                 "every": self.config.heap_trim_every,
+                "spread_every": self.config.spread_trim_every,
+                "spread": self._spread,
                 "count": self._heap_trims,
+                "spread_count": self._spread_trims,
                 "seconds": round(self._heap_trim_seconds, 6),
             },
             "actions": list(self._actions),

@@ -251,6 +251,7 @@ class SlabPool:
             raise InvalidSize(msg, value=warm_share)
         self.warm_share = warm_share
         self._calibrated_at = _monotonic()
+        self._spread = False  # see the spread property
         returns = decay is not None or self.retain is not None
         if not (keep_huge_warm or prefault) and huge_pages and backing == "mmap" and returns:
             cold_huge = thp_available()
@@ -313,6 +314,18 @@ class SlabPool:
     def lent_bytes(self) -> int:
         """Bytes lent out right now (block sizes, not the sizes asked for)."""
         return self._lent_bytes
+
+    @property
+    def spread(self) -> bool:
+        """True while this pool's lends are spread over its size classes: at its last
+        calibration with lends (every ``decay / 4`` seconds), no class had taken half
+        of the lends over the recent active windows (``_decay.SPREAD_SHARE``; about
+        the last 20 s with the default ``decay``), as under a mix of body sizes. False
+        under one steady size, before the first lend, when the bodies are small
+        enough to be decoded without one (``inline_max``), and with
+        ``calibrate=False`` (no standings are kept). The governor reads it to choose
+        how it trims the C heap under load (``GovernorConfig.spread_trim_every``)."""
+        return self._spread
 
     @property
     def idle_bytes(self) -> int:
@@ -716,6 +729,7 @@ class SlabPool:
                 "warm_share": self.warm_share,
                 # the classes under warm_share of the lends: no calibrated reserve now
                 "minor_classes": [c.size for c in self._classes if c.minor],
+                "spread": self._spread,
                 # the classes that keep nothing warm now (keep_huge_warm, warm_rate)
                 "cold_classes": [c.size for c in self._classes if c.cold],
                 "idle_blocks": sum(c.idle for c in self._classes),

@@ -315,7 +315,16 @@ class ArenapoolCollector(Collector):
             g.get("heap_trims"),
             gauges=(),
             counters=(
-                ("total", "count", "malloc_trim(0) calls under load (heap_trim_every)."),
+                (
+                    "total",
+                    "count",
+                    "malloc_trim(0) calls under load (heap_trim_every, spread_trim_every).",
+                ),
+                (
+                    "spread_total",
+                    "spread_count",
+                    "Of those, the calls made while the traffic was spread over body sizes.",
+                ),
                 ("seconds_total", "seconds", "Seconds those calls took, on the event loop."),
             ),
         )

@@ -276,6 +276,14 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--no-gc-freeze",),
         ),
         Mode(
+            "arenapool-busy-trims",
+            "arenapool",
+            "arenapool whose governor trims busy whatever the body sizes, as before "
+            "GovernorConfig(spread_trim_every=1.0) became the default "
+            "(GovernorConfig(spread_trim_every=None))",
+            args=("--spread-trim-every", "none"),
+        ),
+        Mode(
             "arenapool-heap-trim",
             "arenapool",
             "arenapool whose governor calls malloc_trim(0) every second under load on the "

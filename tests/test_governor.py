@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from _memhelpers import MiB, ServerProcess, allocate, poll_until
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from arenapool import SlabPool
+from arenapool import SlabPool, _decay
 from arenapool._errors import InvalidSize
 from arenapool._governor import Governor, GovernorConfig
 from arenapool._memory import current_rss
@@ -194,6 +195,74 @@ async def test_heap_trim_every_gives_the_heap_back_under_load() -> None:
     assert heap["returned_bytes"] == scraped[returned]
     assert heap["back_bytes"] == scraped["arenapool_governor_heap_back_bytes_total{reason=heap}"]
     assert scraped["arenapool_c_heap_resident_bytes"] > 0
+
+
+def test_config_rejects_a_spread_trim_period_that_is_not_positive() -> None:
+    with pytest.raises(InvalidSize, match="spread_trim_every must be None or positive"):
+        GovernorConfig(spread_trim_every=-1.0)
+
+
+async def test_spread_sizes_trim_the_heap_on_the_clock_and_a_steady_size_trims_busy() -> None:
+    """``spread_trim_every`` (the default, 1 s): while a pool's sizes are spread
+    (``SlabPool.spread``, judged from real lends at a real calibration pass), a check
+    under load calls ``malloc_trim(0)`` on its clock, in place of the busy trims, and the
+    freed heap goes back while the request is in flight. Under one steady size the busy
+    rule trims instead; ``spread_trim_every=None`` keeps the busy rule for any sizes."""
+
+    async def run(
+        sizes: list[int], every: float | None, *, trim_first: bool
+    ) -> tuple[dict[str, Any], dict[str, float], int, int]:
+        with SlabPool("64MiB", decay=None, retain=0) as pool:
+            pool._decay_thread = threading.current_thread()  # only the pass below
+            start = time.monotonic()
+            pool._calibrated_at = start
+            for _ in range(10):
+                blocks = [pool.lend(size) for size in sizes]
+                pool.give_back(blocks)
+            _decay.maintain(pool, start + 1.0)
+            governor = Governor(
+                GovernorConfig(
+                    interval=1, idle_after=60, use_cgroup=False, spread_trim_every=every
+                ),
+                pools=[pool],
+            )
+            if trim_first:  # start from a trimmed heap (the busy rule then waits 1 s)
+                await governor.trim()
+            governor.note_request_start()
+            try:
+                freed_resident = allocate(64 * MiB)  # freed at once, the pins keep the holes
+                await governor.check()
+                after = current_rss()
+            finally:
+                governor.note_request_end()
+            return governor.stats(), scrape(governor), freed_resident, after
+
+    spread = [64 * 1024 << i for i in range(5)] + [5 * MiB // 4, 3 * MiB // 2]
+    stats, scraped, freed_resident, after = await run(spread, 1.0, trim_first=True)
+    assert (True, 1, 1) == (
+        stats["heap_trims"]["spread"],
+        stats["heap_trims"]["spread_count"],
+        stats["heap_trims"]["count"],
+    )
+    assert 1 == stats["heap_returns"]["spread"]["trims"]
+    assert stats["heap_returns"]["spread"]["returned_bytes"] >= 32 * MiB
+    assert freed_resident - after >= 32 * MiB
+    # the manual trim above only (the busy rule records every trim's yield)
+    assert (1, 1) == (stats["trims"], stats["busy_trim"]["trims"])
+    assert (1, 1) == (
+        scraped["arenapool_governor_heap_trims_spread_total"],
+        scraped["arenapool_governor_heap_trims_total"],
+    )
+
+    for sizes, every in (([1 * MiB] * 3, 1.0), (spread, None)):
+        stats, _, freed_resident, after = await run(sizes, every, trim_first=False)
+        periodic = stats["heap_trims"] or {"spread": False, "count": 0}  # None: off
+        assert (False, 0) == (periodic["spread"], periodic["count"])
+        assert "spread" not in stats["heap_returns"]
+        # the busy rule took the free heap instead: a trim of its own, busy
+        assert (1, 1) == (stats["trims"], stats["busy_trim"]["trims"])
+        assert "busy" in stats["heap_returns"]
+        assert freed_resident - after >= 32 * MiB
 
 
 async def test_heap_trims_count_what_the_traffic_faults_back_in() -> None:

@@ -730,6 +730,7 @@ def test_stats_is_json_with_documented_keys(make_pool: Callable[..., SlabPool]) 
         "warm_rate",
         "warm_share",
         "minor_classes",
+        "spread",
         "cold_classes",
         "idle_blocks",
         "quarantined_bytes",

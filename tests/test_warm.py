@@ -493,3 +493,33 @@ def test_a_class_with_a_small_share_of_the_lends_keeps_no_calibrated_reserve() -
     for bad in (-0.1, 1.5):
         with pytest.raises(InvalidSize, match="warm_share must be None or a share"):
             SlabPool("64MiB", warm_share=bad)
+
+
+def test_a_pool_says_whether_its_sizes_are_spread() -> None:
+    """``SlabPool.spread``: at a tick with lends, True when no size class took half of
+    the pool's recent lends (a mix of sizes), False under one steady size, and a window
+    without a lend (a pause) leaves the verdict as it was; ``warm_share`` does not
+    matter. False before the first tick, and with ``calibrate=False`` (no standings)."""
+
+    def verdicts(sizes: list[int], share: float | None, calibrate: bool = True) -> list[bool]:
+        with SlabPool("64MiB", decay=None, retain=0, warm_share=share, calibrate=calibrate) as pool:
+            pool._decay_thread = threading.current_thread()  # only these passes
+            start = time.monotonic()
+            pool._calibrated_at = start
+            seen = [pool.spread]
+            lend_in_waves(pool, sizes, 20)
+            _decay.maintain(pool, start + 1.0)
+            seen.append(pool.spread)
+            _decay.maintain(pool, start + 2.0)  # no lend in this window
+            seen.append(pool.spread)
+            seen.append(pool.stats()["spread"])
+            return seen
+
+    steady = [1 * MiB] * 3
+    two = [1 * MiB, 1 * MiB, 256 * KiB]  # one class takes two thirds
+    spread = [64 * KiB << i for i in range(5)] + [5 * MiB // 4, 3 * MiB // 2, 7 * MiB // 4]
+    for share in (0.25, None):
+        assert [False, False, False, False] == verdicts(steady, share)
+        assert [False, False, False, False] == verdicts(two, share)
+        assert [False, True, True, True] == verdicts(spread, share)
+    assert [False, False, False, False] == verdicts(spread, 0.25, calibrate=False)

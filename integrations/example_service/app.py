@@ -211,6 +211,7 @@ def make_app(
     busy_trim: str | None = "2MiB",
     busy_trim_interval: float = 1.0,
     heap_trim_every: float | None = None,
+    spread_trim_every: float | None = 1.0,
     mmap_threshold: str | None = None,
     hold_heap: bool = True,
     release_pymalloc: bool = True,
@@ -237,8 +238,11 @@ def make_app(
     ``trim_interval`` > 0 runs the ``malloc_trim(0)`` loop (:func:`add_trim_loop`).
     The governor trims under load when ``busy_trim`` of freed C heap is worth it
     (``None``: only when idle), at most once every ``busy_trim_interval`` seconds while
-    the trims pay; with ``heap_trim_every`` it calls ``malloc_trim(0)`` that often under
-    load instead (``GovernorConfig.heap_trim_every``). It pins glibc's mmap threshold at
+    the trims pay; while the body sizes are spread over the pool's classes it calls
+    ``malloc_trim(0)`` every ``spread_trim_every`` seconds instead
+    (``GovernorConfig.spread_trim_every``; ``None``: the busy trims whatever the sizes),
+    and with ``heap_trim_every`` that often under load whatever the sizes
+    (``GovernorConfig.heap_trim_every``). It pins glibc's mmap threshold at
     ``mmap_threshold`` when given (large buffers then get mappings of their own,
     returned on free); otherwise it holds the C heap (``GovernorConfig.hold_heap``)
     unless ``hold_heap`` is False. Its trims give back pymalloc's empty pools unless
@@ -294,6 +298,7 @@ def make_app(
                 busy_trim_interval=busy_trim_interval,
                 busy_trim_max_interval=max(32.0, busy_trim_interval),
                 heap_trim_every=heap_trim_every,
+                spread_trim_every=spread_trim_every,
                 mmap_threshold=mmap_threshold,
                 hold_heap=hold_heap,
                 release_pymalloc=release_pymalloc,
@@ -442,6 +447,13 @@ def main(argv: list[str] | None = None) -> None:
         help="arenapool modes: least seconds between two busy trims while they pay (1.0)",
     )
     parser.add_argument(
+        "--spread-trim-every",
+        default="1",
+        help="arenapool modes: while the body sizes are spread over the pool's classes, "
+        "malloc_trim(0) every this many seconds under load instead of the busy trims "
+        "(1, the GovernorConfig default; 'none': the busy trims whatever the sizes)",
+    )
+    parser.add_argument(
         "--heap-trim-every",
         type=float,
         default=None,
@@ -524,6 +536,9 @@ def main(argv: list[str] | None = None) -> None:
         busy_trim=None if args.busy_trim.lower() == "none" else args.busy_trim,
         busy_trim_interval=args.busy_trim_interval,
         heap_trim_every=args.heap_trim_every,
+        spread_trim_every=None
+        if args.spread_trim_every.lower() == "none"
+        else float(args.spread_trim_every),
         mmap_threshold=args.mmap_threshold,
         hold_heap=not args.glibc_heap,
         release_pymalloc=not args.keep_pymalloc_pools,
