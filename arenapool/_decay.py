@@ -262,12 +262,12 @@ def calibrate_locked(pool: Reservoir, now: float) -> None:
     # a pause is no sample of the rates or the shares either: standings stay
     active = any(cls.lends != cls.lends_seen for cls in classes)
     floor_rate = pool.warm_rate if active else None
-    share = pool.warm_share if active else None
     if active:
         for cls in classes:
             cls.recent_lends.append(cls.lends - cls.lends_seen)
         recent = [sum(cls.recent_lends) for cls in classes]
         total = sum(recent)
+        share = pool.warm_share
         if share is not None:
             share_floor = share * total
             for cls, taken in zip(classes, recent, strict=True):
