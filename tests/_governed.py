@@ -7,6 +7,10 @@ many items the document's ``key`` holds; its governor checks once at start-up an
 not for 60 s, and has no trim to start (neither idle nor busy), so that check has no
 await in it and cannot give back, from a worker thread, what the requests have just
 cached: only the test's own ``governor.check()`` does.
+
+A slab pool's calibration can be driven by hand too (:func:`hand_calibrated`,
+:func:`lend_and_calibrate`): real lends, then the pool's own maintenance pass as of a
+given time, so that what the pool concludes (:attr:`SlabPool.spread`) comes from them.
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -24,7 +30,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import arenapool.aiohttp
-from arenapool import Governor, GovernorConfig, SlabPool
+from arenapool import Governor, GovernorConfig, SlabPool, _decay
 from arenapool.metrics import register
 
 ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
@@ -62,6 +68,26 @@ async def post_times(client: TestClient[Any, Any], body: bytes, times: int, coun
         async with client.post("/ingest", data=body) as resp:
             assert 200 == resp.status
             assert {"count": count} == await resp.json()
+
+
+def hand_calibrated(pool: SlabPool) -> float:
+    """Make this thread ``pool``'s maintenance thread (a pool made with ``decay=None``,
+    so no thread of its own runs its passes) and start its calibration window now;
+    returns that start, from which :func:`lend_and_calibrate` dates its passes."""
+    pool._decay_thread = threading.current_thread()
+    start = time.monotonic()
+    pool._calibrated_at = start
+    return start
+
+
+def lend_and_calibrate(pool: SlabPool, sizes: list[int], waves: int, at: float) -> bool:
+    """``waves`` times, lend a block of each of ``sizes`` at once and give them back;
+    then run the pool's maintenance pass as of ``at`` (a calibration over the lends
+    since the last one) and return :attr:`SlabPool.spread` after it."""
+    for _ in range(waves):
+        pool.give_back([pool.lend(size) for size in sizes])
+    _decay.maintain(pool, at)
+    return pool.spread
 
 
 def scrape(governor: Governor) -> dict[str, float]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -174,3 +176,20 @@ async def test_the_block_cache_option_reaches_the_governor(
     else:
         assert ("on", warm) == (region["state"], region["warm"])
         assert region["served"] >= 1  # the decoder's work buffer came from the region
+
+
+@pytest.mark.parametrize("option", ["--spread-trim-every", "--warm-rate", "--warm-share"])
+def test_a_number_option_refuses_a_word_with_argparses_message(option: str) -> None:
+    """The options that take a number or ``none`` refuse anything else before the
+    service starts: exit status 2 and argparse's message naming the option, not a
+    traceback."""
+    result = subprocess.run(
+        [sys.executable, str(example.__file__), "--mode", "arenapool", option, "soon"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert 2 == result.returncode
+    assert f"argument {option}: expected a number or 'none', got 'soon'" in result.stderr
+    assert "Traceback" not in result.stderr

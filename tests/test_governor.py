@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -13,12 +12,12 @@ from typing import Any
 import aiohttp
 import psutil  # type: ignore[import-untyped]  # psutil ships no types
 import pytest
-from _governed import scrape
+from _governed import hand_calibrated, lend_and_calibrate, scrape
 from _memhelpers import MiB, ServerProcess, allocate, poll_until
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
-from arenapool import SlabPool, _decay
+from arenapool import SlabPool
 from arenapool._errors import InvalidSize
 from arenapool._governor import Governor, GovernorConfig
 from arenapool._memory import current_rss
@@ -213,13 +212,7 @@ async def test_spread_sizes_trim_the_heap_on_the_clock_and_a_steady_size_trims_b
         sizes: list[int], every: float | None, *, trim_first: bool
     ) -> tuple[dict[str, Any], dict[str, float], int, int]:
         with SlabPool("64MiB", decay=None, retain=0) as pool:
-            pool._decay_thread = threading.current_thread()  # only the pass below
-            start = time.monotonic()
-            pool._calibrated_at = start
-            for _ in range(10):
-                blocks = [pool.lend(size) for size in sizes]
-                pool.give_back(blocks)
-            _decay.maintain(pool, start + 1.0)
+            lend_and_calibrate(pool, sizes, 10, hand_calibrated(pool) + 1.0)
             governor = Governor(
                 GovernorConfig(
                     interval=1, idle_after=60, use_cgroup=False, spread_trim_every=every

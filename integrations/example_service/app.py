@@ -353,6 +353,18 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * _UNITS[match[2].lower()])
 
 
+def number_or_none(text: str) -> float | None:
+    """An option's value that is a number or ``none`` (argparse names the option in its
+    message when this raises)."""
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        msg = f"expected a number or 'none', got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="The arenapool example ingest service.")
     parser.add_argument("--mode", choices=MODES, default="arenapool", help="how bodies are read")
@@ -400,12 +412,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--warm-rate",
         default="none",
+        type=number_or_none,
         help="arenapool modes: lends a second a size class needs to keep idle blocks warm "
         "('none', the SlabPool default: every class keeps its calibrated reserve)",
     )
     parser.add_argument(
         "--warm-share",
         default="0.25",
+        type=number_or_none,
         help="arenapool modes: the share of the pool's lends a size class needs to keep a "
         "calibrated warm reserve (0.25, the SlabPool default; 'none': every class keeps "
         "its own)",
@@ -449,6 +463,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--spread-trim-every",
         default="1",
+        type=number_or_none,
         help="arenapool modes: while the body sizes are spread over the pool's classes, "
         "malloc_trim(0) every this many seconds under load instead of the busy trims "
         "(1, the GovernorConfig default; 'none': the busy trims whatever the sizes)",
@@ -527,8 +542,8 @@ def main(argv: list[str] | None = None) -> None:
         calibrate=args.calibrate,
         mid_classes=args.mid_classes,
         keep_huge_warm=args.keep_huge_warm,
-        warm_rate=None if args.warm_rate.lower() == "none" else float(args.warm_rate),
-        warm_share=None if args.warm_share.lower() == "none" else float(args.warm_share),
+        warm_rate=args.warm_rate,
+        warm_share=args.warm_share,
         populate=args.populate,
         governor=args.governor,
         admin_token=args.admin_token,
@@ -536,9 +551,7 @@ def main(argv: list[str] | None = None) -> None:
         busy_trim=None if args.busy_trim.lower() == "none" else args.busy_trim,
         busy_trim_interval=args.busy_trim_interval,
         heap_trim_every=args.heap_trim_every,
-        spread_trim_every=None
-        if args.spread_trim_every.lower() == "none"
-        else float(args.spread_trim_every),
+        spread_trim_every=args.spread_trim_every,
         mmap_threshold=args.mmap_threshold,
         hold_heap=not args.glibc_heap,
         release_pymalloc=not args.keep_pymalloc_pools,
