@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from _example import load_example
+from _example import EXAMPLE, load_example
 from aiohttp.test_utils import TestClient
 
 from arenapool import _ext
@@ -184,7 +184,7 @@ def test_a_number_option_refuses_a_word_with_argparses_message(option: str) -> N
     service starts: exit status 2 and argparse's message naming the option, not a
     traceback."""
     result = subprocess.run(
-        [sys.executable, str(example.__file__), "--mode", "arenapool", option, "soon"],
+        [sys.executable, str(EXAMPLE), "--mode", "arenapool", option, "soon"],
         capture_output=True,
         text=True,
         timeout=60,

@@ -16,6 +16,7 @@ import threading
 import time
 
 import pytest
+from _governed import hand_calibrated
 
 from arenapool import InvalidSize, SlabPool, _decay, _slab
 
@@ -503,9 +504,7 @@ def test_a_pool_says_whether_its_sizes_are_spread() -> None:
 
     def verdicts(sizes: list[int], share: float | None, calibrate: bool = True) -> list[bool]:
         with SlabPool("64MiB", decay=None, retain=0, warm_share=share, calibrate=calibrate) as pool:
-            pool._decay_thread = threading.current_thread()  # only these passes
-            start = time.monotonic()
-            pool._calibrated_at = start
+            start = hand_calibrated(pool)  # only these passes
             seen = [pool.spread]
             lend_in_waves(pool, sizes, 20)
             _decay.maintain(pool, start + 1.0)
