@@ -193,3 +193,54 @@ def test_a_number_option_refuses_a_word_with_argparses_message(option: str) -> N
     assert 2 == result.returncode
     assert f"argument {option}: expected a number or 'none', got 'soon'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "words"),
+    [
+        ("--budget", "a size like '8MiB'"),
+        ("--limit", "a size like '8MiB'"),
+        ("--mmap-threshold", "a size like '8MiB'"),
+        ("--retain", "a size like '8MiB' or 'none'"),
+        ("--busy-trim", "a size like '8MiB' or 'none'"),
+        ("--arena-cache", "a size like '8MiB' or 'none'"),
+        ("--block-cache", "a size like '8MiB' or 'none'"),
+    ],
+)
+def test_a_size_option_refuses_a_word_with_argparses_message(option: str, words: str) -> None:
+    """The options that take a size (or ``none``) refuse anything else before the service
+    starts, as the number options do: exit status 2, argparse's message naming the
+    option."""
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--mode", "arenapool", option, "lots"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert 2 == result.returncode
+    assert f"argument {option}: expected {words}, got 'lots'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_setting_arenapool_refuses_ends_with_its_message_not_a_traceback() -> None:
+    """A well-formed size arenapool refuses (a budget of 0) is reported by argparse with
+    arenapool's own words, exit status 2."""
+    result = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--mode", "arenapool", "--budget", "0"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert 2 == result.returncode
+    assert "error: budget must be positive, got '0'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_sizes_take_the_units_arenapool_takes() -> None:
+    """The service reads sizes as arenapool does: binary units and their one-letter
+    forms in powers of 1024, decimal ones in powers of 1000."""
+    assert [8 * 2**20, 8 * 2**20, 8 * 10**6, 3 * 2**10, 3000, 2**40, 512] == [
+        example.parse_size(text) for text in ("8MiB", "8m", "8MB", "3KiB", "3kB", "1TiB", "512")
+    ]

@@ -341,16 +341,45 @@ def _admin(token: str | None) -> Any:
     return AdminConfig(token=token)
 
 
-_UNITS = {"": 1, "b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3}
+# the units arenapool's own sizes take: KiB (or K), MiB, GiB, TiB in powers of 1024,
+# kB, MB, GB, TB in powers of 1000
+_UNITS = {"": 1, "b": 1} | {
+    letter + tail: base**power
+    for power, letter in enumerate("kmgt", start=1)
+    for tail, base in (("", 1024), ("ib", 1024), ("b", 1000))
+}
 
 
 def parse_size(text: str) -> int:
-    """``"8MiB"`` -> 8388608 (bytes, KiB, MiB or GiB)."""
+    """``"8MiB"`` -> 8388608 (bytes, or the units arenapool's sizes take: KiB, MiB,
+    GiB, TiB, kB, MB, GB, TB)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", text)
     if match is None or match[2].lower() not in _UNITS:
         msg = f"{text!r} is not a size like '8MiB'"
         raise ValueError(msg)
     return int(float(match[1]) * _UNITS[match[2].lower()])
+
+
+def size_text(text: str) -> str:
+    """An option's size, checked (argparse names the option in its message when this
+    raises) and passed on as written."""
+    try:
+        parse_size(text)
+    except ValueError:
+        msg = f"expected a size like '8MiB', got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
+    return text
+
+
+def size_or_none(text: str) -> str | None:
+    """An option's value that is a size or ``none`` (see :func:`size_text`)."""
+    if text.lower() == "none":
+        return None
+    try:
+        return size_text(text)
+    except argparse.ArgumentTypeError:
+        msg = f"expected a size like '8MiB' or 'none', got {text!r}"
+        raise argparse.ArgumentTypeError(msg) from None
 
 
 def number_or_none(text: str) -> float | None:
@@ -365,17 +394,56 @@ def number_or_none(text: str) -> float | None:
         raise argparse.ArgumentTypeError(msg) from None
 
 
+def _app_of(args: argparse.Namespace) -> web.Application:
+    """The app that ``main``'s parsed options describe."""
+    return make_app(
+        args.mode,
+        budget=args.budget,
+        limit=args.limit,
+        decay=args.decay,
+        retain=args.retain,
+        stretch=args.stretch,
+        calibrate=args.calibrate,
+        mid_classes=args.mid_classes,
+        keep_huge_warm=args.keep_huge_warm,
+        warm_rate=args.warm_rate,
+        warm_share=args.warm_share,
+        populate=args.populate,
+        governor=args.governor,
+        admin_token=args.admin_token,
+        trim_interval=args.trim_interval,
+        busy_trim=args.busy_trim,
+        busy_trim_interval=args.busy_trim_interval,
+        heap_trim_every=args.heap_trim_every,
+        spread_trim_every=args.spread_trim_every,
+        mmap_threshold=args.mmap_threshold,
+        hold_heap=not args.glibc_heap,
+        release_pymalloc=not args.keep_pymalloc_pools,
+        freeze_gc=not args.no_gc_freeze,
+        arena_cache=args.arena_cache,
+        block_cache=args.block_cache,
+        block_cache_huge_pages=args.block_cache_huge_pages,
+        block_cache_fit=args.block_cache_fit,
+        noop_middleware=args.noop_middleware,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="The arenapool example ingest service.")
     parser.add_argument("--mode", choices=MODES, default="arenapool", help="how bodies are read")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8080, help="port to bind (8080)")
-    parser.add_argument("--budget", default="256MiB", help="arenapool budget (256MiB)")
-    parser.add_argument("--limit", default="8MiB", help="largest request body (8MiB)")
+    parser.add_argument(
+        "--budget", default="256MiB", type=size_text, help="arenapool budget (256MiB)"
+    )
+    parser.add_argument(
+        "--limit", default="8MiB", type=size_text, help="largest request body (8MiB)"
+    )
     parser.add_argument("--decay", type=float, default=10.0, help="seconds before idle slabs go")
     parser.add_argument(
         "--retain",
         default="2MiB",
+        type=size_or_none,
         help="most idle slab memory kept resident between decays (2MiB, the SlabPool "
         "default; 'none': no cap)",
     )
@@ -451,6 +519,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--busy-trim",
         default="2MiB",
+        type=size_or_none,
         help="arenapool modes: freed C heap that makes the governor trim under load "
         "(2MiB; 'none': only when idle)",
     )
@@ -478,6 +547,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--mmap-threshold",
         default=None,
+        type=size_text,
         help="arenapool modes: pin glibc's mmap threshold at this size (default: leave it)",
     )
     parser.add_argument(
@@ -499,12 +569,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--arena-cache",
         default="32MiB",
+        type=size_or_none,
         help="arenapool modes: most bytes of pymalloc's freed arenas the governor keeps "
         "for reuse (32MiB; 'none': no cache)",
     )
     parser.add_argument(
         "--block-cache",
         default="16MiB",
+        type=size_or_none,
         help="arenapool modes: bytes of the large-block region (the decoder's work "
         "buffers) the governor keeps warm (16MiB; 'none': glibc serves those blocks)",
     )
@@ -532,36 +604,10 @@ def main(argv: list[str] | None = None) -> None:
         help="append one do-nothing middleware (measures aiohttp's middleware cost)",
     )
     args = parser.parse_args(argv)
-    app = make_app(
-        args.mode,
-        budget=args.budget,
-        limit=args.limit,
-        decay=args.decay,
-        retain=None if args.retain.lower() == "none" else args.retain,
-        stretch=args.stretch,
-        calibrate=args.calibrate,
-        mid_classes=args.mid_classes,
-        keep_huge_warm=args.keep_huge_warm,
-        warm_rate=args.warm_rate,
-        warm_share=args.warm_share,
-        populate=args.populate,
-        governor=args.governor,
-        admin_token=args.admin_token,
-        trim_interval=args.trim_interval,
-        busy_trim=None if args.busy_trim.lower() == "none" else args.busy_trim,
-        busy_trim_interval=args.busy_trim_interval,
-        heap_trim_every=args.heap_trim_every,
-        spread_trim_every=args.spread_trim_every,
-        mmap_threshold=args.mmap_threshold,
-        hold_heap=not args.glibc_heap,
-        release_pymalloc=not args.keep_pymalloc_pools,
-        freeze_gc=not args.no_gc_freeze,
-        arena_cache=None if args.arena_cache.lower() == "none" else args.arena_cache,
-        block_cache=None if args.block_cache.lower() == "none" else args.block_cache,
-        block_cache_huge_pages=args.block_cache_huge_pages,
-        block_cache_fit=args.block_cache_fit,
-        noop_middleware=args.noop_middleware,
-    )
+    try:
+        app = _app_of(args)
+    except ValueError as exc:  # a setting arenapool refuses (a budget of 0, say)
+        parser.error(str(exc))
     ready = f"example service ({args.mode}) on http://{args.host}:{args.port} pid {os.getpid()}"
     web.run_app(
         app,
