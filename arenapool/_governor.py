@@ -626,7 +626,10 @@ class Governor:
         self._heap_returns: dict[str, _HeapReturns] = {}
         # the last trim's (its reason's row, bytes returned, heap resident right after),
         # until the next reading says how much came back
-        self._heap_pending: tuple[_HeapReturns, int, int] | None = None
+        # the last trim's heap return, until the next reading judges it: its row, bytes
+        # returned, the heap's resident bytes after it, and whether the busy-trim policy
+        # recorded it (then it is settled from the same reading: TrimPolicy.settle)
+        self._heap_pending: tuple[_HeapReturns, int, int, bool] | None = None
         if config.busy_trim_threshold is not None and config.heap_trim_every is None:
             self._busy = TrimPolicy(
                 parse_size(config.busy_trim_threshold, allow_zero=True),
@@ -876,9 +879,13 @@ class Governor:
         if pending is not None and reading.heap_resident is not None:
             # the last trim's yield, one reading on: what the heap holds again of it
             self._heap_pending = None
-            row, returned, after = pending
+            row, returned, after, settles = pending
+            back = min(returned, max(0, reading.heap_resident - after))
             row.judged += returned
-            row.back += min(returned, max(0, reading.heap_resident - after))
+            row.back += back
+            if settles and self._busy is not None:
+                # a trim whose return the traffic took straight back did not pay
+                self._busy.settle(back)
         if ended != self._ended_seen:  # requests ended since the last check
             self._ended_seen = ended
             self._last_activity = now
@@ -1143,7 +1150,12 @@ class Governor:
             self._last_trim = time.monotonic()
             if self._busy is not None:
                 self._busy.record(self._last_trim, result["freed"], result["seconds"])
-            self._note_heap_return(reason, result["heap_before"], result["heap_after"])
+            self._note_heap_return(
+                reason,
+                result["heap_before"],
+                result["heap_after"],
+                settles=self._busy is not None,
+            )
             reading = _reading(_resolve_pools(self._pools), resident=False)
             self._heap_floor = reading.heap_free or 0
             self._floor = self._heap_floor + reading.slab_idle_bytes
@@ -1188,8 +1200,11 @@ class Governor:
                 self._stop_shedding(level)
             return result
 
-    def _note_heap_return(self, reason: str, before: int | None, after: int | None) -> None:
-        """Count a trim's yield from the main heap; the next reading says what came back."""
+    def _note_heap_return(
+        self, reason: str, before: int | None, after: int | None, *, settles: bool = False
+    ) -> None:
+        """Count a trim's yield from the main heap; the next reading says what came back
+        (and, when ``settles``, settles the busy-trim policy's record of it)."""
         if before is None or after is None:
             return
         returned = max(0, before - after)
@@ -1198,7 +1213,7 @@ class Governor:
             row = self._heap_returns[reason] = _HeapReturns()
         row.trims += 1
         row.returned += returned
-        self._heap_pending = (row, returned, after)
+        self._heap_pending = (row, returned, after, settles)
 
     def _record(self, action: str, reason: str, **data: Any) -> None:
         self._actions.append({"time": time.time(), "action": action, "reason": reason, **data})

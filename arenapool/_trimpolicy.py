@@ -15,7 +15,16 @@ nothing. :class:`TrimPolicy` trims when it is worth it, busy or idle:
   the OS saw) and took at most ``max_duty`` of the current interval;
 - **back-off**: after a trim that paid, the next may come ``min_interval`` seconds
   later; after one that did not, the interval doubles, up to ``max_interval``. One
-  paying trim brings it back to ``min_interval``.
+  paying trim brings it back to ``min_interval``;
+- **settled**: one reading later the governor sees how much of the trim's return the
+  heap holds again (:meth:`TrimPolicy.settle`). Under a steady load the pages a trim
+  gives back are often the ones the next requests take again: the RSS drop is real for
+  an instant, then the traffic faults it back in. A trim whose yield net of what came
+  back is under ``min_yield`` did not pay after all: it is counted so (``revoked``) and
+  backs off as if it had not paid. Without this, a steady stream whose every trim
+  returns a few MiB that come straight back keeps the interval at ``min_interval`` and
+  pays those faults every second (benchmarks/README.md, "Busy trims settled one reading
+  on").
 
 The policy holds no clock and does no I/O: the governor passes ``now`` and the
 measurements in, so the rules are tested without timing. Its counters (trims, paid,
@@ -47,6 +56,10 @@ class TrimPolicy:
     seconds: float = field(init=False, default=0.0)
     last_yield: int | None = field(init=False, default=None)
     last_seconds: float | None = field(init=False, default=None)
+    revoked: int = field(init=False, default=0)
+    # the last trim, until settled: when it ended, its RSS drop, and the interval it
+    # followed (what an unpaid trim doubles)
+    _open: tuple[float, int, float] | None = field(init=False, default=None, repr=False)
 
     def __post_init__(self) -> None:
         if self.threshold < 0 or self.min_yield < 0:
@@ -74,13 +87,34 @@ class TrimPolicy:
         self.freed_bytes += max(0, freed)
         self.seconds += seconds
         self.last_yield, self.last_seconds = freed, seconds
+        before = self.interval
         if paid:
             self.paid += 1
             self.interval = self.min_interval
+            self._open = (now, freed, before)
         else:
             self.interval = min(self.max_interval, self.interval * 2)
+            self._open = None  # backed off already: nothing to settle
         self.next_at = now + self.interval
         return paid
+
+    def settle(self, back: int) -> bool:
+        """Settle the last trim one reading on: ``back`` bytes of what it gave back are
+        resident again. A trim recorded as paid whose RSS drop net of ``back`` is under
+        ``min_yield`` is revoked: counted as not paid, and the next slot is set as if it
+        had not paid (the interval it followed, doubled, from when it ended). True when
+        revoked. A second call, or one after a trim that did not pay, does nothing."""
+        if self._open is None:
+            return False
+        ended, freed, before = self._open
+        self._open = None
+        if freed - max(0, back) >= self.min_yield:
+            return False
+        self.paid -= 1
+        self.revoked += 1
+        self.interval = min(self.max_interval, before * 2)
+        self.next_at = ended + self.interval
+        return True
 
     def stats(self) -> dict[str, Any]:
         return {
@@ -90,6 +124,7 @@ class TrimPolicy:
             "max_interval": self.max_interval,
             "trims": self.trims,
             "paid": self.paid,
+            "revoked": self.revoked,
             "freed_bytes": self.freed_bytes,
             "seconds": round(self.seconds, 6),
             "last_yield": self.last_yield,

@@ -50,6 +50,57 @@ def test_a_slow_trim_does_not_pay_even_when_it_frees_enough() -> None:
     assert 2.0 == policy.interval
 
 
+def test_a_paid_trim_whose_return_comes_back_is_revoked() -> None:
+    """Settled one reading on: a trim counted as paid whose RSS drop, net of what the heap
+    holds again, is under min_yield did not pay. It is revoked and backs off from the
+    interval it followed, from when it ended."""
+    policy = TrimPolicy(MiB, min_interval=1.0, max_interval=8.0, min_yield=MiB)
+    policy.record(10.0, freed=1000, seconds=0.001)  # unpaid: 1 -> 2
+    assert policy.record(20.0, freed=4 * MiB, seconds=0.001) is True  # paid: back to 1
+    assert policy.settle(back=3 * MiB + MiB // 2) is True  # 0.5 MiB stayed out
+    assert (0, 1, 4.0) == (policy.paid, policy.revoked, policy.interval)
+    assert (False, True) == (policy.due(23.9, 10 * MiB), policy.due(24.0, 10 * MiB))
+    assert 1 == policy.stats()["revoked"]
+
+
+def test_a_paid_trim_whose_return_stays_out_stays_paid() -> None:
+    """A trim whose yield net of what came back is still min_yield stays paid."""
+    policy = TrimPolicy(MiB, min_interval=1.0, max_interval=8.0, min_yield=MiB)
+    policy.record(0.0, freed=4 * MiB, seconds=0.001)
+    assert policy.settle(back=3 * MiB) is False
+    assert (1, 0, 1.0, True) == (policy.paid, policy.revoked, policy.interval, policy.due(1.0, MiB))
+
+
+def test_settling_is_once_and_only_for_a_paid_trim() -> None:
+    """An unpaid trim has backed off already: settling it changes nothing; nor does a
+    second settle of the same trim, nor one before any trim."""
+    policy = TrimPolicy(MiB, min_interval=1.0, max_interval=8.0, min_yield=MiB)
+    assert policy.settle(back=0) is False
+    policy.record(0.0, freed=1000, seconds=0.001)
+    assert (False, 2.0) == (policy.settle(back=0), policy.interval)
+    policy.record(5.0, freed=4 * MiB, seconds=0.001)
+    assert policy.settle(back=4 * MiB) is True
+    assert (False, 4.0, 1) == (policy.settle(back=4 * MiB), policy.interval, policy.revoked)
+
+
+def test_a_steady_stream_whose_trims_come_back_backs_off() -> None:
+    """Every trim returns 4 MiB that the traffic takes straight back: settled, the trims
+    back off to max_interval, where unsettled they would come every min_interval."""
+    settled = TrimPolicy(MiB, min_interval=1.0, max_interval=8.0, min_yield=MiB)
+    unsettled = TrimPolicy(MiB, min_interval=1.0, max_interval=8.0, min_yield=MiB)
+    intervals = []
+    for policy in (settled, unsettled):
+        now = 0.0
+        for _ in range(5):
+            policy.record(now, freed=4 * MiB, seconds=0.001)
+            if policy is settled:
+                policy.settle(back=4 * MiB)
+            now = policy.next_at
+        intervals.append(policy.interval)
+    assert [8.0, 1.0] == intervals
+    assert (0, 5) == (settled.paid, unsettled.paid)
+
+
 def test_policy_rejects_nonsense() -> None:
     """Negative sizes, an empty interval range and a duty outside (0, 1] are refused."""
     for kwargs in (
@@ -102,3 +153,40 @@ async def test_busy_trims_off_means_idle_only() -> None:
     await governor.check()
     assert (0, None) == (governor.stats()["trims"], governor.stats()["busy_trim"])
     governor.note_request_end()
+
+
+async def test_a_busy_trim_whose_pages_the_traffic_takes_back_backs_off() -> None:
+    """A real busy trim returns the holes a burst left in the heap; the same allocation
+    again (the next requests) faults them back in. The next reading settles the trim:
+    revoked, and the next busy trim waits twice the interval. Left alone, it stays paid."""
+    config = GovernorConfig(
+        interval=1,
+        idle_after=3600,
+        use_cgroup=False,
+        busy_trim_threshold="8MiB",
+        busy_trim_interval=60,  # room for the trim's time under max_duty on a slow machine
+        busy_trim_max_interval=3600,
+    )
+    taken_back, left = Governor(config), Governor(config)
+    held: list[bytes] = []
+    for governor in (taken_back, left):
+        governor.note_request_start()
+        allocate(64 * MiB)  # freed at once, the pins keep the holes in the heap
+        await governor.check()
+        busy = governor.stats()["busy_trim"]
+        assert (1, 1, 60.0) == (busy["trims"], busy["paid"], busy["interval"])
+        if governor is taken_back:
+            allocate(64 * MiB, keep=held)  # the traffic takes the pages again
+        await governor.check()
+        governor.note_request_end()
+    held.clear()
+    revoked = taken_back.stats()
+    assert (0, 1, 120.0) == (
+        revoked["busy_trim"]["paid"],
+        revoked["busy_trim"]["revoked"],
+        revoked["busy_trim"]["interval"],
+    )
+    returns = revoked["heap_returns"]["busy"]
+    assert returns["back_bytes"] * 2 > returns["judged_bytes"] > 0
+    kept = left.stats()["busy_trim"]
+    assert (1, 0, 60.0) == (kept["paid"], kept["revoked"], kept["interval"])
