@@ -34,7 +34,9 @@ limit; read on the container, all of them see the same level and shed together::
       (idle, or busy while no pool's
       traffic is spread)           -> trim, busy or idle (arenapool._trimpolicy: each
                                       trim's yield and time; one that does not pay
-                                      doubles the wait, up to busy_trim_max_interval).
+                                      doubles the wait, up to busy_trim_max_interval;
+                                      nor does one whose return the next reading finds
+                                      resident again, net of it under trim_min_yield).
                                       Busy (not idle: a request in flight or one
                                       ended within idle_after), only the free C heap
                                       counts, and the pools, the arena cache and the
@@ -254,7 +256,17 @@ class GovernorConfig:
     busy_trim_max_interval: float = 32.0
     """Most seconds between busy trims: each trim that does not pay doubles the wait."""
     trim_min_yield: int | str = "1MiB"
-    """A trim that returns less than this to the OS did not pay (the busy trims back off)."""
+    """A trim that returns less than this to the OS did not pay (the busy trims back off),
+    nor did one whose return, less what the next reading finds resident again in the
+    heap, is under it (the traffic took those pages straight back: ``revoked`` in
+    ``stats()["busy_trim"]``, unless ``settle_busy_trims`` is False)."""
+    settle_busy_trims: bool = True
+    """Judge each trim of the busy-trim policy again at the next reading: one whose return
+    the heap holds again, net of it under ``trim_min_yield``, is revoked and backs off
+    (:meth:`arenapool._trimpolicy.TrimPolicy.settle`). False judges a trim only by the
+    RSS drop right after it, as before 2026-12-06: under a steady stream of one size the
+    busy trims then come every second or two, each one's pages faulted straight back in
+    (benchmarks/README.md, "Busy trims settled one reading on")."""
     heap_trim_every: float | None = None
     """Under load, call glibc's ``malloc_trim(0)`` every this many seconds on the event
     loop (``None``: off), with no reading before it and one count of the main heap's
@@ -883,7 +895,7 @@ class Governor:
             back = min(returned, max(0, reading.heap_resident - after))
             row.judged += returned
             row.back += back
-            if settles and self._busy is not None:
+            if settles and self._busy is not None and self.config.settle_busy_trims:
                 # a trim whose return the traffic took straight back did not pay
                 self._busy.settle(back)
         if ended != self._ended_seen:  # requests ended since the last check

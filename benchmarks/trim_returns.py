@@ -16,10 +16,15 @@ with ``wrk`` (the soak's 1 KiB-4 MiB deck with 8 connections for ``mixed``, 32
 connections for a fixed size), reads the governor's counters after ``--warmup`` seconds
 and again at the end, and reports the trims between the two readings: how many, the
 bytes they gave back, and the share of the judged bytes resident again at the next
-reading (``back``). Modes (``harness.modes``): ``arenapool`` (the default: the held heap and
-its busy trims) and ``arenapool-heap-trim`` (``GovernorConfig(heap_trim_every=1.0)``:
-a trim every second under load, as the hand-written trim loop does). Rounds run every
-mode and load once each, in turn; the table shows medians over ``--rounds``.
+reading (``back``), with the server's minor page faults per request in that time
+(``/proc/PID/stat``, over the requests served at the run's rate). Modes
+(``harness.modes``): ``arenapool`` (the default: the held heap and its busy trims, each
+settled at the next reading), ``arenapool-heap-trim``
+(``GovernorConfig(heap_trim_every=1.0)``: a trim every second under load, as the
+hand-written trim loop does) and ``arenapool-unsettled-trims``
+(``GovernorConfig(settle_busy_trims=False)``: busy trims judged by their RSS drop
+alone). Rounds run every mode and load once each, in turn; the table shows medians over
+``--rounds``.
 
     .venv/bin/python benchmarks/trim_returns.py                      # ~7 minutes
     .venv/bin/python benchmarks/trim_returns.py --loads 1MiB --modes arenapool-heap-trim
@@ -95,16 +100,25 @@ async def run_one(mode: str, load: str, duration: float, warmup: float) -> dict[
             )
             await asyncio.sleep(warmup)
             first = await asyncio.to_thread(heap_returns, server)
+            stat_first = server.stat()
             await asyncio.sleep(max(1.0, duration - warmup - 2.0))
             last = await asyncio.to_thread(heap_returns, server)
+            stat_last = server.stat()
             result = await load_run
     finally:
         server.stop()
+    seconds = duration - warmup - 2.0
+    faults = None
+    if stat_first is not None and stat_last is not None and result.rps > 0:
+        # the minor faults between the two readings, over the requests served in that
+        # time at the run's rate (wrk counts only the whole run)
+        faults = round((stat_last.minflt - stat_first.minflt) / (result.rps * seconds), 2)
     return {
         "mode": mode,
         "load": load,
         "requests": result.requests,
-        "seconds": round(duration - warmup - 2.0, 1),
+        "seconds": round(seconds, 1),
+        "faults_per_request": faults,
         "trims": between(first, last),
     }
 
@@ -116,8 +130,13 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     groups: dict[tuple[str, str], list[dict[str, dict[str, int]]]] = {}
     for run in runs:
         groups.setdefault((run["mode"], run["load"]), []).append(run["trims"])
+    faults: dict[tuple[str, str], list[float]] = {}
+    for run in runs:
+        if run.get("faults_per_request") is not None:
+            faults.setdefault((run["mode"], run["load"]), []).append(run["faults_per_request"])
     table = []
     for (mode, load), trims in groups.items():
+        per_request = faults.get((mode, load))
         for reason in sorted({reason for by_reason in trims for reason in by_reason}) or ["-"]:
             rows = [by_reason.get(reason, zero) for by_reason in trims]
             shares = [r["back_bytes"] / r["judged_bytes"] for r in rows if r["judged_bytes"]]
@@ -132,6 +151,9 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
                         statistics.median(r["returned_bytes"] for r in rows) / 2**20, 1
                     ),
                     "back_share": round(statistics.median(shares), 3) if shares else None,
+                    "faults_per_request": (
+                        round(statistics.median(per_request), 2) if per_request else None
+                    ),
                 }
             )
     return table
@@ -159,12 +181,17 @@ def main() -> None:
                 runs.append(run)
                 print(f"round {round_no + 1} {mode} {load}: {run['trims']}", flush=True)
     table = summarize(runs)
-    print(f"{'mode':22s} {'load':6s} {'reason':7s} {'trims':>6s} {'returned':>10s} {'back':>6s}")
+    print(
+        f"{'mode':26s} {'load':6s} {'reason':7s} {'trims':>6s} {'returned':>10s} {'back':>6s}"
+        f" {'faults/req':>10s}"
+    )
     for row in table:
         share = "-" if row["back_share"] is None else f"{row['back_share']:.2f}"
+        per_request = row["faults_per_request"]
+        faults = "-" if per_request is None else f"{per_request:.1f}"
         print(
-            f"{row['mode']:22s} {row['load']:6s} {row['reason']:7s} {row['trims']:6.0f} "
-            f"{row['returned_mib']:7.1f} MiB {share:>6s}"
+            f"{row['mode']:26s} {row['load']:6s} {row['reason']:7s} {row['trims']:6.0f} "
+            f"{row['returned_mib']:7.1f} MiB {share:>6s} {faults:>10s}"
         )
     doc = {"benchmark": "trim_returns", "runs": runs, "table": table, **vars(args)}
     doc["out"] = str(args.out) if args.out else None

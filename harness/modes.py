@@ -284,6 +284,14 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--spread-trim-every", "none"),
         ),
         Mode(
+            "arenapool-unsettled-trims",
+            "arenapool",
+            "arenapool whose governor judges a busy trim only by the RSS drop right after "
+            "it, as before 2026-12-06, not again at its next reading "
+            "(GovernorConfig(settle_busy_trims=False))",
+            args=("--unsettled-busy-trims",),
+        ),
+        Mode(
             "arenapool-heap-trim",
             "arenapool",
             "arenapool whose governor calls malloc_trim(0) every second under load on the "

@@ -31,9 +31,11 @@ def test_a_run_counts_each_trim_and_what_came_back(tmp_path: Path) -> None:
     (run,) = doc["runs"]
     assert ("arenapool-heap-trim", "256KiB") == (run["mode"], run["load"])
     assert run["requests"] > 0
+    assert run["faults_per_request"] >= 0  # read from the server's /proc/PID/stat
     heap = run["trims"]["heap"]  # one a second over the 4 s between the two readings
     assert 3 <= heap["trims"] <= 6
     assert 0 <= heap["back_bytes"] <= heap["judged_bytes"]
     (row,) = doc["table"]
     assert ("heap", 1) == (row["reason"], row["rounds"])
     assert row["trims"] == heap["trims"]
+    assert row["faults_per_request"] == run["faults_per_request"]

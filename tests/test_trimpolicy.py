@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from _memhelpers import MiB, allocate
 
@@ -158,7 +160,8 @@ async def test_busy_trims_off_means_idle_only() -> None:
 async def test_a_busy_trim_whose_pages_the_traffic_takes_back_backs_off() -> None:
     """A real busy trim returns the holes a burst left in the heap; the same allocation
     again (the next requests) faults them back in. The next reading settles the trim:
-    revoked, and the next busy trim waits twice the interval. Left alone, it stays paid."""
+    revoked, and the next busy trim waits twice the interval. Left alone, it stays paid;
+    and with ``settle_busy_trims=False`` it stays paid whatever comes back."""
     config = GovernorConfig(
         interval=1,
         idle_after=3600,
@@ -168,18 +171,19 @@ async def test_a_busy_trim_whose_pages_the_traffic_takes_back_backs_off() -> Non
         busy_trim_max_interval=3600,
     )
     taken_back, left = Governor(config), Governor(config)
+    unsettled = Governor(dataclasses.replace(config, settle_busy_trims=False))
     held: list[bytes] = []
-    for governor in (taken_back, left):
+    for governor in (taken_back, left, unsettled):
         governor.note_request_start()
         allocate(64 * MiB)  # freed at once, the pins keep the holes in the heap
         await governor.check()
         busy = governor.stats()["busy_trim"]
         assert (1, 1, 60.0) == (busy["trims"], busy["paid"], busy["interval"])
-        if governor is taken_back:
+        if governor is not left:
             allocate(64 * MiB, keep=held)  # the traffic takes the pages again
         await governor.check()
         governor.note_request_end()
-    held.clear()
+        held.clear()
     revoked = taken_back.stats()
     assert (0, 1, 120.0) == (
         revoked["busy_trim"]["paid"],
@@ -190,3 +194,14 @@ async def test_a_busy_trim_whose_pages_the_traffic_takes_back_backs_off() -> Non
     assert returns["back_bytes"] * 2 > returns["judged_bytes"] > 0
     kept = left.stats()["busy_trim"]
     assert (1, 0, 60.0) == (kept["paid"], kept["revoked"], kept["interval"])
+    # settle_busy_trims=False: the rule before, judged by the RSS drop alone
+    before = unsettled.stats()
+    assert (1, 0, 60.0) == (
+        before["busy_trim"]["paid"],
+        before["busy_trim"]["revoked"],
+        before["busy_trim"]["interval"],
+    )
+    assert (
+        before["heap_returns"]["busy"]["back_bytes"] * 2
+        > before["heap_returns"]["busy"]["judged_bytes"]
+    )

@@ -216,6 +216,7 @@ def make_app(
     hold_heap: bool = True,
     release_pymalloc: bool = True,
     freeze_gc: bool = True,
+    settle_busy_trims: bool = True,
     arena_cache: str | None = "32MiB",
     block_cache: str | None = "16MiB",
     block_cache_huge_pages: bool = False,
@@ -248,7 +249,9 @@ def make_app(
     unless ``hold_heap`` is False. Its trims give back pymalloc's empty pools unless
     ``release_pymalloc`` is False (``GovernorConfig.release_pymalloc``). At its start it
     freezes what the process holds out of the cyclic collector's sight unless
-    ``freeze_gc`` is False (``GovernorConfig.freeze_gc``). It caches up to
+    ``freeze_gc`` is False (``GovernorConfig.freeze_gc``). A busy trim whose return the traffic
+    takes straight back counts as one that did not pay unless ``settle_busy_trims`` is
+    False (``GovernorConfig.settle_busy_trims``). It caches up to
     ``arena_cache`` of the arenas pymalloc frees (``GovernorConfig.arena_cache``;
     ``None``: no cache), and serves the decoder's work buffers from its large-block
     region, ``block_cache`` of their pages kept warm (``GovernorConfig.block_cache``;
@@ -303,6 +306,7 @@ def make_app(
                 hold_heap=hold_heap,
                 release_pymalloc=release_pymalloc,
                 freeze_gc=freeze_gc,
+                settle_busy_trims=settle_busy_trims,
                 arena_cache=arena_cache,
                 block_cache=block_cache,
                 block_cache_huge_pages=block_cache_huge_pages,
@@ -420,6 +424,7 @@ def _app_of(args: argparse.Namespace) -> web.Application:
         hold_heap=not args.glibc_heap,
         release_pymalloc=not args.keep_pymalloc_pools,
         freeze_gc=not args.no_gc_freeze,
+        settle_busy_trims=not args.unsettled_busy_trims,
         arena_cache=args.arena_cache,
         block_cache=args.block_cache,
         block_cache_huge_pages=args.block_cache_huge_pages,
@@ -565,6 +570,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="arenapool modes: the governor leaves the cyclic collector as it is instead "
         "of freezing the objects alive at its start (GovernorConfig(freeze_gc=False))",
+    )
+    parser.add_argument(
+        "--unsettled-busy-trims",
+        action="store_true",
+        help="arenapool modes: judge a busy trim only by the RSS drop right after it, not "
+        "again at the next reading (GovernorConfig(settle_busy_trims=False))",
     )
     parser.add_argument(
         "--arena-cache",
