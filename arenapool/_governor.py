@@ -266,7 +266,8 @@ class GovernorConfig:
     (:meth:`arenapool._trimpolicy.TrimPolicy.settle`). False judges a trim only by the
     RSS drop right after it, as before 2026-12-06: under a steady stream of one size the
     busy trims then come every second or two, each one's pages faulted straight back in
-    (benchmarks/README.md, "Busy trims settled one reading on")."""
+    (benchmarks/README.md, "Nine rounds a cell, and busy trims settled one reading
+    on")."""
     heap_trim_every: float | None = None
     """Under load, call glibc's ``malloc_trim(0)`` every this many seconds on the event
     loop (``None``: off), with no reading before it and one count of the main heap's
@@ -636,8 +637,6 @@ class Governor:
         # what each kind of trim gave back from the main heap, and how much of it was
         # resident again at the next reading, by reason
         self._heap_returns: dict[str, _HeapReturns] = {}
-        # the last trim's (its reason's row, bytes returned, heap resident right after),
-        # until the next reading says how much came back
         # the last trim's heap return, until the next reading judges it: its row, bytes
         # returned, the heap's resident bytes after it, and whether the busy-trim policy
         # recorded it (then it is settled from the same reading: TrimPolicy.settle)

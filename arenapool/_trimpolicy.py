@@ -23,8 +23,8 @@ nothing. :class:`TrimPolicy` trims when it is worth it, busy or idle:
   back is under ``min_yield`` did not pay after all: it is counted so (``revoked``) and
   backs off as if it had not paid. Without this, a steady stream whose every trim
   returns a few MiB that come straight back keeps the interval at ``min_interval`` and
-  pays those faults every second (benchmarks/README.md, "Busy trims settled one reading
-  on").
+  pays those faults every second (benchmarks/README.md, "Nine rounds a cell, and busy
+  trims settled one reading on").
 
 The policy holds no clock and does no I/O: the governor passes ``now`` and the
 measurements in, so the rules are tested without timing. Its counters (trims, paid,
