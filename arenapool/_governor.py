@@ -265,7 +265,7 @@ class GovernorConfig:
     the heap holds again, net of it under ``trim_min_yield``, is revoked and backs off
     (:meth:`arenapool._trimpolicy.TrimPolicy.settle`). False judges a trim only by the
     RSS drop right after it, as before 2026-12-06: under a steady stream of one size the
-    busy trims then come every second or two, each one's pages faulted straight back in
+    busy trims then come every few seconds, each one's pages faulted straight back in
     (benchmarks/README.md, "Nine rounds a cell, and busy trims settled one reading
     on")."""
     heap_trim_every: float | None = None

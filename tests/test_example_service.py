@@ -178,21 +178,26 @@ async def test_the_block_cache_option_reaches_the_governor(
         assert region["served"] >= 1  # the decoder's work buffer came from the region
 
 
-@pytest.mark.parametrize("option", ["--spread-trim-every", "--warm-rate", "--warm-share"])
-def test_a_number_option_refuses_a_word_with_argparses_message(option: str) -> None:
-    """The options that take a number or ``none`` refuse anything else before the
-    service starts: exit status 2 and argparse's message naming the option, not a
-    traceback."""
+def refused(*options: str) -> str:
+    """Start the service in arenapool mode with ``options``; it must refuse them before it
+    starts (exit status 2, no traceback). Its stderr: argparse's message."""
     result = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--mode", "arenapool", option, "soon"],
+        [sys.executable, str(EXAMPLE), "--mode", "arenapool", *options],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    assert 2 == result.returncode
-    assert f"argument {option}: expected a number or 'none', got 'soon'" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert (2, False) == (result.returncode, "Traceback" in result.stderr), result.stderr
+    return result.stderr
+
+
+@pytest.mark.parametrize("option", ["--spread-trim-every", "--warm-rate", "--warm-share"])
+def test_a_number_option_refuses_a_word_with_argparses_message(option: str) -> None:
+    """The options that take a number or ``none`` refuse anything else before the
+    service starts: exit status 2 and argparse's message naming the option, not a
+    traceback."""
+    assert f"argument {option}: expected a number or 'none', got 'soon'" in refused(option, "soon")
 
 
 @pytest.mark.parametrize(
@@ -211,31 +216,13 @@ def test_a_size_option_refuses_a_word_with_argparses_message(option: str, words:
     """The options that take a size (or ``none``) refuse anything else before the service
     starts, as the number options do: exit status 2, argparse's message naming the
     option."""
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--mode", "arenapool", option, "lots"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert 2 == result.returncode
-    assert f"argument {option}: expected {words}, got 'lots'" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert f"argument {option}: expected {words}, got 'lots'" in refused(option, "lots")
 
 
 def test_a_setting_arenapool_refuses_ends_with_its_message_not_a_traceback() -> None:
     """A well-formed size arenapool refuses (a budget of 0) is reported by argparse with
     arenapool's own words, exit status 2."""
-    result = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--mode", "arenapool", "--budget", "0"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert 2 == result.returncode
-    assert "error: budget must be positive, got '0'" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert "error: budget must be positive, got '0'" in refused("--budget", "0")
 
 
 def test_sizes_take_the_units_arenapool_takes() -> None:
