@@ -639,7 +639,8 @@ class Governor:
         self._heap_returns: dict[str, _HeapReturns] = {}
         # the last trim's heap return, until the next reading judges it: its row, bytes
         # returned, the heap's resident bytes after it, and whether the busy-trim policy
-        # recorded it (then it is settled from the same reading: TrimPolicy.settle)
+        # recorded it and settles its trims (then the same reading settles it:
+        # TrimPolicy.settle)
         self._heap_pending: tuple[_HeapReturns, int, int, bool] | None = None
         if config.busy_trim_threshold is not None and config.heap_trim_every is None:
             self._busy = TrimPolicy(
@@ -894,7 +895,7 @@ class Governor:
             back = min(returned, max(0, reading.heap_resident - after))
             row.judged += returned
             row.back += back
-            if settles and self._busy is not None and self.config.settle_busy_trims:
+            if settles and self._busy is not None:
                 # a trim whose return the traffic took straight back did not pay
                 self._busy.settle(back)
         if ended != self._ended_seen:  # requests ended since the last check
@@ -1165,7 +1166,7 @@ class Governor:
                 reason,
                 result["heap_before"],
                 result["heap_after"],
-                settles=self._busy is not None,
+                settles=self._busy is not None and self.config.settle_busy_trims,
             )
             reading = _reading(_resolve_pools(self._pools), resident=False)
             self._heap_floor = reading.heap_free or 0

@@ -128,12 +128,12 @@ def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     counts as none); a (mode, load) whose runs made no trim at all gets one row, ``-``."""
     zero = {"trims": 0, "returned_bytes": 0, "judged_bytes": 0, "back_bytes": 0}
     groups: dict[tuple[str, str], list[dict[str, dict[str, int]]]] = {}
-    for run in runs:
-        groups.setdefault((run["mode"], run["load"]), []).append(run["trims"])
     faults: dict[tuple[str, str], list[float]] = {}
     for run in runs:
+        key = (run["mode"], run["load"])
+        groups.setdefault(key, []).append(run["trims"])
         if run.get("faults_per_request") is not None:
-            faults.setdefault((run["mode"], run["load"]), []).append(run["faults_per_request"])
+            faults.setdefault(key, []).append(run["faults_per_request"])
     table = []
     for (mode, load), trims in groups.items():
         per_request = faults.get((mode, load))

@@ -345,8 +345,9 @@ def _admin(token: str | None) -> Any:
     return AdminConfig(token=token)
 
 
-# the units arenapool's own sizes take: KiB (or K), MiB, GiB, TiB in powers of 1024,
-# kB, MB, GB, TB in powers of 1000
+# the units arenapool.parse_size takes: KiB (or K), MiB, GiB, TiB in powers of 1024,
+# kB, MB, GB, TB in powers of 1000 (written out here, not imported: the plain, orjson and
+# msgspec modes are the baselines and run without arenapool loaded)
 _UNITS = {"": 1, "b": 1} | {
     letter + tail: base**power
     for power, letter in enumerate("kmgt", start=1)
@@ -364,26 +365,27 @@ def parse_size(text: str) -> int:
     return int(float(match[1]) * _UNITS[match[2].lower()])
 
 
-def size_text(text: str) -> str:
-    """An option's size, checked (argparse names the option in its message when this
-    raises) and passed on as written."""
+def _checked_size(text: str, expected: str) -> str:
+    """``text`` as written, once :func:`parse_size` takes it; else argparse's error,
+    saying what was ``expected`` (argparse names the option in its message)."""
     try:
         parse_size(text)
     except ValueError:
-        msg = f"expected a size like '8MiB', got {text!r}"
+        msg = f"expected {expected}, got {text!r}"
         raise argparse.ArgumentTypeError(msg) from None
     return text
+
+
+def size_text(text: str) -> str:
+    """An option's size, checked and passed on as written."""
+    return _checked_size(text, "a size like '8MiB'")
 
 
 def size_or_none(text: str) -> str | None:
     """An option's value that is a size or ``none`` (see :func:`size_text`)."""
     if text.lower() == "none":
         return None
-    try:
-        return size_text(text)
-    except argparse.ArgumentTypeError:
-        msg = f"expected a size like '8MiB' or 'none', got {text!r}"
-        raise argparse.ArgumentTypeError(msg) from None
+    return _checked_size(text, "a size like '8MiB' or 'none'")
 
 
 def number_or_none(text: str) -> float | None:
