@@ -50,7 +50,12 @@ more than ``QUIET_STEAL`` (5%).
 
 ``--side-by-side`` loads the servers of a group (an arenapool mode, its baseline and,
 with ``--control``, the baseline's second server) at the same time, each by its own wrk
-with ``--connections`` connections, instead of one after the other. They then share the
+with ``--connections`` connections, instead of one after the other. Every other mode
+(``arenapool-no-governor``, ``orjson+trim``) gets a group of its own with its baseline,
+which then runs once per group, and its ratio divides by the baseline's run beside it.
+With ``--pin`` as well, a group's servers share one CPU, and the ratio of their requests
+is the ratio of what a request costs each, taken over the same instants of that CPU:
+the table's method since 2026-12-07 (benchmarks/README.md, "One CPU, side by side"). They then share the
 same seconds of the machine: a neighbour's burst or the hypervisor's steal lands on all
 of them, where one after the other it can land on one run of a pair and miss the other.
 On two CPUs each server then gets about an equal share of the machine, so the ratio of
@@ -252,6 +257,7 @@ class Run:
     steal_pct: float | None = None  # of the server's CPUs' time (all CPUs' if not pinned)
     started: float | None = None  # the measured wrk run's window (time.time())
     ended: float | None = None
+    group: int = 0  # which of the round's groups it ran in (its index in pair_groups')
 
 
 @dataclass
@@ -266,8 +272,10 @@ async def measure_size(
     workload = size_workload(size)
     servers: dict[str, Server] = {}
     out = SizeResult(size)
-    names = [m.name for m in modes] + [f"{d}-floor" for d in floors]
-    groups = pair_groups(names)
+    # side by side, every mode runs in a group with its baseline (the baseline once per
+    # group it is in), so each ratio compares two servers loaded over the same seconds
+    groups = pair_groups([m.name for m in modes], every_with_baseline=args.side_by_side)
+    groups += [[f"{d}-floor"] for d in floors]
     try:
         with deck_files(workload.deck(args.seed)) as (script, bodies):
             for round_ in range(args.rounds):
@@ -287,6 +295,7 @@ async def measure_size(
                     else [[name] for name in round_order(groups, round_)]
                 )
                 for batch in batches:
+                    group = next(i for i, g in enumerate(groups) if set(batch) <= set(g))
                     runs = await asyncio.gather(
                         *(
                             one_run(
@@ -294,6 +303,7 @@ async def measure_size(
                                 name,
                                 size=size,
                                 round_=round_,
+                                group=group,
                                 script=script,
                                 bodies=bodies,
                                 args=args,
@@ -391,6 +401,7 @@ async def one_run(
     *,
     size: str,
     round_: int,
+    group: int,
     script: Path,
     bodies: list[Path],
     args: argparse.Namespace,
@@ -422,6 +433,7 @@ async def one_run(
         steal_pct=100 * (steal_after[0] - steal_before[0]) / ticks if ticks > 0 else None,
         started=started,
         ended=ended,
+        group=group,
     )
     if isinstance(server, FloorServer) and floor_before is not None:
         after = server.floor_stats()
@@ -466,7 +478,12 @@ def summarize(
                 continue
             per_round, steal, quiet = [], [], []
             for r in by_mode[mode]:
-                b = next((x for x in by_mode[base] if x.round == r.round), None)
+                # the baseline's run of the same round, in the same group when it ran in
+                # several (side by side: the one loaded over the same seconds)
+                same_round = [x for x in by_mode[base] if x.round == r.round]
+                b = next((x for x in same_round if x.group == r.group), None)
+                if b is None and same_round:
+                    b = same_round[0]
                 if b is not None and b.rps > 0:
                     per_round.append(r.rps / b.rps)
                     most = max((x.steal_pct or 0.0) for x in (r, b))

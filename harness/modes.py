@@ -66,13 +66,19 @@ def baseline_of(mode: str) -> str:
     return "msgspec" if "msgspec" in mode else "orjson"
 
 
-def pair_groups(names: list[str]) -> list[list[str]]:
+def pair_groups(names: list[str], *, every_with_baseline: bool = False) -> list[list[str]]:
     """``names`` in the groups a benchmark round runs back to back.
 
     Each arenapool mode goes right after its baseline (:data:`BASELINES`), when both are
     in ``names``, and a control (``orjson#2``) right before the mode it repeats: the
     baseline sits between the two, next to each in every order :func:`round_order`
     gives. Every other name stands alone. Order follows ``names``.
+
+    With ``every_with_baseline`` (for servers loaded a group at a time), every other
+    mode whose baseline (:func:`baseline_of`) is in ``names`` gets a group of its own
+    with that baseline too (``[arenapool-no-governor, orjson]``), so that each mode is
+    measured over the same seconds as its baseline; the baseline then runs once per
+    group it is in, and stands alone in none.
     """
     paired = {BASELINES[n]: n for n in names if n in BASELINES and BASELINES[n] in names}
     controls = {repeated: n for n in names if (repeated := repeats(n)) in names}
@@ -85,7 +91,24 @@ def pair_groups(names: list[str]) -> list[list[str]]:
         if n in controls:
             group.insert(0, controls[n])
         groups.append(group)
-    return groups
+    if not every_with_baseline:
+        return groups
+    names_in = set(names)
+    joined = [
+        [n, baseline_of(n)]
+        if len(group) == 1
+        and (n := group[0]) != baseline_of(n)
+        and repeats(n) is None
+        and baseline_of(n) in names_in
+        else group
+        for group in groups
+    ]
+    # a baseline alone runs in the groups of the modes measured against it instead
+    return [
+        g
+        for g in joined
+        if len(g) > 1 or not any(g[0] in other for other in joined if other is not g)
+    ]
 
 
 def round_groups(groups: list[list[str]], round_: int) -> list[list[str]]:
@@ -333,6 +356,14 @@ def _modes(recycle_after: int) -> list[Mode]:
             "arenapool, the governor's trims leaving pymalloc's empty pools resident "
             "(GovernorConfig(release_pymalloc=False))",
             args=("--keep-pymalloc-pools",),
+        ),
+        Mode(
+            "arenapool-no-governor",
+            "arenapool",
+            "arenapool's body path and slab pool without the governor (no trims, no arena "
+            "cache, no large-block region, no held heap, no GC freeze): what the governor "
+            "costs or saves a request",
+            args=("--no-governor",),
         ),
         Mode(
             "arenapool-glibc-heap",

@@ -71,3 +71,43 @@ def test_a_pair_runs_together_only_side_by_side(tmp_path: Path, side_by_side: bo
             assert overlap(mine, base) < 0
     ratio = doc["rows"][0]["ratios"]["arenapool/orjson"]
     assert [round(m["rps"] / b["rps"], 3) for m, b in pairs] == ratio["per_round"]
+
+
+def test_side_by_side_every_mode_runs_beside_its_own_baseline_run(tmp_path: Path) -> None:
+    """A mode that is not arenapool's own pair (here ``arenapool-no-governor``) gets a
+    group of its own with its baseline when the servers are loaded side by side: the
+    baseline then runs once per group in every round, and each mode's ratio divides by
+    the baseline's run loaded over the same seconds as it, not by the one beside the
+    other mode."""
+    doc = run_benchmark(
+        "request_path.py",
+        tmp_path / "request_path.json",
+        "--sizes",
+        "1KiB",
+        "--modes",
+        "orjson,arenapool,arenapool-no-governor",
+        "--rounds",
+        str(ROUNDS),
+        "--duration",
+        "1",
+        "--warmup",
+        "0.5",
+        "--rewarm",
+        "0.5",
+        "--no-floor",
+        "--side-by-side",
+    )
+    runs = doc["runs"]
+    ratios = doc["rows"][0]["ratios"]
+    for mode in ("arenapool", "arenapool-no-governor"):
+        expected = []
+        for round_ in range(ROUNDS):
+            [mine] = [r for r in runs if r["round"] == round_ and r["mode"] == mode]
+            bases = [r for r in runs if r["round"] == round_ and r["mode"] == "orjson"]
+            assert 2 == len(bases)  # one beside each of the two modes
+            [beside] = [b for b in bases if overlap(mine, b) > 0.5]
+            [other] = [b for b in bases if b is not beside]
+            assert overlap(mine, other) < 0
+            assert 0 == mine["errors"] == beside["errors"]
+            expected.append(round(mine["rps"] / beside["rps"], 3))
+        assert expected == ratios[f"{mode}/orjson"]["per_round"]
