@@ -50,12 +50,7 @@ more than ``QUIET_STEAL`` (5%).
 
 ``--side-by-side`` loads the servers of a group (an arenapool mode, its baseline and,
 with ``--control``, the baseline's second server) at the same time, each by its own wrk
-with ``--connections`` connections, instead of one after the other. Every other mode
-(``arenapool-no-governor``, ``orjson+trim``) gets a group of its own with its baseline,
-which then runs once per group, and its ratio divides by the baseline's run beside it.
-With ``--pin`` as well, a group's servers share one CPU, and the ratio of their requests
-is the ratio of what a request costs each, taken over the same instants of that CPU:
-the table's method since 2026-12-07 (benchmarks/README.md, "One CPU, side by side"). They then share the
+with ``--connections`` connections, instead of one after the other. They then share the
 same seconds of the machine: a neighbour's burst or the hypervisor's steal lands on all
 of them, where one after the other it can land on one run of a pair and miss the other.
 On two CPUs each server then gets about an equal share of the machine, so the ratio of
@@ -64,7 +59,17 @@ one server runs on an otherwise quiet machine. What separates two fresh processe
 program stays: in the full run of 2026-12-03 the A/A ratios read 0.94x-1.03x, and the
 rounds' spread (the standard deviation of their log ratios) was 0.03-0.14, against
 0.03-0.40 one after the other in the hour before. Each run records its window
-(``started``, ``ended``: wall-clock seconds).
+(``started``, ``ended``: wall-clock seconds). Every mode that is not one of arenapool's
+pairs (``arenapool-no-governor``, ``orjson+trim``) gets a group of its own with its
+baseline, which then runs once per group, and its ratio divides by the baseline's run
+beside it.
+
+``--side-by-side --pin`` puts a group's servers on one CPU (and their wrk on the other):
+the scheduler then hands that CPU from one server to the other every few milliseconds,
+so the ratio of their requests is the ratio of what a request costs each over the same
+instants of the same core. This machine's speed at 1 MiB and above moves by up to a
+third from one second, and one core, to the next; this way both servers see the same
+moves (benchmarks/README.md, "One CPU, side by side").
 
 With ``--control``, each baseline also runs in a second server (``orjson#2``,
 ``msgspec#2``) placed beside it in every round, and the table of other ratios gives
