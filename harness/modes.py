@@ -93,16 +93,12 @@ def pair_groups(names: list[str], *, every_with_baseline: bool = False) -> list[
         groups.append(group)
     if not every_with_baseline:
         return groups
-    names_in = set(names)
-    joined = [
-        [n, baseline_of(n)]
-        if len(group) == 1
-        and (n := group[0]) != baseline_of(n)
-        and repeats(n) is None
-        and baseline_of(n) in names_in
-        else group
-        for group in groups
-    ]
+    joined = []
+    for group in groups:
+        [n] = group if len(group) == 1 else [""]
+        base = baseline_of(n) if n else n
+        paired_with_base = n and n != base and repeats(n) is None and base in names
+        joined.append([n, base] if paired_with_base else group)
     # a baseline alone runs in the groups of the modes measured against it instead
     return [
         g

@@ -458,6 +458,22 @@ def test_a_mode_without_its_baseline_stands_alone() -> None:
     assert round_order([], 3) == []
 
 
+def test_loaded_at_once_every_mode_gets_a_group_with_its_baseline() -> None:
+    """``every_with_baseline``: a variant joins its baseline in a group of its own (the
+    baseline then stands alone nowhere); a control stays beside the mode it repeats, a
+    mode whose baseline is not run stays alone, and without the flag nothing changes."""
+    names = ["orjson", "arenapool", "arenapool-no-governor", "orjson#2", "msgspec+trim"]
+    assert pair_groups(names, every_with_baseline=True) == [
+        ["orjson#2", "orjson", "arenapool"],
+        ["arenapool-no-governor", "orjson"],
+        ["msgspec+trim"],
+    ]
+    assert pair_groups(["orjson", "orjson+trim"], every_with_baseline=True) == [
+        ["orjson+trim", "orjson"]
+    ]
+    assert pair_groups(["orjson", "orjson+trim"]) == [["orjson"], ["orjson+trim"]]
+
+
 def test_the_held_heap_modes_pin_what_the_governor_pins() -> None:
     (mode,), _ = resolve_modes(["orjson+hold"])
     assert mode.env == {

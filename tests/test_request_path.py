@@ -16,14 +16,16 @@ from _benchscript import run_benchmark
 ROUNDS = 2
 
 
-def run_request_path(tmp_path: Path, *extra: str) -> dict[str, Any]:
+def run_request_path(
+    tmp_path: Path, *extra: str, modes: str = "orjson,arenapool"
+) -> dict[str, Any]:
     return run_benchmark(
         "request_path.py",
         tmp_path / "request_path.json",
         "--sizes",
         "1KiB",
         "--modes",
-        "orjson,arenapool",
+        modes,
         "--rounds",
         str(ROUNDS),
         "--duration",
@@ -79,23 +81,8 @@ def test_side_by_side_every_mode_runs_beside_its_own_baseline_run(tmp_path: Path
     baseline then runs once per group in every round, and each mode's ratio divides by
     the baseline's run loaded over the same seconds as it, not by the one beside the
     other mode."""
-    doc = run_benchmark(
-        "request_path.py",
-        tmp_path / "request_path.json",
-        "--sizes",
-        "1KiB",
-        "--modes",
-        "orjson,arenapool,arenapool-no-governor",
-        "--rounds",
-        str(ROUNDS),
-        "--duration",
-        "1",
-        "--warmup",
-        "0.5",
-        "--rewarm",
-        "0.5",
-        "--no-floor",
-        "--side-by-side",
+    doc = run_request_path(
+        tmp_path, "--side-by-side", modes="orjson,arenapool,arenapool-no-governor"
     )
     runs = doc["runs"]
     ratios = doc["rows"][0]["ratios"]
