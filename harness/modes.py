@@ -93,12 +93,14 @@ def pair_groups(names: list[str], *, every_with_baseline: bool = False) -> list[
         groups.append(group)
     if not every_with_baseline:
         return groups
-    joined = []
-    for group in groups:
-        [n] = group if len(group) == 1 else [""]
-        base = baseline_of(n) if n else n
-        paired_with_base = n and n != base and repeats(n) is None and base in names
-        joined.append([n, base] if paired_with_base else group)
+
+    def against_baseline(group: list[str]) -> bool:
+        # a mode alone, neither a baseline nor a control, whose baseline runs too
+        n = group[0]
+        return len(group) == 1 and repeats(n) is None and baseline_of(n) in names_in - {n}
+
+    names_in = set(names)
+    joined = [[g[0], baseline_of(g[0])] if against_baseline(g) else g for g in groups]
     # a baseline alone runs in the groups of the modes measured against it instead
     return [
         g
