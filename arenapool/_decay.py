@@ -10,16 +10,26 @@ committed bytes pass ``retain`` it asks for a pass that holds ``retain`` again. 
 the warm reserves if that is more, so blocks kept warm on purpose do not ask at every
 return.
 
-Where the pass runs depends on the thread that returned the blocks:
+What runs the maintenance (:func:`start_maintenance`, when the pool makes its first
+slab and ``decay`` or ``retain`` is set): when an event loop runs in the thread that
+made the slab, timer callbacks of that loop tick (``arenapool._ticks.LoopTicks``) and no
+thread is started. A thread would cost the whole process: once one has started, glibc's
+``malloc`` and ``free`` take a lock for good (see :mod:`arenapool._ticks`). With no loop
+there (a pool used from plain threads), one daemon thread per pool ticks
+(:func:`start_decay_thread`). If the loop stops, the pool starts its maintenance again
+with its next slab or the next pass it asks for, on the loop running then or on a
+thread.
+
+Where a pass asked for between ticks runs depends on the thread that returned the
+blocks:
 - with an event loop running in it, the pass is a callback of its own on that loop
   (``SlabPool._hold_retain``), after the code that returned the blocks;
-- otherwise give_back wakes the pool's maintenance thread (:func:`start_decay_thread`,
-  one daemon thread per pool, started with its first slab when ``decay`` or ``retain``
-  is set).
+- otherwise it goes to the maintenance: ``call_soon_threadsafe`` to the loop that
+  ticks, or a wake of the maintenance thread.
 
-The loop's pass saves the thread's GIL hand-off, which under CPU contention held the
+A loop's pass saves the thread's GIL hand-off, which under CPU contention held the
 event loop until both threads were scheduled again. Either way, passes asked for within
-``WAKE_GAP`` of the last are served by one pass after it. The thread also ticks. With
+``WAKE_GAP`` of the last are served by one pass after it. With
 the pool's lock held, a pass does this:
 
 - *Retain* (:func:`enforce_retain`), when asked for and on every tick: while more than
@@ -61,7 +71,10 @@ import threading
 import time
 import weakref
 from collections import deque
-from typing import TYPE_CHECKING, Final, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol
+
+from ._ticks import Runner, every
 
 if TYPE_CHECKING:
     from ._slab import Backing, Block, ClassState, Slab
@@ -73,6 +86,8 @@ __all__ = [
     "keep",
     "maintain",
     "start_decay_thread",
+    "start_maintenance",
+    "tick_interval",
     "trim_locked",
 ]
 
@@ -84,7 +99,7 @@ RETAIN_TICK = 1.0
 #: one); coalesced, retain is held a fraction of a second later at worst.
 WAKE_GAP = 0.1
 #: Windows without a lend after which a class's reserve falls back to its floor (about
-#: ``decay``, with the maintenance thread's ``decay / 4`` ticks).
+#: ``decay``, with the maintenance's ``decay / 4`` ticks).
 QUIET_WINDOWS = 4
 
 
@@ -320,7 +335,7 @@ def calibrate_locked(pool: Reservoir, now: float) -> None:
 
 
 def maintain(pool: Reservoir, now: float, *, tick: bool = True) -> int:
-    """One pass of the maintenance thread; the bytes returned to the OS.
+    """One pass of the maintenance (a tick, or a pass asked for); the bytes returned to the OS.
 
     Always holds ``retain``; on a ``tick`` also recalibrates the warm reserves (unless
     the pool's ``calibrate`` is off) and, with ``decay`` set, returns blocks idle longer
@@ -348,13 +363,45 @@ def maintain(pool: Reservoir, now: float, *, tick: bool = True) -> int:
     return returned
 
 
+def tick_interval(pool: Reservoir) -> float:
+    """Seconds between two ticks of ``pool``'s maintenance: ``decay / 4`` (at least
+    50 ms), ``RETAIN_TICK`` without decay."""
+    return max(0.05, pool.decay / 4) if pool.decay is not None else RETAIN_TICK
+
+
+def _tick(pool: Reservoir, now: float) -> None:
+    maintain(pool, now, tick=True)
+
+
+def start_maintenance(
+    pool: Reservoir,
+    stop: threading.Event,
+    wake: threading.Event,
+    current: Callable[[Any], object],
+) -> Runner:
+    """Start ``pool``'s maintenance: ticks on the event loop running in this thread
+    (:class:`arenapool._ticks.LoopTicks`; a pass asked for from another thread is
+    handed to that loop, see ``SlabPool._hold_retain``), or the maintenance thread
+    (:func:`start_decay_thread`) when no loop runs here. ``current(pool)`` is the
+    pool's runner now: ticks that are no longer it stop."""
+    return every(
+        pool,
+        tick_interval(pool),
+        _tick,
+        stop=stop,
+        current=current,
+        name=f"arenapool-decay-{pool.name}",
+        thread=lambda: start_decay_thread(pool, stop, wake),
+    )
+
+
 def start_decay_thread(
     pool: Reservoir, stop: threading.Event, wake: threading.Event
 ) -> threading.Thread:
     """Start the daemon thread that maintains ``pool``: every ``decay / 4`` seconds
     (``RETAIN_TICK`` without decay) and whenever ``wake`` is set. It holds the pool
     weakly and ends when ``stop`` is set or the pool is gone or closed."""
-    interval = max(0.05, pool.decay / 4) if pool.decay is not None else RETAIN_TICK
+    interval = tick_interval(pool)
     thread = threading.Thread(
         target=_decay_loop,
         args=(weakref.ref(pool), stop, wake, interval),

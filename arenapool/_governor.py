@@ -72,8 +72,14 @@ instead of the level matters: ``malloc_trim`` returns free pages with
 every tick forever. The soft/hard gap is the hysteresis that keeps shedding from
 flapping (Envoy's overload manager keeps the same two thresholds per resource).
 
-A trim runs ``pool.trim()`` and ``malloc_trim(0)`` in a worker thread (both are
-thread-safe; ``malloc_trim`` takes milliseconds on a large heap), one trim at a time.
+A trim runs ``pool.trim()`` and ``malloc_trim(0)`` on the event loop, one trim at a
+time, as the hand-written trim task of aiohttp issue #11043 does. A worker thread
+(``GovernorConfig.trim_in_thread``) would keep the loop serving during a long trim,
+but a process that has started a thread pays for it on every ``malloc`` and ``free``
+from then on (glibc takes its arena's lock; about 1% of the CPU of a 1 MiB JSON
+request here, see :mod:`arenapool._ticks`). A trim under load took about a
+millisecond here; an idle one after a 200 MiB burst about 30 ms, while nothing was in
+flight.
 This module imports no web framework; ``arenapool.aiohttp`` adapts it to aiohttp.
 """
 
@@ -82,6 +88,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 import weakref
 from collections import deque
@@ -113,6 +120,7 @@ from ._memory import (
     heap_info,
     heap_resident,
     hold_heap,
+    libc_single_threaded,
     malloc_trim,
     set_mmap_threshold,
 )
@@ -295,6 +303,16 @@ class GovernorConfig:
     :meth:`Governor.stats`'s ``heap_trims`` (``spread_count``; ``spread``: whether the
     last reading found a pool's sizes spread) and what they gave back in
     ``heap_returns["spread"]``."""
+    trim_in_thread: bool = False
+    """Run each trim (:meth:`Governor.trim`: busy, idle, watermark, pressure, admin) in
+    the loop's default executor, a worker thread, instead of on the loop. A trim on the
+    loop holds it while ``malloc_trim`` walks the heap: about a millisecond under load
+    here, about 30 ms for an idle trim after a 200 MiB burst. A thread frees the loop
+    meanwhile, but once a process has started one, glibc's ``malloc`` and ``free``
+    take their arena's lock on every call for the rest of its life: at 1 MiB JSON
+    bodies here that was about 1% of the server's CPU (``perf``; benchmarks/README.md,
+    "No threads while serving"). Turn it on for heaps of gigabytes, where a trim takes
+    long enough to matter to a request waiting behind it. Process-wide in effect."""
     hold_heap: bool = True
     """Hold the C heap while the governor trims under load: when it starts (with
     ``busy_trim_threshold`` set, no ``heap_trim_every`` and no ``mmap_threshold``), pin
@@ -520,7 +538,7 @@ def _trim_blocking(
 ) -> tuple[dict[str, int], bool, int, int, int]:
     """Return idle slab memory, cached pymalloc arenas, free C heap, (with ``pymalloc``)
     pymalloc's empty pools and (unless ``busy``) the large-block region's free pages to
-    the OS; runs in a worker thread."""
+    the OS; runs on the loop or in a worker thread (:func:`trim_now`)."""
     if busy:  # only what the pool's own decay would return: its hot blocks stay hot
         returned = {
             pool.name: 0 if pool.decay is None else pool.trim(older_than=pool.decay)
@@ -543,10 +561,17 @@ async def trim_now(
     busy: bool = False,
     pymalloc: bool = True,
     arena_decay: float = 10.0,
+    in_thread: bool = False,
 ) -> TrimResult:
-    """Trim now, off the event loop: every pool's idle memory, the cached pymalloc
-    arenas (:func:`arenapool.memory.cache_pymalloc_arenas`), then ``malloc_trim(0)``,
-    then (with ``pymalloc``, where this process can) the pages of pymalloc's empty pools.
+    """Trim now: every pool's idle memory, the cached pymalloc arenas
+    (:func:`arenapool.memory.cache_pymalloc_arenas`), then ``malloc_trim(0)``, then
+    (with ``pymalloc``, where this process can) the pages of pymalloc's empty pools.
+
+    The trim runs on the event loop, between its callbacks (about a millisecond under
+    load here; tens of milliseconds for a heap of hundreds of MiB). ``in_thread`` runs
+    it in the loop's default executor instead, so the loop serves meanwhile; but the
+    process then has a thread, and glibc's ``malloc`` and ``free`` take a lock for the
+    rest of its life (see :class:`GovernorConfig`'s ``trim_in_thread``).
 
     With ``busy`` (requests are being served), a pool gives back only blocks idle for
     longer than its ``decay``, as its maintenance thread would: the blocks its traffic
@@ -560,9 +585,14 @@ async def trim_now(
     before = current_rss()
     heap_before = heap_resident()
     started = time.perf_counter()
-    returned, trimmed, released, arenas, blocks = await loop.run_in_executor(
-        None, _trim_blocking, targets, busy, pymalloc, arena_decay
-    )
+    if in_thread:
+        returned, trimmed, released, arenas, blocks = await loop.run_in_executor(
+            None, _trim_blocking, targets, busy, pymalloc, arena_decay
+        )
+    else:
+        returned, trimmed, released, arenas, blocks = _trim_blocking(
+            targets, busy, pymalloc, arena_decay
+        )
     seconds = time.perf_counter() - started
     after = current_rss()
     heap_after = heap_resident()
@@ -1141,7 +1171,9 @@ class Governor:
         log.warning("%s %s is back under the soft watermark: no longer shedding", what, _fmt(level))
 
     async def trim(self, *, reason: str = "manual", pymalloc: bool | None = None) -> TrimResult:
-        """Trim now (pools, then the C heap) off the loop; record and log the action.
+        """Trim now (pools, then the C heap); record and log the action.
+
+        On the loop, or in a worker thread with ``trim_in_thread`` (:func:`trim_now`).
 
         ``pymalloc``: also give back pymalloc's empty pools (``None``: when
         ``release_pymalloc`` is set and the trim is not a busy one). Returns what
@@ -1158,6 +1190,7 @@ class Governor:
                 busy=busy,
                 pymalloc=pymalloc,
                 arena_decay=self.config.arena_cache_decay,
+                in_thread=self.config.trim_in_thread,
             )
             self._last_trim = time.monotonic()
             if self._busy is not None:
@@ -1258,6 +1291,13 @@ class Governor:
             "trims": self._trims,
             "trimmed_bytes": self._trimmed_bytes,
             "trim_seconds": self._trim_seconds,
+            "trim_in_thread": self.config.trim_in_thread,
+            # threads in this process now, and whether glibc still runs it single-threaded
+            # (false for good once any thread started: every malloc then takes a lock)
+            "threads": {
+                "python": threading.active_count(),
+                "libc_single_threaded": libc_single_threaded(),
+            },
             "pool_returned_bytes": self._pool_returned_bytes,
             "pymalloc_released_bytes": self._pymalloc_released_bytes,
             "pymalloc_release": self._pymalloc_release,

@@ -69,6 +69,7 @@ __all__ = [
     "heap_info",
     "heap_resident",
     "hold_heap",
+    "libc_single_threaded",
     "malloc_trim",
     "malloc_trim_available",
     "set_mmap_threshold",
@@ -123,6 +124,7 @@ class _Libc:
     mallopt: Callable[[int, int], int] | None = None
     mincore: Callable[[int, int, Any], int] | None = None
     sbrk: Callable[[int], int | None] | None = None
+    single_threaded: ctypes.c_char | None = None
 
 
 @lru_cache(maxsize=1)
@@ -151,7 +153,29 @@ def _libc() -> _Libc:
     sbrk = lib.sbrk
     sbrk.argtypes = [ctypes.c_ssize_t]
     sbrk.restype = ctypes.c_void_p
-    return _Libc(mallinfo2, trim, mallopt, mincore, sbrk)
+    try:  # glibc 2.32+: its own view of whether this process ever started a thread
+        single = ctypes.c_char.in_dll(lib, "__libc_single_threaded")
+    except ValueError:  # pragma: no cover - an older glibc
+        single = None
+    return _Libc(mallinfo2, trim, mallopt, mincore, sbrk, single)
+
+
+def libc_single_threaded() -> bool | None:
+    """Whether glibc still runs this process as single-threaded (``None``: not glibc
+    2.32 or later).
+
+    Once a process has started a thread, glibc's ``__libc_single_threaded`` goes false
+    and stays false, even after the thread ends; from then on ``malloc`` and ``free``
+    take their arena's lock on every call that misses the thread cache. arenapool
+    starts no thread of its own while a server runs on its event loop (the pools'
+    maintenance ticks on the loop and the governor trims there; see
+    ``arenapool._ticks``), so a server's readings show what the application's own code
+    and libraries did. ``Governor.stats()["threads"]`` reports it.
+    """
+    flag = _libc().single_threaded
+    if flag is None:
+        return None
+    return flag.value != b"\x00"
 
 
 def resident_pages(addr: int, length: int) -> bytes | None:
@@ -274,9 +298,10 @@ def malloc_trim(pad: int = 0) -> bool:
 
     ``pad`` bytes are left untrimmed at the top of the heap. Since glibc 2.8 this also
     ``madvise``s away whole free pages in the middle of every arena, which is what
-    returns memory after a burst. Takes milliseconds on a large heap and holds the
-    arena locks, so call it off the event loop. A no-op returning False where glibc's
-    ``malloc_trim`` does not exist.
+    returns memory after a burst. Takes about a millisecond on a heap of tens of
+    MiB and tens of milliseconds on one of hundreds, holding the arena locks; the
+    governor calls it on the event loop (``GovernorConfig.trim_in_thread``). A no-op
+    returning False where glibc's ``malloc_trim`` does not exist.
     """
     fn = _libc().malloc_trim
     if fn is None:

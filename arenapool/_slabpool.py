@@ -58,6 +58,7 @@ from ._slab import (
     detach_carrier,
     thp_available,
 )
+from ._ticks import LoopTicks, Runner, every, serving
 from ._units import format_size, parse_size
 from ._waiters import WaitQueue
 
@@ -87,6 +88,11 @@ class SlabPool:
             more).
         decay: seconds a block may stay idle before it is returned to the OS (beyond the
             warm reserve); ``None`` never returns memory on a timer, ``0`` at once.
+            The pool's maintenance (decay, ``retain``, calibration) starts with its
+            first slab: as timer callbacks of the event loop running in the thread that
+            made it, or, with none running there, on a daemon thread of the pool's own
+            (a thread makes glibc's ``malloc`` take a lock for the rest of the process;
+            see ``_decay``).
         backing: ``"mmap"`` (anonymous, lazily committed, returnable with madvise) or
             ``"bytearray"``.
         prefault: commit every page of a slab when it is created, so the request path
@@ -168,6 +174,12 @@ class SlabPool:
         max_waiters: most async lends queued at once; beyond it ``lend_async`` sheds at
             once with :class:`BudgetExhausted`. ``None`` means unbounded.
         name: shown in the repr, stats and metrics.
+        workers: with ``budget="auto"``, the worker processes sharing the container
+            (default: read from the environment; docs/scaling.md).
+        auto_interval: with ``budget="auto"``, seconds between two readings of the
+            container's limit (default 10; ``0``: read once). The readings start with
+            the pool's first slab, on the event loop running then or on a thread, as
+            the maintenance does.
 
     A pool is safe to share between threads; an :class:`Arena` belongs to one task
     or thread.
@@ -288,7 +300,16 @@ class SlabPool:
         # go without the lock; _arena_counts() reads them
         self._opened = counter()
         self._closed_arenas = counter()
-        self._decay_thread: threading.Thread | None = None
+        # what runs the maintenance (_decay.start_maintenance) and what re-reads a
+        # budget="auto" limit every _auto_interval seconds (_start_periodic)
+        self._maintainer: Runner | None = None
+        self._auto_reader: Runner | None = None
+        self._auto_interval = auto_interval if self.derivation is not None else 0.0
+        if self._auto_interval > 0 or self.decay is not None or self.retain is not None:
+            # both start with the first return, on the loop that serves it (if one
+            # runs there): -1 has give_back ask _hold_retain, which starts them. A pool
+            # made before the loop (at import, in setup()) then starts no thread.
+            self._wake_above = -1
         self._stop = threading.Event()
         # set to wake the maintenance thread (retain passed): give_back never decommits
         self._maintenance = threading.Event()
@@ -299,8 +320,6 @@ class SlabPool:
         self._retain_after = 0.0
         for key, count in (prealloc or {}).items():
             self._prealloc(parse_size(key, name="prealloc size"), count)
-        if self.derivation is not None and auto_interval > 0:
-            _start_auto_thread(self, self._stop, auto_interval)
         register_slab_pool(self)
 
     # -- public API --------------------------------------------------------------
@@ -622,15 +641,31 @@ class SlabPool:
         hand-offs left arenapool 4-6% of a core behind the servers beside it. Passes
         come at most every ``WAKE_GAP``, as the thread's do.
         """
+        if self._wake_above == -1:  # the pool's first return (see __init__)
+            self._wake_above = self.retain
+            self._start_periodic()
         due_on = self._retain_due_on
         if due_on is not None and due_on.is_running():
             return  # a pass is due (on a loop that stopped before running it: ask again)
         loop: asyncio.AbstractEventLoop | None = _running_loop()
         if loop is None:
+            maintainer = self._maintainer
+            if type(maintainer) is LoopTicks:
+                if not maintainer.loop.is_running():  # it stopped: a thread from now on
+                    self._start_periodic()
+                else:  # hand the pass to the loop that ticks
+                    loop = self._retain_due_on = maintainer.loop
+                    loop.call_soon_threadsafe(self._retain_soon, loop)
+                    return
             maintenance = self._maintenance
             if not maintenance.is_set():
                 maintenance.set()
             return
+        self._retain_soon(loop)
+
+    def _retain_soon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Schedule the pass ``_hold_retain`` asked for on ``loop`` (its thread), no sooner
+        than ``WAKE_GAP`` after the last."""
         self._retain_due_on = loop
         delay = self._retain_after - loop.time()
         if delay > 0:
@@ -774,7 +809,7 @@ class SlabPool:
                 if slab.idle == slab.nblocks:
                     self._unmap_locked(slab)
         self._stop.set()
-        self._maintenance.set()  # the maintenance thread sees _stop and ends
+        self._maintenance.set()  # the maintenance, thread or ticks, sees _stop and ends
         _wake_tickets(queued)
 
     def __enter__(self) -> SlabPool:
@@ -990,9 +1025,29 @@ class SlabPool:
             slab.prefault()
         self._slabs.add(slab)
         self._mapped_bytes += slab.size
-        if self._decay_thread is None and (self.decay is not None or self.retain is not None):
-            self._decay_thread = _decay.start_decay_thread(self, self._stop, self._maintenance)
+        if self._wake_above != -1:  # started before: start again if its loop stopped
+            self._start_periodic()
         return slab
+
+    def _start_periodic(self) -> None:
+        """Start the maintenance and the ``budget="auto"`` readings that are not running
+        (lock held): as ticks of the loop running in this thread, or on threads of their
+        own (``_ticks``). They start with the first return (``_wake_above`` is -1 until
+        then), and again if the loop they ticked on stops."""
+        if not serving(self._maintainer) and (self.decay is not None or self.retain is not None):
+            self._maintainer = _decay.start_maintenance(
+                self, self._stop, self._maintenance, _maintainer_of
+            )
+        if self._auto_interval > 0 and not serving(self._auto_reader):
+            self._auto_reader = every(
+                self,
+                self._auto_interval,
+                _reread_budget,
+                stop=self._stop,
+                current=_auto_reader_of,
+                name=f"arenapool-auto-{self.name}",
+                thread=lambda: _start_auto_thread(self, self._stop, self._auto_interval),
+            )
 
     def _prealloc(self, nbytes: int, count: int) -> None:
         size = self.block_size(nbytes)
@@ -1144,20 +1199,35 @@ def _resolve(fut: asyncio.Future[None]) -> None:
         fut.set_result(None)
 
 
-def _start_auto_thread(pool: SlabPool, stop: threading.Event, interval: float) -> None:
-    """Re-read the container limit every ``interval`` seconds, as Go's automemlimit does;
-    the thread holds the pool weakly and ends with it."""
+def _maintainer_of(pool: SlabPool) -> object:
+    return pool._maintainer
+
+
+def _auto_reader_of(pool: SlabPool) -> object:
+    return pool._auto_reader
+
+
+def _reread_budget(pool: SlabPool, now: float) -> None:
+    """Re-read the container limit (``budget="auto"``), as Go's automemlimit does."""
+    try:
+        pool.refresh_budget()
+    except Exception:  # a reading failed: keep the budget, try again later
+        log.exception("budget=auto: re-reading the container limit failed")
+
+
+def _start_auto_thread(pool: SlabPool, stop: threading.Event, interval: float) -> threading.Thread:
+    """Re-read the container limit every ``interval`` seconds on a thread (no event loop
+    runs where the pool started it); the thread holds the pool weakly and ends with it."""
     ref = weakref.ref(pool)
 
     def run() -> None:
         while not stop.wait(interval):
             current = ref()
-            if current is None or current.closed:
+            if current is None or current.closed or current._auto_reader is not thread:
                 return
-            try:
-                current.refresh_budget()
-            except Exception:  # a reading failed: keep the budget, try again later
-                log.exception("budget=auto: re-reading the container limit failed")
+            _reread_budget(current, time.monotonic())
             del current
 
-    threading.Thread(target=run, name=f"arenapool-auto-{pool.name}", daemon=True).start()
+    thread = threading.Thread(target=run, name=f"arenapool-auto-{pool.name}", daemon=True)
+    thread.start()
+    return thread

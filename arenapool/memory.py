@@ -21,6 +21,9 @@
   bound; :func:`release_large_blocks` gives its free pages back and
   :func:`large_block_cache` reads it. The governor does this too
   (``GovernorConfig.block_cache``).
+- :func:`libc_single_threaded` says whether glibc still runs this process as
+  single-threaded (a process that ever started a thread pays a lock on every
+  ``malloc`` and ``free``; arenapool starts none while it serves on an event loop).
 - :func:`freeze_startup_objects` moves what a server holds from start-up out of the
   cyclic collector's sight (``gc.freeze()``, once), so full collections walk only what
   requests made. The governor does this at its start (``GovernorConfig.freeze_gc``).
@@ -50,6 +53,7 @@ from ._memory import (
     heap_info,
     heap_resident,
     hold_heap,
+    libc_single_threaded,
     malloc_trim,
     malloc_trim_available,
     set_mmap_threshold,
@@ -86,6 +90,7 @@ __all__ = [
     "heap_resident",
     "hold_heap",
     "large_block_cache",
+    "libc_single_threaded",
     "malloc_trim",
     "malloc_trim_available",
     "pymalloc_arena_cache",

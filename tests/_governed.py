@@ -74,7 +74,7 @@ def hand_calibrated(pool: SlabPool) -> float:
     """Make this thread ``pool``'s maintenance thread (a pool made with ``decay=None``,
     so no thread of its own runs its passes) and start its calibration window now;
     returns that start, from which :func:`lend_and_calibrate` dates its passes."""
-    pool._decay_thread = threading.current_thread()
+    pool._maintainer = threading.current_thread()
     start = time.monotonic()
     pool._calibrated_at = start
     return start

@@ -303,7 +303,7 @@ async def eight_idle_blocks(pool: SlabPool, config: GovernorConfig) -> tuple[Gov
     """A governor over ``pool``, after one trim, and the pool's returned bytes once eight
     committed 1 MiB blocks sit idle in it (the three tests below)."""
     # no maintenance thread: its calibration would make the blocks a warm reserve
-    pool._decay_thread = threading.current_thread()
+    pool._maintainer = threading.current_thread()
     governor = Governor(config, pools=[pool])
     await governor.trim()  # start from a trimmed heap
     blocks = [pool.lend(1 * MiB) for _ in range(8)]

@@ -37,6 +37,7 @@ LAYERS: dict[str, int] = {
     "arenapool._counter": 1,
     "arenapool._container": 1,
     "arenapool._ext": 1,
+    "arenapool._ticks": 1,
     # 2. slabs, and the JSON codec (a leaf over errors that Arena.json calls)
     "arenapool._sizeclasses": 2,
     "arenapool._slab": 2,

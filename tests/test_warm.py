@@ -72,7 +72,7 @@ def test_give_back_never_decommits_even_past_retain() -> None:
     maintenance thread, which decommits it off the request path. (Here that thread is
     kept from starting, so what give_back itself did is what the test sees.)"""
     with SlabPool("64MiB", decay=None, retain=0) as pool:
-        pool._decay_thread = threading.current_thread()  # any thread: none is started
+        pool._maintainer = threading.current_thread()  # any thread: none is started
         block = pool.lend(64 * KiB)
         assert block.view is not None
         block.view[:] = b"\xcd" * (64 * KiB)
@@ -92,7 +92,7 @@ async def test_where_a_loop_runs_retain_is_held_by_a_pass_on_that_loop() -> None
     scheduled again. give_back itself still decommits nothing. A second give_back
     before the pass has run adds no second pass."""
     with SlabPool("64MiB", decay=None, retain=0) as pool:
-        pool._decay_thread = threading.current_thread()  # any thread: none is started
+        pool._maintainer = threading.current_thread()  # any thread: none is started
         first, second = pool.lend(64 * KiB), pool.lend(64 * KiB)
         for block in (first, second):
             assert block.view is not None
@@ -121,7 +121,7 @@ def test_a_pass_left_on_a_loop_that_stopped_does_not_hold_retain_back() -> None:
     later returns from asking for one: without a running loop, give_back wakes the
     maintenance thread."""
     with SlabPool("64MiB", decay=None, retain=0) as pool:
-        pool._decay_thread = threading.current_thread()  # any thread: none is started
+        pool._maintainer = threading.current_thread()  # any thread: none is started
         first, second, third = (pool.lend(64 * KiB) for _ in range(3))
         for block in (first, second, third):
             assert block.view is not None
@@ -149,7 +149,7 @@ def test_the_reserve_follows_the_traffic_not_the_burst() -> None:
     burst of 20 blocks does not keep 20 warm once the traffic needs 2, and retain then
     decommits the rest while the 2 stay committed."""
     with SlabPool("64MiB", decay=None, retain=0) as pool:
-        pool._decay_thread = threading.current_thread()  # only these windows, no thread's
+        pool._maintainer = threading.current_thread()  # only these windows, no thread's
         cls = pool._classes[pool._sizes.index(64 * KiB)]
         burst = [pool.lend(64 * KiB) for _ in range(20)]
         pool.give_back(burst)
@@ -202,7 +202,7 @@ def test_returns_the_reserve_keeps_warm_do_not_wake_the_maintenance_thread() -> 
     returning blocks the reserve covers does not wake the thread again (each wake is a
     GIL hand-off on the request path); a block beyond the reserve does."""
     with SlabPool("64MiB", decay=None, retain=0) as pool:
-        pool._decay_thread = threading.current_thread()  # any thread: none is started
+        pool._maintainer = threading.current_thread()  # any thread: none is started
         touch(pool, 64 * KiB)
         woke_first = pool._maintenance.is_set()
         _decay.maintain(pool, time.monotonic())  # calibrates: 1 block kept warm
@@ -225,7 +225,7 @@ def test_a_pause_keeps_the_reserve_and_a_long_idle_resets_it() -> None:
     warm); QUIET_WINDOWS of them in a row reset it to its floor and forget the history,
     so the first active window after sets it on its own."""
     with SlabPool("64MiB", decay=None, retain=0) as pool:
-        pool._decay_thread = threading.current_thread()  # only these windows, no thread's
+        pool._maintainer = threading.current_thread()  # only these windows, no thread's
         cls = pool._classes[pool._sizes.index(64 * KiB)]
 
         def window(lends: int) -> int:
@@ -246,7 +246,7 @@ def test_a_reserve_counts_the_blocks_lent_now() -> None:
     lent, retain keeps 1 idle block warm, not 3 beside the 2 (the reserve is what the
     traffic has out at once, lent blocks included)."""
     with SlabPool("64MiB", decay=None, retain=0) as pool:
-        pool._decay_thread = threading.current_thread()  # only these passes, no thread's
+        pool._maintainer = threading.current_thread()  # only these passes, no thread's
         cls = pool._classes[pool._sizes.index(64 * KiB)]
         three = [pool.lend(64 * KiB) for _ in range(3)]
         pool.give_back(three)
@@ -268,7 +268,7 @@ def test_the_reserves_together_fit_the_most_bytes_lent_at_once() -> None:
     pool never had more than 512 KiB out. The reserves fit in that, smallest class
     first: four 64 KiB blocks (256 KiB) and one 256 KiB block, not two."""
     with SlabPool("64MiB", decay=None, retain=0) as pool:
-        pool._decay_thread = threading.current_thread()  # only these windows, no thread's
+        pool._maintainer = threading.current_thread()  # only these windows, no thread's
         small = pool._classes[pool._sizes.index(64 * KiB)]
         large = pool._classes[pool._sizes.index(256 * KiB)]
         four = [pool.lend(64 * KiB) for _ in range(4)]
@@ -290,7 +290,7 @@ def test_calibrate_off_keeps_each_reserve_at_its_floor() -> None:
     def after_three_at_once(calibrate: bool) -> tuple[int, int, bool]:
         floor = {"64KiB": 1}
         with SlabPool("64MiB", decay=None, retain=0, prealloc=floor, calibrate=calibrate) as pool:
-            pool._decay_thread = threading.current_thread()  # only these passes
+            pool._maintainer = threading.current_thread()  # only these passes
             cls = pool._classes[pool._sizes.index(64 * KiB)]
             three = [pool.lend(64 * KiB) for _ in range(3)]
             pool.give_back(three)
@@ -311,7 +311,7 @@ def test_the_lean_pool_faults_a_reused_block_in_again() -> None:
     the block a 64 KiB cycle used is back with the OS, and the next cycle faults all its
     pages in again (the trade: the calibrating pool's warm cycle faults none)."""
     with SlabPool("64MiB", decay=None, retain=0, calibrate=False) as pool:
-        pool._decay_thread = threading.current_thread()  # only these passes
+        pool._maintainer = threading.current_thread()  # only these passes
         touch(pool, 64 * KiB)
         _decay.maintain(pool, time.monotonic())  # a tick: no calibration
         _decay.maintain(pool, time.monotonic(), tick=False)
@@ -338,7 +338,7 @@ def test_huge_page_blocks_keep_nothing_warm_and_fault_back_cheaply() -> None:
         with SlabPool(
             "64MiB", decay=None, retain="8MiB", keep_huge_warm=keep_huge_warm, warm_rate=None
         ) as pool:
-            pool._decay_thread = threading.current_thread()  # only these passes
+            pool._maintainer = threading.current_thread()  # only these passes
             pool._maintenance.clear()
             touch(pool, 64 * KiB)
             small = pool.lend(64 * KiB)
@@ -386,7 +386,7 @@ def test_a_class_lent_seldom_keeps_nothing_warm() -> None:
 
     def run(warm_rate: float | None) -> tuple[list[int], bool, bool, list[int], bool]:
         with SlabPool("64MiB", decay=None, warm_rate=warm_rate) as pool:
-            pool._decay_thread = threading.current_thread()  # only these passes
+            pool._maintainer = threading.current_thread()  # only these passes
             start = time.monotonic()
             pool._calibrated_at = start
             for _ in range(40):  # 64 KiB: 40 lends in the window
@@ -416,7 +416,7 @@ def test_a_lend_that_stretches_counts_for_the_class_it_asked_for() -> None:
     back; counted where the block came from, the stretch would keep the larger class hot
     and warm on the smaller one's traffic."""
     with SlabPool("64MiB", decay=None, warm_rate=20.0) as pool:
-        pool._decay_thread = threading.current_thread()  # only these passes
+        pool._maintainer = threading.current_thread()  # only these passes
         start = time.monotonic()
         pool._calibrated_at = start
         touch(pool, 2 * MiB)
@@ -463,7 +463,7 @@ def test_a_class_with_a_small_share_of_the_lends_keeps_no_calibrated_reserve() -
         is still committed."""
         lent = {*sizes, odd} if odd else set(sizes)
         with SlabPool("64MiB", decay=None, retain=0, warm_share=share) as pool:
-            pool._decay_thread = threading.current_thread()  # only these passes
+            pool._maintainer = threading.current_thread()  # only these passes
             start = time.monotonic()
             pool._calibrated_at = start
             lend_in_waves(pool, sizes, 20)

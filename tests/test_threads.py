@@ -1,0 +1,161 @@
+"""No threads while serving: the pools' maintenance and the governor's trims run on the
+event loop, so glibc goes on running a served process as single-threaded
+(``arenapool._ticks``; benchmarks/README.md, "No threads while serving")."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from _memhelpers import poll_until
+from _threadserver import ThreadServer
+
+from arenapool import SlabPool
+from arenapool.memory import libc_single_threaded
+
+KiB = 1024
+MiB = 1024 * KiB
+
+
+def body_of(size: int, rng: random.Random) -> bytes:
+    """A JSON body of about ``size`` bytes: ``{"records": [{"value", "tag"}, ...]}``."""
+    records = [{"value": rng.randrange(1000), "tag": "t" * 40} for _ in range(size // 64 + 1)]
+    return orjson.dumps({"records": records})
+
+
+@pytest.fixture
+async def served(request: pytest.FixtureRequest) -> AsyncIterator[tuple[ThreadServer, Any]]:
+    server = await ThreadServer.start(*getattr(request, "param", ()))
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield server, session
+    finally:
+        await server.stop()
+
+
+async def load(server: ThreadServer, session: aiohttp.ClientSession) -> None:
+    """Bodies of 1 KiB to 4 MiB, eight at a time, some of them chunked (no length)."""
+    rng = random.Random(7)
+    bodies = [body_of(size, rng) for size in (KiB, 200 * KiB, MiB, 4 * MiB) for _ in range(4)]
+
+    async def post(i: int, body: bytes) -> None:
+        async def chunks() -> AsyncIterator[bytes]:
+            for at in range(0, len(body), 64 * KiB):
+                yield body[at : at + 64 * KiB]
+
+        data: Any = chunks() if i % 3 == 0 else body
+        async with session.post(f"{server.url}/ingest", data=data) as response:
+            assert 200 == response.status, await response.text()
+            assert len(orjson.loads(body)["records"]) == (await response.json())["count"]
+
+    for start in range(0, len(bodies), 8):
+        await asyncio.gather(*(post(i, b) for i, b in enumerate(bodies[start : start + 8], start)))
+
+
+async def threads_of(server: ThreadServer, session: aiohttp.ClientSession) -> dict[str, Any]:
+    async with session.get(f"{server.url}/threads") as response:
+        assert 200 == response.status
+        result: dict[str, Any] = await response.json()
+        return result
+
+
+async def trim(server: ThreadServer, session: aiohttp.ClientSession, reason: str) -> None:
+    async with session.post(f"{server.url}/trim", params={"reason": reason}) as response:
+        assert 200 == response.status
+
+
+async def test_a_loaded_server_with_its_trims_starts_no_thread(
+    served: tuple[ThreadServer, aiohttp.ClientSession],
+) -> None:
+    """Under bodies of 1 KiB to 4 MiB, with a busy and an idle trim, and while its pool's
+    maintenance gives idle blocks back, the server runs on one thread, and glibc still
+    counts it single-threaded (``malloc`` and ``free`` take no lock)."""
+    server, session = served
+    await load(server, session)
+    await trim(server, session, "busy")
+    await trim(server, session, "idle")
+    await load(server, session)
+
+    async def decayed() -> dict[str, Any] | None:
+        seen = await threads_of(server, session)
+        return seen if seen["returned_bytes"] > 0 else None
+
+    # the maintenance's ticks (decay 0.2 s) give the idle blocks back, on the loop
+    seen, _ = await poll_until(decayed, timeout=10.0, what="the maintenance's decay")
+    assert 2 == seen["trims"]
+    assert (1, ["MainThread"], True) == (
+        seen["python"],
+        seen["names"],
+        seen["libc_single_threaded"],
+    )
+
+
+@pytest.mark.parametrize("served", [("--trim-in-thread",)], indirect=True)
+async def test_trims_in_a_thread_leave_the_process_multi_threaded_for_good(
+    served: tuple[ThreadServer, aiohttp.ClientSession],
+) -> None:
+    """``trim_in_thread`` trims in the loop's executor: the thread stays, and glibc runs
+    the process as multi-threaded from then on (what the default avoids)."""
+    server, session = served
+    await load(server, session)
+    before = await threads_of(server, session)
+    await trim(server, session, "busy")
+    after = await threads_of(server, session)
+
+    assert (1, True) == (before["python"], before["libc_single_threaded"])
+    assert (2, False) == (after["python"], after["libc_single_threaded"])
+
+
+def test_a_pool_made_before_the_loop_is_maintained_on_it(
+    make_pool: Callable[..., SlabPool],
+) -> None:
+    """A pool made before its loop runs (at import, in ``setup()``) starts its
+    maintenance with its first return, on the loop that served it: its decay gives the
+    blocks back with no thread of arenapool's. Once that loop is gone, the pool's next
+    return from plain code moves the maintenance to a thread, and decay goes on."""
+    pool = make_pool(budget="8MiB", decay=0.05, name="before-loop")
+
+    def ours() -> list[str]:  # this pool's threads (other tests' pools may have theirs)
+        return [t.name for t in threading.enumerate() if t.name.endswith("-before-loop")]
+
+    async def serve() -> None:
+        pool.give_back([pool.lend(MiB)])
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while pool.stats()["mapped_bytes"] > 0:
+            assert asyncio.get_running_loop().time() < deadline, "decay did not run"
+            await asyncio.sleep(0.01)
+        assert [] == ours()
+
+    asyncio.run(serve())
+    returned = pool.stats()["returned_bytes"]
+    assert returned >= MiB
+
+    pool.give_back([pool.lend(MiB)])  # no loop now: a thread takes the maintenance over
+
+    deadline = time.monotonic() + 5.0
+    while pool.stats()["mapped_bytes"] > 0:
+        assert time.monotonic() < deadline, "decay did not run on the thread"
+        time.sleep(0.01)
+    assert pool.stats()["returned_bytes"] >= returned + MiB
+    assert ["arenapool-decay-before-loop"] == ours()
+
+
+def test_libc_single_threaded_reads_glibcs_own_flag(run_python: Callable[..., Any]) -> None:
+    """True in a fresh interpreter, false for good once a thread has run, even after it
+    ended (glibc 2.32 and later, as here)."""
+    assert libc_single_threaded() is not None
+    out = run_python(
+        "import json, threading\n"
+        "from arenapool.memory import libc_single_threaded as single\n"
+        "before = single()\n"
+        "t = threading.Thread(target=lambda: None); t.start(); t.join()\n"
+        "print(json.dumps([before, single(), threading.active_count()]))\n"
+    )
+    assert [True, False, 1] == out
