@@ -369,6 +369,14 @@ def _modes(recycle_after: int) -> list[Mode]:
             "arenapool, glibc's heap thresholds left dynamic (GovernorConfig(hold_heap=False))",
             args=("--glibc-heap",),
         ),
+        Mode(
+            "arenapool+thread",
+            "arenapool",
+            "arenapool in a process that has started one idle thread (the example "
+            "service's --idle-thread): glibc's malloc and free then take a lock, as they "
+            "did in every arenapool server before its pools ticked on the loop",
+            args=("--idle-thread",),
+        ),
     ]
     for lib in ("jemalloc", "mimalloc"):
         path = find_library(lib)
@@ -400,6 +408,15 @@ def _modes(recycle_after: int) -> list[Mode]:
                 },
             )
         )
+    modes.append(
+        Mode(
+            "orjson+thread",
+            "orjson",
+            "orjson handler in a process that has started one idle thread "
+            "(--idle-thread): what glibc's lock on malloc and free costs the baseline",
+            args=("--idle-thread",),
+        )
+    )
     modes.append(
         Mode(
             "orjson+arena2",

@@ -13,12 +13,15 @@ from typing import Any
 
 import aiohttp
 import orjson
+import psutil  # type: ignore[import-untyped]
 import pytest
 from _memhelpers import poll_until
 from _threadserver import ThreadServer
 
 from arenapool import SlabPool
 from arenapool.memory import libc_single_threaded
+from harness.modes import resolve_modes
+from harness.server import Server
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -159,3 +162,22 @@ def test_libc_single_threaded_reads_glibcs_own_flag(run_python: Callable[..., An
         "print(json.dumps([before, single(), threading.active_count()]))\n"
     )
     assert [True, False, 1] == out
+
+
+@pytest.mark.parametrize(("name", "threads"), [("orjson", 1), ("orjson+thread", 2)])
+async def test_the_thread_modes_serve_with_one_thread_more(name: str, threads: int) -> None:
+    """The benchmarks' ``+thread`` modes (the example service's ``--idle-thread``) answer
+    as their service does, from a process with one thread more than it: what a thread
+    costs a server is then measured beside the same server without it."""
+    mode = {m.name: m for m in resolve_modes([name])[0]}[name]
+    body = body_of(100 * KiB, random.Random(3))
+    with Server(mode) as running:
+        assert running.proc is not None
+        process = psutil.Process(running.proc.pid)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"{running.url}/ingest", data=body) as response,
+        ):
+            assert 200 == response.status
+            assert len(orjson.loads(body)["records"]) == (await response.json())["count"]
+        assert threads == process.num_threads()

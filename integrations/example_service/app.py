@@ -43,6 +43,7 @@ import hashlib
 import os
 import re
 import sys
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -616,11 +617,19 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="append one do-nothing middleware (measures aiohttp's middleware cost)",
     )
+    parser.add_argument(
+        "--idle-thread",
+        action="store_true",
+        help="start one thread that waits forever: glibc then runs the process as "
+        "multi-threaded (a lock on every malloc and free), as any thread makes it",
+    )
     args = parser.parse_args(argv)
     try:
         app = _app_of(args)
     except ValueError as exc:  # a setting arenapool refuses (a budget of 0, say)
         parser.error(str(exc))
+    if args.idle_thread:
+        threading.Thread(target=threading.Event().wait, name="idle", daemon=True).start()
     ready = f"example service ({args.mode}) on http://{args.host}:{args.port} pid {os.getpid()}"
     web.run_app(
         app,
