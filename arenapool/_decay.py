@@ -10,9 +10,9 @@ committed bytes pass ``retain`` it asks for a pass that holds ``retain`` again. 
 the warm reserves if that is more, so blocks kept warm on purpose do not ask at every
 return.
 
-What runs the maintenance (:func:`start_maintenance`, when the pool makes its first
-slab and ``decay`` or ``retain`` is set): when an event loop runs in the thread that
-made the slab, timer callbacks of that loop tick (``arenapool._ticks.LoopTicks``) and no
+What runs the maintenance (:func:`start_maintenance`, at the pool's first return when
+``decay`` or ``retain`` is set): when an event loop runs in the thread that returned
+the blocks, timer callbacks of that loop tick (``arenapool._ticks.LoopTicks``) and no
 thread is started. A thread would cost the whole process: once one has started, glibc's
 ``malloc`` and ``free`` take a lock for good (see :mod:`arenapool._ticks`). With no loop
 there (a pool used from plain threads), one daemon thread per pool ticks

@@ -89,10 +89,10 @@ class SlabPool:
         decay: seconds a block may stay idle before it is returned to the OS (beyond the
             warm reserve); ``None`` never returns memory on a timer, ``0`` at once.
             The pool's maintenance (decay, ``retain``, calibration) starts with its
-            first slab: as timer callbacks of the event loop running in the thread that
-            made it, or, with none running there, on a daemon thread of the pool's own
-            (a thread makes glibc's ``malloc`` take a lock for the rest of the process;
-            see ``_decay``).
+            first return (``give_back``): as timer callbacks of the event loop running
+            in that thread, or, with none running there, on a daemon thread of the
+            pool's own (a thread makes glibc's ``malloc`` take a lock for the rest of
+            the process; see ``_ticks``).
         backing: ``"mmap"`` (anonymous, lazily committed, returnable with madvise) or
             ``"bytearray"``.
         prefault: commit every page of a slab when it is created, so the request path
@@ -178,8 +178,8 @@ class SlabPool:
             (default: read from the environment; docs/scaling.md).
         auto_interval: with ``budget="auto"``, seconds between two readings of the
             container's limit (default 10; ``0``: read once). The readings start with
-            the pool's first slab, on the event loop running then or on a thread, as
-            the maintenance does.
+            the pool's first return, on the event loop running there or on a thread,
+            as the maintenance does.
 
     A pool is safe to share between threads; an :class:`Arena` belongs to one task
     or thread.
@@ -654,9 +654,14 @@ class SlabPool:
                 if not maintainer.loop.is_running():  # it stopped: a thread from now on
                     self._start_periodic()
                 else:  # hand the pass to the loop that ticks
-                    loop = self._retain_due_on = maintainer.loop
-                    loop.call_soon_threadsafe(self._retain_soon, loop)
-                    return
+                    loop = maintainer.loop
+                    try:
+                        loop.call_soon_threadsafe(self._retain_soon, loop)
+                    except RuntimeError:  # closed since: a thread from now on
+                        self._start_periodic()
+                    else:
+                        self._retain_due_on = loop
+                        return
             maintenance = self._maintenance
             if not maintenance.is_set():
                 maintenance.set()

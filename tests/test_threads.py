@@ -150,6 +150,34 @@ def test_a_pool_made_before_the_loop_is_maintained_on_it(
     assert ["arenapool-decay-before-loop"] == ours()
 
 
+def test_returns_from_another_thread_are_maintained_on_the_loop(
+    make_pool: Callable[..., SlabPool],
+) -> None:
+    """Blocks given back past ``retain`` by a thread with no loop, while the pool ticks
+    on a loop elsewhere, are decommitted down to ``retain`` by a pass on that loop: the
+    pool starts no thread of its own for them."""
+    # ticks every 900 s (decay / 4): within the test only the handed-over pass can run
+    pool = make_pool(budget="32MiB", decay=3600, retain="1MiB", name="hand-off")
+
+    def ours() -> list[str]:
+        return [t.name for t in threading.enumerate() if t.name.endswith("-hand-off")]
+
+    def give_back_many() -> None:  # in the loop's executor: a thread with no loop
+        pool.give_back([pool.lend(MiB) for _ in range(8)])
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        pool.give_back([pool.lend(64 * KiB)])  # the first return: ticks on this loop
+        await loop.run_in_executor(None, give_back_many)
+        deadline = loop.time() + 5.0
+        while pool.stats()["idle_committed_bytes"] > MiB:
+            assert loop.time() < deadline, pool.stats()["idle_committed_bytes"]
+            await asyncio.sleep(0.01)
+        assert [] == ours()
+
+    asyncio.run(serve())
+
+
 def test_libc_single_threaded_reads_glibcs_own_flag(run_python: Callable[..., Any]) -> None:
     """True in a fresh interpreter, false for good once a thread has run, even after it
     ended (glibc 2.32 and later, as here)."""
