@@ -77,9 +77,9 @@ time, as the hand-written trim task of aiohttp issue #11043 does. A worker threa
 (``GovernorConfig.trim_in_thread``) would keep the loop serving during a long trim,
 but a process that has started a thread pays for it on every ``malloc`` and ``free``
 from then on (glibc takes its arena's lock; about 1% of the CPU of a 1 MiB JSON
-request here, see :mod:`arenapool._ticks`). A trim under load took about a
-millisecond here; an idle one after a 200 MiB burst about 30 ms, while nothing was in
-flight.
+request here, see :mod:`arenapool._ticks`). On the loop, here, a busy trim took
+0.2-0.4 ms (about 2 MiB returned), an idle one 3-4 ms (about 27 MiB) after bodies of
+1 KiB-4 MiB, and the trim that returned a 200 MiB burst 22 ms.
 This module imports no web framework; ``arenapool.aiohttp`` adapts it to aiohttp.
 """
 
@@ -306,8 +306,9 @@ class GovernorConfig:
     trim_in_thread: bool = False
     """Run each trim (:meth:`Governor.trim`: busy, idle, watermark, pressure, admin) in
     the loop's default executor, a worker thread, instead of on the loop. A trim on the
-    loop holds it while ``malloc_trim`` walks the heap: about a millisecond under load
-    here, about 30 ms for an idle trim after a 200 MiB burst. A thread frees the loop
+    loop holds it while ``malloc_trim`` walks the heap: here 0.2-0.4 ms for a busy trim
+    and 3-4 ms for an idle one after bodies of 1 KiB-4 MiB, 22 ms for the trim that
+    returned a 200 MiB burst (``tests/test_governor.py -s``). A thread frees the loop
     meanwhile, but once a process has started one, glibc's ``malloc`` and ``free``
     take their arena's lock on every call for the rest of its life: at 1 MiB JSON
     bodies here that was about 1% of the server's CPU (``perf``; benchmarks/README.md,
@@ -567,14 +568,15 @@ async def trim_now(
     (:func:`arenapool.memory.cache_pymalloc_arenas`), then ``malloc_trim(0)``, then
     (with ``pymalloc``, where this process can) the pages of pymalloc's empty pools.
 
-    The trim runs on the event loop, between its callbacks (about a millisecond under
-    load here; tens of milliseconds for a heap of hundreds of MiB). ``in_thread`` runs
-    it in the loop's default executor instead, so the loop serves meanwhile; but the
-    process then has a thread, and glibc's ``malloc`` and ``free`` take a lock for the
-    rest of its life (see :class:`GovernorConfig`'s ``trim_in_thread``).
+    The trim runs on the event loop, between its callbacks (well under a millisecond
+    under load here, a few for an idle trim, 22 ms to return a 200 MiB burst).
+    ``in_thread`` runs it in the loop's default executor instead, so the loop serves
+    meanwhile; but the process then has a thread, and glibc's ``malloc`` and ``free``
+    take a lock for the rest of its life (see :class:`GovernorConfig`'s
+    ``trim_in_thread``).
 
     With ``busy`` (requests are being served), a pool gives back only blocks idle for
-    longer than its ``decay``, as its maintenance thread would: the blocks its traffic
+    longer than its ``decay``, as its maintenance would: the blocks its traffic
     reuses stay committed (decommitting them under load only makes the next requests
     fault their pages back in); likewise only cached arenas unused for ``arena_decay``
     seconds. Returns a :class:`TrimResult`, where ``freed`` is the RSS drop (what the

@@ -486,6 +486,10 @@ async def test_governor_returns_burst_memory_without_further_requests() -> None:
             if a["action"] == "trim" and a["reason"] in ("busy", "idle")
         ]
         assert own_trims, f"{report}; actions {governor['actions']}"
+        print(
+            "trims (reason, freed, seconds):",
+            [(a["reason"], a["freed"], a["seconds"]) for a in own_trims],
+        )
         assert sum(a["freed"] for a in own_trims) >= 150 * MiB, f"{report}; {own_trims}"
     finally:
         await server.stop()
