@@ -312,8 +312,9 @@ class GovernorConfig:
     meanwhile, but once a process has started one, glibc's ``malloc`` and ``free``
     take their arena's lock on every call for the rest of its life: at 1 MiB JSON
     bodies here that was about 1% of the server's CPU (``perf``; benchmarks/README.md,
-    "No threads while serving"). Turn it on for heaps of gigabytes, where a trim takes
-    long enough to matter to a request waiting behind it. Process-wide in effect."""
+    "No threads while serving"). Turn it on for a heap so large that a trim would hold
+    a request waiting behind it for longer than that costs. The thread, once started,
+    affects the whole process."""
     hold_heap: bool = True
     """Hold the C heap while the governor trims under load: when it starts (with
     ``busy_trim_threshold`` set, no ``heap_trim_every`` and no ``mmap_threshold``), pin

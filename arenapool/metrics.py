@@ -248,7 +248,7 @@ class ArenapoolCollector(Collector):
         for name, key, doc in (
             ("trims_total", "trims", "Trims the governor ran (idle, soft watermark, manual)."),
             ("trimmed_bytes_total", "trimmed_bytes", "RSS drop measured across its trims."),
-            ("trim_seconds_total", "trim_seconds", "Seconds spent trimming (off the loop)."),
+            ("trim_seconds_total", "trim_seconds", "Seconds spent trimming."),
             (
                 "pymalloc_released_bytes_total",
                 "pymalloc_released_bytes",
