@@ -76,7 +76,7 @@ A trim runs ``pool.trim()`` and ``malloc_trim(0)`` on the event loop, one trim a
 time, as the hand-written trim task of aiohttp issue #11043 does. A worker thread
 (``GovernorConfig.trim_in_thread``) would keep the loop serving during a long trim,
 but a process that has started a thread pays for it on every ``malloc`` and ``free``
-from then on (glibc takes its arena's lock; about 1% of the CPU of a 1 MiB JSON
+from then on (glibc takes its arena's lock; 1-2% of the CPU of a 1 MiB JSON
 request here, see :mod:`arenapool._ticks`). On the loop, here, a busy trim took
 0.2-0.4 ms (about 2 MiB returned), an idle one 3-4 ms (about 27 MiB) after bodies of
 1 KiB-4 MiB, and the trim that returned a 200 MiB burst 22 ms.
@@ -311,10 +311,10 @@ class GovernorConfig:
     returned a 200 MiB burst (``tests/test_governor.py -s``). A thread frees the loop
     meanwhile, but once a process has started one, glibc's ``malloc`` and ``free``
     take their arena's lock on every call for the rest of its life: at 1 MiB JSON
-    bodies here that was about 1% of the server's CPU (``perf``; benchmarks/README.md,
-    "No threads while serving"). Turn it on for a heap so large that a trim would hold
-    a request waiting behind it for longer than that costs. The thread, once started,
-    affects the whole process."""
+    bodies here that was 1.3-1.7% of the request (``benchmarks/cpu_split.py``;
+    benchmarks/README.md, "No threads while serving"). Turn it on for a heap so large
+    that a trim would hold a request waiting behind it for longer than that costs. The
+    thread, once started, affects the whole process."""
     hold_heap: bool = True
     """Hold the C heap while the governor trims under load: when it starts (with
     ``busy_trim_threshold`` set, no ``heap_trim_every`` and no ``mmap_threshold``), pin

@@ -634,9 +634,11 @@ class SlabPool:
         off the request path.
 
         When an event loop runs in this thread, the pass is a callback of that loop's
-        own, after the request that returned the blocks; otherwise the maintenance
-        thread is woken. The loop's pass does the same work without the thread's GIL
-        hand-off. Under CPU contention (workers sharing cores), each hand-off held the
+        own, after the request that returned the blocks; otherwise it goes to the
+        maintenance: to the loop that ticks (``call_soon_threadsafe``), or to the
+        maintenance thread, woken. The pool's first return also starts the periodic work
+        (``_start_periodic``). The loop's pass does the same work without the thread's
+        GIL hand-off. Under CPU contention (workers sharing cores), each hand-off held the
         event loop until both threads were scheduled again. In a 3-minute soak, these
         hand-offs left arenapool 4-6% of a core behind the servers beside it. Passes
         come at most every ``WAKE_GAP``, as the thread's do.

@@ -10,10 +10,11 @@ counts it as multi-threaded for the rest of its life (``__libc_single_threaded``
 goes back to true), and from then on every ``malloc`` and ``free`` that misses the
 thread cache takes its arena's lock with an atomic instruction. A server decoding JSON
 makes many such calls: CPython hands strings over 512 bytes and every list's item
-array of more than 64 items to ``malloc``. On servers decoding 1 MiB bodies, ``perf``
-put the self time of ``malloc`` and ``_int_free`` at 2.0-2.1% of the CPU in a process
-that had started a thread, against 0.8-0.9% in one that had not (benchmarks/README.md,
-"No threads while serving").
+array of more than 64 items to ``malloc``. On servers decoding 1 MiB bodies,
+``malloc`` and ``_int_free`` took 173-192 us of a request of about 7.9 ms in a process
+that had started one idle thread, against 57-71 us in one that had not
+(``benchmarks/cpu_split.py`` with the ``+thread`` modes; benchmarks/README.md, "No
+threads while serving").
 
 So :func:`every` runs the work as timer callbacks of the event loop running in the
 calling thread (:class:`LoopTicks`), and starts a thread only when no loop runs there
@@ -21,7 +22,7 @@ calling thread (:class:`LoopTicks`), and starts a thread only when no loop runs 
 closes or is gone, when ``stop`` is set, or when the pool has handed its work to
 another runner (each tick checks that it is still the pool's). A loop that stops
 running takes its ticks with it; :func:`serving` then says no, and the pool starts the
-work again where it is next needed (see ``SlabPool._maintained``).
+work again where it is next needed (see ``SlabPool._start_periodic``).
 
 The ticks run between the loop's other callbacks, so a tick never interrupts a
 request: it waits for the callback before it to return. The work is short (a decay

@@ -122,7 +122,7 @@ def test_a_pool_made_before_the_loop_is_maintained_on_it(
     """A pool made before its loop runs (at import, in ``setup()``) starts its
     maintenance with its first return, on the loop that served it: its decay gives the
     blocks back with no thread of arenapool's. Once that loop is gone, the pool's next
-    return from plain code moves the maintenance to a thread, and decay goes on."""
+    slab (a lend from plain code) moves the maintenance to a thread, and decay goes on."""
     pool = make_pool(budget="8MiB", decay=0.05, name="before-loop")
 
     def ours() -> list[str]:  # this pool's threads (other tests' pools may have theirs)
@@ -140,7 +140,8 @@ def test_a_pool_made_before_the_loop_is_maintained_on_it(
     returned = pool.stats()["returned_bytes"]
     assert returned >= MiB
 
-    pool.give_back([pool.lend(MiB)])  # no loop now: a thread takes the maintenance over
+    # no loop now: the lend maps a slab afresh, and a thread takes the maintenance over
+    pool.give_back([pool.lend(MiB)])
 
     deadline = time.monotonic() + 5.0
     while pool.stats()["mapped_bytes"] > 0:
