@@ -148,7 +148,7 @@ class SlabPool:
             warm reserve.
         reserve: idle blocks per class kept committed through decay and retain
             (default 0): the floor of each class's warm reserve, which the pool's
-            maintenance thread recalibrates from the traffic (the median of the most
+            maintenance recalibrates from the traffic (the median of the most
             blocks lent at once over its last 8 ticks; see ``_decay``).
         calibrate: recalibrate the warm reserves from the traffic (default True).
             ``False`` keeps each class's reserve at its floor (``reserve=``, or its
@@ -157,7 +157,7 @@ class SlabPool:
             floors goes back to the OS soon after it comes back, and the next lend of
             it faults its pages in again.
         retain: most idle bytes kept committed (resident) between decays (default
-            2 MiB); beyond it, the pool's maintenance thread returns idle blocks to the
+            2 MiB); beyond it, the pool's maintenance returns idle blocks to the
             OS soon after they come back (``give_back`` itself never does: nothing is
             decommitted on the request path), largest classes and longest idle first,
             warm reserves kept. ``None`` sets no cap: only ``decay`` returns memory. A
