@@ -1230,7 +1230,7 @@ def _start_auto_thread(pool: SlabPool, stop: threading.Event, interval: float) -
     def run() -> None:
         while not stop.wait(interval):
             current = ref()
-            if current is None or current.closed or current._auto_reader is not thread:
+            if current is None or current.closed:
                 return
             _reread_budget(current, time.monotonic())
             del current

@@ -57,7 +57,6 @@ class LoopTicks:
     __slots__ = (
         "_context",
         "_current",
-        "_handle",
         "_interval",
         "_owner",
         "_stop",
@@ -89,12 +88,9 @@ class LoopTicks:
         # an empty context: the one current here (a request's, whose return started the
         # ticks) would otherwise be kept alive by every tick, for the pool's life
         self._context = contextvars.Context()
-        self._handle: asyncio.TimerHandle | None = loop.call_later(
-            interval, self._tick, context=self._context
-        )
+        loop.call_later(interval, self._tick, context=self._context)
 
     def _tick(self) -> None:
-        self._handle = None
         owner = self._owner()
         if owner is None or owner.closed or self._stop.is_set() or self._current(owner) is not self:
             return
@@ -103,7 +99,7 @@ class LoopTicks:
         except Exception:  # the thread's loop logs and goes on; so do the ticks
             log.exception("%s: a periodic pass failed", self.name)
         del owner
-        self._handle = self.loop.call_later(self._interval, self._tick, context=self._context)
+        self.loop.call_later(self._interval, self._tick, context=self._context)
 
     def __repr__(self) -> str:
         return f"<LoopTicks {self.name} every {self._interval:g}s>"
