@@ -77,9 +77,9 @@ time, as the hand-written trim task of aiohttp issue #11043 does. A worker threa
 (``GovernorConfig.trim_in_thread``) would keep the loop serving during a long trim,
 but a process that has started a thread pays for it on every ``malloc`` and ``free``
 from then on (glibc takes its arena's lock; 1-2% of the CPU of a 1 MiB JSON
-request here, see :mod:`arenapool._ticks`). On the loop, here, a busy trim took
-0.2-0.4 ms (about 2 MiB returned), an idle one 3-4 ms (about 27 MiB) after bodies of
-1 KiB-4 MiB, and the trim that returned a 200 MiB burst 22 ms.
+request here, see :mod:`arenapool._ticks`). A large trim holds the loop for a while:
+the one that returned a 200 MiB burst took 22 ms on the loop here
+(``pytest tests/test_governor.py -s -k burst`` prints it).
 This module imports no web framework; ``arenapool.aiohttp`` adapts it to aiohttp.
 """
 
@@ -306,8 +306,7 @@ class GovernorConfig:
     trim_in_thread: bool = False
     """Run each trim (:meth:`Governor.trim`: busy, idle, watermark, pressure, admin) in
     the loop's default executor, a worker thread, instead of on the loop. A trim on the
-    loop holds it while ``malloc_trim`` walks the heap: here 0.2-0.4 ms for a busy trim
-    and 3-4 ms for an idle one after bodies of 1 KiB-4 MiB, 22 ms for the trim that
+    loop holds it while ``malloc_trim`` walks the heap: 22 ms here for the trim that
     returned a 200 MiB burst (``tests/test_governor.py -s``). A thread frees the loop
     meanwhile, but once a process has started one, glibc's ``malloc`` and ``free``
     take their arena's lock on every call for the rest of its life: at 1 MiB JSON
@@ -569,8 +568,8 @@ async def trim_now(
     (:func:`arenapool.memory.cache_pymalloc_arenas`), then ``malloc_trim(0)``, then
     (with ``pymalloc``, where this process can) the pages of pymalloc's empty pools.
 
-    The trim runs on the event loop, between its callbacks (well under a millisecond
-    under load here, a few for an idle trim, 22 ms to return a 200 MiB burst).
+    The trim runs on the event loop, between its callbacks (22 ms here to return a
+    200 MiB burst).
     ``in_thread`` runs it in the loop's default executor instead, so the loop serves
     meanwhile; but the process then has a thread, and glibc's ``malloc`` and ``free``
     take a lock for the rest of its life (see :class:`GovernorConfig`'s
