@@ -116,6 +116,12 @@ async def test_trims_in_a_thread_leave_the_process_multi_threaded_for_good(
     assert (2, False) == (after["python"], after["libc_single_threaded"])
 
 
+def pool_threads(name: str) -> list[str]:
+    """The names of the threads of the pool named ``name`` (other tests' pools may have
+    theirs)."""
+    return [t.name for t in threading.enumerate() if t.name.endswith(f"-{name}")]
+
+
 def test_a_pool_made_before_the_loop_is_maintained_on_it(
     make_pool: Callable[..., SlabPool],
 ) -> None:
@@ -125,16 +131,13 @@ def test_a_pool_made_before_the_loop_is_maintained_on_it(
     slab (a lend from plain code) moves the maintenance to a thread, and decay goes on."""
     pool = make_pool(budget="8MiB", decay=0.05, name="before-loop")
 
-    def ours() -> list[str]:  # this pool's threads (other tests' pools may have theirs)
-        return [t.name for t in threading.enumerate() if t.name.endswith("-before-loop")]
+    async def unmapped() -> bool:
+        return pool.stats()["mapped_bytes"] == 0
 
     async def serve() -> None:
         pool.give_back([pool.lend(MiB)])
-        deadline = asyncio.get_running_loop().time() + 5.0
-        while pool.stats()["mapped_bytes"] > 0:
-            assert asyncio.get_running_loop().time() < deadline, "decay did not run"
-            await asyncio.sleep(0.01)
-        assert [] == ours()
+        await poll_until(unmapped, timeout=5.0, interval=0.01, what="decay on the loop")
+        assert [] == pool_threads("before-loop")
 
     asyncio.run(serve())
     returned = pool.stats()["returned_bytes"]
@@ -148,7 +151,7 @@ def test_a_pool_made_before_the_loop_is_maintained_on_it(
         assert time.monotonic() < deadline, "decay did not run on the thread"
         time.sleep(0.01)
     assert pool.stats()["returned_bytes"] >= returned + MiB
-    assert ["arenapool-decay-before-loop"] == ours()
+    assert ["arenapool-decay-before-loop"] == pool_threads("before-loop")
 
 
 def test_returns_from_another_thread_are_maintained_on_the_loop(
@@ -160,9 +163,6 @@ def test_returns_from_another_thread_are_maintained_on_the_loop(
     # ticks every 900 s (decay / 4): within the test only the handed-over pass can run
     pool = make_pool(budget="32MiB", decay=3600, retain="1MiB", name="hand-off")
 
-    def ours() -> list[str]:
-        return [t.name for t in threading.enumerate() if t.name.endswith("-hand-off")]
-
     def give_back_many() -> None:  # in the loop's executor: a thread with no loop
         pool.give_back([pool.lend(MiB) for _ in range(8)])
 
@@ -170,11 +170,12 @@ def test_returns_from_another_thread_are_maintained_on_the_loop(
         loop = asyncio.get_running_loop()
         pool.give_back([pool.lend(64 * KiB)])  # the first return: ticks on this loop
         await loop.run_in_executor(None, give_back_many)
-        deadline = loop.time() + 5.0
-        while pool.stats()["idle_committed_bytes"] > MiB:
-            assert loop.time() < deadline, pool.stats()["idle_committed_bytes"]
-            await asyncio.sleep(0.01)
-        assert [] == ours()
+
+        async def held() -> bool:
+            return pool.stats()["idle_committed_bytes"] <= MiB
+
+        await poll_until(held, timeout=5.0, interval=0.01, what="retain held on the loop")
+        assert [] == pool_threads("hand-off")
 
     asyncio.run(serve())
 
