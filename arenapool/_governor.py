@@ -569,10 +569,9 @@ async def trim_now(
     (with ``pymalloc``, where this process can) the pages of pymalloc's empty pools.
 
     The trim runs on the event loop, between its callbacks (22 ms here to return a
-    200 MiB burst).
-    ``in_thread`` runs it in the loop's default executor instead, so the loop serves
-    meanwhile; but the process then has a thread, and glibc's ``malloc`` and ``free``
-    take a lock for the rest of its life (see :class:`GovernorConfig`'s
+    200 MiB burst). ``in_thread`` runs it in the loop's default executor instead, so the
+    loop serves meanwhile; but the process then has a thread, and glibc's ``malloc`` and
+    ``free`` take a lock for the rest of its life (see :class:`GovernorConfig`'s
     ``trim_in_thread``).
 
     With ``busy`` (requests are being served), a pool gives back only blocks idle for
