@@ -414,6 +414,40 @@ def freeze_startup_objects() -> int:
     return _frozen
 
 
+#: CPython's default third collection threshold (``gc.get_threshold()[2]``): young
+#: collections between two full ones, the full one then also waiting for the objects
+#: that reached the oldest generation since the last to pass a quarter of those there.
+CPYTHON_FULL_EVERY: Final = 10
+
+
+def space_full_collections(every: int) -> int | None:
+    """Make the cyclic collector's full collections wait for ``every`` collections of
+    the middle generation instead of CPython's 10 (``gc.set_threshold``'s third value);
+    the value in effect after, or ``None`` when the process had set its own (anything
+    but :data:`CPYTHON_FULL_EVERY`), which is left as it is.
+
+    Meant for after :func:`freeze_startup_objects`. CPython runs a full collection when
+    the third threshold is passed *and* the objects promoted into the oldest generation
+    since the last one exceed a quarter of the objects there (CPython's
+    ``long_lived_total``). Frozen objects are no longer counted there, so after the
+    freeze that quarter is a quarter of what requests left, and the second condition
+    holds nearly always: full collections came about five times as often as unfrozen
+    (11.3 against 2.3 per 1,000 requests under the soak's mixed bodies,
+    ``benchmarks/gc_pressure.py``). Each is cheap, but at 1 MiB bodies with orjson they
+    cost arenapool about 5% of its CPU per request around them, far more than their own
+    time (measured in ``benchmarks/README.md``, "Full collections after the freeze").
+    Spacing them by the third threshold gives back about CPython's own rate.
+    """
+    if every < 1:
+        msg = f"every must be at least 1, got {every!r}"
+        raise ValueError(msg)
+    first, second, third = gc.get_threshold()
+    if third not in {CPYTHON_FULL_EVERY, every}:
+        return None
+    gc.set_threshold(first, second, every)
+    return every
+
+
 def _read_limit(path: Path) -> int | None:
     try:
         text = path.read_text().strip()

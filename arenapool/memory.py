@@ -26,7 +26,9 @@
   ``malloc`` and ``free``; arenapool starts none while it serves on an event loop).
 - :func:`freeze_startup_objects` moves what a server holds from start-up out of the
   cyclic collector's sight (``gc.freeze()``, once), so full collections walk only what
-  requests made. The governor does this at its start (``GovernorConfig.freeze_gc``).
+  requests made. The governor does this at its start (``GovernorConfig.freeze_gc``),
+  and spaces full collections out again with :func:`space_full_collections`
+  (``GovernorConfig.gc_full_every``).
 
 See ``arenapool._memory`` for what each figure of a reading means.
 """
@@ -58,6 +60,7 @@ from ._memory import (
     malloc_trim_available,
     set_mmap_threshold,
     snapshot,
+    space_full_collections,
 )
 from ._monitor import MemoryMonitor
 from ._pymalloc import PoolRelease, PymallocStatus
@@ -102,4 +105,5 @@ __all__ = [
     "release_pymalloc_arenas",
     "set_mmap_threshold",
     "snapshot",
+    "space_full_collections",
 ]

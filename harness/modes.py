@@ -297,6 +297,14 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--no-gc-freeze",),
         ),
         Mode(
+            "arenapool-gc-full-10",
+            "arenapool",
+            "arenapool whose governor freezes the objects alive at its start but leaves "
+            "CPython's third collection threshold at 10 (GovernorConfig(gc_full_every=None)): "
+            "full collections about five times as often as without the freeze",
+            args=("--gc-full-every", "none"),
+        ),
+        Mode(
             "arenapool-busy-trims",
             "arenapool",
             "arenapool whose governor trims busy whatever the body sizes, as before "

@@ -196,6 +196,12 @@ async def test_heap_trim_every_gives_the_heap_back_under_load() -> None:
     assert scraped["arenapool_c_heap_resident_bytes"] > 0
 
 
+@pytest.mark.parametrize("every", [0, -3, 2.5, True])
+def test_config_rejects_a_gc_full_every_that_is_not_a_count(every: object) -> None:
+    with pytest.raises(InvalidSize, match="gc_full_every must be None or a whole number"):
+        GovernorConfig(gc_full_every=every)  # type: ignore[arg-type]
+
+
 def test_config_rejects_a_spread_trim_period_that_is_not_positive() -> None:
     with pytest.raises(InvalidSize, match="spread_trim_every must be None or positive"):
         GovernorConfig(spread_trim_every=-1.0)

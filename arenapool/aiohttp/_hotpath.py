@@ -1060,7 +1060,9 @@ class BodyClock:
         self.min_rate = config.body_min_rate
         if timeout is None and not self.min_rate:
             return
-        loop = asyncio.get_running_loop()
+        # the request's own loop, which it runs on (asyncio.get_running_loop() makes a
+        # getpid() system call each time, to tell a forked child from its parent)
+        loop = request._loop
         watch = _of_loop(_CLOCKS, _Clocks, loop)
         self.start = now = loop.time()
         self.start_bytes = self.content.total_bytes

@@ -217,6 +217,7 @@ def make_app(
     hold_heap: bool = True,
     release_pymalloc: bool = True,
     freeze_gc: bool = True,
+    gc_full_every: int | None = 40,
     settle_busy_trims: bool = True,
     arena_cache: str | None = "32MiB",
     block_cache: str | None = "16MiB",
@@ -250,7 +251,9 @@ def make_app(
     unless ``hold_heap`` is False. Its trims give back pymalloc's empty pools unless
     ``release_pymalloc`` is False (``GovernorConfig.release_pymalloc``). At its start it
     freezes what the process holds out of the cyclic collector's sight unless
-    ``freeze_gc`` is False (``GovernorConfig.freeze_gc``). A busy trim whose return the traffic
+    ``freeze_gc`` is False (``GovernorConfig.freeze_gc``), and then spaces full
+    collections ``gc_full_every`` middle-generation collections apart
+    (``GovernorConfig.gc_full_every``; ``None``: CPython's 10). A busy trim whose return the traffic
     takes straight back counts as one that did not pay unless ``settle_busy_trims`` is
     False (``GovernorConfig.settle_busy_trims``). It caches up to
     ``arena_cache`` of the arenas pymalloc frees (``GovernorConfig.arena_cache``;
@@ -307,6 +310,7 @@ def make_app(
                 hold_heap=hold_heap,
                 release_pymalloc=release_pymalloc,
                 freeze_gc=freeze_gc,
+                gc_full_every=gc_full_every,
                 settle_busy_trims=settle_busy_trims,
                 arena_cache=arena_cache,
                 block_cache=block_cache,
@@ -401,6 +405,20 @@ def number_or_none(text: str) -> float | None:
         raise argparse.ArgumentTypeError(msg) from None
 
 
+def count_or_none(text: str) -> int | None:
+    """An option's value that is a whole number of at least 1, or ``none``."""
+    if text.lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        msg = f"expected a whole number of at least 1 or 'none', got {text!r}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
 def _app_of(args: argparse.Namespace) -> web.Application:
     """The app that ``main``'s parsed options describe."""
     return make_app(
@@ -427,6 +445,7 @@ def _app_of(args: argparse.Namespace) -> web.Application:
         hold_heap=not args.glibc_heap,
         release_pymalloc=not args.keep_pymalloc_pools,
         freeze_gc=not args.no_gc_freeze,
+        gc_full_every=args.gc_full_every,
         settle_busy_trims=not args.unsettled_busy_trims,
         arena_cache=args.arena_cache,
         block_cache=args.block_cache,
@@ -573,6 +592,13 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="arenapool modes: the governor leaves the cyclic collector as it is instead "
         "of freezing the objects alive at its start (GovernorConfig(freeze_gc=False))",
+    )
+    parser.add_argument(
+        "--gc-full-every",
+        default="40",
+        type=count_or_none,
+        help="arenapool modes: after the freeze, middle-generation collections between two "
+        "full ones (40, the GovernorConfig default; 'none': CPython's own 10)",
     )
     parser.add_argument(
         "--unsettled-busy-trims",
