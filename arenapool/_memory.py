@@ -433,10 +433,10 @@ def space_full_collections(every: int) -> int | None:
     freeze that quarter is a quarter of what requests left, and the second condition
     holds nearly always: full collections came about five times as often as unfrozen
     (11.3 against 2.3 per 1,000 requests under the soak's mixed bodies,
-    ``benchmarks/gc_pressure.py``). Each is cheap, but at 1 MiB bodies with orjson they
-    cost arenapool about 5% of its CPU per request around them, far more than their own
-    time (measured in ``benchmarks/README.md``, "Full collections after the freeze").
-    Spacing them by the third threshold gives back about CPython's own rate.
+    ``benchmarks/gc_pressure.py``). Each is cheap, but at 1 MiB bodies with orjson their
+    number cost more CPU per request than the collector's own time shows
+    (``benchmarks/README.md``, "Full collections after the freeze"). Spacing them by the
+    third threshold gives back about CPython's own rate.
     """
     if every < 1:
         msg = f"every must be at least 1, got {every!r}"

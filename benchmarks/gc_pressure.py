@@ -4,6 +4,7 @@ the same decoder without it.
     python benchmarks/gc_pressure.py                          # 200 KiB, both pairs, ~2 min
     python benchmarks/gc_pressure.py --sizes 1KiB,200KiB,1MiB --rounds 3
     python benchmarks/gc_pressure.py --sizes mixed --pairs orjson --no-freeze --connections 8
+    python benchmarks/gc_pressure.py --sizes mixed,1MiB --pairs orjson --no-freeze --full-10
     python benchmarks/gc_pressure.py --tree /tmp/old          # also an older checkout
 
 CPython's cyclic collector runs a young collection when the objects allocated since the
@@ -33,6 +34,11 @@ its governor leaving the collector as it is (``GovernorConfig(freeze_gc=False)``
 ``<mode>-no-gc-freeze``): what freezing the objects alive at the governor's start
 (``arenapool.memory.freeze_startup_objects``) saves each full collection, which
 otherwise walks every module, class and function the server holds.
+
+``--full-10`` adds each arenapool mode whose governor freezes but leaves CPython's third
+collection threshold at its 10 (``GovernorConfig(gc_full_every=None)``, as
+``<mode>-gc-full-10``): how often full collections come after the freeze without the
+governor spacing them out again (``arenapool.memory.space_full_collections``).
 
 ``--tree PATH`` measures the arenapool modes of another checkout too (its
 ``arenapool`` package and example service), as ``arenapool@PATH``: an older commit
@@ -75,6 +81,9 @@ from harness.wrk import deck_files, need_wrk, run_wrk  # noqa: E402
 PAIRS = {base: mode for mode, base in BASELINES.items()}
 #: the suffix of an arenapool variant whose governor does not freeze (``--no-freeze``)
 NO_FREEZE = "-no-gc-freeze"
+#: the suffix of an arenapool variant that freezes but keeps CPython's third threshold
+#: (``--full-10``: ``GovernorConfig(gc_full_every=None)``)
+FULL_10 = "-gc-full-10"
 #: ``--sizes`` word for the soak's bodies
 MIXED = "mixed"
 
@@ -108,8 +117,12 @@ async def serve_and_count(
     sys.path.insert(0, str(tree / "integrations" / "example_service"))
     import app as service  # type: ignore[import-not-found]  # the tree's own service
 
-    service_mode = mode.removesuffix(NO_FREEZE)
-    options = {"freeze_gc": False} if mode.endswith(NO_FREEZE) else {}
+    service_mode = mode.removesuffix(NO_FREEZE).removesuffix(FULL_10)
+    options: dict[str, Any] = {}
+    if mode.endswith(NO_FREEZE):
+        options["freeze_gc"] = False
+    elif mode.endswith(FULL_10):
+        options["gc_full_every"] = None
     application = service.make_app(service_mode, **options)
     runner = web.AppRunner(application, access_log=None)
     await runner.setup()
@@ -141,6 +154,7 @@ async def serve_and_count(
         "frozen": gc.get_freeze_count(),
         "cpu_us": round(cpu / requests * 1e6, 1),
         "threshold": gc.get_threshold()[0],
+        "thresholds": list(gc.get_threshold()),
     }
 
 
@@ -182,6 +196,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="also each arenapool mode with GovernorConfig(freeze_gc=False)",
     )
+    parser.add_argument(
+        "--full-10",
+        action="store_true",
+        help="also each arenapool mode that freezes but keeps CPython's third threshold "
+        "(GovernorConfig(gc_full_every=None))",
+    )
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -200,6 +220,8 @@ def main(argv: list[str] | None = None) -> None:
         variants.append((PAIRS[pair], ROOT, PAIRS[pair]))
         if args.no_freeze:
             variants.append((PAIRS[pair] + NO_FREEZE, ROOT, PAIRS[pair] + NO_FREEZE))
+        if args.full_10:
+            variants.append((PAIRS[pair] + FULL_10, ROOT, PAIRS[pair] + FULL_10))
         if other is not None:
             variants.append((f"{PAIRS[pair]}@{args.tree}", other, PAIRS[pair]))
     report: dict[str, Any] = {"sizes": {}, "rounds": args.rounds, "connections": args.connections}
@@ -229,11 +251,13 @@ def main(argv: list[str] | None = None) -> None:
                 "requests": [r["requests"] for r in results],
                 "errors": sum(r["errors"] for r in results),
                 "cpu_us": statistics.median(r["cpu_us"] for r in results),
+                "thresholds": results[0].get("thresholds"),
             }
             young, middle, full = medians
             print(
                 f"  {name:32s} {young:8.2f} {middle:7.2f} {full:6.2f}   ms "
                 f"{ms[0]:7.1f} {ms[1]:7.1f} {ms[2]:7.1f}   {share:6.2%} of CPU"
+                f"   {table[name]['cpu_us']:8.1f} us CPU/request"
                 f"   (young per round: {', '.join(str(r['per_1000'][0]) for r in results)})"
             )
         report["sizes"][size_text] = table
