@@ -414,17 +414,19 @@ def freeze_startup_objects() -> int:
     return _frozen
 
 
-#: CPython's default third collection threshold (``gc.get_threshold()[2]``): young
-#: collections between two full ones, the full one then also waiting for the objects
-#: that reached the oldest generation since the last to pass a quarter of those there.
+#: CPython's default third collection threshold (``gc.get_threshold()[2]``): collections
+#: of the middle generation between two full ones, the full one then also waiting for
+#: the objects that reached the oldest generation since the last to pass a quarter of
+#: those there.
 CPYTHON_FULL_EVERY: Final = 10
 
 
 def space_full_collections(every: int) -> int | None:
     """Make the cyclic collector's full collections wait for ``every`` collections of
     the middle generation instead of CPython's 10 (``gc.set_threshold``'s third value);
-    the value in effect after, or ``None`` when the process had set its own (anything
-    but :data:`CPYTHON_FULL_EVERY`), which is left as it is.
+    the value in effect after, or ``None`` when the process had set one of its own
+    (anything but :data:`CPYTHON_FULL_EVERY` or ``every`` itself), which is left as it
+    is.
 
     Meant for after :func:`freeze_startup_objects`. CPython runs a full collection when
     the third threshold is passed *and* the objects promoted into the oldest generation

@@ -4,10 +4,9 @@
 ``arenapool.memory.freeze_startup_objects`` as the governor starts: one collection, then
 ``gc.freeze()``, once per process; then it spaces full collections out again
 (``GovernorConfig.gc_full_every``: CPython's third threshold, unless the process set its
-own). Freezing is process-wide and cannot be undone for the
-objects it moved, so each case runs in a fresh interpreter: an aiohttp app with
-arenapool on 127.0.0.1, one request over a socket, and what the collector sees reported
-back as JSON.
+own). Freezing is process-wide and cannot be undone for the objects it moved, so each
+case runs in a fresh interpreter: an aiohttp app with arenapool on 127.0.0.1, one
+request over a socket, and what the collector sees reported back as JSON.
 """
 
 from __future__ import annotations

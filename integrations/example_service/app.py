@@ -253,9 +253,9 @@ def make_app(
     freezes what the process holds out of the cyclic collector's sight unless
     ``freeze_gc`` is False (``GovernorConfig.freeze_gc``), and then spaces full
     collections ``gc_full_every`` middle-generation collections apart
-    (``GovernorConfig.gc_full_every``; ``None``: CPython's 10). A busy trim whose return the traffic
-    takes straight back counts as one that did not pay unless ``settle_busy_trims`` is
-    False (``GovernorConfig.settle_busy_trims``). It caches up to
+    (``GovernorConfig.gc_full_every``; ``None``: CPython's 10). A busy trim whose return
+    the traffic takes straight back counts as one that did not pay unless
+    ``settle_busy_trims`` is False (``GovernorConfig.settle_busy_trims``). It caches up to
     ``arena_cache`` of the arenas pymalloc frees (``GovernorConfig.arena_cache``;
     ``None``: no cache), and serves the decoder's work buffers from its large-block
     region, ``block_cache`` of their pages kept warm (``GovernorConfig.block_cache``;
