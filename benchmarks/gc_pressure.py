@@ -153,8 +153,7 @@ async def serve_and_count(
         "gc_share": round(sum(clock.seconds) / cpu, 4) if cpu > 0 else None,
         "frozen": gc.get_freeze_count(),
         "cpu_us": round(cpu / requests * 1e6, 1),
-        "threshold": gc.get_threshold()[0],
-        "thresholds": list(gc.get_threshold()),
+        "threshold": list(gc.get_threshold()),
     }
 
 
@@ -251,7 +250,7 @@ def main(argv: list[str] | None = None) -> None:
                 "requests": [r["requests"] for r in results],
                 "errors": sum(r["errors"] for r in results),
                 "cpu_us": statistics.median(r["cpu_us"] for r in results),
-                "thresholds": results[0].get("thresholds"),
+                "threshold": results[0].get("threshold"),
             }
             young, middle, full = medians
             print(
