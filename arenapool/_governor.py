@@ -124,6 +124,7 @@ from ._memory import (
     malloc_trim,
     set_mmap_threshold,
     space_full_collections,
+    space_young_collections,
 )
 from ._pymalloc import release_free_pools
 from ._pymalloc import status as pymalloc_status
@@ -400,6 +401,17 @@ class GovernorConfig:
     it; at 40 they come about as often as without the freeze, and each still walks only
     what requests made. A process that set its own third threshold keeps it; ``None``
     leaves the thresholds alone."""
+    gc_young_every: int | None = 10_000
+    """At its start, the governor lets this many tracked objects (allocated, net of those
+    freed) come between two collections of the youngest generation
+    (``gc.get_threshold()[0]``; CPython's is 700, 2,000 from 3.14), through
+    :func:`arenapool.memory.space_young_collections`. A request's decoded JSON is freed by
+    reference counting when it ends; at 700 the collector walked the tree of a 1 MiB
+    body three or four times while it was built, for nothing, and that cost the request
+    far more than the collector's own time (docs/memory.md). At 10,000 a tree of up to
+    about 4 MiB of the example service's JSON comes and goes unwalked, and cyclic
+    garbage still waits for at most 10,000 containers. Independent of ``freeze_gc``. A
+    process that set its own first threshold keeps it; ``None`` leaves it alone."""
     mmap_threshold: int | str | None = None
     """Pin glibc's mmap threshold here when the governor starts (``None``: leave it).
 
@@ -476,6 +488,10 @@ class GovernorConfig:
         if every is not None and (type(every) is not int or every < 1):
             msg = f"gc_full_every must be None or a whole number of at least 1, got {every!r}"
             raise InvalidSize(msg, value=every)
+        young = self.gc_young_every
+        if young is not None and (type(young) is not int or young < 1):
+            msg = f"gc_young_every must be None or a whole number of at least 1, got {young!r}"
+            raise InvalidSize(msg, value=young)
         if self.history < 1:
             msg = f"history must be at least 1, got {self.history!r}"
             raise InvalidSize(msg, value=self.history)
@@ -726,6 +742,8 @@ class Governor:
         self._gc_frozen: int | None = None  # objects frozen at start (freeze_gc)
         # the third gc threshold it set (gc_full_every), None when it set none
         self._gc_full_every: int | None = None
+        # the first gc threshold it set (gc_young_every), None when it set none
+        self._gc_young_every: int | None = None
         self._trimmed_bytes = 0
         self._trim_seconds = 0.0
         self._pool_returned_bytes = 0
@@ -846,6 +864,8 @@ class Governor:
             self._gc_frozen = freeze_startup_objects()
             if config.gc_full_every is not None and self._gc_full_every is None:
                 self._gc_full_every = space_full_collections(config.gc_full_every)
+        if config.gc_young_every is not None and self._gc_young_every is None:
+            self._gc_young_every = space_young_collections(config.gc_young_every)
         if config.arena_cache is not None and self._arena_cache != "on":
             limit = parse_size(config.arena_cache, name="arena_cache", allow_zero=True)
             if install_arena_cache(limit):
@@ -1302,6 +1322,7 @@ class Governor:
             "heap_held": self._heap_held,
             "gc_frozen": self._gc_frozen,
             "gc_full_every": self._gc_full_every,
+            "gc_young_every": self._gc_young_every,
             "interval": self.config.interval,
             "last_rss": self._last_rss,
             "last_check": self._last_check,

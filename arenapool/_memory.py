@@ -450,6 +450,43 @@ def space_full_collections(every: int) -> int | None:
     return every
 
 
+#: CPython's default first collection threshold (``gc.get_threshold()[0]``): tracked
+#: objects allocated, net of those freed, before the youngest generation is collected
+#: (2,000 from CPython 3.14, 700 before).
+CPYTHON_YOUNG_EVERY: Final = 2000 if sys.version_info >= (3, 14) else 700
+
+
+def space_young_collections(every: int) -> int | None:
+    """Let ``every`` tracked objects (allocated, net of those freed) come between two
+    collections of the youngest generation instead of CPython's 700 (2,000 from 3.14;
+    ``gc.set_threshold``'s first value); the value in effect after, or ``None`` when
+    the process had set one of its own (anything but :data:`CPYTHON_YOUNG_EVERY` or
+    ``every`` itself), which is left as it is.
+
+    CPython counts the containers (dicts, lists, ...) made since the last collection
+    less those freed, and collects the youngest generation when the count passes the
+    threshold. A request's JSON tree is made by the decoder in one go and freed by
+    reference counting when the request ends: while it is built, the count climbs by
+    its size (about 2,600 containers for a 1 MiB body of the example service), so at
+    700 the collector walks the half-built tree three or four times per request, finds
+    nothing to free, and promotes it. Each walk is short, but it chases pointers
+    through the tree's objects between the decoder's own passes over its buffers, and
+    the request pays for it well beyond the collector's own time (``benchmarks/
+    README.md``, "Young collections spaced out"). Above the trees the traffic builds,
+    the count rises only by what outlives requests (and the cycles they leave), so the
+    collector still runs, on that growth: cyclic garbage waits for at most ``every``
+    containers before it is found.
+    """
+    if every < 1:
+        msg = f"every must be at least 1, got {every!r}"
+        raise ValueError(msg)
+    first, second, third = gc.get_threshold()
+    if first not in {CPYTHON_YOUNG_EVERY, every}:
+        return None
+    gc.set_threshold(every, second, third)
+    return every
+
+
 def _read_limit(path: Path) -> int | None:
     try:
         text = path.read_text().strip()

@@ -28,7 +28,9 @@
   cyclic collector's sight (``gc.freeze()``, once), so full collections walk only what
   requests made. The governor does this at its start (``GovernorConfig.freeze_gc``),
   and spaces full collections out again with :func:`space_full_collections`
-  (``GovernorConfig.gc_full_every``).
+  (``GovernorConfig.gc_full_every``). :func:`space_young_collections` lets the trees
+  requests decode come and go between two young collections
+  (``GovernorConfig.gc_young_every``).
 
 See ``arenapool._memory`` for what each figure of a reading means.
 """
@@ -61,6 +63,7 @@ from ._memory import (
     set_mmap_threshold,
     snapshot,
     space_full_collections,
+    space_young_collections,
 )
 from ._monitor import MemoryMonitor
 from ._pymalloc import PoolRelease, PymallocStatus
@@ -106,4 +109,5 @@ __all__ = [
     "set_mmap_threshold",
     "snapshot",
     "space_full_collections",
+    "space_young_collections",
 ]

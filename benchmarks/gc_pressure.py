@@ -5,6 +5,7 @@ the same decoder without it.
     python benchmarks/gc_pressure.py --sizes 1KiB,200KiB,1MiB --rounds 3
     python benchmarks/gc_pressure.py --sizes mixed --pairs orjson --no-freeze --connections 8
     python benchmarks/gc_pressure.py --sizes mixed,1MiB --pairs orjson --no-freeze --full-10
+    python benchmarks/gc_pressure.py --sizes 1MiB,mixed --pairs orjson --young-700 --plus-gc
     python benchmarks/gc_pressure.py --tree /tmp/old          # also an older checkout
 
 CPython's cyclic collector runs a young collection when the objects allocated since the
@@ -40,6 +41,13 @@ collection threshold at its 10 (``GovernorConfig(gc_full_every=None)``, as
 ``<mode>-gc-full-10``): how often full collections come after the freeze without the
 governor spacing them out again (``arenapool.memory.space_full_collections``).
 
+``--young-700`` adds each arenapool mode whose governor leaves CPython's first collection
+threshold at its 700 (``GovernorConfig(gc_young_every=None)``, as
+``<mode>-gc-young-700``), and ``--plus-gc`` each baseline with that threshold set as the
+governor sets it (``+gc``: the example service's ``--gc-young-threshold``): how often
+young collections come while requests decode their bodies, with and without the
+governor's threshold, arenapool or not.
+
 ``--tree PATH`` measures the arenapool modes of another checkout too (its
 ``arenapool`` package and example service), as ``arenapool@PATH``: an older commit
 side by side with this one in the same run (``git worktree add PATH COMMIT``). Its
@@ -71,7 +79,7 @@ sys.path.insert(0, os.environ.get("GC_PRESSURE_TREE", str(ROOT)))
 from aiohttp import web  # noqa: E402
 
 from arenapool import parse_size  # noqa: E402
-from harness.modes import BASELINES  # noqa: E402
+from harness.modes import BASELINES, GC_YOUNG_EVERY  # noqa: E402
 from harness.run import SOAK_SETTINGS  # noqa: E402
 from harness.server import free_port  # noqa: E402
 from harness.workload import Body, get_workload, make_body  # noqa: E402
@@ -84,6 +92,12 @@ NO_FREEZE = "-no-gc-freeze"
 #: the suffix of an arenapool variant that freezes but keeps CPython's third threshold
 #: (``--full-10``: ``GovernorConfig(gc_full_every=None)``)
 FULL_10 = "-gc-full-10"
+#: the suffix of an arenapool variant that keeps CPython's first threshold (``--young-700``:
+#: ``GovernorConfig(gc_young_every=None)``)
+YOUNG_700 = "-gc-young-700"
+#: the suffix of a baseline with CPython's first threshold set as the governor sets it
+#: (``--plus-gc``)
+PLUS_GC = "+gc"
 #: ``--sizes`` word for the soak's bodies
 MIXED = "mixed"
 
@@ -117,12 +131,21 @@ async def serve_and_count(
     sys.path.insert(0, str(tree / "integrations" / "example_service"))
     import app as service  # type: ignore[import-not-found]  # the tree's own service
 
-    service_mode = mode.removesuffix(NO_FREEZE).removesuffix(FULL_10)
+    service_mode = (
+        mode.removesuffix(NO_FREEZE)
+        .removesuffix(FULL_10)
+        .removesuffix(YOUNG_700)
+        .removesuffix(PLUS_GC)
+    )
     options: dict[str, Any] = {}
     if mode.endswith(NO_FREEZE):
         options["freeze_gc"] = False
     elif mode.endswith(FULL_10):
         options["gc_full_every"] = None
+    elif mode.endswith(YOUNG_700):
+        options["gc_young_every"] = None
+    elif mode.endswith(PLUS_GC):
+        options["gc_young_threshold"] = GC_YOUNG_EVERY
     application = service.make_app(service_mode, **options)
     runner = web.AppRunner(application, access_log=None)
     await runner.setup()
@@ -201,6 +224,17 @@ def main(argv: list[str] | None = None) -> None:
         help="also each arenapool mode that freezes but keeps CPython's third threshold "
         "(GovernorConfig(gc_full_every=None))",
     )
+    parser.add_argument(
+        "--young-700",
+        action="store_true",
+        help="also each arenapool mode that keeps CPython's first threshold "
+        "(GovernorConfig(gc_young_every=None))",
+    )
+    parser.add_argument(
+        "--plus-gc",
+        action="store_true",
+        help="also each baseline with CPython's first threshold set as the governor sets it",
+    )
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -216,7 +250,11 @@ def main(argv: list[str] | None = None) -> None:
     variants: list[tuple[str, Path, str]] = []
     for pair in args.pairs.split(","):
         variants.append((pair, ROOT, pair))
+        if args.plus_gc:
+            variants.append((pair + PLUS_GC, ROOT, pair + PLUS_GC))
         variants.append((PAIRS[pair], ROOT, PAIRS[pair]))
+        if args.young_700:
+            variants.append((PAIRS[pair] + YOUNG_700, ROOT, PAIRS[pair] + YOUNG_700))
         if args.no_freeze:
             variants.append((PAIRS[pair] + NO_FREEZE, ROOT, PAIRS[pair] + NO_FREEZE))
         if args.full_10:

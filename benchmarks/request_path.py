@@ -81,7 +81,9 @@ process-to-process differences of heap layout and placement are a few per cent).
 With ``orjson+hold`` (``msgspec+hold``) among the modes, the decoder with glibc's heap
 held as arenapool's governor holds it, the table of other modes also gives
 ``arenapool / orjson+hold``: the share of the gain that is the arena's, not the held
-heap's.
+heap's. Likewise ``orjson+gc`` (``msgspec+gc``), the decoder with CPython's first
+collection threshold set as the governor sets it (``GovernorConfig.gc_young_every``),
+gives ``arenapool / orjson+gc``: the gain that is not the collector's.
 
 The floor (``--floor``, on by default): how much of the baseline's CPU per request
 aiohttp's ``request.read()`` spends copying and faulting, the most an arena can save.
@@ -478,6 +480,9 @@ def summarize(
         # an arenapool mode against its decoder with the heap held as the governor holds
         # it (``orjson+hold``): the arena's own share of the gain
         pairs += [(mode, f"{base}+hold") for mode, base in BASELINES.items() if mode in modes]
+        # ... and with CPython's first collection threshold set as the governor sets it
+        # (``orjson+gc``): the share of the gain that is the arena's, not the collector's
+        pairs += [(mode, f"{base}+gc") for mode, base in BASELINES.items() if mode in modes]
         for mode, base in pairs:
             if mode == base or mode not in by_mode or base not in by_mode:
                 continue

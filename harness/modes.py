@@ -20,11 +20,16 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 # the thresholds GovernorConfig(hold_heap=True) pins, for the +hold modes to set
+from arenapool import GovernorConfig
 from arenapool._memory import HOLD_TRIM_THRESHOLD, MAX_MMAP_THRESHOLD
+
+# the first collection threshold the governor sets, for the +gc modes to set
+GC_YOUNG_EVERY: int = GovernorConfig().gc_young_every or 0
 
 __all__ = [
     "BASELINES",
     "CONTROL",
+    "GC_YOUNG_EVERY",
     "MODES",
     "Mode",
     "baseline_of",
@@ -305,6 +310,14 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--gc-full-every", "none"),
         ),
         Mode(
+            "arenapool-gc-young-700",
+            "arenapool",
+            "arenapool whose governor leaves CPython's first collection threshold at 700 "
+            "(GovernorConfig(gc_young_every=None)): young collections walk each decoded "
+            "tree while it is built",
+            args=("--gc-young-every", "none"),
+        ),
+        Mode(
             "arenapool-busy-trims",
             "arenapool",
             "arenapool whose governor trims busy whatever the body sizes, as before "
@@ -414,6 +427,18 @@ def _modes(recycle_after: int) -> list[Mode]:
                     "MALLOC_MMAP_MAX_": "0",
                     "MALLOC_TRIM_THRESHOLD_": str(HOLD_TRIM_THRESHOLD),
                 },
+            )
+        )
+    for service in ("orjson", "msgspec"):
+        # what GovernorConfig.gc_young_every does, without arenapool: CPython's first
+        # collection threshold set at startup (the example service's --gc-young-threshold)
+        modes.append(
+            Mode(
+                f"{service}+gc",
+                service,
+                f"{service} handler, CPython's first collection threshold set to "
+                f"{GC_YOUNG_EVERY:,} as arenapool's governor sets it",
+                args=("--gc-young-threshold", str(GC_YOUNG_EVERY)),
             )
         )
     modes.append(

@@ -4,9 +4,11 @@
 ``arenapool.memory.freeze_startup_objects`` as the governor starts: one collection, then
 ``gc.freeze()``, once per process; then it spaces full collections out again
 (``GovernorConfig.gc_full_every``: CPython's third threshold, unless the process set its
-own). Freezing is process-wide and cannot be undone for the objects it moved, so each
-case runs in a fresh interpreter: an aiohttp app with arenapool on 127.0.0.1, one
-request over a socket, and what the collector sees reported back as JSON.
+own). Independently it lets more tracked objects come between two young collections
+(``GovernorConfig.gc_young_every``: CPython's first threshold, likewise). Freezing is
+process-wide and cannot be undone for the objects it moved, so each case runs in a fresh
+interpreter: an aiohttp app with arenapool on 127.0.0.1, requests over a socket, and
+what the collector sees reported back as JSON.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from typing import Any
 import pytest
 from _governed import run_python
 
-from arenapool.memory import space_full_collections
+from arenapool._memory import CPYTHON_YOUNG_EVERY
+from arenapool.memory import space_full_collections, space_young_collections
 
 # Run in a fresh interpreter with the governor config's keywords as argv[1] (JSON), and
 # optionally the thresholds the process sets itself before the app as argv[2] (JSON).
@@ -44,6 +47,23 @@ async def handler(request):
     return web.json_response({"ok": True})
 
 
+cycles = []
+
+
+async def make_cycles(request):
+    # cyclic garbage: only the collector frees it, when it runs
+    for _ in range(50):
+        cycles.append(weakref.ref(Node()))
+    return web.json_response({"ok": True})
+
+
+async def tree(request):
+    # the young collections that ran while the body's JSON tree was decoded
+    before = gc.get_stats()[0]["collections"]
+    doc = await arenapool.aiohttp.read_json(request)
+    return web.json_response({"young": gc.get_stats()[0]["collections"] - before, "n": len(doc)})
+
+
 def seen(obj):
     return any(o is obj for o in gc.get_objects())
 
@@ -53,6 +73,8 @@ async def main():
         gc.set_threshold(*json.loads(sys.argv[2]))
     app = web.Application()
     app.router.add_get("/work", handler)
+    app.router.add_get("/cycles", make_cycles)
+    app.router.add_post("/tree", tree)
     arenapool.aiohttp.setup(app, governor=arenapool.GovernorConfig(**json.loads(sys.argv[1])))
     startup = Node()  # held for the process's life, as a server's own objects are
     before = {
@@ -65,9 +87,21 @@ async def main():
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = runner.addresses[0][1]
+    # 2,000 containers of JSON: more than CPython's 700, fewer than the governor's 10,000
+    body = json.dumps([{"id": i, "tags": ["a", "b"]} for i in range(1000)]).encode()
     async with aiohttp.ClientSession() as session:
         async with session.get(f"http://127.0.0.1:{port}/work") as response:
             status = response.status
+        async with session.post(
+            f"http://127.0.0.1:{port}/tree",
+            data=body,
+            headers={"Content-Type": "application/json"},
+        ) as response:
+            decoded = await response.json()
+        for _ in range(40):  # 2,000 cycles, about 4,000 containers, left unreachable
+            async with session.get(f"http://127.0.0.1:{port}/cycles") as response:
+                assert response.status == 200
+    cycles_left = sum(ref() is not None for ref in cycles)
     gov = app[arenapool.aiohttp.CONFIG_KEY].governor
     stats = gov.stats()
     later = Node()
@@ -78,6 +112,10 @@ async def main():
         "frozen": gc.get_freeze_count(),
         "stats": stats["gc_frozen"],
         "full_every": stats["gc_full_every"],
+        "young_every": stats["gc_young_every"],
+        "young_while_decoding": decoded["young"],
+        "decoded": decoded["n"],
+        "cycles_left_before_collect": cycles_left,
         "threshold": gc.get_threshold(),
         "startup_seen": seen(startup),
         "app_seen": seen(app),
@@ -116,15 +154,20 @@ def test_the_governor_freezes_what_the_server_holds_at_start() -> None:
     assert (False, False) == (seen["startup_seen"], seen["app_seen"])
     assert seen["later_seen"]
     assert 0 == seen["request_cycles_left"]
-    # full collections spaced out again: CPython's third threshold, 10, is now 40
-    assert (40, [700, 10, 40]) == (seen["full_every"], seen["threshold"])
+    # full collections spaced out again: CPython's third threshold, 10, is now 40; and
+    # young ones spaced out: CPython's first, 700, is now 10,000
+    assert (40, 10_000, [10_000, 10, 40]) == (
+        seen["full_every"],
+        seen["young_every"],
+        seen["threshold"],
+    )
 
 
 def test_gc_full_every_sets_the_third_threshold_as_it_freezes() -> None:
     seen = serve(gc_full_every=25)
 
     assert seen["frozen"] > 1000
-    assert (25, [700, 10, 25]) == (seen["full_every"], seen["threshold"])
+    assert (25, [10_000, 10, 25]) == (seen["full_every"], seen["threshold"])
     assert 0 == seen["request_cycles_left"]  # cycles that reach the oldest are still freed
 
 
@@ -132,7 +175,31 @@ def test_gc_full_every_none_leaves_cpythons_threshold() -> None:
     seen = serve(gc_full_every=None)
 
     assert seen["frozen"] > 1000
-    assert (None, [700, 10, 10]) == (seen["full_every"], seen["threshold"])
+    assert (None, [10_000, 10, 10]) == (seen["full_every"], seen["threshold"])
+
+
+def test_a_decoded_tree_comes_and_goes_between_two_young_collections() -> None:
+    """At the governor's 10,000 the 2,000 containers of a decoded body are made without a
+    young collection walking them; at CPython's 700 the collector walks the half-built
+    tree twice or more while the decoder builds it."""
+    spaced = serve()
+    cpythons = serve(gc_young_every=None)
+
+    assert (1000, 1000) == (spaced["decoded"], cpythons["decoded"])
+    assert 0 == spaced["young_while_decoding"]
+    assert cpythons["young_while_decoding"] >= 2
+    assert (None, [700, 10, 40]) == (cpythons["young_every"], cpythons["threshold"])
+
+
+def test_cyclic_garbage_is_still_found_past_gc_young_every() -> None:
+    """Spaced out, young collections still run on what outlives requests: the 2,000
+    cycles requests leave (about 4,000 containers with their weak references) pass a
+    threshold of 1,000, and the collector frees most of them unasked."""
+    seen = serve(gc_young_every=1000)
+
+    assert (1000, [1000, 10, 40]) == (seen["young_every"], seen["threshold"])
+    assert seen["cycles_left_before_collect"] < 1000
+    assert 0 == seen["request_cycles_left"]
 
 
 def test_a_threshold_the_process_set_itself_is_kept() -> None:
@@ -141,7 +208,11 @@ def test_a_threshold_the_process_set_itself_is_kept() -> None:
     seen = serve(threshold=(1000, 15, 5))
 
     assert seen["frozen"] > 1000
-    assert (None, [1000, 15, 5]) == (seen["full_every"], seen["threshold"])
+    assert (None, None, [1000, 15, 5]) == (
+        seen["full_every"],
+        seen["young_every"],
+        seen["threshold"],
+    )
 
 
 def test_freeze_gc_false_leaves_the_collector_as_it_is() -> None:
@@ -150,8 +221,13 @@ def test_freeze_gc_false_leaves_the_collector_as_it_is() -> None:
     assert 200 == seen["status"]
     assert None is seen["stats"]
     assert 0 == seen["frozen"]
-    # nothing frozen, nothing to make up for: CPython's own thresholds stay
-    assert (None, [700, 10, 10]) == (seen["full_every"], seen["threshold"])
+    # nothing frozen, nothing to make up for: CPython's own third threshold stays (the
+    # first is spaced out all the same: gc_young_every does not depend on the freeze)
+    assert (None, 10_000, [10_000, 10, 10]) == (
+        seen["full_every"],
+        seen["young_every"],
+        seen["threshold"],
+    )
     assert (True, True, True) == (seen["startup_seen"], seen["app_seen"], seen["later_seen"])
     assert 0 == seen["request_cycles_left"]
     # the script's own call is then the first in the process, and freezes
@@ -172,5 +248,23 @@ def test_space_full_collections_spaces_cpythons_default_only() -> None:
         assert (500, 20, 7) == gc.get_threshold()
         with pytest.raises(ValueError, match="at least 1"):
             space_full_collections(0)
+    finally:
+        gc.set_threshold(*saved)
+
+
+def test_space_young_collections_spaces_cpythons_default_only() -> None:
+    """In this process, thresholds put back after: CPython's first threshold is spaced
+    out (and again to the same value), one the process set itself is left as it is."""
+    saved = gc.get_threshold()
+    try:
+        gc.set_threshold(CPYTHON_YOUNG_EVERY, 10, 10)
+        assert 5000 == space_young_collections(5000)
+        assert (5000, 10, 10) == gc.get_threshold()
+        assert 5000 == space_young_collections(5000)  # what it set already: unchanged
+        gc.set_threshold(1234, 10, 10)
+        assert None is space_young_collections(5000)
+        assert (1234, 10, 10) == gc.get_threshold()
+        with pytest.raises(ValueError, match="at least 1"):
+            space_young_collections(0)
     finally:
         gc.set_threshold(*saved)

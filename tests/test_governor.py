@@ -202,6 +202,12 @@ def test_config_rejects_a_gc_full_every_that_is_not_a_count(every: object) -> No
         GovernorConfig(gc_full_every=every)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("every", [0, -700, 700.0, False])
+def test_config_rejects_a_gc_young_every_that_is_not_a_count(every: object) -> None:
+    with pytest.raises(InvalidSize, match="gc_young_every must be None or a whole number"):
+        GovernorConfig(gc_young_every=every)  # type: ignore[arg-type]
+
+
 def test_config_rejects_a_spread_trim_period_that_is_not_positive() -> None:
     with pytest.raises(InvalidSize, match="spread_trim_every must be None or positive"):
         GovernorConfig(spread_trim_every=-1.0)

@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import ctypes
 import ctypes.util
+import gc
 import hashlib
 import os
 import re
@@ -218,6 +219,8 @@ def make_app(
     release_pymalloc: bool = True,
     freeze_gc: bool = True,
     gc_full_every: int | None = 40,
+    gc_young_every: int | None = 10_000,
+    gc_young_threshold: int | None = None,
     settle_busy_trims: bool = True,
     arena_cache: str | None = "32MiB",
     block_cache: str | None = "16MiB",
@@ -253,7 +256,11 @@ def make_app(
     freezes what the process holds out of the cyclic collector's sight unless
     ``freeze_gc`` is False (``GovernorConfig.freeze_gc``), and then spaces full
     collections ``gc_full_every`` middle-generation collections apart
-    (``GovernorConfig.gc_full_every``; ``None``: CPython's 10). A busy trim whose return
+    (``GovernorConfig.gc_full_every``; ``None``: CPython's 10). It lets
+    ``gc_young_every`` tracked objects come between two young collections
+    (``GovernorConfig.gc_young_every``; ``None``: CPython's 700). In any mode,
+    ``gc_young_threshold`` sets that first threshold at startup without arenapool (what
+    the governor does, for the baselines). A busy trim whose return
     the traffic takes straight back counts as one that did not pay unless
     ``settle_busy_trims`` is False (``GovernorConfig.settle_busy_trims``). It caches up to
     ``arena_cache`` of the arenas pymalloc frees (``GovernorConfig.arena_cache``;
@@ -311,6 +318,7 @@ def make_app(
                 release_pymalloc=release_pymalloc,
                 freeze_gc=freeze_gc,
                 gc_full_every=gc_full_every,
+                gc_young_every=gc_young_every,
                 settle_busy_trims=settle_busy_trims,
                 arena_cache=arena_cache,
                 block_cache=block_cache,
@@ -328,11 +336,26 @@ def make_app(
             admin=_admin(admin_token),
         )
         app.router.add_post("/ingest", arenapool_handler(typed=mode == "arenapool-msgspec"))
+    if gc_young_threshold is not None:
+        set_young_threshold(app, gc_young_threshold)
     if trim_interval > 0:
         add_trim_loop(app, trim_interval)
     if noop_middleware:
         app.middlewares.append(do_nothing)
     return app
+
+
+def set_young_threshold(app: web.Application, every: int) -> None:
+    """Set CPython's first collection threshold to ``every`` as ``app`` starts, as
+    arenapool's governor does (``GovernorConfig.gc_young_every``), without arenapool: the
+    baselines' ``+gc`` modes, so a benchmark can tell that share of arenapool's gain from
+    the arena's."""
+
+    async def on_startup(app: web.Application) -> None:
+        _, second, third = gc.get_threshold()
+        gc.set_threshold(every, second, third)
+
+    app.on_startup.append(on_startup)
 
 
 @web.middleware
@@ -446,6 +469,8 @@ def _app_of(args: argparse.Namespace) -> web.Application:
         release_pymalloc=not args.keep_pymalloc_pools,
         freeze_gc=not args.no_gc_freeze,
         gc_full_every=args.gc_full_every,
+        gc_young_every=args.gc_young_every,
+        gc_young_threshold=args.gc_young_threshold,
         settle_busy_trims=not args.unsettled_busy_trims,
         arena_cache=args.arena_cache,
         block_cache=args.block_cache,
@@ -599,6 +624,20 @@ def main(argv: list[str] | None = None) -> None:
         type=count_or_none,
         help="arenapool modes: after the freeze, middle-generation collections between two "
         "full ones (40, the GovernorConfig default; 'none': CPython's own 10)",
+    )
+    parser.add_argument(
+        "--gc-young-every",
+        default="10000",
+        type=count_or_none,
+        help="arenapool modes: tracked objects between two young collections (10000, the "
+        "GovernorConfig default; 'none': CPython's own 700)",
+    )
+    parser.add_argument(
+        "--gc-young-threshold",
+        default=None,
+        type=count_or_none,
+        help="any mode: set CPython's first collection threshold to this at startup, as "
+        "arenapool's governor does (the baselines' +gc modes; default: leave it)",
     )
     parser.add_argument(
         "--unsettled-busy-trims",
