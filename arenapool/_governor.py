@@ -87,6 +87,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import threading
 import time
@@ -392,7 +393,8 @@ class GovernorConfig:
     (:func:`arenapool.memory.freeze_startup_objects`): full collections then walk only
     what requests made. Frozen objects are never collected, so start the governor once
     the app is built (``arenapool.aiohttp.setup`` starts it with the app). ``False``
-    leaves the collector as it is."""
+    leaves the collector as it is, but for ``gc_young_every``, which does not depend on
+    the freeze."""
     gc_full_every: int | None = 40
     """With ``freeze_gc``: as it freezes, the governor makes full collections wait for this
     many collections of the middle generation (``gc.get_threshold()[2]``; CPython's is
@@ -410,8 +412,11 @@ class GovernorConfig:
     body three or four times while it was built, for nothing, and that cost the request
     far more than the collector's own time (docs/memory.md). At 10,000 a tree of up to
     about 4 MiB of the example service's JSON comes and goes unwalked, and cyclic
-    garbage still waits for at most 10,000 containers. Independent of ``freeze_gc``. A
-    process that set its own first threshold keeps it; ``None`` leaves it alone."""
+    garbage still waits for at most 10,000 containers, or until the server goes idle:
+    then the governor collects the young and middle generations once per idle spell
+    (``stats()["gc_idle_collections"]``), before it gives memory back. Independent of
+    ``freeze_gc``. A process that set its own first threshold keeps it (and gets no idle
+    collections); ``None`` leaves it alone."""
     mmap_threshold: int | str | None = None
     """Pin glibc's mmap threshold here when the governor starts (``None``: leave it).
 
@@ -744,6 +749,8 @@ class Governor:
         self._gc_full_every: int | None = None
         # the first gc threshold it set (gc_young_every), None when it set none
         self._gc_young_every: int | None = None
+        self._gc_idle_since: float | None = None  # the idle spell last collected in
+        self._gc_idle_collections = 0
         self._trimmed_bytes = 0
         self._trim_seconds = 0.0
         self._pool_returned_bytes = 0
@@ -1023,6 +1030,14 @@ class Governor:
         # nothing in flight for idle_after: the idle trim, the idle spell's release of
         # pymalloc's pools, and the arena cache's full release all go by this
         idle = in_flight == 0 and now - self._last_activity >= config.idle_after
+        if idle and self._gc_young_every is not None and self._gc_idle_since != self._last_activity:
+            # once per idle spell: the cycles that waited under the raised first threshold
+            # (gc_young_every) are freed now, before the idle trims and the release of
+            # pymalloc's pools below give back what they held (an idle server allocates
+            # nothing, so the count would not reach the threshold again)
+            self._gc_idle_since = self._last_activity
+            gc.collect(1)
+            self._gc_idle_collections += 1
         # the periodic heap trim under load: always (heap_trim_every), or while the
         # traffic is spread over sizes (spread_trim_every), in place of the busy trims
         every = config.heap_trim_every
@@ -1323,6 +1338,7 @@ class Governor:
             "gc_frozen": self._gc_frozen,
             "gc_full_every": self._gc_full_every,
             "gc_young_every": self._gc_young_every,
+            "gc_idle_collections": self._gc_idle_collections,
             "interval": self.config.interval,
             "last_rss": self._last_rss,
             "last_check": self._last_check,
