@@ -440,13 +440,20 @@ def space_full_collections(every: int) -> int | None:
     (``benchmarks/README.md``, "Full collections after the freeze"). Spacing them by the
     third threshold gives back about CPython's own rate.
     """
+    return _space_threshold(2, CPYTHON_FULL_EVERY, every)
+
+
+def _space_threshold(index: int, default: int, every: int) -> int | None:
+    """Set ``gc.get_threshold()[index]`` to ``every`` when it is CPython's ``default``
+    (or ``every`` already): ``every``, or ``None`` for a threshold the process set."""
     if every < 1:
         msg = f"every must be at least 1, got {every!r}"
         raise ValueError(msg)
-    first, second, third = gc.get_threshold()
-    if third not in {CPYTHON_FULL_EVERY, every}:
+    thresholds = list(gc.get_threshold())
+    if thresholds[index] not in {default, every}:
         return None
-    gc.set_threshold(first, second, every)
+    thresholds[index] = every
+    gc.set_threshold(*thresholds)
     return every
 
 
@@ -469,22 +476,14 @@ def space_young_collections(every: int) -> int | None:
     reference counting when the request ends: while it is built, the count climbs by
     its size (about 2,600 containers for a 1 MiB body of the example service), so at
     700 the collector walks the half-built tree three or four times per request, finds
-    nothing to free, and promotes it. Each walk is short, but it chases pointers
-    through the tree's objects between the decoder's own passes over its buffers, and
-    the request pays for it well beyond the collector's own time (``benchmarks/
-    README.md``, "Young collections spaced out"). Above the trees the traffic builds,
+    nothing to free, and promotes it. Each walk is short, yet the request paid for them
+    well beyond the collector's own time (``benchmarks/README.md``, "Young collections
+    spaced out"; why is not established). Above the trees the traffic builds,
     the count rises only by what outlives requests (and the cycles they leave), so the
     collector still runs, on that growth: cyclic garbage waits for at most ``every``
     containers before it is found.
     """
-    if every < 1:
-        msg = f"every must be at least 1, got {every!r}"
-        raise ValueError(msg)
-    first, second, third = gc.get_threshold()
-    if first not in {CPYTHON_YOUNG_EVERY, every}:
-        return None
-    gc.set_threshold(every, second, third)
-    return every
+    return _space_threshold(0, CPYTHON_YOUNG_EVERY, every)
 
 
 def _read_limit(path: Path) -> int | None:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import gc
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 from _governed import run_python
 
-from arenapool._memory import CPYTHON_YOUNG_EVERY
+from arenapool._memory import CPYTHON_FULL_EVERY, CPYTHON_YOUNG_EVERY
 from arenapool.memory import space_full_collections, space_young_collections
 
 # Run in a fresh interpreter with the governor config's keywords as argv[1] (JSON), and
@@ -257,37 +258,35 @@ def test_freeze_gc_false_leaves_the_collector_as_it_is() -> None:
     assert seen["again"] == seen["frozen_after_again"] > 1000
 
 
-def test_space_full_collections_spaces_cpythons_default_only() -> None:
-    """In this process, thresholds put back after: CPython's third threshold is spaced
+@pytest.mark.parametrize(
+    ("space", "index", "default"),
+    [
+        (space_full_collections, 2, CPYTHON_FULL_EVERY),
+        (space_young_collections, 0, CPYTHON_YOUNG_EVERY),
+    ],
+    ids=["full", "young"],
+)
+def test_spacing_changes_cpythons_default_threshold_only(
+    space: Callable[[int], int | None], index: int, default: int
+) -> None:
+    """In this process, thresholds put back after: CPython's default threshold is spaced
     out (and again to the same value), one the process set itself is left as it is."""
     saved = gc.get_threshold()
-    try:
-        gc.set_threshold(700, 10, 10)
-        assert 30 == space_full_collections(30)
-        assert (700, 10, 30) == gc.get_threshold()
-        assert 30 == space_full_collections(30)  # what it set already: unchanged
-        gc.set_threshold(500, 20, 7)
-        assert None is space_full_collections(30)
-        assert (500, 20, 7) == gc.get_threshold()
-        with pytest.raises(ValueError, match="at least 1"):
-            space_full_collections(0)
-    finally:
-        gc.set_threshold(*saved)
 
+    def thresholds(value: int) -> tuple[int, int, int]:
+        made = [700, 10, 10]
+        made[index] = value
+        return (made[0], made[1], made[2])
 
-def test_space_young_collections_spaces_cpythons_default_only() -> None:
-    """In this process, thresholds put back after: CPython's first threshold is spaced
-    out (and again to the same value), one the process set itself is left as it is."""
-    saved = gc.get_threshold()
     try:
-        gc.set_threshold(CPYTHON_YOUNG_EVERY, 10, 10)
-        assert 5000 == space_young_collections(5000)
-        assert (5000, 10, 10) == gc.get_threshold()
-        assert 5000 == space_young_collections(5000)  # what it set already: unchanged
-        gc.set_threshold(1234, 10, 10)
-        assert None is space_young_collections(5000)
-        assert (1234, 10, 10) == gc.get_threshold()
+        gc.set_threshold(*thresholds(default))
+        assert 3000 == space(3000)
+        assert thresholds(3000) == gc.get_threshold()
+        assert 3000 == space(3000)  # what it set already: unchanged
+        gc.set_threshold(*thresholds(1234))
+        assert None is space(3000)
+        assert thresholds(1234) == gc.get_threshold()
         with pytest.raises(ValueError, match="at least 1"):
-            space_young_collections(0)
+            space(0)
     finally:
         gc.set_threshold(*saved)
