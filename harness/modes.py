@@ -19,12 +19,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-# the thresholds GovernorConfig(hold_heap=True) pins, for the +hold modes to set
 from arenapool import GovernorConfig
+
+# the thresholds GovernorConfig(hold_heap=True) pins, for the +hold modes to set
 from arenapool._memory import HOLD_TRIM_THRESHOLD, MAX_MMAP_THRESHOLD
 
-# the first collection threshold the governor sets, for the +gc modes to set
-GC_YOUNG_EVERY: int = GovernorConfig().gc_young_every or 0
+# the first collection threshold the governor sets by default, for the +gc modes to set
+GC_YOUNG_EVERY: int = GovernorConfig().gc_young_every or 700
 
 __all__ = [
     "BASELINES",
