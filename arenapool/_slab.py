@@ -132,7 +132,9 @@ class ClassState:
     committed. It is recalibrated from the traffic (``_decay.calibrate_locked``): the
     median of the most blocks lent at once over recent active windows (``peaks``), never
     below ``base_reserve`` (what ``reserve=``/``prealloc=`` asked for). Windows without
-    a lend are counted in ``quiet``, not in the median.
+    a lend are counted in ``quiet``, not in the median. ``window_peak`` and ``last_peak``
+    (the most lent at once in this window and the one before) keep a class's recent
+    peak warm on top of the median for a window or two (``_decay.keep``).
     """
 
     __slots__ = (
@@ -142,6 +144,7 @@ class ClassState:
         "high_water",
         "huge",
         "idle",
+        "last_peak",
         "lends",
         "lends_seen",
         "lent",
@@ -165,6 +168,7 @@ class ClassState:
         self.reserve = reserve
         self.base_reserve = reserve
         self.window_peak = 0  # the most lent at once since the last calibration
+        self.last_peak = 0  # ... in the window before that one
         self.peaks: deque[int] = deque(maxlen=CALIBRATION_WINDOWS)
         self.quiet = 0  # windows in a row without a lend
         # keeps nothing warm beyond base_reserve now: its idle blocks go back at the next

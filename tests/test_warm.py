@@ -166,6 +166,42 @@ def test_the_reserve_follows_the_traffic_not_the_burst() -> None:
     assert ([20, 20, 2, 2, 2], 2) == (reserves, committed)
 
 
+def test_a_class_keeps_its_recent_peak_warm_for_a_window_or_two() -> None:
+    """A reserve is the median of the window peaks, and a steady load peaks above it in
+    about half of its windows. The blocks between the median and the recent peak (this
+    window's or the one before's) stay committed through retain, so the next peak finds
+    them warm: 5 blocks out again fault none of their pages. Once a whole window has
+    peaked lower, they go back (and the median, with two peaks of 5 among four, was 5
+    for the window between)."""
+    with SlabPool("64MiB", decay=None, retain=0) as pool:
+        pool._maintainer = threading.current_thread()  # only these windows, no thread's
+        cls = pool._classes[pool._sizes.index(64 * KiB)]
+
+        def cycle(lends: int) -> None:
+            blocks = [pool.lend(64 * KiB) for _ in range(lends)]
+            for block in blocks:
+                fill(block, 64 * KiB)
+            pool.give_back(blocks)
+
+        def window(lends: int) -> tuple[int, int]:
+            cycle(lends)
+            _decay.maintain(pool, time.monotonic())  # a tick: calibrates, holds retain
+            with pool._lock:
+                return cls.reserve, sum(1 for b in cls.free if b.committed)
+
+        peaked = [window(n) for n in (3, 3, 5)][-1]
+        _decay.maintain(pool, time.monotonic(), tick=False)  # a pass between ticks
+        before = minor_faults()
+        cycle(5)  # the next peak
+        faults = minor_faults() - before
+        after = [window(n) for n in (3, 3, 3)]
+
+    # 5 blocks faulted in again would be 2 blocks' pages at least (32 at 4 KiB); any
+    # fault under one block's is the interpreter's own
+    assert ((3, 5), True) == (peaked, faults < PAGES_PER_64K), faults
+    assert [(5, 5), (3, 3), (3, 3)] == after
+
+
 def test_a_reserve_keeps_a_warm_cycle_fault_free_under_retain_zero() -> None:
     """With retain=0 (keep nothing idle committed), a calibrated class still keeps the
     block its traffic uses warm: after one maintenance pass, cycles fault none of its pages."""
@@ -248,18 +284,20 @@ def test_a_reserve_counts_the_blocks_lent_now() -> None:
     with SlabPool("64MiB", decay=None, retain=0) as pool:
         pool._maintainer = threading.current_thread()  # only these passes, no thread's
         cls = pool._classes[pool._sizes.index(64 * KiB)]
-        three = [pool.lend(64 * KiB) for _ in range(3)]
-        pool.give_back(three)
-        _decay.maintain(pool, time.monotonic())  # calibrates: reserve 3
         five = [pool.lend(64 * KiB) for _ in range(5)]
-        pool.give_back(five)  # 5 idle blocks committed, no calibration since
+        pool.give_back(five)  # 5 idle blocks committed
+        for lends in (0, 3, 3):  # windows that peak at 5, 3, 3: a reserve of 3
+            blocks = [pool.lend(64 * KiB) for _ in range(lends)]
+            pool.give_back(blocks)
+            with pool._lock:  # calibrates without the retain pass a tick holds
+                _decay.calibrate_locked(pool, time.monotonic())
         held = [pool.lend(64 * KiB) for _ in range(2)]
         _decay.maintain(pool, time.monotonic(), tick=False)  # retain: keep what the reserve covers
         with pool._lock:
             warm = sum(1 for b in cls.free if b.committed)
         pool.give_back(held)
 
-    assert (3, 1) == (cls.reserve, warm)
+    assert (3, 3, 1) == (cls.reserve, cls.last_peak, warm)
 
 
 def test_the_reserves_together_fit_the_most_bytes_lent_at_once() -> None:
