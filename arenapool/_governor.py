@@ -36,7 +36,10 @@ limit; read on the container, all of them see the same level and shed together::
                                       trim's yield and time; one that does not pay
                                       doubles the wait, up to busy_trim_max_interval;
                                       nor does one whose return the next reading finds
-                                      resident again, net of it under trim_min_yield).
+                                      resident again, net of it under trim_min_yield;
+                                      what comes back of a trim is the free heap's
+                                      swing, which reclaimable must then also pass
+                                      for busy_trim_max_interval).
                                       Busy (not idle: a request in flight or one
                                       ended within idle_after), only the free C heap
                                       counts, and the pools, the arena cache and the
@@ -971,8 +974,9 @@ class Governor:
             row.judged += returned
             row.back += back
             if settles and self._busy is not None:
-                # a trim whose return the traffic took straight back did not pay
-                self._busy.settle(back)
+                # a trim whose return the traffic took straight back did not pay (and
+                # what it took back says how far its free heap swings)
+                self._busy.settle(back, now)
         if ended != self._ended_seen:  # requests ended since the last check
             self._ended_seen = ended
             self._last_activity = now

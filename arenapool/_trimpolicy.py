@@ -25,6 +25,21 @@ nothing. :class:`TrimPolicy` trims when it is worth it, busy or idle:
   returns a few MiB that come straight back keeps the interval at ``min_interval`` and
   pays those faults every second (benchmarks/README.md, "Nine rounds a cell, and busy
   trims settled one reading on").
+- **swing**: settling a trim also measures how far the traffic's free heap swings:
+  what it took back within one interval (``back``) was free at the reading and in use
+  again before the next. The free heap read once a second lands anywhere in that
+  swing, so its lowest readings set the floor and its highest look like growth by up
+  to the swing. For ``max_interval`` seconds after a trim whose return came back, a
+  trim is due only once the free heap has grown past the floor by ``threshold`` plus
+  the largest such ``back`` in that time: more than the traffic cycles through (a
+  burst left it behind, or the traffic shrank), and at two readings in a row: one
+  reading that finds nothing in flight at all sees the whole swing free, and a trim
+  then returns what the next requests fault straight back in, where a burst's leftovers
+  stay free. Without it the back-off alone held the trims off, and it forgets: one trim
+  that pays (the traffic paused for a moment) brings the interval back to
+  ``min_interval``. At 1 MiB bodies and 32 connections a server then made a trim of
+  10-17 MiB every second or two in its first seconds under load, each one faulted
+  straight back in.
 
 The policy holds no clock and does no I/O: the governor passes ``now`` and the
 measurements in, so the rules are tested without timing. Its counters (trims, paid,
@@ -57,6 +72,14 @@ class TrimPolicy:
     last_yield: int | None = field(init=False, default=None)
     last_seconds: float | None = field(init=False, default=None)
     revoked: int = field(init=False, default=0)
+    # the most the traffic took back of a trim's return by the next reading over the
+    # last max_interval, and when it was settled: the free heap's swing (0: none known)
+    swing: int = field(init=False, default=0)
+    swing_at: float = field(init=False, default=float("-inf"))
+    # checks at which a trim was due but for the swing
+    held_off: int = field(init=False, default=0)
+    # readings in a row whose reclaimable passed the bar (threshold, plus the swing)
+    _streak: int = field(init=False, default=0, repr=False)
     # the last trim, until settled: when it ended, its RSS drop, and the interval it
     # followed (what an unpaid trim doubles)
     _open: tuple[float, int, float] | None = field(init=False, default=None, repr=False)
@@ -77,12 +100,25 @@ class TrimPolicy:
         self.interval = self.min_interval
 
     def due(self, now: float, reclaimable: int) -> bool:
-        """True when a trim is worth it now: enough reclaimable, and not backed off."""
-        return reclaimable >= self.threshold and now >= self.next_at
+        """True when a trim is worth it now (call once per reading): enough reclaimable,
+        and not backed off. While a swing is known (a trim settled in the last
+        ``max_interval`` seconds whose return came back), enough means past the
+        threshold plus the swing, at this reading and the one before."""
+        swinging = self.swing > 0 and now - self.swing_at < self.max_interval
+        bar = self.threshold + self.swing if swinging else self.threshold
+        above = reclaimable >= bar
+        self._streak = self._streak + 1 if above else 0
+        if reclaimable < self.threshold or now < self.next_at:
+            return False
+        if swinging and self._streak < 2:
+            self.held_off += 1
+            return False
+        return True
 
     def record(self, now: float, freed: int, seconds: float) -> bool:
         """Record a trim that ended at ``now``; True when it paid. Sets the next slot."""
         paid = freed >= self.min_yield and seconds <= self.max_duty * self.interval
+        self._streak = 0
         self.trims += 1
         self.freed_bytes += max(0, freed)
         self.seconds += seconds
@@ -98,17 +134,24 @@ class TrimPolicy:
         self.next_at = now + self.interval
         return paid
 
-    def settle(self, back: int) -> bool:
+    def settle(self, back: int, now: float | None = None) -> bool:
         """Settle the last trim one reading on: ``back`` bytes of what it gave back are
         resident again. A trim recorded as paid whose RSS drop net of ``back`` is under
         ``min_yield`` is revoked: counted as not paid, and the next slot is set as if it
-        had not paid (the interval it followed, doubled, from when it ended). True when
-        revoked. A second call, or one after a trim that did not pay, does nothing."""
+        had not paid (the interval it followed, doubled, from when it ended). Either
+        way ``back`` becomes the free heap's swing when it is more than the swing of
+        the last ``max_interval`` seconds, from ``now`` (the reading's time; when the
+        trim ended without it). True when revoked. A second call, or one after a trim
+        that did not pay, does nothing."""
         if self._open is None:
             return False
         ended, freed, before = self._open
         self._open = None
-        if freed - max(0, back) >= self.min_yield:
+        back = max(0, back)
+        at = ended if now is None else now
+        if back and (back > self.swing or at - self.swing_at >= self.max_interval):
+            self.swing, self.swing_at = back, at
+        if freed - back >= self.min_yield:
             return False
         self.paid -= 1
         self.revoked += 1
@@ -125,6 +168,8 @@ class TrimPolicy:
             "trims": self.trims,
             "paid": self.paid,
             "revoked": self.revoked,
+            "swing_bytes": self.swing,
+            "held_off": self.held_off,
             "freed_bytes": self.freed_bytes,
             "seconds": round(self.seconds, 6),
             "last_yield": self.last_yield,

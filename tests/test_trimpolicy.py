@@ -66,11 +66,12 @@ def test_a_paid_trim_whose_return_comes_back_is_revoked() -> None:
 
 
 def test_a_paid_trim_whose_return_stays_out_stays_paid() -> None:
-    """A trim whose yield net of what came back is still min_yield stays paid."""
+    """A trim whose yield net of what came back is still min_yield stays paid: the next
+    may come min_interval later."""
     policy = TrimPolicy(MiB, min_interval=1.0, max_interval=8.0, min_yield=MiB)
     policy.record(0.0, freed=4 * MiB, seconds=0.001)
     assert policy.settle(back=3 * MiB) is False
-    assert (1, 0, 1.0, True) == (policy.paid, policy.revoked, policy.interval, policy.due(1.0, MiB))
+    assert (1, 0, 1.0, 1.0) == (policy.paid, policy.revoked, policy.interval, policy.next_at)
 
 
 def test_settling_is_once_and_only_for_a_paid_trim() -> None:
@@ -101,6 +102,43 @@ def test_a_steady_stream_whose_trims_come_back_backs_off() -> None:
         intervals.append(policy.interval)
     assert [8.0, 1.0] == intervals
     assert (0, 5) == (settled.paid, unsettled.paid)
+
+
+def test_a_revoked_trim_holds_the_next_until_the_free_heap_outgrows_its_swing() -> None:
+    """What the traffic took back of a revoked trim's return is how far its free heap
+    swings. For max_interval after it, a trim is due only once the free heap has grown
+    past the floor by the threshold plus that swing, at two readings in a row; a trim
+    that paid meanwhile (the traffic paused for a moment) does not bring the trims back
+    within it. Then the swing is forgotten (and one reading past the threshold will do)."""
+    policy = TrimPolicy(2 * MiB, min_interval=1.0, max_interval=32.0, min_yield=MiB)
+    policy.record(10.0, freed=12 * MiB, seconds=0.001)
+    assert policy.settle(back=12 * MiB, now=11.0) is True
+    policy.record(15.0, freed=12 * MiB, seconds=0.001)  # paid: interval back to 1 s
+    assert policy.settle(back=0, now=16.0) is False  # stays paid, the swing stays
+    readings = [
+        policy.due(float(now), free)
+        for now, free in enumerate((14 * MiB - 1, 14 * MiB, 4 * MiB, 14 * MiB, 14 * MiB), start=20)
+    ]
+    # past the bar at one reading (nothing in flight for an instant) is not enough: two
+    # in a row are
+    assert ([False, False, False, False, True], 4, 12 * MiB) == (
+        readings,
+        policy.stats()["held_off"],
+        policy.stats()["swing_bytes"],
+    )
+    assert (False, True) == (policy.due(42.9, 4 * MiB), policy.due(43.0, 4 * MiB))
+
+
+def test_the_swing_is_the_most_that_came_back_lately() -> None:
+    """A trim that stays paid sets a swing too, if more came back of it than the swing
+    of the last max_interval seconds; less leaves it; after max_interval, any does."""
+    policy = TrimPolicy(2 * MiB, min_interval=1.0, max_interval=32.0, min_yield=MiB)
+    swings = []
+    for now, back in ((10.0, 6 * MiB), (20.0, 3 * MiB), (30.0, 8 * MiB), (70.0, 2 * MiB)):
+        policy.record(now, freed=12 * MiB, seconds=0.001)
+        assert policy.settle(back=back, now=now + 1) is False  # 4 MiB stayed out at least
+        swings.append(policy.swing // MiB)
+    assert [6, 6, 8, 2] == swings
 
 
 def test_policy_rejects_nonsense() -> None:
@@ -205,3 +243,45 @@ async def test_a_busy_trim_whose_pages_the_traffic_takes_back_backs_off() -> Non
         before["heap_returns"]["busy"]["back_bytes"] * 2
         > before["heap_returns"]["busy"]["judged_bytes"]
     )
+
+
+async def test_a_busy_trim_waits_for_the_free_heap_to_outgrow_its_swing() -> None:
+    """A real heap: a busy trim returns 64 MiB of holes and the traffic takes them again
+    (revoked: the free heap swings by 64 MiB). Freed once more, the same pages would be
+    worth a trim by the threshold alone, but they are the swing: with the back-off
+    waived, the governor still holds the trim off. Once 128 MiB more is freed, and
+    stays free for a second reading, it trims."""
+    governor = Governor(
+        GovernorConfig(
+            interval=1,
+            idle_after=3600,
+            use_cgroup=False,
+            busy_trim_threshold="8MiB",
+            busy_trim_interval=60,  # room for the trim's time under max_duty on a slow machine
+            busy_trim_max_interval=3600,
+        )
+    )
+    policy = governor._busy
+    assert policy is not None
+    held: list[bytes] = []
+    governor.note_request_start()
+    try:
+        allocate(64 * MiB)  # freed at once, the pins keep the holes in the heap
+        await governor.check()  # the busy trim
+        allocate(64 * MiB, keep=held)  # the traffic takes the pages again
+        await governor.check()  # settles it: revoked
+        revoked = (policy.revoked, policy.swing >= 32 * MiB)
+        held.clear()  # free again: the swing
+        policy.next_at = float("-inf")  # waive the back-off: the swing alone holds
+        await governor.check()
+        held_off = (governor.stats()["trims"], policy.held_off)
+        allocate(192 * MiB)  # 128 MiB more than the swing, freed
+        await governor.check()  # one reading past it: it might be the swing at its low
+        once = governor.stats()["trims"]
+        await governor.check()
+        grown = governor.stats()["trims"]
+    finally:
+        governor.note_request_end()
+        held.clear()
+
+    assert ((1, True), (1, 1), 1, 2) == (revoked, held_off, once, grown)
