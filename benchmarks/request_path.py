@@ -28,7 +28,14 @@ minutes (on a shared machine the neighbours' load drifts). Each measured run fol
 others are measured (arenapool's pool decays idle blocks after 10 s and, after 10 s
 without a lend, resets its warm reserves), and the run should see steady state: the
 default 3 s spans one of the pool's calibration ticks (every ``decay / 4`` = 2.5 s),
-after which the reserve follows the traffic again.
+after which the reserve follows the traffic again. Then (``--drain``, on by default since
+2026-12-07) each server of the batch is left to finish the requests the rewarm's wrk
+left in flight (``harness.procstat.wait_quiet``: until its CPU time stands still for
+0.1 s, at most 3 s; the run records the wait), and the measured runs start together. A
+new wrk's connections all post at once, and with the last run's requests still in
+flight a server had up to 40 bodies of 1 MiB in hand at once where 32 connections
+keep 32: it grew its pool and its heap for them in the measured run's first second
+(page faults that no server under steady traffic takes, the baselines' too).
 Per run, from wrk and from the server's
 ``/proc/PID/stat``: requests/s, minor page faults per request, CPU (user + system) per
 request. The ratios ``arenapool / orjson`` and ``arenapool-msgspec / msgspec`` are taken
@@ -133,7 +140,7 @@ from harness.modes import (
     round_groups,
     round_order,
 )
-from harness.procstat import read_stat
+from harness.procstat import read_stat, wait_quiet
 from harness.report import machine_info
 from harness.server import Server, sigterm_interrupts
 from harness.workload import Workload, size_workload
@@ -262,6 +269,7 @@ class Run:
     copy_us_per_request: float | None = None
     copy_faults_per_request: float | None = None
     steal_pct: float | None = None  # of the server's CPUs' time (all CPUs' if not pinned)
+    drained_s: float | None = None  # the wait for the rewarm's requests (--drain)
     started: float | None = None  # the measured wrk run's window (time.time())
     ended: float | None = None
     group: int = 0  # which of the round's groups it ran in (its index in pair_groups')
@@ -303,6 +311,9 @@ async def measure_size(
                 )
                 for batch in batches:
                     group = next(i for i, g in enumerate(groups) if set(batch) <= set(g))
+                    drained = await rewarm(
+                        [servers[name] for name in batch], script=script, bodies=bodies, args=args
+                    )
                     runs = await asyncio.gather(
                         *(
                             one_run(
@@ -314,8 +325,9 @@ async def measure_size(
                                 script=script,
                                 bodies=bodies,
                                 args=args,
+                                drained_s=wait,
                             )
-                            for name in batch
+                            for name, wait in zip(batch, drained, strict=True)
                         )
                     )
                     for r in runs:
@@ -402,6 +414,23 @@ async def stop_servers(servers: dict[str, Server]) -> None:
         await asyncio.to_thread(server.stop)
 
 
+async def rewarm(
+    batch: list[Server], *, script: Path, bodies: list[Path], args: argparse.Namespace
+) -> list[float | None]:
+    """Bring a batch's servers back to steady state after idling while the others ran
+    (``--rewarm`` seconds of load on each at once), then, with ``--drain``, wait until
+    each has finished the requests that load left in flight; the seconds each waited."""
+    if args.rewarm > 0:
+        await asyncio.gather(*(load(server, script, bodies, args.rewarm, args) for server in batch))
+    if not args.drain:
+        return [None] * len(batch)
+    pids = []
+    for server in batch:
+        assert server.proc is not None
+        pids.append(server.proc.pid)
+    return list(await asyncio.gather(*(wait_quiet(pid) for pid in pids)))
+
+
 async def one_run(
     server: Server,
     name: str,
@@ -412,11 +441,10 @@ async def one_run(
     script: Path,
     bodies: list[Path],
     args: argparse.Namespace,
+    drained_s: float | None = None,
 ) -> Run:
     assert server.proc is not None
     pid = server.proc.pid
-    if args.rewarm > 0:  # back to steady state after idling while the others ran
-        await load(server, script, bodies, args.rewarm, args)
     floor_before = server.floor_stats() if isinstance(server, FloorServer) else None
     steal_before = cpus.steal_ticks(server_cpus(args))
     before = read_stat(pid)
@@ -438,6 +466,7 @@ async def one_run(
         cpu_us_per_request=delta.cpu * 1e6 / n,
         p99_ms=result.percentiles_ms.get(99),
         steal_pct=100 * (steal_after[0] - steal_before[0]) / ticks if ticks > 0 else None,
+        drained_s=drained_s,
         started=started,
         ended=ended,
         group=group,
@@ -631,6 +660,13 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds of unmeasured wrk load right before each measured run (3: past one "
         "of the pool's 2.5 s calibration ticks)",
     )
+    parser.add_argument(
+        "--drain",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="after the rewarm, wait until each server has finished the requests it left "
+        "in flight before the measured runs start (default: on)",
+    )
     parser.add_argument("--connections", type=int, default=32, help="wrk connections (32)")
     parser.add_argument("--limit", default="8MiB", help="largest body (8MiB)")
     parser.add_argument("--seed", type=int, default=1, help="seed of the bodies (1)")
@@ -710,6 +746,7 @@ def main(argv: list[str] | None = None) -> int:
             "duration_s": args.duration,
             "warmup_s": args.warmup,
             "rewarm_s": args.rewarm,
+            "drain": args.drain,
             "connections": args.connections,
             "fresh_servers_each_round": args.fresh,
             "control": args.control,

@@ -7,10 +7,12 @@ divide the difference by the requests served.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from dataclasses import dataclass
 
-__all__ = ["ProcStat", "read_stat"]
+__all__ = ["ProcStat", "read_stat", "wait_quiet"]
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -53,3 +55,21 @@ def read_stat(pid: int) -> ProcStat:
         utime=int(fields[11]) / _TICK,
         stime=int(fields[12]) / _TICK,
     )
+
+
+async def wait_quiet(
+    pid: int, *, interval: float = 0.1, busy: float = 0.01, limit: float = 3.0
+) -> float | None:
+    """Wait until process ``pid`` used at most ``busy`` seconds of CPU over one
+    ``interval`` (it has finished what it was doing: the requests a client that stopped
+    left in flight); the seconds waited, or ``None`` if it was still busy after
+    ``limit`` seconds. A bounded poll of its CPU time (10 ms ticks), no signal."""
+    started = time.monotonic()
+    last = read_stat(pid).cpu
+    while time.monotonic() - started < limit:
+        await asyncio.sleep(interval)
+        now = read_stat(pid).cpu
+        if now - last <= busy:
+            return time.monotonic() - started
+        last = now
+    return None

@@ -7,6 +7,7 @@ import math
 import mmap
 import os
 import random
+import sys
 from typing import Any
 
 import orjson
@@ -17,7 +18,7 @@ from aiohttp import web
 from arenapool import _memory
 from harness.loadgen import LoadResult, Pacing, percentile, run_load
 from harness.modes import baseline_of, pair_groups, resolve_modes, round_groups, round_order
-from harness.procstat import read_stat
+from harness.procstat import read_stat, wait_quiet
 from harness.soak import percentile_of
 from harness.workload import (
     MIN_BODY,
@@ -389,6 +390,23 @@ def test_proc_stat_counts_this_process_faults_and_cpu() -> None:
     delta = read_stat(os.getpid()) - before
     assert delta.minflt > 0
     assert delta.cpu >= 0
+
+
+async def test_wait_quiet_tells_a_process_at_rest_from_a_busy_one() -> None:
+    """wait_quiet returns once a process used (almost) no CPU over an interval: at once
+    for one blocked on a read, never (None, after its bound) for one that spins."""
+    code = {"resting": "import sys; sys.stdin.read()", "spinning": "while True: pass"}
+    waits = {}
+    for name, source in code.items():
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-c", source, stdin=asyncio.subprocess.PIPE
+        )
+        try:
+            waits[name] = await wait_quiet(proc.pid, limit=0.5)
+        finally:
+            proc.kill()
+            await proc.communicate()
+    assert (True, None) == (waits["resting"] is not None, waits["spinning"])
 
 
 def test_soak_percentiles_by_nearest_rank() -> None:

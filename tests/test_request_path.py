@@ -59,12 +59,16 @@ def test_a_pair_runs_together_only_side_by_side(tmp_path: Path, side_by_side: bo
     """With ``--side-by-side`` the two servers of a pair are measured over the same
     seconds (their windows overlap by most of the run's duration); without it, one after
     the other (no overlap). Either way each round gives the pair's ratio of requests/s,
-    every request answered, and the settings say which way it ran."""
+    every request answered, each server drained of the rewarm's requests before its
+    measured run, and the settings say which way it ran."""
     doc = run_request_path(tmp_path, *(["--side-by-side"] if side_by_side else []))
-    assert side_by_side is doc["settings"]["side_by_side"]
+    assert (side_by_side, True) == (doc["settings"]["side_by_side"], doc["settings"]["drain"])
     pairs = pairs_by_round(doc)
     for mine, base in pairs:
         assert 0 == mine["errors"] == base["errors"]
+        # each server finished the rewarm's requests before its measured run (--drain)
+        assert mine["drained_s"] is not None
+        assert base["drained_s"] is not None
         assert mine["requests"] > 0
         assert base["requests"] > 0
         if side_by_side:
