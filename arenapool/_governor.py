@@ -282,6 +282,13 @@ class GovernorConfig:
     busy trims then come every few seconds, each one's pages faulted straight back in
     (benchmarks/README.md, "Nine rounds a cell, and busy trims settled one reading
     on")."""
+    busy_trim_swing: bool = True
+    """Learn the free heap's swing from the busy trims (what the next reading finds
+    resident again of a trim's return): for ``busy_trim_max_interval`` after, a busy
+    trim needs the free heap past its floor by ``busy_trim_threshold`` plus the largest
+    such return, at two readings in a row (:class:`arenapool._trimpolicy.TrimPolicy`,
+    ``swing``). False: the threshold and the back-off alone, as before 2026-12-07. Needs
+    ``settle_busy_trims``: the swing is measured when a trim is settled."""
     heap_trim_every: float | None = None
     """Under load, call glibc's ``malloc_trim(0)`` every this many seconds on the event
     loop (``None``: off), with no reading before it and one count of the main heap's
@@ -716,6 +723,7 @@ class Governor:
                 min_interval=config.busy_trim_interval,
                 max_interval=config.busy_trim_max_interval,
                 min_yield=parse_size(config.trim_min_yield, allow_zero=True),
+                learn_swing=config.busy_trim_swing,
             )
         self._task: asyncio.Task[None] | None = None
         self._trim_lock: asyncio.Lock | None = None

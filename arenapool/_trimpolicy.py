@@ -63,6 +63,7 @@ class TrimPolicy:
     max_interval: float = 32.0
     min_yield: int = 1024 * 1024
     max_duty: float = 0.05
+    learn_swing: bool = True  # False: no swing (the threshold and the back-off alone)
     interval: float = field(init=False)
     next_at: float = field(init=False, default=float("-inf"))
     trims: int = field(init=False, default=0)
@@ -149,7 +150,8 @@ class TrimPolicy:
         self._open = None
         back = max(0, back)
         at = ended if now is None else now
-        if back and (back > self.swing or at - self.swing_at >= self.max_interval):
+        stale = at - self.swing_at >= self.max_interval
+        if self.learn_swing and back and (back > self.swing or stale):
             self.swing, self.swing_at = back, at
         if freed - back >= self.min_yield:
             return False
@@ -168,6 +170,7 @@ class TrimPolicy:
             "trims": self.trims,
             "paid": self.paid,
             "revoked": self.revoked,
+            "learn_swing": self.learn_swing,
             "swing_bytes": self.swing,
             "held_off": self.held_off,
             "freed_bytes": self.freed_bytes,

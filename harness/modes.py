@@ -335,6 +335,13 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--unsettled-busy-trims",),
         ),
         Mode(
+            "arenapool-no-swing",
+            "arenapool",
+            "arenapool whose busy trims pass the threshold and the back-off alone, not the "
+            "free heap's swing, as before 2026-12-07 (GovernorConfig(busy_trim_swing=False))",
+            args=("--no-busy-trim-swing",),
+        ),
+        Mode(
             "arenapool-heap-trim",
             "arenapool",
             "arenapool whose governor calls malloc_trim(0) every second under load on the "

@@ -129,6 +129,23 @@ async def test_the_busy_trim_interval_reaches_the_governor(aiohttp_client: Clien
     assert 4.0 <= busy["interval"] <= 32.0
 
 
+@pytest.mark.parametrize("swing", [True, False])
+async def test_the_busy_trim_swing_option_reaches_the_governor(
+    aiohttp_client: ClientFactory, swing: bool
+) -> None:
+    """``busy_trim_swing`` (``--no-busy-trim-swing`` in the ``arenapool-no-swing`` mode)
+    says whether the governor's busy trims learn the free heap's swing, which its stats
+    say; the answers stay the same."""
+    client = await aiohttp_client(
+        example.make_app("arenapool", busy_trim_swing=swing, admin_token="t")
+    )
+    body = make_body(50_000, random.Random(9))
+    status, answer, stats = await ingest_and_stats(client, body)
+
+    assert (200, body.expected()) == (status, answer)
+    assert swing is stats["governor"]["busy_trim"]["learn_swing"]
+
+
 @pytest.mark.parametrize(("arena_cache", "limit"), [("32MiB", 32 * 1024 * 1024), (None, 0)])
 async def test_the_arena_cache_option_reaches_the_governor(
     aiohttp_client: ClientFactory, arena_cache: str | None, limit: int

@@ -129,6 +129,15 @@ def test_a_revoked_trim_holds_the_next_until_the_free_heap_outgrows_its_swing() 
     assert (False, True) == (policy.due(42.9, 4 * MiB), policy.due(43.0, 4 * MiB))
 
 
+def test_a_policy_told_not_to_learn_the_swing_keeps_none() -> None:
+    """learn_swing=False (GovernorConfig(busy_trim_swing=False)): a revoked trim backs
+    off as before, and trims past the threshold are due once the back-off allows."""
+    policy = TrimPolicy(2 * MiB, min_interval=1.0, max_interval=32.0, learn_swing=False)
+    policy.record(10.0, freed=12 * MiB, seconds=0.001)
+    assert policy.settle(back=12 * MiB, now=11.0) is True
+    assert (0, False, True) == (policy.swing, policy.due(11.9, 2 * MiB), policy.due(12.0, 2 * MiB))
+
+
 def test_the_swing_is_the_most_that_came_back_lately() -> None:
     """A trim that stays paid sets a swing too, if more came back of it than the swing
     of the last max_interval seconds; less leaves it; after max_interval, any does."""

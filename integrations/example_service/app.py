@@ -222,6 +222,7 @@ def make_app(
     gc_young_every: int | None = 10_000,
     gc_young_threshold: int | None = None,
     settle_busy_trims: bool = True,
+    busy_trim_swing: bool = True,
     arena_cache: str | None = "32MiB",
     block_cache: str | None = "16MiB",
     block_cache_huge_pages: bool = False,
@@ -262,7 +263,9 @@ def make_app(
     ``gc_young_threshold`` sets that first threshold at startup without arenapool (what
     the governor does, for the baselines). A busy trim whose return
     the traffic takes straight back counts as one that did not pay unless
-    ``settle_busy_trims`` is False (``GovernorConfig.settle_busy_trims``). It caches up to
+    ``settle_busy_trims`` is False (``GovernorConfig.settle_busy_trims``), and the busy
+    trims learn the free heap's swing unless ``busy_trim_swing`` is False
+    (``GovernorConfig.busy_trim_swing``). It caches up to
     ``arena_cache`` of the arenas pymalloc frees (``GovernorConfig.arena_cache``;
     ``None``: no cache), and serves the decoder's work buffers from its large-block
     region, ``block_cache`` of their pages kept warm (``GovernorConfig.block_cache``;
@@ -320,6 +323,7 @@ def make_app(
                 gc_full_every=gc_full_every,
                 gc_young_every=gc_young_every,
                 settle_busy_trims=settle_busy_trims,
+                busy_trim_swing=busy_trim_swing,
                 arena_cache=arena_cache,
                 block_cache=block_cache,
                 block_cache_huge_pages=block_cache_huge_pages,
@@ -472,6 +476,7 @@ def _app_of(args: argparse.Namespace) -> web.Application:
         gc_young_every=args.gc_young_every,
         gc_young_threshold=args.gc_young_threshold,
         settle_busy_trims=not args.unsettled_busy_trims,
+        busy_trim_swing=not args.no_busy_trim_swing,
         arena_cache=args.arena_cache,
         block_cache=args.block_cache,
         block_cache_huge_pages=args.block_cache_huge_pages,
@@ -644,6 +649,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="arenapool modes: judge a busy trim only by the RSS drop right after it, not "
         "again at the next reading (GovernorConfig(settle_busy_trims=False))",
+    )
+    parser.add_argument(
+        "--no-busy-trim-swing",
+        action="store_true",
+        help="arenapool modes: busy trims by the threshold and the back-off alone, not "
+        "past the free heap's swing (GovernorConfig(busy_trim_swing=False))",
     )
     parser.add_argument(
         "--arena-cache",
