@@ -335,6 +335,13 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--unsettled-busy-trims",),
         ),
         Mode(
+            "arenapool-no-gc-tick",
+            "arenapool",
+            "arenapool whose governor makes no young collection at its check under load, "
+            "as before 2026-12-07 (GovernorConfig(gc_young_tick=False))",
+            args=("--no-gc-young-tick",),
+        ),
+        Mode(
             "arenapool-no-swing",
             "arenapool",
             "arenapool whose busy trims pass the threshold and the back-off alone, not the "

@@ -223,6 +223,7 @@ def make_app(
     gc_young_threshold: int | None = None,
     settle_busy_trims: bool = True,
     busy_trim_swing: bool = True,
+    gc_young_tick: bool = True,
     arena_cache: str | None = "32MiB",
     block_cache: str | None = "16MiB",
     block_cache_huge_pages: bool = False,
@@ -324,6 +325,7 @@ def make_app(
                 gc_young_every=gc_young_every,
                 settle_busy_trims=settle_busy_trims,
                 busy_trim_swing=busy_trim_swing,
+                gc_young_tick=gc_young_tick,
                 arena_cache=arena_cache,
                 block_cache=block_cache,
                 block_cache_huge_pages=block_cache_huge_pages,
@@ -477,6 +479,7 @@ def _app_of(args: argparse.Namespace) -> web.Application:
         gc_young_threshold=args.gc_young_threshold,
         settle_busy_trims=not args.unsettled_busy_trims,
         busy_trim_swing=not args.no_busy_trim_swing,
+        gc_young_tick=not args.no_gc_young_tick,
         arena_cache=args.arena_cache,
         block_cache=args.block_cache,
         block_cache_huge_pages=args.block_cache_huge_pages,
@@ -649,6 +652,12 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="arenapool modes: judge a busy trim only by the RSS drop right after it, not "
         "again at the next reading (GovernorConfig(settle_busy_trims=False))",
+    )
+    parser.add_argument(
+        "--no-gc-young-tick",
+        action="store_true",
+        help="arenapool modes: no young collection at the governor's check under load "
+        "(GovernorConfig(gc_young_tick=False))",
     )
     parser.add_argument(
         "--no-busy-trim-swing",
