@@ -49,8 +49,10 @@ the pool's lock held, a pass does this:
   reserves together are then fitted, smallest classes first, into the median of the
   most bytes the pool had lent at once in those ticks. A reserve counts the blocks
   lent now (:func:`keep`): a class with 3 out and a reserve of 5 keeps 2 idle blocks
-  warm, not 5. So the pool keeps warm what the traffic needs now, one burst does not
-  pin its peak for good, and a pause does not cool it; ``QUIET_WINDOWS`` ticks without
+  warm, not 5; and a calibrated class keeps its latest peak warm for a window or two
+  when that is more than the median (:func:`keep`). So the pool keeps warm what the
+  traffic needs now, one burst does not pin its peak for good, and a pause does not
+  cool it; ``QUIET_WINDOWS`` ticks without
   a lend reset it (bytebufferpool recalibrates its sizes every 42,000 calls from a
   histogram of the sizes seen; Netty 4.2's adaptive allocator sizes its chunks from
   histograms). A class that took less than the pool's ``warm_share`` of the lends over

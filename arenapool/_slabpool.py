@@ -149,7 +149,8 @@ class SlabPool:
         reserve: idle blocks per class kept committed through decay and retain
             (default 0): the floor of each class's warm reserve, which the pool's
             maintenance recalibrates from the traffic (the median of the most
-            blocks lent at once over its last 8 ticks; see ``_decay``).
+            blocks lent at once over its last 8 ticks, and for a tick or two its
+            latest peak when that is more; see ``_decay``).
         calibrate: recalibrate the warm reserves from the traffic (default True).
             ``False`` keeps each class's reserve at its floor (``reserve=``, or its
             ``prealloc`` count), so ``retain`` alone says how much idle memory stays
