@@ -168,19 +168,23 @@ def test_config_rejects_a_busy_interval_above_its_cap() -> None:
         GovernorConfig(busy_trim_interval=10.0, busy_trim_max_interval=5.0, use_cgroup=False)
 
 
+def busy_config(busy_trim_interval: float = 60) -> GovernorConfig:
+    """A governor that trims busy past 8 MiB of free heap, never idle (an interval of
+    60 s leaves room for a trim's time under max_duty on a slow machine)."""
+    return GovernorConfig(
+        interval=1,
+        idle_after=3600,
+        use_cgroup=False,
+        busy_trim_threshold="8MiB",
+        busy_trim_interval=busy_trim_interval,
+        busy_trim_max_interval=3600,
+    )
+
+
 async def test_busy_server_is_trimmed_when_the_free_heap_is_worth_it() -> None:
     """With a request in flight, free heap past busy_trim_threshold is trimmed (reason
     "busy"), its yield and time recorded; the next busy trim waits for the interval."""
-    governor = Governor(
-        GovernorConfig(
-            interval=1,
-            idle_after=3600,
-            use_cgroup=False,
-            busy_trim_threshold="8MiB",
-            busy_trim_interval=3600,
-            busy_trim_max_interval=3600,
-        )
-    )
+    governor = Governor(busy_config(busy_trim_interval=3600))
     governor.note_request_start()
     allocate(64 * MiB)  # freed at once, the pins keep the holes in the heap
     await governor.check()
@@ -209,14 +213,7 @@ async def test_a_busy_trim_whose_pages_the_traffic_takes_back_backs_off() -> Non
     again (the next requests) faults them back in. The next reading settles the trim:
     revoked, and the next busy trim waits twice the interval. Left alone, it stays paid;
     and with ``settle_busy_trims=False`` it stays paid whatever comes back."""
-    config = GovernorConfig(
-        interval=1,
-        idle_after=3600,
-        use_cgroup=False,
-        busy_trim_threshold="8MiB",
-        busy_trim_interval=60,  # room for the trim's time under max_duty on a slow machine
-        busy_trim_max_interval=3600,
-    )
+    config = busy_config()
     taken_back, left = Governor(config), Governor(config)
     unsettled = Governor(dataclasses.replace(config, settle_busy_trims=False))
     held: list[bytes] = []
@@ -260,16 +257,7 @@ async def test_a_busy_trim_waits_for_the_free_heap_to_outgrow_its_swing() -> Non
     worth a trim by the threshold alone, but they are the swing: with the back-off
     waived, the governor still holds the trim off. Once 128 MiB more is freed, and
     stays free for a second reading, it trims."""
-    governor = Governor(
-        GovernorConfig(
-            interval=1,
-            idle_after=3600,
-            use_cgroup=False,
-            busy_trim_threshold="8MiB",
-            busy_trim_interval=60,  # room for the trim's time under max_duty on a slow machine
-            busy_trim_max_interval=3600,
-        )
-    )
+    governor = Governor(busy_config())
     policy = governor._busy
     assert policy is not None
     held: list[bytes] = []
