@@ -435,8 +435,9 @@ class GovernorConfig:
     collection (``stats()["gc_tick_collections"]``): cyclic garbage then waits about one
     ``interval``, not for 10,000 containers, and what it holds of the C heap goes back
     to the allocator that soon. At most one walk of the young objects a second, in place
-    of three or four in every 1 MiB request. False: only the threshold and the idle
-    collection."""
+    of three or four in every 1 MiB request. (Under the issue-11 soak's mixed load it
+    moved neither the median RSS nor the C heap: benchmarks/README.md, "Faults at
+    1 MiB".) False: only the threshold and the idle collection."""
     mmap_threshold: int | str | None = None
     """Pin glibc's mmap threshold here when the governor starts (``None``: leave it).
 
