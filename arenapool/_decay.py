@@ -148,9 +148,9 @@ def keep(cls: ClassState) -> int:
     the most it had out at once in this window or the one before, when that is more
     than the reserve's median. The median is below the peak in about half the windows
     of a steady load, and without this the blocks between the two went back at every
-    return and faulted in again at the next peak: at 1 MiB bodies and 32 connections,
-    two blocks (512 faults) every half second. A burst's blocks still go back: one to
-    two ticks after it, not at once."""
+    return and faulted in again at the next peak, several times a window under a steady
+    stream of 1 MiB bodies. A burst's blocks still go back: one to two ticks after it,
+    not at once."""
     if cls.cold:
         return cls.base_reserve
     need = cls.reserve

@@ -37,9 +37,9 @@ nothing. :class:`TrimPolicy` trims when it is worth it, busy or idle:
   then returns what the next requests fault straight back in, where a burst's leftovers
   stay free. Without it the back-off alone held the trims off, and it forgets: one trim
   that pays (the traffic paused for a moment) brings the interval back to
-  ``min_interval``. At 1 MiB bodies and 32 connections a server then made a trim of
-  10-17 MiB every second or two in its first seconds under load, each one faulted
-  straight back in.
+  ``min_interval``. Under a steady stream of 1 MiB bodies a server then made a busy
+  trim every second or two in its first seconds under load, each one faulted straight
+  back in.
 
 The policy holds no clock and does no I/O: the governor passes ``now`` and the
 measurements in, so the rules are tested without timing. Its counters (trims, paid,

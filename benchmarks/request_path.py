@@ -33,9 +33,9 @@ after which the reserve follows the traffic again. Then (``--drain``, on by defa
 left in flight (``harness.procstat.wait_quiet``: until its CPU time stands still for
 0.1 s, at most 3 s; the run records the wait), and the measured runs start together. A
 new wrk's connections all post at once, and with the last run's requests still in
-flight a server had up to 40 bodies of 1 MiB in hand at once where 32 connections
-keep 32: it grew its pool and its heap for them in the measured run's first second
-(page faults that no server under steady traffic takes, the baselines' too).
+flight a server had more bodies of 1 MiB in hand at once than 32 connections keep: it
+grew its pool and its heap for them in the measured run's first second (page faults
+that no server under steady traffic takes, the baselines' too).
 Per run, from wrk and from the server's
 ``/proc/PID/stat``: requests/s, minor page faults per request, CPU (user + system) per
 request. The ratios ``arenapool / orjson`` and ``arenapool-msgspec / msgspec`` are taken
