@@ -373,6 +373,20 @@ class GovernorConfig:
     ``block_cache`` is rounded up to a whole number of huge pages. Off by default: a
     huge page is resident whole once any byte of it is touched, and a decoder touches
     its buffer sparsely (see :func:`arenapool.memory.cache_large_blocks`)."""
+    block_cache_spread: int | str | None = "3MiB"
+    """While a pool's traffic is spread over body sizes (:attr:`SlabPool.spread`, as for
+    ``spread_trim_every``), the region keeps at most this many bytes warm, or
+    ``block_cache`` if that is less; under one steady size the bound is ``block_cache``
+    again (``None``: ``block_cache`` whatever the traffic). Under a spread the largest
+    documents are the rarest, and their buffers would pin the region's pages for all
+    the others: a decode that reaches past the bound faults its excess in again, a few
+    hundred faults for one of the few largest documents, where the whole spread's
+    median RSS holds the difference. Under one steady size every decode reaches as far,
+    and a low bound would fault that much in on every one. The bound moves at the
+    governor's checks, at most once each; the moves are counted in
+    :meth:`Governor.stats`'s ``block_cache`` (``spread_moves``; ``spread_bound``:
+    whether the lower bound holds now). Not with ``block_cache_fit``, which moves the
+    bound itself. benchmarks/README.md, "The region's bound under a spread of sizes"."""
     block_cache_fit: bool = False
     """Move the region's warm bound with the traffic, in whole MiB between 1 MiB and
     ``block_cache`` (the ceiling, and where the bound starts), so that it keeps warm
@@ -488,6 +502,11 @@ class GovernorConfig:
             if warm > BLOCK_REGION:
                 msg = f"block_cache must be at most 1 GiB, got {self.block_cache!r}"
                 raise InvalidSize(msg, value=self.block_cache)
+        if self.block_cache_spread is not None:
+            spread = parse_size(self.block_cache_spread, name="block_cache_spread", allow_zero=True)
+            if spread > BLOCK_REGION:
+                msg = f"block_cache_spread must be at most 1 GiB, got {self.block_cache_spread!r}"
+                raise InvalidSize(msg, value=self.block_cache_spread)
         smallest = parse_size(self.block_cache_min, name="block_cache_min")
         if not 4096 <= smallest < BLOCK_CACHE_OFF:
             msg = f"block_cache_min must be 4 KiB to under 1 GiB, got {self.block_cache_min!r}"
@@ -805,6 +824,11 @@ class Governor:
         self._fit_lowered = False
         self._fit_wait = 0.0
         self._fit_blocked_until = float("-inf")
+        # block_cache_spread: the region's bounds (steady, spread) and block_cache_min,
+        # parsed at start; whether the spread's bound holds now; how often it moved
+        self._spread_bounds: tuple[int, int, int] | None = None
+        self._spread_bound = False
+        self._spread_moves = 0
         self._shed_count = 0
         self._shed_episodes = 0
         self._actions: deque[dict[str, Any]] = deque(maxlen=self.config.history)
@@ -916,6 +940,12 @@ class Governor:
                         config.block_cache_fit_budget, name="block_cache_fit_budget"
                     )
                     self._fit = (budget, warm, min(_FIT_FLOOR, warm), smallest)
+                elif config.block_cache_spread is not None and not config.block_cache_fit:
+                    spread = parse_size(
+                        config.block_cache_spread, name="block_cache_spread", allow_zero=True
+                    )
+                    self._spread_bounds = (warm, min(spread, warm), smallest)
+                    self._spread_bound = False
             else:
                 self._block_cache = block_cache_status() or "off"
         log.info(
@@ -1142,6 +1172,8 @@ class Governor:
             self._blocks_released_bytes += release_blocks()
         if self._block_cache == "on" and config.block_cache_fit:
             self._fit_block_cache(now)
+        elif self._block_cache == "on" and self._spread_bounds is not None:
+            self._bound_block_cache(any(pool.spread for pool in pools))
         if (
             self._pymalloc_release == "on"
             and idle
@@ -1153,6 +1185,28 @@ class Governor:
             released = release_free_pools()
             if released is not None:
                 self._pymalloc_released_bytes += released.bytes
+
+    def _bound_block_cache(self, spread: bool) -> None:
+        """Lower the region's warm bound while the traffic is spread over sizes, and
+        raise it again under one steady size (``block_cache_spread``)."""
+        bounds = self._spread_bounds
+        assert bounds is not None
+        if spread == self._spread_bound:
+            return
+        self._spread_bound = spread
+        steady, lower, smallest = bounds
+        if lower == steady:
+            return
+        # (lowering gives back the free pages above the new bound at once: a madvise)
+        install_block_cache(
+            lower if spread else steady,
+            min_size=smallest,
+            huge_pages=self.config.block_cache_huge_pages,
+        )
+        self._spread_moves += 1
+        self._record(
+            "block_cache_spread", "lower" if spread else "raise", warm=block_cache_stats().warm
+        )
 
     def _fit_block_cache(self, now: float) -> None:
         """Move the region's warm bound with the traffic (``block_cache_fit``): judge the
@@ -1403,6 +1457,9 @@ class Governor:
                 "fit": self.config.block_cache_fit,
                 "fit_moves": self._fit_moves,
                 "fit_wait": self._fit_wait,
+                "spread_warm": None if self._spread_bounds is None else self._spread_bounds[1],
+                "spread_bound": self._spread_bound,
+                "spread_moves": self._spread_moves,
                 **block_cache_stats().to_dict(),
             },
             "shed_count": self._shed_count,

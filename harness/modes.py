@@ -364,6 +364,13 @@ def _modes(recycle_after: int) -> list[Mode]:
             args=("--block-cache", "none"),
         ),
         Mode(
+            "arenapool-no-spread-bound",
+            "arenapool",
+            "arenapool whose large-block region keeps its 16 MiB bound warm under a spread "
+            "of body sizes too, as before 2026-12-07 (GovernorConfig(block_cache_spread=None))",
+            args=("--block-cache-spread", "none"),
+        ),
+        Mode(
             "arenapool-block-fit",
             "arenapool",
             "arenapool whose governor moves the large-block region's warm bound with the "

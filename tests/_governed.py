@@ -37,11 +37,17 @@ ClientFactory = Callable[..., Awaitable[TestClient[Any, Any]]]
 
 
 async def governed_decoder(
-    aiohttp_client: ClientFactory, name: str, key: str, **settings: Any
+    aiohttp_client: ClientFactory,
+    name: str,
+    key: str,
+    *,
+    pool: SlabPool | None = None,
+    **settings: Any,
 ) -> tuple[TestClient[Any, Any], Governor]:
-    """The client of a server as above (its pool named ``name``) and its governor,
-    configured with ``settings`` on top of the hand-driven ones."""
-    pool = SlabPool("64MiB", name=name)
+    """The client of a server as above (its pool named ``name``, unless ``pool`` is
+    given) and its governor, configured with ``settings`` on top of the hand-driven
+    ones."""
+    pool = pool or SlabPool("64MiB", name=name)
     config = GovernorConfig(
         interval=60,
         idle_after=0,

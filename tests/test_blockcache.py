@@ -18,9 +18,17 @@ from typing import Any
 
 import orjson
 import pytest
-from _governed import ClientFactory, governed_decoder, post_times, run_python, scrape
+from _governed import (
+    ClientFactory,
+    governed_decoder,
+    hand_calibrated,
+    lend_and_calibrate,
+    post_times,
+    run_python,
+    scrape,
+)
 
-from arenapool import GovernorConfig, InvalidSize, _ext, _slab
+from arenapool import GovernorConfig, InvalidSize, SlabPool, _ext, _slab
 from arenapool.memory import (
     BlockCacheStats,
     cache_large_blocks,
@@ -321,6 +329,87 @@ async def test_a_server_decodes_from_the_region_and_its_governor_gives_it_back(
     assert stats["released_bytes"] > 0
     await governor.stop()
     assert large_block_cache().min_size >= 1 << 30  # the last user stopped: pass-through
+
+
+async def test_under_a_spread_of_sizes_the_region_keeps_less_warm(
+    aiohttp_client: ClientFactory,
+) -> None:
+    """``block_cache_spread``: once the server's pool finds its lends spread over sizes
+    (real lends, the pool's own calibration pass), the governor's next check lowers the
+    region's warm bound and gives back the free pages above it at once, while requests
+    are in flight; a large document's decode then reaches past the bound and says so
+    (``over_warm``). Once the pool sees one steady size again, the next check puts the
+    bound back, and the next decode's pages stay warm."""
+    with SlabPool("64MiB", decay=None, retain=0) as pool:
+        client, governor = await governed_decoder(
+            aiohttp_client,
+            "spread-bound-test",
+            "rows",
+            pool=pool,
+            block_cache="64MiB",
+            block_cache_spread="2MiB",
+        )
+        body = big_doc(70_000)
+        await post_times(client, body, 2, 70_000)
+        stats = governor.stats()["block_cache"]
+        if not COMPILED:
+            assert stats["state"].startswith("needs the compiled arenapool._blockcache_c")
+            assert (None, False, 0) == (
+                stats["spread_warm"],
+                stats["spread_bound"],
+                stats["spread_moves"],
+            )
+            return
+        assert (64 * MiB, 2 * MiB, False) == (
+            stats["warm"],
+            stats["spread_warm"],
+            stats["spread_bound"],
+        )
+        assert stats["resident"] > 3 * MiB  # the last buffer, kept warm
+
+        start = hand_calibrated(pool)
+        spread = [64 * 1024 << i for i in range(5)] + [5 * MiB // 4, 3 * MiB // 2]
+        assert lend_and_calibrate(pool, spread, 10, start + 1.0)
+        governor.note_request_start()  # under load: no idle release of the region
+        try:
+            await governor.check()
+        finally:
+            governor.note_request_end()
+        stats = governor.stats()["block_cache"]
+        assert (2 * MiB, True, 1) == (stats["warm"], stats["spread_bound"], stats["spread_moves"])
+        assert stats["resident"] <= 2 * MiB  # the pages above the bound went back at once
+        over = stats["over_warm"]
+        await post_times(client, body, 1, 70_000)
+        stats = governor.stats()["block_cache"]
+        assert stats["over_warm"] == over + 1  # the decode reached past the lowered bound
+        assert stats["resident"] <= 2 * MiB
+
+        assert not lend_and_calibrate(pool, [1 * MiB] * 3, 40, start + 2.0)
+        governor.note_request_start()
+        try:
+            await governor.check()
+        finally:
+            governor.note_request_end()
+        stats = governor.stats()["block_cache"]
+        assert (64 * MiB, False, 2) == (stats["warm"], stats["spread_bound"], stats["spread_moves"])
+        await post_times(client, body, 1, 70_000)
+        stats = governor.stats()["block_cache"]
+        assert stats["over_warm"] == over + 1
+        assert stats["resident"] > 3 * MiB
+        actions = [a for a in governor.stats()["actions"] if a["action"] == "block_cache_spread"]
+        assert [("lower", 2 * MiB), ("raise", 64 * MiB)] == [
+            (a["reason"], a["warm"]) for a in actions
+        ]
+
+
+def test_config_checks_the_spread_bound() -> None:
+    """``block_cache_spread`` is a size up to the region's 1 GiB, or ``None``."""
+    assert GovernorConfig(block_cache_spread=None).block_cache_spread is None
+    assert GovernorConfig(block_cache_spread="0").block_cache_spread == "0"
+    with pytest.raises(InvalidSize, match="block_cache_spread must be at most 1 GiB"):
+        GovernorConfig(block_cache_spread="2GiB")
+    with pytest.raises(InvalidSize):
+        GovernorConfig(block_cache_spread="lots")
 
 
 # Fresh interpreter: an address-space limit (``ulimit -v``) leaves no room for the region.

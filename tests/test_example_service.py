@@ -170,16 +170,30 @@ async def test_the_arena_cache_option_reaches_the_governor(
         assert ("on", limit) == (cache["state"], cache["limit"])
 
 
-@pytest.mark.parametrize(("block_cache", "warm"), [("16MiB", 16 * 1024 * 1024), (None, 0)])
+@pytest.mark.parametrize(
+    ("block_cache", "spread", "warm", "spread_warm"),
+    [
+        ("16MiB", "3MiB", 16 * 1024 * 1024, 3 * 1024 * 1024),
+        ("16MiB", None, 16 * 1024 * 1024, None),
+        (None, "3MiB", 0, None),
+    ],
+)
 async def test_the_block_cache_option_reaches_the_governor(
-    aiohttp_client: ClientFactory, block_cache: str | None, warm: int
+    aiohttp_client: ClientFactory,
+    block_cache: str | None,
+    spread: str | None,
+    warm: int,
+    spread_warm: int | None,
 ) -> None:
     """``block_cache`` (``--block-cache``, ``none`` in the ``arenapool-no-block-cache``
     mode) sets the governor's large-block region: on with its warm bound in the compiled
     build (the pure-Python build says why it cannot), off when ``None``; the answers stay
-    the same."""
+    the same. ``block_cache_spread`` (``--block-cache-spread``, ``none`` in the
+    ``arenapool-no-spread-bound`` mode) sets its bound under a spread of sizes."""
     client = await aiohttp_client(
-        example.make_app("arenapool", block_cache=block_cache, admin_token="t")
+        example.make_app(
+            "arenapool", block_cache=block_cache, block_cache_spread=spread, admin_token="t"
+        )
     )
     body = make_body(600_000, random.Random(12))
     status, answer, stats = await ingest_and_stats(client, body)
@@ -193,6 +207,7 @@ async def test_the_block_cache_option_reaches_the_governor(
     else:
         assert ("on", warm) == (region["state"], region["warm"])
         assert region["served"] >= 1  # the decoder's work buffer came from the region
+        assert (spread_warm, False) == (region["spread_warm"], region["spread_bound"])
 
 
 def refused(*options: str) -> str:

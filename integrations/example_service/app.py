@@ -228,6 +228,7 @@ def make_app(
     block_cache: str | None = "16MiB",
     block_cache_huge_pages: bool = False,
     block_cache_fit: bool = False,
+    block_cache_spread: str | None = "3MiB",
     noop_middleware: bool = False,
 ) -> web.Application:
     """The ingest service in ``mode`` (one of :data:`MODES`).
@@ -271,10 +272,12 @@ def make_app(
     ``None``: no cache), and serves the decoder's work buffers from its large-block
     region, ``block_cache`` of their pages kept warm (``GovernorConfig.block_cache``;
     ``None``: glibc serves them), in transparent huge pages when
-    ``block_cache_huge_pages``; with ``block_cache_fit`` that bound moves with the traffic
-    (``GovernorConfig.block_cache_fit``). ``noop_middleware`` appends one middleware that does
-    nothing: what aiohttp's middleware machinery alone costs a request (arenapool's own
-    runs as one).
+    ``block_cache_huge_pages``; while the body sizes are spread over the pool's classes
+    it keeps no more than ``block_cache_spread`` warm (``GovernorConfig.block_cache_spread``;
+    ``None``: ``block_cache`` whatever the traffic); with ``block_cache_fit`` that bound
+    moves with the traffic (``GovernorConfig.block_cache_fit``). ``noop_middleware``
+    appends one middleware that does nothing: what aiohttp's middleware machinery alone
+    costs a request (arenapool's own runs as one).
     """
     if mode not in MODES:
         msg = f"unknown mode {mode!r}; choose from {', '.join(MODES)}"
@@ -330,6 +333,7 @@ def make_app(
                 block_cache=block_cache,
                 block_cache_huge_pages=block_cache_huge_pages,
                 block_cache_fit=block_cache_fit,
+                block_cache_spread=block_cache_spread,
             )
             if governor
             else None
@@ -484,6 +488,7 @@ def _app_of(args: argparse.Namespace) -> web.Application:
         block_cache=args.block_cache,
         block_cache_huge_pages=args.block_cache_huge_pages,
         block_cache_fit=args.block_cache_fit,
+        block_cache_spread=args.block_cache_spread,
         noop_middleware=args.noop_middleware,
     )
 
@@ -690,6 +695,14 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="arenapool modes: move the large-block region's warm bound with the traffic, "
         "up to --block-cache (GovernorConfig(block_cache_fit=True))",
+    )
+    parser.add_argument(
+        "--block-cache-spread",
+        default="3MiB",
+        type=size_or_none,
+        help="arenapool modes: while the body sizes are spread over the pool's classes, "
+        "keep at most this many bytes of the large-block region warm (3MiB; 'none': "
+        "--block-cache whatever the traffic; GovernorConfig(block_cache_spread=))",
     )
     parser.add_argument(
         "--backlog",
