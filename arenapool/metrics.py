@@ -288,8 +288,20 @@ class ArenapoolCollector(Collector):
                     "resident",
                     "Resident bytes of the large-block region (in use or kept warm).",
                 ),
+                (
+                    "warm_bytes",
+                    "warm",
+                    "The large-block region's warm bound now: free pages below it stay "
+                    "resident (lower while the body sizes are spread: block_cache_spread).",
+                ),
             ),
             counters=(
+                (
+                    "spread_moves_total",
+                    "spread_moves",
+                    "Times the governor moved the region's warm bound as the body sizes "
+                    "became spread or steady (block_cache_spread).",
+                ),
                 ("served_total", "served", "Large PyMem blocks the region handed out."),
                 ("passed_total", "passed", "Large PyMem blocks the region had no room for."),
                 (

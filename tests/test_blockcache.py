@@ -396,6 +396,11 @@ async def test_under_a_spread_of_sizes_the_region_keeps_less_warm(
         stats = governor.stats()["block_cache"]
         assert stats["over_warm"] == over + 1
         assert stats["resident"] > 3 * MiB
+        scraped = scrape(governor)
+        assert (64 * MiB, 2) == (
+            scraped["arenapool_governor_block_cache_warm_bytes"],
+            scraped["arenapool_governor_block_cache_spread_moves_total"],
+        )
         actions = [a for a in governor.stats()["actions"] if a["action"] == "block_cache_spread"]
         assert [("lower", 2 * MiB), ("raise", 64 * MiB)] == [
             (a["reason"], a["warm"]) for a in actions
