@@ -1108,10 +1108,10 @@ class Governor:
         # the periodic heap trim under load: always (heap_trim_every), or while the
         # traffic is spread over sizes (spread_trim_every), in place of the busy trims
         every = config.heap_trim_every
+        # (read once a check: the spread trims and the region's bound go by the same one)
+        sizes_spread = any(pool.spread for pool in pools)
         spread = self._spread = (
-            every is None
-            and config.spread_trim_every is not None
-            and any(pool.spread for pool in pools)
+            every is None and config.spread_trim_every is not None and sizes_spread
         )
         if spread:
             every = config.spread_trim_every
@@ -1176,7 +1176,7 @@ class Governor:
         if self._block_cache == "on" and config.block_cache_fit:
             self._fit_block_cache(now)
         elif self._block_cache == "on" and self._spread_bounds is not None:
-            self._bound_block_cache(any(pool.spread for pool in pools))
+            self._bound_block_cache(sizes_spread)
         if (
             self._pymalloc_release == "on"
             and idle
